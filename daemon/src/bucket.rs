@@ -1,0 +1,343 @@
+//! One bucket reached through one S3 client: the S3 calls this project makes, each turning the
+//! SDK's errors into a typed error that says what the user should check.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_smithy_types::date_time::Format;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum S3Error {
+    #[error(
+        "bucket '{bucket}' does not exist; check the URL and the region (git config s3.region, or AWS_REGION)"
+    )]
+    NoSuchBucket { bucket: String },
+    #[error(
+        "access denied to s3://{bucket} ({op}); check which credentials are in use (AWS_PROFILE, or s3://profile@bucket/...) and the bucket policy"
+    )]
+    AccessDenied { bucket: String, op: &'static str },
+    #[error(
+        "no AWS credentials found; set AWS_PROFILE, run 'aws configure' or 'aws sso login', or name a profile in the URL (s3://profile@bucket/prefix)"
+    )]
+    NoCredentials,
+    #[error(
+        "S3 rejected the credentials ({code}); refresh them (e.g. 'aws sso login') or check AWS_PROFILE"
+    )]
+    BadCredentials { code: String },
+    #[error(
+        "cannot reach S3 at {endpoint} ({detail}); check git config s3.endpoint or AWS_ENDPOINT_URL, and the network"
+    )]
+    Unreachable { endpoint: String, detail: String },
+    #[error("S3 is throttling requests (SlowDown) and retries did not help; try again in a minute")]
+    Throttled,
+    #[error("S3 {op} of '{key}' failed: {detail}")]
+    Other {
+        op: &'static str,
+        key: String,
+        detail: String,
+    },
+}
+
+/// A listed object.
+#[derive(Debug, Clone)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    pub last_modified: Option<SystemTime>,
+}
+
+/// What HEAD tells about one object.
+#[derive(Debug, Clone)]
+pub struct ObjectMeta {
+    pub size: u64,
+    pub last_modified: Option<SystemTime>,
+    pub etag: Option<String>,
+    pub metadata: HashMap<String, String>,
+}
+
+/// The result of a conditional write.
+#[derive(Debug)]
+pub enum Conditional {
+    Written,
+    /// The condition did not hold (412, or 409 for a concurrent conditional write). The server's
+    /// clock at that moment, from the response's `Date`, when it sent one.
+    Refused {
+        server_time: Option<SystemTime>,
+    },
+}
+
+#[derive(Debug, Default)]
+pub struct PutOptions {
+    pub if_none_match_any: bool,
+    pub if_match: Option<String>,
+    pub metadata: Vec<(String, String)>,
+    pub content_disposition: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Bucket {
+    client: Client,
+    name: String,
+    /// Where requests go, for messages.
+    endpoint: String,
+}
+
+impl Bucket {
+    pub fn new(client: Client, name: &str, endpoint: Option<&str>) -> Self {
+        Self {
+            client,
+            name: name.to_string(),
+            endpoint: endpoint.unwrap_or("AWS S3").to_string(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Every key under `prefix`, all pages.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, S3Error> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.name)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        let mut objects = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.classify("ListObjectsV2", prefix, e))?;
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                objects.push(ObjectInfo {
+                    key: key.to_string(),
+                    size: object.size().unwrap_or(0).max(0) as u64,
+                    last_modified: object
+                        .last_modified()
+                        .and_then(|t| SystemTime::try_from(*t).ok()),
+                });
+            }
+        }
+        Ok(objects)
+    }
+
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, S3Error> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.name)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(ObjectMeta {
+                size: out.content_length().unwrap_or(0).max(0) as u64,
+                last_modified: out
+                    .last_modified()
+                    .and_then(|t| SystemTime::try_from(*t).ok()),
+                etag: out.e_tag().map(str::to_string),
+                metadata: out.metadata().cloned().unwrap_or_default(),
+            })),
+            Err(e) if status_of(&e) == Some(404) => Ok(None),
+            Err(e) => Err(self.classify("HeadObject", key, e)),
+        }
+    }
+
+    /// The body of a small object, or `None` when it does not exist.
+    pub async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, S3Error> {
+        let Some((body, _)) = self.get_stream(key).await? else {
+            return Ok(None);
+        };
+        let bytes = body.collect().await.map_err(|e| S3Error::Other {
+            op: "GetObject",
+            key: key.to_string(),
+            detail: e.to_string(),
+        })?;
+        Ok(Some(bytes.to_vec()))
+    }
+
+    /// A streaming body and its length, or `None` when the object does not exist.
+    pub async fn get_stream(&self, key: &str) -> Result<Option<(ByteStream, u64)>, S3Error> {
+        match self
+            .client
+            .get_object()
+            .bucket(&self.name)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let len = out.content_length().unwrap_or(0).max(0) as u64;
+                Ok(Some((out.body, len)))
+            }
+            Err(e) if status_of(&e) == Some(404) => Ok(None),
+            Err(e) => Err(self.classify("GetObject", key, e)),
+        }
+    }
+
+    pub async fn put_bytes(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        options: PutOptions,
+    ) -> Result<Conditional, S3Error> {
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(&self.name)
+            .key(key)
+            .body(ByteStream::from(body));
+        if options.if_none_match_any {
+            request = request.if_none_match("*");
+        }
+        if let Some(etag) = options.if_match {
+            request = request.if_match(etag);
+        }
+        for (k, v) in options.metadata {
+            request = request.metadata(k, v);
+        }
+        if let Some(disposition) = options.content_disposition {
+            request = request.content_disposition(disposition);
+        }
+        match request.send().await {
+            Ok(_) => Ok(Conditional::Written),
+            Err(e)
+                if matches!(status_of(&e), Some(412 | 409))
+                    || (status_of(&e) == Some(404) && e.code() == Some("NoSuchKey")) =>
+            {
+                Ok(Conditional::Refused {
+                    server_time: server_time(&e),
+                })
+            }
+            Err(e) => Err(self.classify("PutObject", key, e)),
+        }
+    }
+
+    /// Deletes `key`; deleting what is already gone succeeds.
+    pub async fn delete(&self, key: &str) -> Result<(), S3Error> {
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.name)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => Ok(()),
+            Err(e) => Err(self.classify("DeleteObject", key, e)),
+        }
+    }
+
+    pub fn classify<E>(
+        &self,
+        op: &'static str,
+        key: &str,
+        err: SdkError<E, aws_smithy_runtime_api::http::Response>,
+    ) -> S3Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let code = err.code().map(str::to_string);
+        let status = status_of(&err);
+        match (&err, code.as_deref(), status) {
+            (_, Some("NoSuchBucket"), _) => S3Error::NoSuchBucket {
+                bucket: self.name.clone(),
+            },
+            (_, Some("AccessDenied" | "AllAccessDisabled"), _) | (_, None, Some(403)) => {
+                S3Error::AccessDenied {
+                    bucket: self.name.clone(),
+                    op,
+                }
+            }
+            (
+                _,
+                Some(
+                    code @ ("InvalidAccessKeyId"
+                    | "SignatureDoesNotMatch"
+                    | "ExpiredToken"
+                    | "InvalidToken"
+                    | "TokenRefreshRequired"),
+                ),
+                _,
+            ) => S3Error::BadCredentials {
+                code: code.to_string(),
+            },
+            (
+                _,
+                Some("SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded"),
+                _,
+            )
+            | (_, _, Some(503)) => S3Error::Throttled,
+            (SdkError::TimeoutError(_), _, _) => S3Error::Unreachable {
+                endpoint: self.endpoint.clone(),
+                detail: "timed out".into(),
+            },
+            (SdkError::DispatchFailure(failure), _, _) => {
+                let detail = DisplayErrorContext(&err).to_string();
+                if detail.contains("credentials") || detail.contains("identity") {
+                    S3Error::NoCredentials
+                } else if failure.is_timeout() {
+                    S3Error::Unreachable {
+                        endpoint: self.endpoint.clone(),
+                        detail: "timed out".into(),
+                    }
+                } else {
+                    S3Error::Unreachable {
+                        endpoint: self.endpoint.clone(),
+                        detail: short_cause(&detail),
+                    }
+                }
+            }
+            _ => {
+                let detail = DisplayErrorContext(&err).to_string();
+                if detail.contains("no credentials")
+                    || detail.contains("failed to load credentials")
+                    || detail.contains("identity")
+                {
+                    return S3Error::NoCredentials;
+                }
+                let detail = match (code, status) {
+                    (Some(code), _) => format!("{code}: {}", err.message().unwrap_or("")),
+                    (None, Some(status)) => format!("HTTP {status}"),
+                    (None, None) => short_cause(&detail),
+                };
+                S3Error::Other {
+                    op,
+                    key: key.to_string(),
+                    detail,
+                }
+            }
+        }
+    }
+}
+
+fn status_of<E>(err: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> Option<u16> {
+    err.raw_response().map(|r| r.status().as_u16())
+}
+
+fn server_time<E>(err: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> Option<SystemTime> {
+    let date = err.raw_response()?.headers().get("date")?;
+    let parsed = aws_smithy_types::DateTime::from_str(date, Format::HttpDate).ok()?;
+    SystemTime::try_from(parsed).ok()
+}
+
+/// The innermost cause of an SDK error chain: "Connection refused (os error 111)" rather than
+/// four nested wrappers.
+fn short_cause(detail: &str) -> String {
+    detail
+        .rsplit(": ")
+        .next()
+        .unwrap_or(detail)
+        .trim()
+        .trim_end_matches(')')
+        .trim_start_matches('(')
+        .to_string()
+}

@@ -1,0 +1,143 @@
+//! Keeps warm S3 clients: one per effective configuration, so credentials and connections are
+//! reused across git commands but never shared between callers whose settings differ.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+use sha2::{Digest, Sha256};
+use tokio::sync::Mutex;
+
+use crate::config::{ChecksumMode, S3Settings};
+
+/// Used when neither the caller's environment, its profile nor git config names a region.
+const FALLBACK_REGION: &str = "us-east-1";
+/// A client unused this long is dropped (with the credentials it cached).
+const CLIENT_IDLE_LIMIT: Duration = Duration::from_secs(30 * 60);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for a response to start; bounds a request to an endpoint that never answers.
+const READ_TIMEOUT: Duration = Duration::from_secs(20);
+const MAX_ATTEMPTS: u32 = 4;
+
+struct CachedClient {
+    client: aws_sdk_s3::Client,
+    last_used: Instant,
+}
+
+#[derive(Default)]
+pub struct ClientCache {
+    clients: Mutex<HashMap<[u8; 32], CachedClient>>,
+}
+
+impl ClientCache {
+    pub async fn get(&self, settings: &S3Settings) -> aws_sdk_s3::Client {
+        let key = cache_key(settings);
+        let mut clients = self.clients.lock().await;
+        clients.retain(|_, cached| cached.last_used.elapsed() < CLIENT_IDLE_LIMIT);
+        if let Some(cached) = clients.get_mut(&key) {
+            cached.last_used = Instant::now();
+            return cached.client.clone();
+        }
+        let client = build_client(settings).await;
+        clients.insert(
+            key,
+            CachedClient {
+                client: client.clone(),
+                last_used: Instant::now(),
+            },
+        );
+        tracing::debug!(clients = clients.len(), ?settings, "built a new S3 client");
+        client
+    }
+
+    pub async fn len(&self) -> usize {
+        self.clients.lock().await.len()
+    }
+}
+
+/// A digest rather than the settings themselves, so the map holds no secrets in plain text.
+/// The AWS config and credentials files' timestamps are part of it: editing them (e.g. after
+/// `aws sso login` or rotating keys) gets a fresh client.
+fn cache_key(settings: &S3Settings) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    let mut field = |s: &str| {
+        hasher.update((s.len() as u64).to_le_bytes());
+        hasher.update(s.as_bytes());
+    };
+    field(settings.profile.as_deref().unwrap_or("\0"));
+    field(settings.region.as_deref().unwrap_or("\0"));
+    field(settings.endpoint.as_deref().unwrap_or("\0"));
+    field(if settings.path_style { "path" } else { "vhost" });
+    field(match settings.checksums {
+        ChecksumMode::WhenSupported => "supported",
+        ChecksumMode::WhenRequired => "required",
+    });
+    for (k, v) in &settings.aws_env {
+        field(k);
+        field(v);
+    }
+    for file in aws_files(settings) {
+        let stamp = std::fs::metadata(&file)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos().to_string())
+            .unwrap_or_default();
+        field(&stamp);
+    }
+    hasher.finalize().into()
+}
+
+fn aws_files(settings: &S3Settings) -> Vec<String> {
+    let env = |key: &str| {
+        settings
+            .aws_env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    };
+    let home = env("HOME").unwrap_or_default();
+    vec![
+        env("AWS_CONFIG_FILE").unwrap_or_else(|| format!("{home}/.aws/config")),
+        env("AWS_SHARED_CREDENTIALS_FILE").unwrap_or_else(|| format!("{home}/.aws/credentials")),
+    ]
+}
+
+async fn build_client(settings: &S3Settings) -> aws_sdk_s3::Client {
+    let env: HashMap<String, String> = settings.aws_env.iter().cloned().collect();
+    // The SDK's default chain (env, profiles with SSO and credential_process, web identity,
+    // container, IMDS), evaluated against the caller's environment instead of the daemon's.
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .env(aws_types::os_shim_internal::Env::from(env))
+        .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .read_timeout(READ_TIMEOUT)
+                .build(),
+        );
+    if let Some(profile) = &settings.profile {
+        loader = loader.profile_name(profile);
+    }
+    if let Some(region) = &settings.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    if let Some(endpoint) = &settings.endpoint {
+        loader = loader.endpoint_url(endpoint);
+    }
+    let sdk_config = loader.load().await;
+    let mut builder =
+        aws_sdk_s3::config::Builder::from(&sdk_config).force_path_style(settings.path_style);
+    if sdk_config.region().is_none() {
+        builder = builder.region(aws_config::Region::new(FALLBACK_REGION));
+    }
+    if settings.checksums == ChecksumMode::WhenRequired {
+        builder = builder
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+    }
+    aws_sdk_s3::Client::from_conf(builder.build())
+}

@@ -1,0 +1,256 @@
+//! Resolves, once per request and at the edge, everything that decides how to reach a remote:
+//! its URL, git config (`remote.<name>.s3*`, `s3.*`) and the caller's environment.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::git::Git;
+use crate::url::{S3Url, UrlError};
+
+/// Python tool's default, and its variable: both tools must agree on when a lock is stale.
+pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(60);
+pub const LOCK_TTL_ENV: &str = "GIT_REMOTE_S3_LOCK_TTL_SECONDS";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    #[error("{key} = '{value}' is not valid: {why}")]
+    BadValue {
+        key: String,
+        value: String,
+        why: &'static str,
+    },
+}
+
+/// Whether the SDK adds its default CRC checksums to every request, or only where S3 requires
+/// one. Some S3-compatible stores reject the trailers of the former.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChecksumMode {
+    WhenSupported,
+    WhenRequired,
+}
+
+/// Everything that selects an S3 client. Two callers with equal settings share a client; any
+/// difference (including credentials in the environment) gets its own.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct S3Settings {
+    pub profile: Option<String>,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub path_style: bool,
+    pub checksums: ChecksumMode,
+    /// The caller's AWS_* variables and HOME: the SDK resolves credentials from them.
+    pub aws_env: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for S3Settings {
+    // Hand-written so that credentials in `aws_env` can never reach a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("profile", &self.profile)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("path_style", &self.path_style)
+            .field("checksums", &self.checksums)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One remote, fully resolved.
+#[derive(Debug, Clone)]
+pub struct RemoteConfig {
+    pub url: S3Url,
+    pub s3: S3Settings,
+    pub lock_ttl: Duration,
+}
+
+/// Reads git config in the caller's repository and combines it with the URL and environment.
+pub async fn resolve(
+    remote_name: &str,
+    url: &str,
+    env: &Arc<HashMap<String, String>>,
+    git: &Git,
+) -> Result<RemoteConfig, ConfigError> {
+    let url = S3Url::parse(url)?;
+    let config = git.config_list().await.unwrap_or_default();
+    resolve_from(remote_name, url, env, &config)
+}
+
+fn resolve_from(
+    remote_name: &str,
+    url: S3Url,
+    env: &HashMap<String, String>,
+    config: &[(String, String)],
+) -> Result<RemoteConfig, ConfigError> {
+    let remote_prefix = format!("remote.{}.s3", remote_name.to_ascii_lowercase());
+    // Last one wins, as in git; the remote's own key beats the global one.
+    let lookup = |name: &str| -> Option<(String, String)> {
+        let remote_key = format!("{remote_prefix}{name}");
+        let global_key = format!("s3.{name}");
+        config
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == remote_key)
+            .or_else(|| config.iter().rev().find(|(k, _)| *k == global_key))
+            .map(|(k, v)| (k.clone(), v.clone()))
+    };
+    let non_empty_env = |key: &str| env.get(key).filter(|v| !v.is_empty()).cloned();
+
+    let endpoint = lookup("endpoint")
+        .map(|(_, v)| v)
+        .or_else(|| non_empty_env("AWS_ENDPOINT_URL_S3"))
+        .or_else(|| non_empty_env("AWS_ENDPOINT_URL"));
+    let region = lookup("region").map(|(_, v)| v);
+    let path_style = match lookup("pathstyle") {
+        Some((key, value)) => parse_bool(&key, &value)?,
+        // Virtual-host addressing needs DNS for `bucket.host`; a local server has none.
+        None => endpoint.as_deref().is_some_and(is_local_endpoint),
+    };
+    let checksums = match lookup("checksums") {
+        None => ChecksumMode::WhenSupported,
+        Some((_, v)) if v.eq_ignore_ascii_case("when-supported") => ChecksumMode::WhenSupported,
+        Some((_, v)) if v.eq_ignore_ascii_case("when-required") => ChecksumMode::WhenRequired,
+        Some((key, value)) => {
+            return Err(ConfigError::BadValue {
+                key,
+                value,
+                why: "use when-supported or when-required",
+            });
+        }
+    };
+    let lock_ttl = match non_empty_env(LOCK_TTL_ENV) {
+        None => DEFAULT_LOCK_TTL,
+        Some(value) => match value.parse::<u64>() {
+            Ok(secs) if secs > 0 => Duration::from_secs(secs),
+            _ => {
+                return Err(ConfigError::BadValue {
+                    key: LOCK_TTL_ENV.into(),
+                    value,
+                    why: "use a whole number of seconds above 0",
+                });
+            }
+        },
+    };
+    let mut aws_env: Vec<(String, String)> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with("AWS_") || *k == "HOME")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    aws_env.sort();
+    let profile = url.profile.clone().or_else(|| non_empty_env("AWS_PROFILE"));
+    Ok(RemoteConfig {
+        s3: S3Settings {
+            profile,
+            region,
+            endpoint,
+            path_style,
+            checksums,
+            aws_env,
+        },
+        url,
+        lock_ttl,
+    })
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err(ConfigError::BadValue {
+            key: key.into(),
+            value: value.into(),
+            why: "use true or false",
+        }),
+    }
+}
+
+fn is_local_endpoint(endpoint: &str) -> bool {
+    let host = endpoint.split("://").nth(1).unwrap_or(endpoint);
+    let host = host.split('/').next().unwrap_or(host);
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve_with(
+        env: &[(&str, &str)],
+        config: &[(&str, &str)],
+    ) -> Result<RemoteConfig, ConfigError> {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let config: Vec<_> = config
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        resolve_from(
+            "origin",
+            S3Url::parse("s3://bucket/repo").unwrap(),
+            &env,
+            &config,
+        )
+    }
+
+    #[test]
+    fn env_endpoint_alone_reaches_a_local_server() {
+        let config =
+            resolve_with(&[("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9000")], &[]).unwrap();
+        assert_eq!(config.s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert!(config.s3.path_style);
+        assert_eq!(config.lock_ttl, DEFAULT_LOCK_TTL);
+    }
+
+    #[test]
+    fn remote_key_beats_global_key() {
+        let config = resolve_with(
+            &[],
+            &[
+                ("s3.endpoint", "https://global.example"),
+                ("remote.origin.s3endpoint", "https://mine.example"),
+                ("s3.checksums", "when-required"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.s3.endpoint.as_deref(), Some("https://mine.example"));
+        assert!(!config.s3.path_style);
+        assert_eq!(config.s3.checksums, ChecksumMode::WhenRequired);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = resolve_with(&[], &[("s3.pathstyle", "maybe")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("s3.pathstyle") && err.contains("true or false"),
+            "{err}"
+        );
+        let err = resolve_with(&[(LOCK_TTL_ENV, "soon")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(LOCK_TTL_ENV), "{err}");
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let config = resolve_with(&[("AWS_SECRET_ACCESS_KEY", "hunter2")], &[]).unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn local_endpoints() {
+        assert!(is_local_endpoint("http://127.0.0.1:9000"));
+        assert!(is_local_endpoint("http://localhost:9000/"));
+        assert!(is_local_endpoint("http://[::1]:9000"));
+        assert!(!is_local_endpoint("https://s3.eu-west-1.amazonaws.com"));
+    }
+}

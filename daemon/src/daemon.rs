@@ -1,0 +1,161 @@
+//! The daemon's life: one instance per socket, a private socket, serving until stopped, idle
+//! for too long, or signalled, and then finishing the work in flight.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use git_s3_proto::daemon_server::DaemonServer;
+use git_s3_proto::endpoint::{Endpoint, EndpointError};
+use rustix::fs::{FlockOperation, flock};
+use tokio::net::UnixListener;
+
+use crate::listener;
+use crate::server::Service;
+use crate::state::DaemonState;
+
+/// How often the idle watcher looks.
+const IDLE_CHECK_PERIOD: Duration = Duration::from_secs(1);
+/// How long shutdown waits for pushes and fetches in flight.
+const DRAIN_LIMIT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    #[error("another git-s3d already serves {0}")]
+    AlreadyRunning(PathBuf),
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+pub struct DaemonOptions {
+    pub endpoint: Endpoint,
+    /// `None`: never exit on idleness (a service-managed daemon).
+    pub idle_timeout: Option<Duration>,
+    /// What the daemon reports as its version in the handshake.
+    pub version: String,
+}
+
+pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
+    let endpoint = options.endpoint;
+    endpoint.ensure_socket_dir()?;
+    let _instance = lock_instance(&endpoint)?;
+    let listener = bind_private(&endpoint.socket)?;
+    let state = Arc::new(DaemonState::new(
+        endpoint.socket.clone(),
+        options.version,
+        options.idle_timeout,
+    ));
+    tracing::info!(socket = %endpoint.socket.display(), pid = std::process::id(), idle_timeout = ?options.idle_timeout, "git-s3d ready");
+
+    tokio::spawn(watch_idle(state.clone()));
+    tokio::spawn(watch_signals(state.clone()));
+
+    let incoming = listener::incoming(listener, state.clone());
+    let shutdown = state.shutdown.clone();
+    let served = tonic::transport::Server::builder()
+        .add_service(DaemonServer::new(Service::new(state.clone())))
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await;
+
+    state.tasks.close();
+    if tokio::time::timeout(DRAIN_LIMIT, state.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("work still in flight after {DRAIN_LIMIT:?}; exiting anyway");
+    }
+    let _ = fs::remove_file(&endpoint.socket);
+    tracing::info!("git-s3d stopped");
+    served.map_err(DaemonError::from)
+}
+
+/// Holds an exclusive lock on a file beside the socket for the daemon's lifetime, so a second
+/// daemon for the same socket refuses to start instead of stealing it.
+fn lock_instance(endpoint: &Endpoint) -> Result<File, DaemonError> {
+    let path = endpoint.instance_lock_file();
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| DaemonError::Io {
+            what: "open",
+            path: path.clone(),
+            source,
+        })?;
+    flock(&file, FlockOperation::NonBlockingLockExclusive)
+        .map_err(|_| DaemonError::AlreadyRunning(endpoint.socket.clone()))?;
+    Ok(file)
+}
+
+/// Binds the socket with mode 0600 from the first moment (umask), replacing a stale socket file
+/// left by a daemon that died: we hold the instance lock, so no live daemon owns it.
+fn bind_private(socket: &PathBuf) -> Result<UnixListener, DaemonError> {
+    match fs::remove_file(socket) {
+        Ok(()) => tracing::info!(socket = %socket.display(), "removed a stale socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(DaemonError::Io {
+                what: "remove stale socket",
+                path: socket.clone(),
+                source,
+            });
+        }
+    }
+    let old_umask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+    let bound = UnixListener::bind(socket);
+    rustix::process::umask(old_umask);
+    let listener = bound.map_err(|source| DaemonError::Io {
+        what: "bind",
+        path: socket.clone(),
+        source,
+    })?;
+    fs::set_permissions(socket, fs::Permissions::from_mode(0o600)).map_err(|source| {
+        DaemonError::Io {
+            what: "restrict",
+            path: socket.clone(),
+            source,
+        }
+    })?;
+    Ok(listener)
+}
+
+async fn watch_idle(state: Arc<DaemonState>) {
+    loop {
+        tokio::time::sleep(IDLE_CHECK_PERIOD).await;
+        if state.idle_for_too_long() {
+            tracing::info!(
+                "idle for {:?}; exiting",
+                state.idle_timeout.unwrap_or_default()
+            );
+            state.shutdown.cancel();
+            return;
+        }
+    }
+}
+
+async fn watch_signals(state: Arc<DaemonState>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot watch for signals");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    state.shutdown.cancel();
+}

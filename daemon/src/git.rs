@@ -1,0 +1,220 @@
+//! Runs the `git` binary for git's own work (rev-parse, bundles, index-pack), always inside the
+//! caller's environment and working directory, as if the caller had run it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+
+use tokio::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("cannot run git: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("git {command} failed: {stderr}")]
+    Failed { command: String, stderr: String },
+    #[error("git {command} printed something unexpected: {output}")]
+    Unexpected { command: String, output: String },
+}
+
+/// Variables that point git at a particular repository; cleared when we run git on a
+/// repository of our own making.
+const REPOSITORY_VARS: &[&str] = &[
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_COMMON_DIR",
+    "GIT_NAMESPACE",
+    "GIT_QUARANTINE_PATH",
+];
+
+/// git, run in one caller's repository.
+#[derive(Debug, Clone)]
+pub struct Git {
+    cwd: PathBuf,
+    env: Arc<HashMap<String, String>>,
+    git_dir: Option<PathBuf>,
+}
+
+impl Git {
+    pub fn new(cwd: PathBuf, env: Arc<HashMap<String, String>>) -> Self {
+        Self {
+            cwd,
+            env,
+            git_dir: None,
+        }
+    }
+
+    /// The same git, pointed at another repository (one we created), with the caller's
+    /// repository variables removed.
+    pub fn for_repository(&self, git_dir: &Path) -> Self {
+        let mut env = (*self.env).clone();
+        for var in REPOSITORY_VARS {
+            env.remove(*var);
+        }
+        Self {
+            cwd: self.cwd.clone(),
+            env: Arc::new(env),
+            git_dir: Some(git_dir.to_path_buf()),
+        }
+    }
+
+    pub fn command<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut command = Command::new("git");
+        command
+            .env_clear()
+            .envs(self.env.iter())
+            .current_dir(&self.cwd)
+            .kill_on_drop(true);
+        if let Some(git_dir) = &self.git_dir {
+            command.env("GIT_DIR", git_dir);
+        }
+        command.args(args).stdin(Stdio::null());
+        command
+    }
+
+    /// Runs git and returns its trimmed stdout, or its stderr as the error.
+    pub async fn run(&self, args: &[&str]) -> Result<String, GitError> {
+        let output = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .await
+            .map_err(GitError::Spawn)?;
+        if !output.status.success() {
+            return Err(GitError::Failed {
+                command: args.join(" "),
+                stderr: last_line(&output.stderr),
+            });
+        }
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .trim_end()
+            .to_string())
+    }
+
+    /// Runs git for its exit status alone (a question such as "is this an ancestor?").
+    pub async fn succeeds(&self, args: &[&str]) -> Result<bool, GitError> {
+        let status = self
+            .command(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await
+            .map_err(GitError::Spawn)?;
+        Ok(status.success())
+    }
+
+    /// The object id `rev` names, or `None` when it names nothing.
+    pub async fn resolve(&self, rev: &str) -> Result<Option<String>, GitError> {
+        match self
+            .run(&[
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                &format!("{rev}^{{object}}"),
+            ])
+            .await
+        {
+            Ok(oid) => Ok(Some(oid)),
+            Err(GitError::Failed { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn has_object(&self, oid: &str) -> Result<bool, GitError> {
+        self.succeeds(&["cat-file", "-e", oid]).await
+    }
+
+    pub async fn is_ancestor(&self, ancestor: &str, descendant: &str) -> Result<bool, GitError> {
+        self.succeeds(&["merge-base", "--is-ancestor", ancestor, descendant])
+            .await
+    }
+
+    pub async fn object_format(&self) -> Result<String, GitError> {
+        self.run(&["rev-parse", "--show-object-format"]).await
+    }
+
+    /// An absolute path inside the repository, e.g. `objects` or `objects/pack`.
+    pub async fn git_path(&self, path: &str) -> Result<PathBuf, GitError> {
+        let out = self
+            .run(&["rev-parse", "--path-format=absolute", "--git-path", path])
+            .await?;
+        Ok(PathBuf::from(out))
+    }
+
+    /// `git config --list`, as (lower-cased key, value) pairs.
+    pub async fn config_list(&self) -> Result<Vec<(String, String)>, GitError> {
+        let output = self
+            .command(["config", "--null", "--list"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .await
+            .map_err(GitError::Spawn)?;
+        // Outside a repository git still lists the global config; a failure means no config.
+        if !output.status.success() {
+            return Ok(Vec::new());
+        }
+        Ok(parse_config_list(&output.stdout))
+    }
+}
+
+fn parse_config_list(raw: &[u8]) -> Vec<(String, String)> {
+    raw.split(|&b| b == 0)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            let text = String::from_utf8_lossy(entry);
+            match text.split_once('\n') {
+                Some((key, value)) => (key.to_ascii_lowercase(), value.to_string()),
+                None => (text.to_ascii_lowercase(), "true".to_string()),
+            }
+        })
+        .collect()
+}
+
+/// The last non-empty line of git's stderr: git puts the reason there.
+pub fn last_line(stderr: &[u8]) -> String {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("(no message)")
+        .trim()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_list_parses_values_and_bare_keys() {
+        let raw =
+            b"s3.endpoint\nhttp://127.0.0.1:9000\0Remote.Origin.S3PathStyle\ntrue\0core.bare\0";
+        assert_eq!(
+            parse_config_list(raw),
+            vec![
+                ("s3.endpoint".into(), "http://127.0.0.1:9000".into()),
+                ("remote.origin.s3pathstyle".into(), "true".into()),
+                ("core.bare".into(), "true".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn last_line_of_stderr() {
+        assert_eq!(
+            last_line(b"warning: x\nfatal: bad object\n\n"),
+            "fatal: bad object"
+        );
+        assert_eq!(last_line(b""), "(no message)");
+    }
+}

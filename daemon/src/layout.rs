@@ -1,0 +1,226 @@
+//! The S3 key layout shared with awslabs/git-remote-s3 (see shared/s3-layout.md). This is the
+//! only place that spells key names.
+
+use std::fmt;
+
+pub const HEAD_FILE: &str = "HEAD";
+pub const LOCK_FILE: &str = "LOCK#.lock";
+pub const PROTECTED_FILE: &str = "PROTECTED#";
+pub const ZIP_FILE: &str = "repo.zip";
+const BUNDLE_SUFFIX: &str = ".bundle";
+
+/// The repository's prefix `P`; every key is `P/…`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Layout {
+    prefix: String,
+}
+
+/// What a key under `P/refs/` is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefKey {
+    Bundle {
+        refname: String,
+        oid: String,
+    },
+    Lock {
+        refname: String,
+    },
+    Protected {
+        refname: String,
+    },
+    Zip {
+        refname: String,
+    },
+    /// Not ours to interpret (another tool's key, or a future format's).
+    Other,
+}
+
+impl Layout {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.trim_matches('/').to_string(),
+        }
+    }
+
+    pub fn head(&self) -> String {
+        format!("{}/{HEAD_FILE}", self.prefix)
+    }
+
+    /// Lists every ref folder (and nothing of LFS).
+    pub fn refs_prefix(&self) -> String {
+        format!("{}/refs/", self.prefix)
+    }
+
+    pub fn ref_dir(&self, refname: &str) -> String {
+        format!("{}/{refname}/", self.prefix)
+    }
+
+    pub fn bundle(&self, refname: &str, oid: &str) -> String {
+        format!("{}/{refname}/{oid}{BUNDLE_SUFFIX}", self.prefix)
+    }
+
+    pub fn lock(&self, refname: &str) -> String {
+        format!("{}/{refname}/{LOCK_FILE}", self.prefix)
+    }
+
+    pub fn protected(&self, refname: &str) -> String {
+        format!("{}/{refname}/{PROTECTED_FILE}", self.prefix)
+    }
+
+    pub fn zip(&self, refname: &str) -> String {
+        format!("{}/{refname}/{ZIP_FILE}", self.prefix)
+    }
+
+    /// Classifies a key listed under `refs_prefix()`. Bundles follow the Python tool's rule:
+    /// the ref has at least three path segments and the file is `<40 hex>.bundle`.
+    pub fn classify(&self, key: &str) -> RefKey {
+        let Some(rest) = key
+            .strip_prefix(&self.prefix)
+            .and_then(|r| r.strip_prefix('/'))
+        else {
+            return RefKey::Other;
+        };
+        let Some((refname, file)) = rest.rsplit_once('/') else {
+            return RefKey::Other;
+        };
+        if !refname.starts_with("refs/") || refname.len() <= "refs/".len() {
+            return RefKey::Other;
+        }
+        let refname = refname.to_string();
+        match file {
+            LOCK_FILE => RefKey::Lock { refname },
+            PROTECTED_FILE => RefKey::Protected { refname },
+            ZIP_FILE => RefKey::Zip { refname },
+            _ => match file.strip_suffix(BUNDLE_SUFFIX) {
+                Some(oid) if is_sha1_hex(oid) && refname.matches('/').count() >= 2 => {
+                    RefKey::Bundle {
+                        refname,
+                        oid: oid.to_string(),
+                    }
+                }
+                _ => RefKey::Other,
+            },
+        }
+    }
+}
+
+impl fmt::Display for Layout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.prefix)
+    }
+}
+
+pub fn is_sha1_hex(s: &str) -> bool {
+    s.len() == 40
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A ref name we are willing to store: git's check-ref-format rules, under `refs/`, and free of
+/// the names this layout gives to its own files.
+pub fn check_refname(name: &str) -> Result<(), &'static str> {
+    if !name.starts_with("refs/") {
+        return Err("ref names must start with refs/");
+    }
+    if name.ends_with('/') || name.ends_with('.') || name.contains("//") {
+        return Err("ref names must not end with '/' or '.', nor contain '//'");
+    }
+    if name.contains("..") || name.contains("@{") {
+        return Err("ref names must not contain '..' or '@{'");
+    }
+    if name.chars().any(|c| {
+        c.is_control()
+            || c.is_whitespace()
+            || matches!(c, '~' | '^' | ':' | '?' | '*' | '[' | '\\' | '#')
+    }) {
+        return Err("ref names must not contain spaces, control characters or any of ~^:?*[\\#");
+    }
+    for component in name.split('/') {
+        if component.starts_with('.') || component.ends_with(".lock") {
+            return Err("ref name components must not start with '.' or end with '.lock'");
+        }
+        if component.ends_with(BUNDLE_SUFFIX) || component == ZIP_FILE {
+            return Err("ref name components must not end with '.bundle' or be 'repo.zip'");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OID: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    #[test]
+    fn keys_match_the_python_layout() {
+        let layout = Layout::new("/team/repo/");
+        assert_eq!(layout.head(), "team/repo/HEAD");
+        assert_eq!(
+            layout.bundle("refs/heads/main", OID),
+            format!("team/repo/refs/heads/main/{OID}.bundle")
+        );
+        assert_eq!(
+            layout.lock("refs/heads/main"),
+            "team/repo/refs/heads/main/LOCK#.lock"
+        );
+        assert_eq!(
+            layout.protected("refs/heads/main"),
+            "team/repo/refs/heads/main/PROTECTED#"
+        );
+        assert_eq!(
+            layout.zip("refs/tags/v1"),
+            "team/repo/refs/tags/v1/repo.zip"
+        );
+        assert_eq!(layout.refs_prefix(), "team/repo/refs/");
+    }
+
+    #[test]
+    fn classifies_listed_keys() {
+        let layout = Layout::new("p");
+        assert_eq!(
+            layout.classify(&format!("p/refs/heads/feature/x/{OID}.bundle")),
+            RefKey::Bundle {
+                refname: "refs/heads/feature/x".into(),
+                oid: OID.into()
+            }
+        );
+        assert_eq!(
+            layout.classify("p/refs/heads/main/LOCK#.lock"),
+            RefKey::Lock {
+                refname: "refs/heads/main".into()
+            }
+        );
+        assert_eq!(
+            layout.classify("p/refs/heads/main/PROTECTED#"),
+            RefKey::Protected {
+                refname: "refs/heads/main".into()
+            }
+        );
+        assert_eq!(
+            layout.classify("p/refs/heads/main/notes.txt"),
+            RefKey::Other
+        );
+        assert_eq!(
+            layout.classify("p/refs/heads/main/ABC.bundle"),
+            RefKey::Other
+        );
+        assert_eq!(
+            layout.classify("other/refs/heads/main/LOCK#.lock"),
+            RefKey::Other
+        );
+        assert_eq!(layout.classify("p/lfs/abc"), RefKey::Other);
+    }
+
+    #[test]
+    fn refname_rules() {
+        assert!(check_refname("refs/heads/main").is_ok());
+        assert!(check_refname("refs/tags/v1.0").is_ok());
+        assert!(check_refname("main").is_err());
+        assert!(check_refname("refs/heads/a..b").is_err());
+        assert!(check_refname("refs/heads/x.lock").is_err());
+        assert!(check_refname("refs/heads/x.bundle").is_err());
+        assert!(check_refname("refs/heads/a b").is_err());
+        assert!(check_refname("refs/heads/LOCK#").is_err());
+    }
+}

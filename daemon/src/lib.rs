@@ -1,0 +1,20 @@
+//! git-s3d: the per-user daemon behind git-remote-s3, git-lfs-s3 and git-s3. It keeps warm S3
+//! clients, does all S3 and git work on behalf of its thin clients, and listens on a private
+//! Unix socket.
+
+pub mod bucket;
+pub mod bundle;
+pub mod bundles;
+pub mod clients;
+pub mod config;
+pub mod daemon;
+pub mod git;
+pub mod layout;
+pub mod listener;
+pub mod lock;
+pub mod progress;
+pub mod repository;
+pub mod server;
+pub mod state;
+pub mod transfer;
+pub mod url;

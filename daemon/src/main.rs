@@ -1,0 +1,81 @@
+//! git-s3d: the per-user daemon. Usually started on demand by the shims; see README.md.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use git_s3_proto::endpoint::{Endpoint, SOCKET_ENV};
+use git_s3d::daemon::{self, DaemonError, DaemonOptions};
+use tracing_subscriber::EnvFilter;
+
+/// Sets the log filter (tracing's syntax, e.g. `debug` or `git_s3d=trace`).
+const LOG_ENV: &str = "GIT_REMOTE_S3_LOG";
+
+#[derive(Parser)]
+#[command(
+    name = "git-s3d",
+    version,
+    about = "The per-user daemon behind git-remote-s3, git-lfs-s3 and git-s3"
+)]
+struct Args {
+    /// Socket to listen on [default: $XDG_RUNTIME_DIR/git-remote-s3/daemon.sock]
+    #[arg(long, env = SOCKET_ENV)]
+    socket: Option<std::path::PathBuf>,
+    /// Exit after this many seconds without clients or work; 0 never exits on its own.
+    #[arg(long, env = "GIT_REMOTE_S3_DAEMON_IDLE_SECONDS", default_value_t = 600)]
+    idle_timeout: u64,
+    /// Leave the caller's session (used when a client starts the daemon).
+    #[arg(long)]
+    detach: bool,
+    /// Report another version in the handshake (for testing upgrades).
+    #[arg(long, hide = true)]
+    report_version: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.detach {
+        // Own session: no controlling terminal, not killed with the shell that started git.
+        let _ = rustix::process::setsid();
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+
+    let endpoint = match Endpoint::resolve(|key| match key {
+        SOCKET_ENV => args.socket.as_ref().map(|p| p.display().to_string()),
+        _ => std::env::var(key).ok(),
+    }) {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            eprintln!("git-s3d: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = DaemonOptions {
+        endpoint,
+        idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
+        version: args
+            .report_version
+            .unwrap_or_else(|| git_s3_proto::BUILD_VERSION.to_string()),
+    };
+    match daemon::run(options).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(DaemonError::AlreadyRunning(socket)) => {
+            eprintln!(
+                "git-s3d: another daemon already serves {}",
+                socket.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("git-s3d: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

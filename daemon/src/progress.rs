@@ -1,0 +1,117 @@
+//! Progress and messages for the user, sent from an operation to its client as they happen.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// How often a running transfer reports.
+const PROGRESS_PERIOD: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Progress {
+        title: String,
+        done_bytes: u64,
+        total_bytes: u64,
+        finished: bool,
+    },
+    Message(String),
+}
+
+/// Where an operation's events go. Progress is dropped when the client reads slowly; messages
+/// are not.
+#[derive(Clone)]
+pub struct Events {
+    tx: mpsc::Sender<Event>,
+}
+
+impl Events {
+    pub fn channel() -> (Self, mpsc::Receiver<Event>) {
+        let (tx, rx) = mpsc::channel(64);
+        (Self { tx }, rx)
+    }
+
+    pub async fn message(&self, text: impl Into<String>) {
+        // A client that went away no longer needs messages; the operation goes on.
+        let _ = self.tx.send(Event::Message(text.into())).await;
+    }
+
+    /// Starts counting bytes for one transfer; reports until finished or dropped.
+    pub fn meter(&self, title: impl Into<String>, total_bytes: u64) -> Meter {
+        let bytes = Arc::new(AtomicU64::new(0));
+        let title = title.into();
+        let ticker = tokio::spawn(tick(
+            self.tx.clone(),
+            title.clone(),
+            bytes.clone(),
+            total_bytes,
+        ));
+        Meter {
+            bytes,
+            ticker,
+            title,
+            total_bytes,
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+pub struct Meter {
+    bytes: Arc<AtomicU64>,
+    ticker: JoinHandle<()>,
+    title: String,
+    total_bytes: u64,
+    tx: mpsc::Sender<Event>,
+}
+
+impl Meter {
+    pub fn add(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn counter(&self) -> Arc<AtomicU64> {
+        self.bytes.clone()
+    }
+
+    pub fn finish(self) {
+        self.ticker.abort();
+        let done = self.bytes.load(Ordering::Relaxed);
+        let total = if self.total_bytes == 0 {
+            done
+        } else {
+            self.total_bytes
+        };
+        let _ = self.tx.try_send(Event::Progress {
+            title: self.title.clone(),
+            done_bytes: done,
+            total_bytes: total,
+            finished: true,
+        });
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        self.ticker.abort();
+    }
+}
+
+async fn tick(tx: mpsc::Sender<Event>, title: String, bytes: Arc<AtomicU64>, total_bytes: u64) {
+    let mut last = u64::MAX;
+    loop {
+        tokio::time::sleep(PROGRESS_PERIOD).await;
+        let done = bytes.load(Ordering::Relaxed);
+        if done != last {
+            last = done;
+            let _ = tx.try_send(Event::Progress {
+                title: title.clone(),
+                done_bytes: done,
+                total_bytes,
+                finished: false,
+            });
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! The gRPC service: turns requests into calls on a repository and errors into statuses. Thin
+//! by design; the work lives in `repository` and below.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use git_s3_proto as proto;
+use proto::daemon_server::Daemon;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::progress::{Event, Events};
+use crate::repository::{self, CallerContext, PushBatch, PushCommand, Repository};
+use crate::state::DaemonState;
+
+pub struct Service {
+    state: Arc<DaemonState>,
+}
+
+impl Service {
+    pub fn new(state: Arc<DaemonState>) -> Self {
+        Self { state }
+    }
+
+    async fn open(
+        &self,
+        caller: Option<proto::Caller>,
+        remote: Option<proto::Remote>,
+    ) -> Result<(Repository, String), Status> {
+        let caller =
+            caller.ok_or_else(|| Status::invalid_argument("the request names no caller"))?;
+        let remote =
+            remote.ok_or_else(|| Status::invalid_argument("the request names no remote"))?;
+        if !caller.cwd.starts_with('/') {
+            return Err(Status::invalid_argument(
+                "the caller's working directory must be an absolute path",
+            ));
+        }
+        let context = CallerContext {
+            cwd: caller.cwd.into(),
+            env: Arc::new(caller.env),
+        };
+        let repo = repository::open(&self.state.clients, &context, &remote.name, &remote.url)
+            .await
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let label = repo.config.url.to_string();
+        Ok((repo, label))
+    }
+}
+
+type EventStream<T> = ReceiverStream<Result<T, Status>>;
+
+#[tonic::async_trait]
+impl Daemon for Service {
+    async fn status(
+        &self,
+        request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::StatusReply>, Status> {
+        let _ = request;
+        let state = &self.state;
+        let activities = state
+            .activities()
+            .into_iter()
+            .map(|a| proto::Activity {
+                what: a.what,
+                remote: a.remote,
+                elapsed_ms: a.started.elapsed().as_millis() as u64,
+            })
+            .collect();
+        Ok(Response::new(proto::StatusReply {
+            pid: std::process::id(),
+            version: state.version.clone(),
+            protocol: proto::PROTOCOL_VERSION,
+            uptime_s: state.started.elapsed().as_secs(),
+            socket: state.socket.display().to_string(),
+            clients: state.clients.len().await as u32,
+            // The asking connection is not a session.
+            sessions: state.connections().saturating_sub(1) as u32,
+            requests: state.requests(),
+            idle_timeout_s: state.idle_timeout.map_or(0, |d| d.as_secs()),
+            activities,
+        }))
+    }
+
+    async fn stop(
+        &self,
+        _request: Request<proto::StopRequest>,
+    ) -> Result<Response<proto::StopReply>, Status> {
+        tracing::info!("stop requested");
+        self.state.shutdown.cancel();
+        Ok(Response::new(proto::StopReply {}))
+    }
+
+    async fn list_refs(
+        &self,
+        request: Request<proto::ListRefsRequest>,
+    ) -> Result<Response<proto::ListRefsReply>, Status> {
+        let request = request.into_inner();
+        let (repo, label) = self.open(request.caller, request.remote).await?;
+        let _activity = self.state.begin(
+            if request.for_push {
+                "list for-push"
+            } else {
+                "list"
+            },
+            &label,
+        );
+        let listing = repo
+            .list(!request.for_push)
+            .await
+            .map_err(|e| Status::aborted(e.to_string()))?;
+        let head = listing
+            .head
+            .as_deref()
+            .filter(|head| listing.values().any(|(name, _)| name == *head))
+            .unwrap_or_default()
+            .to_string();
+        let refs = listing
+            .values()
+            .map(|(name, oid)| proto::RemoteRef {
+                name: name.into(),
+                oid: oid.into(),
+            })
+            .collect();
+        Ok(Response::new(proto::ListRefsReply { refs, head }))
+    }
+
+    type FetchStream = EventStream<proto::FetchEvent>;
+
+    async fn fetch(
+        &self,
+        request: Request<proto::FetchRequest>,
+    ) -> Result<Response<Self::FetchStream>, Status> {
+        let request = request.into_inner();
+        let (repo, label) = self.open(request.caller, request.remote).await?;
+        let wanted: Vec<(String, String)> = request
+            .wanted
+            .into_iter()
+            .map(|r| (r.name, r.oid))
+            .collect();
+        let stream = stream_operation(
+            self.state.clone(),
+            "fetch",
+            label,
+            move |events| async move { repo.fetch(wanted, &events).await },
+            fetch_event,
+            |result| match result {
+                Ok(keeps) => Ok(proto::FetchEvent {
+                    event: Some(proto::fetch_event::Event::Done(proto::FetchDone {
+                        pack_locks: keeps.iter().map(|p| p.display().to_string()).collect(),
+                    })),
+                }),
+                Err(e) => Err(Status::aborted(e.to_string())),
+            },
+        );
+        Ok(Response::new(stream))
+    }
+
+    type PushStream = EventStream<proto::PushEvent>;
+
+    async fn push(
+        &self,
+        request: Request<proto::PushRequest>,
+    ) -> Result<Response<Self::PushStream>, Status> {
+        let request = request.into_inner();
+        let (repo, label) = self.open(request.caller, request.remote).await?;
+        let batch = PushBatch {
+            commands: request
+                .commands
+                .into_iter()
+                .map(|c| PushCommand {
+                    src: c.src,
+                    dst: c.dst,
+                    force: c.force,
+                })
+                .collect(),
+            advertised: request
+                .advertised
+                .into_iter()
+                .map(|r| (r.name, r.oid))
+                .collect::<HashMap<_, _>>(),
+            leases: request
+                .leases
+                .into_iter()
+                .map(|l| (l.dst, l.expected_oid))
+                .collect(),
+            dry_run: request.dry_run,
+            atomic: request.atomic,
+        };
+        let stream = stream_operation(
+            self.state.clone(),
+            "push",
+            label,
+            move |events| async move { repo.push(batch, &events).await },
+            push_event,
+            |outcomes| {
+                let statuses = outcomes
+                    .into_iter()
+                    .map(|o| match o.result {
+                        Ok(forced) => proto::RefStatus {
+                            dst: o.dst,
+                            error: String::new(),
+                            forced,
+                        },
+                        Err(error) => proto::RefStatus {
+                            dst: o.dst,
+                            error,
+                            forced: false,
+                        },
+                    })
+                    .collect();
+                Ok(proto::PushEvent {
+                    event: Some(proto::push_event::Event::Done(proto::PushDone { statuses })),
+                })
+            },
+        );
+        Ok(Response::new(stream))
+    }
+}
+
+/// Runs an operation as a daemon task that goes on to the end even if its client disconnects
+/// (a push stops only at a safe point), streaming its events and then its result.
+fn stream_operation<T, R, Fut>(
+    state: Arc<DaemonState>,
+    what: &'static str,
+    label: String,
+    work: impl FnOnce(Events) -> Fut + Send + 'static,
+    wrap: fn(Event) -> T,
+    finish: fn(R) -> Result<T, Status>,
+) -> EventStream<T>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+{
+    let (events, mut event_rx) = Events::channel();
+    let (tx, rx) = mpsc::channel(64);
+    let tasks = state.tasks.clone();
+    tasks.spawn(async move {
+        let _activity = state.begin(what, &label);
+        let work = work(events);
+        tokio::pin!(work);
+        let result = loop {
+            tokio::select! {
+                result = &mut work => break result,
+                Some(event) = event_rx.recv() => forward(&tx, event, wrap).await,
+            }
+        };
+        while let Ok(event) = event_rx.try_recv() {
+            forward(&tx, event, wrap).await;
+        }
+        let _ = tx.send(finish(result)).await;
+    });
+    ReceiverStream::new(rx)
+}
+
+async fn forward<T>(tx: &mpsc::Sender<Result<T, Status>>, event: Event, wrap: fn(Event) -> T) {
+    let _ = tx.send(Ok(wrap(event))).await;
+}
+
+fn progress(event: Event) -> Result<proto::Progress, String> {
+    match event {
+        Event::Progress {
+            title,
+            done_bytes,
+            total_bytes,
+            finished,
+        } => Ok(proto::Progress {
+            title,
+            done_bytes,
+            total_bytes,
+            finished,
+        }),
+        Event::Message(text) => Err(text),
+    }
+}
+
+fn fetch_event(event: Event) -> proto::FetchEvent {
+    use proto::fetch_event::Event as E;
+    let event = match progress(event) {
+        Ok(p) => E::Progress(p),
+        Err(text) => E::Message(text),
+    };
+    proto::FetchEvent { event: Some(event) }
+}
+
+fn push_event(event: Event) -> proto::PushEvent {
+    use proto::push_event::Event as E;
+    let event = match progress(event) {
+        Ok(p) => E::Progress(p),
+        Err(text) => E::Message(text),
+    };
+    proto::PushEvent { event: Some(event) }
+}

@@ -1,0 +1,145 @@
+//! What the daemon knows about itself: warm clients, connected sessions, work in progress, and
+//! when it was last busy (for the idle exit).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clients::ClientCache;
+
+pub struct DaemonState {
+    pub started: Instant,
+    pub socket: PathBuf,
+    pub version: String,
+    pub idle_timeout: Option<Duration>,
+    pub clients: ClientCache,
+    /// Work that must finish even if its client goes away (a push half-way must complete or
+    /// roll back, not be dropped). Waited for at shutdown.
+    pub tasks: TaskTracker,
+    pub shutdown: CancellationToken,
+    connections: AtomicUsize,
+    requests: AtomicU64,
+    next_activity: AtomicU64,
+    activities: Mutex<HashMap<u64, Activity>>,
+    last_busy: Mutex<Instant>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Activity {
+    pub what: String,
+    pub remote: String,
+    pub started: Instant,
+}
+
+impl DaemonState {
+    pub fn new(socket: PathBuf, version: String, idle_timeout: Option<Duration>) -> Self {
+        Self {
+            started: Instant::now(),
+            socket,
+            version,
+            idle_timeout,
+            clients: ClientCache::default(),
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            connections: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            next_activity: AtomicU64::new(0),
+            activities: Mutex::new(HashMap::new()),
+            last_busy: Mutex::new(Instant::now()),
+        }
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections.fetch_add(1, Ordering::SeqCst);
+        self.touch();
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections.fetch_sub(1, Ordering::SeqCst);
+        self.touch();
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Records a request for `status`; the activity ends when the guard is dropped.
+    pub fn begin(self: &Arc<Self>, what: &str, remote: &str) -> ActivityGuard {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let id = self.next_activity.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut activities) = self.activities.lock() {
+            activities.insert(
+                id,
+                Activity {
+                    what: what.into(),
+                    remote: remote.into(),
+                    started: Instant::now(),
+                },
+            );
+        }
+        self.touch();
+        ActivityGuard {
+            state: self.clone(),
+            id,
+        }
+    }
+
+    pub fn activities(&self) -> Vec<Activity> {
+        self.activities
+            .lock()
+            .map(|a| a.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// True once nothing has happened for the idle timeout: no connection, no work.
+    pub fn idle_for_too_long(&self) -> bool {
+        let Some(limit) = self.idle_timeout else {
+            return false;
+        };
+        let busy = self.connections() > 0
+            || !self.tasks.is_empty()
+            || self
+                .activities
+                .lock()
+                .map(|a| !a.is_empty())
+                .unwrap_or(true);
+        if busy {
+            self.touch();
+            return false;
+        }
+        self.last_busy
+            .lock()
+            .map(|t| t.elapsed() >= limit)
+            .unwrap_or(false)
+    }
+
+    fn touch(&self) {
+        if let Ok(mut t) = self.last_busy.lock() {
+            *t = Instant::now();
+        }
+    }
+}
+
+pub struct ActivityGuard {
+    state: Arc<DaemonState>,
+    id: u64,
+}
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        if let Ok(mut activities) = self.state.activities.lock() {
+            activities.remove(&self.id);
+        }
+        self.state.touch();
+    }
+}

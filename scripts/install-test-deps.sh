@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what the tests, the demo and the benchmarks need, skipping what is already there:
+# git-lfs (Debian), moto's S3 server and the Python git-remote-s3 (each in its own venv under
+# .tools/, ignored by git), and s3s-fs (cargo install).
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+tools="$repo/.tools"
+mkdir -p "$tools"
+
+say() { printf '%s\n' "install-test-deps: $*" >&2; }
+
+if ! command -v git-lfs >/dev/null 2>&1; then
+    say "installing git-lfs from apt"
+    if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+    $sudo apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q git-lfs
+fi
+
+venv_package() { # venv-dir requirement executable
+    local venv=$1 requirement=$2 exe=$3
+    if [ -x "$venv/bin/$exe" ] && "$venv/bin/python" -m pip show -q "${requirement%%[[=]*}" >/dev/null 2>&1 \
+        && "$venv/bin/python" -m pip freeze 2>/dev/null | grep -qi "^${requirement%%[[=]*}==${requirement##*==}\$"; then
+        return
+    fi
+    say "installing $requirement into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check "$requirement"
+}
+
+venv_package "$tools/moto" 'moto[server]==5.2.5' moto_server
+venv_package "$tools/python-git-remote-s3" 'git-remote-s3==0.4.2' git-remote-s3
+
+if ! "$tools/bin/s3s-fs" --help >/dev/null 2>&1; then
+    say "building s3s-fs 0.14.1 (a few minutes)"
+    cargo install --quiet --root "$tools" s3s-fs@0.14.1 --locked --features binary
+fi
+say "ready: $tools"

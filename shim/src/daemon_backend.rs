@@ -1,0 +1,154 @@
+//! The remote helper's backend: forwards each batch to the daemon and shows its progress and
+//! messages on stderr.
+
+use git_s3_proto::endpoint::Endpoint;
+use git_s3_proto::{
+    FetchDone, FetchRequest, ListRefsReply, ListRefsRequest, PushDone, Remote, RemoteRef,
+    Verbosity, fetch_event, push_event,
+};
+use tonic::{Code, Status};
+
+use crate::caller;
+use crate::daemon_client::{Client, connect_or_start};
+use crate::progress::ProgressDisplay;
+use crate::remote_helper::{Backend, PushRequest};
+
+pub struct DaemonBackend {
+    endpoint: Endpoint,
+    remote: Remote,
+    client: Option<Client>,
+    display: ProgressDisplay,
+}
+
+impl DaemonBackend {
+    pub fn new(endpoint: Endpoint, remote: Remote) -> Self {
+        Self {
+            endpoint,
+            remote,
+            client: None,
+            display: ProgressDisplay::default(),
+        }
+    }
+
+    /// Connects on first use: `capabilities` alone needs no daemon.
+    async fn client(&mut self) -> Result<Client, String> {
+        if let Some(client) = &self.client {
+            return Ok(client.clone());
+        }
+        let client = connect_or_start(&self.endpoint)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.client = Some(client.clone());
+        Ok(client)
+    }
+
+    fn show(
+        &mut self,
+        verbosity: &Verbosity,
+        progress: Option<git_s3_proto::Progress>,
+        message: Option<String>,
+    ) {
+        if let Some(progress) = progress.filter(|_| verbosity.progress) {
+            self.display.update(&progress);
+        }
+        if let Some(message) = message.filter(|_| verbosity.level > 0) {
+            eprintln!("{message}");
+        }
+    }
+}
+
+/// One line for the user: the daemon's own words, or what went wrong reaching it.
+pub fn describe(status: &Status, endpoint: &Endpoint) -> String {
+    match status.code() {
+        Code::InvalidArgument | Code::FailedPrecondition | Code::Aborted
+            if !status.message().is_empty() =>
+        {
+            status.message().to_string()
+        }
+        _ => format!(
+            "lost the connection to git-s3d ({}); see {}",
+            status.message(),
+            endpoint.log_file().display()
+        ),
+    }
+}
+
+impl Backend for DaemonBackend {
+    async fn list(&mut self, for_push: bool) -> Result<ListRefsReply, String> {
+        let mut client = self.client().await?;
+        let request = ListRefsRequest {
+            caller: Some(caller::caller().map_err(|e| e.to_string())?),
+            remote: Some(self.remote.clone()),
+            for_push,
+        };
+        client
+            .list_refs(request)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| describe(&s, &self.endpoint))
+    }
+
+    async fn fetch(
+        &mut self,
+        wanted: Vec<RemoteRef>,
+        verbosity: Verbosity,
+    ) -> Result<FetchDone, String> {
+        let mut client = self.client().await?;
+        let request = FetchRequest {
+            caller: Some(caller::caller().map_err(|e| e.to_string())?),
+            remote: Some(self.remote.clone()),
+            wanted,
+            verbosity: Some(verbosity),
+        };
+        let mut events = client
+            .fetch(request)
+            .await
+            .map_err(|s| describe(&s, &self.endpoint))?
+            .into_inner();
+        loop {
+            let event = events
+                .message()
+                .await
+                .map_err(|s| describe(&s, &self.endpoint))?;
+            match event.and_then(|e| e.event) {
+                Some(fetch_event::Event::Progress(p)) => self.show(&verbosity, Some(p), None),
+                Some(fetch_event::Event::Message(m)) => self.show(&verbosity, None, Some(m)),
+                Some(fetch_event::Event::Done(done)) => return Ok(done),
+                None => return Err("git-s3d stopped before the fetch finished; fetch again".into()),
+            }
+        }
+    }
+
+    async fn push(&mut self, request: PushRequest) -> Result<PushDone, String> {
+        let mut client = self.client().await?;
+        let verbosity = request.options.verbosity();
+        let request = git_s3_proto::PushRequest {
+            caller: Some(caller::caller().map_err(|e| e.to_string())?),
+            remote: Some(self.remote.clone()),
+            commands: request.commands,
+            advertised: request.advertised,
+            leases: request.options.leases,
+            dry_run: request.options.dry_run,
+            atomic: request.options.atomic,
+            push_options: request.options.push_options,
+            verbosity: Some(verbosity),
+        };
+        let mut events = client
+            .push(request)
+            .await
+            .map_err(|s| describe(&s, &self.endpoint))?
+            .into_inner();
+        loop {
+            let event = events
+                .message()
+                .await
+                .map_err(|s| describe(&s, &self.endpoint))?;
+            match event.and_then(|e| e.event) {
+                Some(push_event::Event::Progress(p)) => self.show(&verbosity, Some(p), None),
+                Some(push_event::Event::Message(m)) => self.show(&verbosity, None, Some(m)),
+                Some(push_event::Event::Done(done)) => return Ok(done),
+                None => return Err("git-s3d stopped before the push finished; check the remote with 'git ls-remote' and push again".into()),
+            }
+        }
+    }
+}
