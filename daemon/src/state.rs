@@ -57,12 +57,10 @@ impl DaemonState {
 
     pub fn connection_opened(&self) {
         self.connections.fetch_add(1, Ordering::SeqCst);
-        self.touch();
     }
 
     pub fn connection_closed(&self) {
         self.connections.fetch_sub(1, Ordering::SeqCst);
-        self.touch();
     }
 
     pub fn connections(&self) -> usize {
@@ -73,7 +71,7 @@ impl DaemonState {
         self.requests.load(Ordering::Relaxed)
     }
 
-    /// Records a request for `status`; the activity ends when the guard is dropped.
+    /// Records a request, shown by `status`; the activity ends when the guard is dropped.
     pub fn begin(self: &Arc<Self>, what: &str, remote: &str) -> ActivityGuard {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let id = self.next_activity.fetch_add(1, Ordering::Relaxed);
@@ -101,26 +99,26 @@ impl DaemonState {
             .unwrap_or_default()
     }
 
-    /// True once nothing has happened for the idle timeout: no connection, no work.
+    /// True when nobody is connected, nothing is running, and the last real request ended
+    /// longer ago than the idle timeout. A `status` probe is not a request: watching the daemon
+    /// does not keep it alive.
     pub fn idle_for_too_long(&self) -> bool {
         let Some(limit) = self.idle_timeout else {
             return false;
         };
-        let busy = self.connections() > 0
-            || !self.tasks.is_empty()
+        let working = !self.tasks.is_empty()
             || self
                 .activities
                 .lock()
                 .map(|a| !a.is_empty())
                 .unwrap_or(true);
-        if busy {
-            self.touch();
-            return false;
-        }
-        self.last_busy
-            .lock()
-            .map(|t| t.elapsed() >= limit)
-            .unwrap_or(false)
+        let quiet = self.connections() == 0 && !working;
+        quiet
+            && self
+                .last_busy
+                .lock()
+                .map(|t| t.elapsed() >= limit)
+                .unwrap_or(false)
     }
 
     fn touch(&self) {

@@ -1,1 +1,322 @@
+//! Test support: a user's world in a box. `TestEnv` starts a local S3 server (moto or s3s-fs)
+//! on a free loopback port, gives the test its own bucket, HOME and daemon socket, runs the real
+//! `git` with the freshly built shims first on PATH, and stops everything it started when dropped,
+//! also when the test fails.
 
+pub mod s3_server;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use s3_server::{S3Server, ServerKind};
+
+/// Where the workspace's binaries are built.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("tests/ lives in the workspace")
+            .to_path_buf();
+        // `cargo test` builds only this crate's dependencies, not the other members' binaries.
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "git-s3-shim",
+                "-p",
+                "git-s3d",
+                "--bins",
+            ])
+            .current_dir(&workspace)
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the binaries failed");
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| workspace.join("target"));
+        target.join("debug")
+    })
+}
+
+/// The project's `.tools` folder, where scripts/install-test-deps.sh puts the servers.
+pub fn tools_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools")
+}
+
+/// Polls `check` until it yields a value or `limit` passes.
+pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub struct TestEnv {
+    pub server: S3Server,
+    pub bucket: String,
+    root: tempfile::TempDir,
+    /// The user's runtime dir; short, so the socket path fits in sockaddr_un.
+    socket_dir: tempfile::TempDir,
+    extra_env: Vec<(String, String)>,
+}
+
+impl TestEnv {
+    /// A world with moto, the AWS-faithful server.
+    pub fn new() -> Self {
+        Self::with_server(ServerKind::Moto)
+    }
+
+    pub fn with_server(kind: ServerKind) -> Self {
+        let root = tempfile::Builder::new()
+            .prefix("git-s3-test-")
+            .tempdir()
+            .expect("temp dir");
+        let server = S3Server::start(kind, root.path());
+        let bucket = "test-bucket".to_string();
+        server.create_bucket(&bucket);
+        let socket_dir = tempfile::Builder::new()
+            .prefix("gs3")
+            .tempdir_in("/tmp")
+            .expect("socket dir");
+        let env = Self {
+            server,
+            bucket,
+            root,
+            socket_dir,
+            extra_env: Vec::new(),
+        };
+        std::fs::create_dir_all(env.home()).expect("home");
+        std::fs::create_dir_all(env.state_dir()).expect("state dir");
+        let mut gitconfig = String::from(
+            "[user]\n\tname = Test User\n\temail = test@example.com\n[init]\n\tdefaultBranch = main\n[protocol \"s3\"]\n\tallow = always\n",
+        );
+        if kind == ServerKind::S3sFs {
+            gitconfig.push_str("[s3]\n\tchecksums = when-required\n");
+        }
+        std::fs::write(env.home().join(".gitconfig"), gitconfig).expect("gitconfig");
+        env
+    }
+
+    /// Adds a variable to every command this environment runs.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.extra_env.retain(|(k, _)| k != key);
+        self.extra_env.push((key.to_string(), value.to_string()));
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.root.path().join("home")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.path().join("state")
+    }
+
+    /// Where the daemon puts its socket by default, under the user's runtime dir.
+    pub fn socket(&self) -> PathBuf {
+        self.socket_dir.path().join("git-remote-s3/daemon.sock")
+    }
+
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.state_dir().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// A path in the test's scratch space.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root.path().join(name)
+    }
+
+    pub fn url(&self, prefix: &str) -> String {
+        format!("s3://{}/{prefix}", self.bucket)
+    }
+
+    /// A command with a clean, private environment: only what a user of this world has.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new(program);
+        let path = format!(
+            "{}:{}",
+            bin_dir().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        command
+            .env_clear()
+            .env("PATH", path)
+            .env("HOME", self.home())
+            .env("XDG_CONFIG_HOME", self.home().join(".config"))
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("LANG", "C")
+            .env("XDG_RUNTIME_DIR", self.socket_dir.path())
+            .env("GIT_REMOTE_S3_STATE_DIR", self.state_dir())
+            .env("GIT_REMOTE_S3_LOG", "debug")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL_S3", &self.server.endpoint)
+            .env("AWS_ENDPOINT_URL", &self.server.endpoint)
+            .env("AWS_ACCESS_KEY_ID", s3_server::ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", s3_server::SECRET_KEY)
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null());
+        command
+    }
+
+    pub fn run(&self, mut command: Command) -> Output {
+        command.output().expect("spawn")
+    }
+
+    pub fn git(&self, dir: &Path, args: &[&str]) -> Output {
+        let mut command = self.command("git");
+        command.current_dir(dir).args(args);
+        self.run(command)
+    }
+
+    /// Runs git and returns its stdout; fails the test with git's stderr otherwise.
+    pub fn git_ok(&self, dir: &Path, args: &[&str]) -> String {
+        let output = self.git(dir, args);
+        assert!(
+            output.status.success(),
+            "git {} failed:\n{}\n--- daemon log ---\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr),
+            tail(&self.daemon_log(), 30)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Runs git expecting failure; returns its stderr.
+    pub fn git_fails(&self, dir: &Path, args: &[&str]) -> String {
+        let output = self.git(dir, args);
+        assert!(
+            !output.status.success(),
+            "git {} should have failed but printed:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout)
+        );
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
+    /// `git s3 …` with this world's environment.
+    pub fn git_s3(&self, args: &[&str]) -> Output {
+        let mut command = self.command(bin_dir().join("git-s3"));
+        command.args(args).current_dir(self.root.path());
+        self.run(command)
+    }
+
+    /// The daemon's `status --json`, or `None` when it is not running.
+    pub fn daemon_status(&self) -> Option<serde_json::Value> {
+        let output = self.git_s3(&["daemon", "status", "--json"]);
+        if output.status.code() == Some(3) {
+            return None;
+        }
+        assert!(
+            output.status.success(),
+            "git s3 daemon status failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Some(serde_json::from_slice(&output.stdout).expect("status --json is JSON"))
+    }
+
+    /// A new repository with one commit of `file`.
+    pub fn new_repo(&self, name: &str) -> PathBuf {
+        let dir = self.path(name);
+        std::fs::create_dir_all(&dir).expect("repo dir");
+        self.git_ok(&dir, &["init", "-q"]);
+        self.commit(&dir, "README", &format!("{name}\n"), "first commit");
+        dir
+    }
+
+    /// Writes `file` and commits it; returns the new commit id.
+    pub fn commit(&self, repo: &Path, file: &str, content: &str, message: &str) -> String {
+        let path = repo.join(file);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("dirs");
+        }
+        std::fs::write(&path, content).expect("write file");
+        self.git_ok(repo, &["add", file]);
+        self.git_ok(repo, &["commit", "-q", "-m", message]);
+        self.rev_parse(repo, "HEAD")
+    }
+
+    pub fn rev_parse(&self, repo: &Path, rev: &str) -> String {
+        self.git_ok(repo, &["rev-parse", rev]).trim().to_string()
+    }
+
+    /// `(oid, ref)` pairs of `git ls-remote`.
+    pub fn ls_remote(&self, dir: &Path, remote: &str) -> Vec<(String, String)> {
+        self.git_ok(dir, &["ls-remote", remote])
+            .lines()
+            .filter_map(|l| {
+                l.split_once('\t')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+            })
+            .collect()
+    }
+
+    /// Every key in the bucket under `prefix`, sorted.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        self.server.keys(&self.bucket, prefix)
+    }
+
+    fn stop_daemon(&self) {
+        let Some(status) = (if self.socket().exists() {
+            self.daemon_status()
+        } else {
+            None
+        }) else {
+            return;
+        };
+        let pid = status["pid"].as_i64().unwrap_or(0) as i32;
+        let _ = self.git_s3(&["daemon", "stop"]);
+        let Some(pid) = rustix::process::Pid::from_raw(pid) else {
+            return;
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rustix::process::test_kill_process(pid).is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}
+
+impl Default for TestEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        self.stop_daemon();
+    }
+}
+
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// `n` bytes that do not compress, the same for the same seed.
+pub fn incompressible_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        // xorshift64*
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}

@@ -1,0 +1,244 @@
+//! Local S3-compatible servers on loopback: moto (AWS-faithful, conditional writes, in memory)
+//! and s3s-fs (SigV4 enforced, on disk). Each runs as a child process on a free port and is
+//! killed when dropped.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use aws_sdk_s3::primitives::ByteStream;
+
+pub const ACCESS_KEY: &str = "AKIDTESTTESTTEST";
+pub const SECRET_KEY: &str = "test-secret-key-that-must-never-be-logged";
+const START_LIMIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    Moto,
+    S3sFs,
+}
+
+pub struct S3Server {
+    pub kind: ServerKind,
+    pub endpoint: String,
+    pub port: u16,
+    /// s3s-fs's data folder (buckets are folders, objects files).
+    pub data_dir: Option<PathBuf>,
+    child: Child,
+    runtime: tokio::runtime::Runtime,
+    client: aws_sdk_s3::Client,
+}
+
+impl S3Server {
+    pub fn start(kind: ServerKind, scratch: &Path) -> Self {
+        let port = free_port();
+        let log = std::fs::File::create(scratch.join(format!("{kind:?}.log"))).expect("server log");
+        let log_err = log.try_clone().expect("server log");
+        let (mut command, data_dir) = match kind {
+            ServerKind::Moto => {
+                let program = find_tool("moto/bin/moto_server", "moto_server");
+                let mut command = Command::new(program);
+                command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+                (command, None)
+            }
+            ServerKind::S3sFs => {
+                let data = scratch.join("s3s-data");
+                std::fs::create_dir_all(&data).expect("s3s data dir");
+                let mut command = Command::new(find_tool("bin/s3s-fs", "s3s-fs"));
+                command
+                    .args([
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        &port.to_string(),
+                        "--access-key",
+                        ACCESS_KEY,
+                        "--secret-key",
+                        SECRET_KEY,
+                    ])
+                    .arg(&data);
+                (command, Some(data))
+            }
+        };
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {kind:?} ({e}); run scripts/install-test-deps.sh")
+            });
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let client = runtime.block_on(test_client(&endpoint));
+        let mut server = Self {
+            kind,
+            endpoint,
+            port,
+            data_dir,
+            child,
+            runtime,
+            client,
+        };
+        crate::wait_for(
+            &format!("{kind:?} to listen on port {port}"),
+            START_LIMIT,
+            || {
+                if let Ok(Some(status)) = server.child.try_wait() {
+                    panic!(
+                        "{kind:?} exited at start-up with {status}; see {}",
+                        scratch.display()
+                    );
+                }
+                TcpStream::connect(("127.0.0.1", port)).ok()
+            },
+        );
+        server
+    }
+
+    pub fn create_bucket(&self, bucket: &str) {
+        self.runtime
+            .block_on(self.client.create_bucket().bucket(bucket).send())
+            .expect("create bucket");
+    }
+
+    pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        self.runtime.block_on(async {
+            let mut keys = Vec::new();
+            let mut pages = self
+                .client
+                .list_objects_v2()
+                .bucket(bucket)
+                .prefix(prefix)
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page = page.expect("list objects");
+                keys.extend(
+                    page.contents()
+                        .iter()
+                        .filter_map(|o| o.key().map(str::to_string)),
+                );
+            }
+            keys.sort();
+            keys
+        })
+    }
+
+    pub fn put(&self, bucket: &str, key: &str, body: Vec<u8>) {
+        self.runtime
+            .block_on(
+                self.client
+                    .put_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .body(ByteStream::from(body))
+                    .send(),
+            )
+            .expect("put object");
+    }
+
+    pub fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
+        self.runtime.block_on(async {
+            let out = self
+                .client
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .expect("get object");
+            out.body.collect().await.expect("read object").to_vec()
+        })
+    }
+
+    /// `(etag, last modified)` of an object.
+    pub fn head(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Option<(String, aws_sdk_s3::primitives::DateTime)> {
+        self.runtime.block_on(async {
+            let out = self
+                .client
+                .head_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .ok()?;
+            Some((
+                out.e_tag().unwrap_or_default().to_string(),
+                *out.last_modified()?,
+            ))
+        })
+    }
+
+    pub fn copy(&self, bucket: &str, from: &str, to: &str) {
+        self.runtime
+            .block_on(
+                self.client
+                    .copy_object()
+                    .bucket(bucket)
+                    .key(to)
+                    .copy_source(format!("{bucket}/{from}"))
+                    .send(),
+            )
+            .expect("copy object");
+    }
+
+    pub fn open_multipart_uploads(&self, bucket: &str) -> usize {
+        self.runtime.block_on(async {
+            let out = self
+                .client
+                .list_multipart_uploads()
+                .bucket(bucket)
+                .send()
+                .await
+                .expect("list uploads");
+            out.uploads().len()
+        })
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn test_client(endpoint: &str) -> aws_sdk_s3::Client {
+    let credentials =
+        aws_sdk_s3::config::Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "test");
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .credentials_provider(credentials)
+        .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+fn find_tool(in_tools: &str, on_path: &str) -> PathBuf {
+    let local = crate::tools_dir().join(in_tools);
+    if local.is_file() {
+        local
+    } else {
+        PathBuf::from(on_path)
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
