@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: installs what the tests need (skipping what is there), then
+# unit and integration tests against local S3 servers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-test-deps.sh
+cargo build --workspace --bins
+cargo test --workspace
