@@ -1,0 +1,702 @@
+//! git push / fetch / clone / ls-remote through s3:// remotes, as a user does them, against moto
+//! (and the core flows against s3s-fs, which checks signatures and keeps data on disk).
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use git_s3_tests::{ServerKind, TestEnv, incompressible_bytes, wait_for};
+
+fn bundle_keys(env: &TestEnv, prefix: &str, refname: &str) -> Vec<String> {
+    env.keys(&format!("{prefix}/{refname}/"))
+        .into_iter()
+        .filter(|k| k.ends_with(".bundle"))
+        .collect()
+}
+
+#[test]
+fn clone_of_an_empty_prefix_is_an_empty_repository() {
+    let env = TestEnv::new();
+    let output = env.git(&env.path(""), &["clone", &env.url("nothing-here"), "empty"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cloned an empty repository"));
+}
+
+fn push_clone_fetch_round_trip(env: &TestEnv) {
+    let url = env.url("team/repo");
+    let work = env.new_repo("work");
+    env.git_ok(&work, &["remote", "add", "origin", &url]);
+    env.git_ok(&work, &["push", "-u", "origin", "main"]);
+    assert_eq!(
+        env.keys("team/repo/HEAD"),
+        vec!["team/repo/HEAD".to_string()]
+    );
+
+    let clone = env.path("clone");
+    env.git_ok(&env.path(""), &["clone", &url, clone.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(clone.join("README")).unwrap(),
+        "work\n"
+    );
+    assert_eq!(
+        env.git_ok(&clone, &["symbolic-ref", "HEAD"]).trim(),
+        "refs/heads/main"
+    );
+
+    let second = env.commit(
+        &work,
+        "src/lib.rs",
+        "pub fn answer() -> u32 { 42 }\n",
+        "second",
+    );
+    env.git_ok(&work, &["push"]);
+    env.git_ok(&clone, &["pull", "-q"]);
+    assert_eq!(env.rev_parse(&clone, "HEAD"), second);
+    assert_eq!(
+        bundle_keys(env, "team/repo", "refs/heads/main"),
+        vec![format!("team/repo/refs/heads/main/{second}.bundle")]
+    );
+
+    // Nothing new: fetch succeeds and changes nothing.
+    env.git_ok(&clone, &["fetch"]);
+    assert_eq!(env.rev_parse(&clone, "origin/main"), second);
+}
+
+#[test]
+fn push_clone_and_fetch_round_trip() {
+    push_clone_fetch_round_trip(&TestEnv::new());
+}
+
+#[test]
+fn push_clone_and_fetch_round_trip_on_s3s_fs() {
+    push_clone_fetch_round_trip(&TestEnv::with_server(ServerKind::S3sFs));
+}
+
+#[test]
+fn branches_tags_and_renamed_pushes() {
+    let env = TestEnv::new();
+    let url = env.url("refs-kinds");
+    let work = env.new_repo("work");
+    env.git_ok(&work, &["remote", "add", "origin", &url]);
+    env.git_ok(&work, &["push", "origin", "main"]);
+    env.git_ok(&work, &["checkout", "-q", "-b", "feature/x"]);
+    let feature = env.commit(&work, "x.txt", "x\n", "feature work");
+    env.git_ok(&work, &["tag", "light"]);
+    env.git_ok(&work, &["tag", "-a", "v1.0", "-m", "release"]);
+    let annotated = env.rev_parse(&work, "v1.0");
+    env.git_ok(&work, &["push", "origin", "feature/x", "light", "v1.0"]);
+    env.git_ok(&work, &["push", "origin", "feature/x:refs/heads/renamed"]);
+    let raw = env.commit(&work, "y.txt", "y\n", "raw");
+    env.git_ok(
+        &work,
+        &["push", "origin", &format!("{raw}:refs/heads/from-sha")],
+    );
+
+    let refs = env.ls_remote(&work, "origin");
+    let has = |oid: &str, name: &str| refs.iter().any(|(o, n)| o == oid && n == name);
+    assert!(has(&feature, "refs/heads/feature/x"), "{refs:?}");
+    assert!(has(&feature, "refs/tags/light"), "{refs:?}");
+    assert!(
+        has(&annotated, "refs/tags/v1.0"),
+        "annotated tags keep the tag object: {refs:?}"
+    );
+    assert!(has(&feature, "refs/heads/renamed"), "{refs:?}");
+    assert!(has(&raw, "refs/heads/from-sha"), "{refs:?}");
+
+    let clone = env.path("clone");
+    env.git_ok(&env.path(""), &["clone", &url, clone.to_str().unwrap()]);
+    assert_eq!(env.rev_parse(&clone, "v1.0"), annotated);
+    assert_eq!(
+        env.git_ok(&clone, &["cat-file", "-t", "v1.0"]).trim(),
+        "tag"
+    );
+    assert_eq!(env.rev_parse(&clone, "origin/from-sha"), raw);
+
+    // --follow-tags sends the annotated tag of a pushed commit along.
+    env.git_ok(&work, &["checkout", "-q", "main"]);
+    let third = env.commit(&work, "z.txt", "z\n", "third");
+    env.git_ok(&work, &["tag", "-a", "v2.0", "-m", "second release"]);
+    env.git_ok(&work, &["push", "--follow-tags", "origin", "main"]);
+    let refs = env.ls_remote(&work, "origin");
+    assert!(refs.iter().any(|(_, n)| n == "refs/tags/v2.0"), "{refs:?}");
+    assert!(
+        refs.iter()
+            .any(|(o, n)| o == &third && n == "refs/heads/main")
+    );
+}
+
+#[test]
+fn push_all_and_mirror() {
+    let env = TestEnv::new();
+    let work = env.new_repo("work");
+    for branch in ["a", "b", "c"] {
+        env.git_ok(&work, &["branch", branch]);
+    }
+    env.git_ok(&work, &["push", "--all", &env.url("all")]);
+    let names: Vec<String> = env
+        .ls_remote(&work, &env.url("all"))
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
+    for branch in ["main", "a", "b", "c"] {
+        assert!(names.contains(&format!("refs/heads/{branch}")), "{names:?}");
+    }
+    env.git_ok(&work, &["branch", "-D", "c"]);
+    env.git_ok(&work, &["push", "--mirror", &env.url("all")]);
+    let names: Vec<String> = env
+        .ls_remote(&work, &env.url("all"))
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
+    assert!(
+        !names.contains(&"refs/heads/c".to_string()),
+        "--mirror deletes what is gone: {names:?}"
+    );
+    assert!(names.contains(&"refs/heads/a".to_string()));
+}
+
+#[test]
+fn deleting_the_default_branch_moves_head() {
+    let env = TestEnv::new();
+    let url = env.url("delete");
+    let work = env.new_repo("work");
+    env.git_ok(&work, &["remote", "add", "origin", &url]);
+    env.git_ok(&work, &["push", "origin", "main"]);
+    env.git_ok(&work, &["push", "origin", "main:refs/heads/master"]);
+    env.git_ok(&work, &["push", "origin", "--delete", "main"]);
+    assert!(bundle_keys(&env, "delete", "refs/heads/main").is_empty());
+    assert_eq!(
+        env.server.get(&env.bucket, "delete/HEAD"),
+        b"refs/heads/master"
+    );
+    let clone = env.path("clone");
+    env.git_ok(&env.path(""), &["clone", &url, clone.to_str().unwrap()]);
+    assert_eq!(
+        env.git_ok(&clone, &["symbolic-ref", "HEAD"]).trim(),
+        "refs/heads/master"
+    );
+}
+
+#[test]
+fn non_fast_forward_is_refused_with_gits_hint_and_force_overwrites() {
+    let env = TestEnv::new();
+    let url = env.url("nff");
+    let work = env.new_repo("work");
+    env.git_ok(&work, &["remote", "add", "origin", &url]);
+    env.commit(&work, "a", "a\n", "a");
+    env.git_ok(&work, &["push", "origin", "main"]);
+    env.git_ok(&work, &["reset", "-q", "--hard", "HEAD~1"]);
+    let rewritten = env.commit(&work, "b", "b\n", "rewritten");
+    let stderr = env.git_fails(&work, &["push", "origin", "main"]);
+    assert!(
+        stderr.contains("[rejected]") && stderr.contains("non-fast-forward"),
+        "{stderr}"
+    );
+
+    let output = env.git(&work, &["push", "--force", "origin", "main"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("(forced update)"));
+    assert_eq!(
+        bundle_keys(&env, "nff", "refs/heads/main"),
+        vec![format!("nff/refs/heads/main/{rewritten}.bundle")]
+    );
+}
+
+#[test]
+fn force_with_lease_holds_only_while_the_remote_is_as_expected() {
+    let env = TestEnv::new();
+    let url = env.url("lease");
+    let alice = env.new_repo("alice");
+    env.git_ok(&alice, &["remote", "add", "origin", &url]);
+    env.git_ok(&alice, &["push", "origin", "main"]);
+    let bob = env.path("bob");
+    env.git_ok(&env.path(""), &["clone", "-q", &url, bob.to_str().unwrap()]);
+
+    // Bob rewrites with a lease on what he fetched: nobody moved, so it goes through.
+    env.git_ok(&bob, &["commit", "-q", "--amend", "-m", "bob's rewrite"]);
+    env.git_ok(&bob, &["push", "--force-with-lease", "origin", "main"]);
+
+    // Alice's view is now stale: her lease must fail.
+    env.git_ok(
+        &alice,
+        &["commit", "-q", "--amend", "-m", "alice's rewrite"],
+    );
+    let stderr = env.git_fails(
+        &alice,
+        &[
+            "push",
+            &format!(
+                "--force-with-lease=main:{}",
+                env.rev_parse(&alice, "origin/main")
+            ),
+            "origin",
+            "main",
+        ],
+    );
+    assert!(stderr.contains("stale info"), "{stderr}");
+    assert_eq!(
+        env.ls_remote(&bob, "origin")[0].0,
+        env.rev_parse(&bob, "HEAD"),
+        "bob's push stands"
+    );
+}
+
+#[test]
+fn protected_branch_refuses_force_and_delete() {
+    let env = TestEnv::new();
+    let url = env.url("protected");
+    let work = env.new_repo("work");
+    env.git_ok(&work, &["remote", "add", "origin", &url]);
+    env.git_ok(&work, &["push", "origin", "main"]);
+    env.server.put(
+        &env.bucket,
+        "protected/refs/heads/main/PROTECTED#",
+        Vec::new(),
+    );
+
+    env.commit(&work, "ff", "ff\n", "fast-forward is fine");
+    env.git_ok(&work, &["push", "origin", "main"]);
+    env.git_ok(&work, &["commit", "-q", "--amend", "-m", "rewrite"]);
+    let stderr = env.git_fails(&work, &["push", "--force", "origin", "main"]);
+    assert!(stderr.contains("protected branch"), "{stderr}");
+    let stderr = env.git_fails(&work, &["push", "origin", "--delete", "main"]);
+    assert!(stderr.contains("protected branch"), "{stderr}");
+    assert_eq!(bundle_keys(&env, "protected", "refs/heads/main").len(), 1);
+}
+
+#[test]
+fn six_concurrent_pushers_exactly_one_wins() {
+    let env = TestEnv::new();
+    let url = env.url("race");
+    let base = env.new_repo("base");
+    env.git_ok(&base, &["push", &url, "main"]);
+    let pushers: Vec<_> = (0..6)
+        .map(|i| {
+            let dir = env.path(&format!("pusher{i}"));
+            env.git_ok(&env.path(""), &["clone", "-q", &url, dir.to_str().unwrap()]);
+            let oid = env.commit(
+                &dir,
+                &format!("file{i}"),
+                &format!("{i}\n"),
+                &format!("pusher {i}"),
+            );
+            (dir, oid)
+        })
+        .collect();
+    let children: Vec<_> = pushers
+        .iter()
+        .map(|(dir, _)| {
+            let mut command = env.command("git");
+            command
+                .args(["push", "origin", "main"])
+                .current_dir(dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            command.spawn().expect("spawn push")
+        })
+        .collect();
+    let results: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().expect("wait"))
+        .collect();
+    let winners: Vec<usize> = (0..6).filter(|&i| results[i].status.success()).collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one push wins: {:?}",
+        results
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.stderr).into_owned())
+            .collect::<Vec<_>>()
+    );
+    for (i, result) in results.iter().enumerate().filter(|(i, _)| *i != winners[0]) {
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(
+            stderr.contains("fetch first") || stderr.contains("holds the lock"),
+            "loser {i} says why: {stderr}"
+        );
+    }
+    let winner_oid = &pushers[winners[0]].1;
+    assert_eq!(
+        bundle_keys(&env, "race", "refs/heads/main"),
+        vec![format!("race/refs/heads/main/{winner_oid}.bundle")]
+    );
+    assert!(
+        env.keys("race/refs/heads/main/LOCK#.lock").is_empty(),
+        "no lock left behind"
+    );
+}
+
+#[test]
+fn a_fresh_lock_blocks_a_push_and_a_stale_one_is_taken_over() {
+    let mut env = TestEnv::new();
+    let url = env.url("locked");
+    let work = env.new_repo("work");
+    env.git_ok(&work, &["remote", "add", "origin", &url]);
+    env.git_ok(&work, &["push", "origin", "main"]);
+    env.server
+        .put(&env.bucket, "locked/refs/heads/main/LOCK#.lock", Vec::new());
+    let next = env.commit(&work, "n", "n\n", "next");
+    let stderr = env.git_fails(&work, &["push", "origin", "main"]);
+    assert!(
+        stderr.contains("another push holds the lock on refs/heads/main"),
+        "{stderr}"
+    );
+
+    env.set_env("GIT_REMOTE_S3_LOCK_TTL_SECONDS", "1");
+    wait_for(
+        "the lock to go stale and the push to take it over",
+        Duration::from_secs(20),
+        || {
+            env.git(&work, &["push", "origin", "main"])
+                .status
+                .success()
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        bundle_keys(&env, "locked", "refs/heads/main"),
+        vec![format!("locked/refs/heads/main/{next}.bundle")]
+    );
+    assert!(env.keys("locked/refs/heads/main/LOCK#.lock").is_empty());
+}
+
+#[test]
+fn a_corrupted_bundle_makes_clone_and_fetch_fail() {
+    let env = TestEnv::new();
+    let url = env.url("corrupt");
+    let work = env.new_repo("work");
+    env.git_ok(&work, &["push", &url, "main"]);
+    let key = bundle_keys(&env, "corrupt", "refs/heads/main").remove(0);
+    let mut bytes = env.server.get(&env.bucket, &key);
+    let middle = bytes.len() - 30;
+    bytes[middle] ^= 0xff;
+    env.server.put(&env.bucket, &key, bytes);
+
+    let stderr = env.git_fails(&env.path(""), &["clone", &url, "broken"]);
+    assert!(stderr.contains("is corrupt"), "{stderr}");
+    env.server
+        .put(&env.bucket, &key, b"<Error>not a bundle</Error>".to_vec());
+    let fresh = env.path("fresh");
+    env.git_ok(&env.path(""), &["init", "-q", fresh.to_str().unwrap()]);
+    let stderr = env.git_fails(&fresh, &["fetch", &url, "main"]);
+    assert!(
+        stderr.contains("is corrupt") && stderr.contains("not a git bundle"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn more_than_a_thousand_refs_are_all_listed() {
+    let env = TestEnv::new();
+    let work = env.new_repo("work");
+    env.git_ok(&work, &["push", &env.url("many"), "main"]);
+    let oid = env.rev_parse(&work, "main");
+    let source = format!("many/refs/heads/main/{oid}.bundle");
+    // Copy the bundle server-side rather than pushing 1,100 times.
+    for i in 0..1100 {
+        env.server.copy(
+            &env.bucket,
+            &source,
+            &format!("many/refs/heads/b{i:04}/{oid}.bundle"),
+        );
+    }
+    let refs = env.ls_remote(&work, &env.url("many"));
+    assert_eq!(
+        refs.iter()
+            .filter(|(_, n)| n.starts_with("refs/heads/b"))
+            .count(),
+        1100
+    );
+    let clone = env.path("clone");
+    env.git_ok(
+        &env.path(""),
+        &["clone", "-q", &env.url("many"), clone.to_str().unwrap()],
+    );
+    assert_eq!(
+        env.git_ok(&clone, &["branch", "-r"]).lines().count(),
+        1102,
+        "1,100 + main + HEAD"
+    );
+}
+
+#[test]
+fn a_large_bundle_goes_up_in_parts_and_the_lock_outlives_its_ttl() {
+    let mut env = TestEnv::new();
+    env.set_env("GIT_REMOTE_S3_LOCK_TTL_SECONDS", "1");
+    let url = env.url("large");
+    let work = env.new_repo("work");
+    std::fs::write(
+        work.join("big.bin"),
+        incompressible_bytes(105 * 1024 * 1024, 7),
+    )
+    .unwrap();
+    env.git_ok(&work, &["add", "big.bin"]);
+    env.git_ok(&work, &["commit", "-q", "-m", "big"]);
+    let big = env.rev_parse(&work, "HEAD");
+
+    // A rival keeps trying to push while the big upload runs (far longer than the 1 s TTL).
+    let rival = env.path("rival");
+    env.git_ok(&env.path(""), &["init", "-q", rival.to_str().unwrap()]);
+    env.commit(&rival, "r", "r\n", "rival");
+    let mut push = env.command("git");
+    push.args(["push", &url, "main"])
+        .current_dir(&work)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut push = push.spawn().expect("spawn push");
+    wait_for(
+        "the big push to take its lock",
+        Duration::from_secs(60),
+        || (!env.keys("large/refs/heads/main/LOCK#.lock").is_empty()).then_some(()),
+    );
+    let mut rival_attempts = 0;
+    while push.try_wait().expect("poll push").is_none() {
+        let output = env.git(&rival, &["push", &url, "main"]);
+        rival_attempts += 1;
+        assert!(
+            !output.status.success(),
+            "the rival took over a live lock mid-upload"
+        );
+    }
+    let output = push.wait_with_output().expect("push");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(rival_attempts > 0);
+
+    let key = format!("large/refs/heads/main/{big}.bundle");
+    let (etag, _) = env
+        .server
+        .head(&env.bucket, &key)
+        .expect("the bundle is there");
+    assert!(
+        etag.contains('-'),
+        "a multipart upload has a multipart ETag: {etag}"
+    );
+    assert_eq!(env.server.open_multipart_uploads(&env.bucket), 0);
+
+    let status = env.daemon_status().expect("daemon");
+    let pid = status["pid"].as_u64().expect("pid");
+    let clone = env.path("clone");
+    env.git_ok(
+        &env.path(""),
+        &["clone", "-q", &url, clone.to_str().unwrap()],
+    );
+    assert_eq!(
+        std::fs::read(clone.join("big.bin")).unwrap(),
+        std::fs::read(work.join("big.bin")).unwrap()
+    );
+    let peak_kib = peak_rss_kib(pid);
+    assert!(
+        peak_kib < 200 * 1024,
+        "daemon memory stays bounded with a 105 MiB bundle: peak {peak_kib} KiB"
+    );
+}
+
+fn peak_rss_kib(pid: u64) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+#[test]
+fn a_submodule_with_an_s3_url_is_cloned() {
+    let env = TestEnv::new();
+    let lib = env.new_repo("lib");
+    env.git_ok(&lib, &["push", &env.url("lib"), "main"]);
+    let app = env.new_repo("app");
+    env.git_ok(
+        &app,
+        &["submodule", "add", "-q", &env.url("lib"), "vendor/lib"],
+    );
+    env.git_ok(&app, &["commit", "-q", "-m", "add lib"]);
+    env.git_ok(&app, &["push", &env.url("app"), "main"]);
+    let clone = env.path("clone");
+    env.git_ok(
+        &env.path(""),
+        &[
+            "clone",
+            "-q",
+            "--recurse-submodules",
+            &env.url("app"),
+            clone.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(clone.join("vendor/lib/README")).unwrap(),
+        "lib\n"
+    );
+}
+
+#[test]
+fn zip_remotes_publish_an_archive_of_the_pushed_commit() {
+    let env = TestEnv::new();
+    let work = env.new_repo("work");
+    let oid = env.rev_parse(&work, "HEAD");
+    env.git_ok(&work, &["checkout", "-q", "-b", "other"]);
+    env.commit(&work, "other.txt", "other\n", "checked out, not pushed");
+    // Installed as README says: git runs git-remote-s3+zip, a link to git-remote-s3.
+    let links = env.path("links");
+    std::fs::create_dir_all(&links).unwrap();
+    std::os::unix::fs::symlink(
+        git_s3_tests::bin_dir().join("git-remote-s3"),
+        links.join("git-remote-s3+zip"),
+    )
+    .unwrap();
+    let mut push = env.command("git");
+    let path = format!(
+        "{}:{}:{}",
+        links.display(),
+        git_s3_tests::bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    push.env("PATH", path).current_dir(&work).args([
+        "push",
+        &format!("s3+zip://{}/zipped", env.bucket),
+        "main",
+    ]);
+    let output = env.run(push);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let zip = env
+        .server
+        .get(&env.bucket, "zipped/refs/heads/main/repo.zip");
+    assert_eq!(&zip[..2], b"PK");
+    let listing = String::from_utf8_lossy(&zip).into_owned();
+    assert!(
+        listing.contains("README") && !listing.contains("other.txt"),
+        "the zip is of the pushed commit {oid}"
+    );
+}
+
+#[test]
+fn dry_run_changes_nothing() {
+    let env = TestEnv::new();
+    let work = env.new_repo("work");
+    let output = env.git(&work, &["push", "--dry-run", &env.url("dry"), "main"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(env.keys("dry/").is_empty());
+}
+
+#[test]
+fn atomic_push_writes_nothing_when_one_ref_is_refused() {
+    let env = TestEnv::new();
+    let url = env.url("atomic");
+    let work = env.new_repo("work");
+    env.git_ok(&work, &["remote", "add", "origin", &url]);
+    env.git_ok(&work, &["push", "origin", "main"]);
+    env.server
+        .put(&env.bucket, "atomic/refs/heads/main/LOCK#.lock", Vec::new());
+    env.commit(&work, "n", "n\n", "next");
+    env.git_ok(&work, &["branch", "feature"]);
+    let stderr = env.git_fails(&work, &["push", "--atomic", "origin", "main", "feature"]);
+    assert!(stderr.contains("holds the lock"), "{stderr}");
+    assert!(
+        bundle_keys(&env, "atomic", "refs/heads/feature").is_empty(),
+        "nothing written for the other ref"
+    );
+}
+
+fn python_tool_bin() -> std::path::PathBuf {
+    git_s3_tests::tools_dir().join("python-git-remote-s3/bin")
+}
+
+/// A command that finds the Python tool's git-remote-s3 before ours.
+fn with_python_tool(env: &TestEnv, dir: &Path, args: &[&str]) -> std::process::Output {
+    let mut command = env.command("git");
+    let path = format!(
+        "{}:{}",
+        python_tool_bin().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    command.env("PATH", path).current_dir(dir).args(args);
+    env.run(command)
+}
+
+fn python_ok(env: &TestEnv, dir: &Path, args: &[&str]) -> String {
+    let output = with_python_tool(env, dir, args);
+    assert!(
+        output.status.success(),
+        "python git-remote-s3: git {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn python_tool_and_ours_share_a_bucket_both_ways() {
+    let env = TestEnv::new();
+    let url = env.url("shared");
+    // Python pushes, we clone.
+    let py = env.new_repo("py");
+    python_ok(&env, &py, &["push", &url, "main"]);
+    let ours = env.path("ours");
+    env.git_ok(
+        &env.path(""),
+        &["clone", "-q", &url, ours.to_str().unwrap()],
+    );
+    assert_eq!(env.rev_parse(&ours, "HEAD"), env.rev_parse(&py, "HEAD"));
+
+    // We push on top, Python fetches it.
+    let ours_commit = env.commit(&ours, "ours.txt", "ours\n", "from rust");
+    env.git_ok(&ours, &["push", "origin", "main"]);
+    python_ok(&env, &py, &["pull", "-q", &url, "main"]);
+    assert_eq!(env.rev_parse(&py, "HEAD"), ours_commit);
+
+    // Python pushes again; we fetch. Python clones what we pushed.
+    let py_commit = env.commit(&py, "py.txt", "py\n", "from python");
+    python_ok(&env, &py, &["push", &url, "main"]);
+    env.git_ok(&ours, &["pull", "-q"]);
+    assert_eq!(env.rev_parse(&ours, "HEAD"), py_commit);
+    let py_clone = env.path("py-clone");
+    python_ok(
+        &env,
+        &env.path(""),
+        &["clone", "-q", &url, py_clone.to_str().unwrap()],
+    );
+    assert_eq!(env.rev_parse(&py_clone, "HEAD"), py_commit);
+    assert_eq!(bundle_keys(&env, "shared", "refs/heads/main").len(), 1);
+}
+
+#[test]
+fn python_tool_and_ours_honour_the_same_lock_and_protection() {
+    let env = TestEnv::new();
+    let url = env.url("shared-lock");
+    let work = env.new_repo("work");
+    env.git_ok(&work, &["push", &url, "main"]);
+    env.server.put(
+        &env.bucket,
+        "shared-lock/refs/heads/main/LOCK#.lock",
+        Vec::new(),
+    );
+    env.commit(&work, "n", "n\n", "next");
+    let output = with_python_tool(&env, &work, &["push", &url, "main"]);
+    assert!(
+        !output.status.success(),
+        "the Python tool must respect a fresh lock"
+    );
+    env.git_fails(&work, &["push", &url, "main"]);
+    assert_eq!(bundle_keys(&env, "shared-lock", "refs/heads/main").len(), 1);
+}
