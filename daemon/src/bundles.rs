@@ -345,12 +345,11 @@ impl BundleRepo {
             .capabilities
             .iter()
             .find(|(k, _)| k == "object-format")
+            && format != "sha1"
         {
-            if format != "sha1" {
-                return Err(format!(
-                    "it holds {format} objects, this remote stores sha1"
-                ));
-            }
+            return Err(format!(
+                "it holds {format} objects, this remote stores sha1"
+            ));
         }
         if !header.refs.iter().any(|(o, _)| o == oid) {
             return Err(format!("it does not contain {oid}"));

@@ -53,7 +53,8 @@ impl ClientCache {
         client
     }
 
-    pub async fn len(&self) -> usize {
+    /// How many clients are warm.
+    pub async fn count(&self) -> usize {
         self.clients.lock().await.len()
     }
 }

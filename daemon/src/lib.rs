@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod git;
 pub mod layout;
 pub mod listener;
+pub mod listing_cache;
 pub mod lock;
 pub mod progress;
 pub mod repository;

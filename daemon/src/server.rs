@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::listing_cache::ListingKey;
 use crate::progress::{Event, Events};
 use crate::repository::{self, CallerContext, PushBatch, PushCommand, Repository};
 use crate::state::DaemonState;
@@ -27,7 +28,7 @@ impl Service {
         &self,
         caller: Option<proto::Caller>,
         remote: Option<proto::Remote>,
-    ) -> Result<(Repository, String), Status> {
+    ) -> Result<Opened, Status> {
         let caller =
             caller.ok_or_else(|| Status::invalid_argument("the request names no caller"))?;
         let remote =
@@ -37,6 +38,7 @@ impl Service {
                 "the caller's working directory must be an absolute path",
             ));
         }
+        let session = caller.session_id.clone();
         let context = CallerContext {
             cwd: caller.cwd.into(),
             env: Arc::new(caller.env),
@@ -45,8 +47,24 @@ impl Service {
             .await
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let label = repo.config.url.to_string();
-        Ok((repo, label))
+        let listing_key = ListingKey {
+            session,
+            remote: label.clone(),
+        };
+        Ok(Opened {
+            repo,
+            label,
+            listing_key,
+        })
     }
+}
+
+/// A repository opened for one request, with the names it goes by.
+struct Opened {
+    repo: Repository,
+    /// The remote as users write it, for status and logs.
+    label: String,
+    listing_key: ListingKey,
 }
 
 type EventStream<T> = ReceiverStream<Result<T, Status>>;
@@ -74,12 +92,14 @@ impl Daemon for Service {
             protocol: proto::PROTOCOL_VERSION,
             uptime_s: state.started.elapsed().as_secs(),
             socket: state.socket.display().to_string(),
-            clients: state.clients.len().await as u32,
+            clients: state.clients.count().await as u32,
             // The asking connection is not a session.
             sessions: state.connections().saturating_sub(1) as u32,
             requests: state.requests(),
             idle_timeout_s: state.idle_timeout.map_or(0, |d| d.as_secs()),
             activities,
+            listing_cache_hits: state.listings.hits(),
+            listing_cache_misses: state.listings.misses(),
         }))
     }
 
@@ -97,19 +117,28 @@ impl Daemon for Service {
         request: Request<proto::ListRefsRequest>,
     ) -> Result<Response<proto::ListRefsReply>, Status> {
         let request = request.into_inner();
-        let (repo, label) = self.open(request.caller, request.remote).await?;
-        let _activity = self.state.begin(
-            if request.for_push {
-                "list for-push"
-            } else {
-                "list"
-            },
-            &label,
-        );
-        let listing = repo
-            .list(!request.for_push)
-            .await
-            .map_err(|e| Status::aborted(e.to_string()))?;
+        let opened = self.open(request.caller, request.remote).await?;
+        let what = if request.for_push {
+            "list for-push"
+        } else {
+            "list"
+        };
+        let _activity = self.state.begin(what, &opened.label);
+        let with_head = !request.for_push;
+        let listing = match self.state.listings.get(&opened.listing_key, with_head) {
+            Some(listing) => listing,
+            None => {
+                let listing = opened
+                    .repo
+                    .list(with_head)
+                    .await
+                    .map_err(|e| Status::aborted(e.to_string()))?;
+                self.state
+                    .listings
+                    .put(opened.listing_key, listing.clone(), with_head);
+                listing
+            }
+        };
         let head = listing
             .head
             .as_deref()
@@ -133,7 +162,7 @@ impl Daemon for Service {
         request: Request<proto::FetchRequest>,
     ) -> Result<Response<Self::FetchStream>, Status> {
         let request = request.into_inner();
-        let (repo, label) = self.open(request.caller, request.remote).await?;
+        let Opened { repo, label, .. } = self.open(request.caller, request.remote).await?;
         let wanted: Vec<(String, String)> = request
             .wanted
             .into_iter()
@@ -164,7 +193,13 @@ impl Daemon for Service {
         request: Request<proto::PushRequest>,
     ) -> Result<Response<Self::PushStream>, Status> {
         let request = request.into_inner();
-        let (repo, label) = self.open(request.caller, request.remote).await?;
+        let Opened {
+            repo,
+            label,
+            listing_key,
+        } = self.open(request.caller, request.remote).await?;
+        // What this session listed is about to change.
+        self.state.listings.forget(&listing_key);
         let batch = PushBatch {
             commands: request
                 .commands

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clients::ClientCache;
+use crate::listing_cache::ListingCache;
 
 pub struct DaemonState {
     pub started: Instant,
@@ -19,6 +20,7 @@ pub struct DaemonState {
     pub version: String,
     pub idle_timeout: Option<Duration>,
     pub clients: ClientCache,
+    pub listings: ListingCache,
     /// Work that must finish even if its client goes away (a push half-way must complete or
     /// roll back, not be dropped). Waited for at shutdown.
     pub tasks: TaskTracker,
@@ -45,6 +47,7 @@ impl DaemonState {
             version,
             idle_timeout,
             clients: ClientCache::default(),
+            listings: ListingCache::default(),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             connections: AtomicUsize::new(0),

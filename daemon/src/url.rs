@@ -43,7 +43,7 @@ impl S3Url {
         };
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         let (profile, bucket) = match authority.rsplit_once('@') {
-            Some((profile, _)) if profile.is_empty() => {
+            Some(("", _)) => {
                 return Err(UrlError::EmptyProfile {
                     url: url.to_string(),
                 });

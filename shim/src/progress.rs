@@ -39,8 +39,12 @@ impl ProgressDisplay {
 
 fn render(progress: &Progress, elapsed: Duration) -> String {
     let rate = progress.done_bytes as f64 / elapsed.as_secs_f64().max(0.001);
-    if progress.total_bytes > 0 {
-        let percent = (progress.done_bytes.saturating_mul(100) / progress.total_bytes).min(100);
+    if let Some(percent) = progress
+        .done_bytes
+        .saturating_mul(100)
+        .checked_div(progress.total_bytes)
+    {
+        let percent = percent.min(100);
         format!(
             "{}: {percent:3}% ({}/{}) | {}/s",
             progress.title,

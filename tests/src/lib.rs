@@ -69,7 +69,8 @@ pub struct TestEnv {
     root: tempfile::TempDir,
     /// The user's runtime dir; short, so the socket path fits in sockaddr_un.
     socket_dir: tempfile::TempDir,
-    extra_env: Vec<(String, String)>,
+    /// Variables added (`Some`) or removed (`None`) for every command.
+    extra_env: Vec<(String, Option<String>)>,
 }
 
 impl TestEnv {
@@ -112,7 +113,14 @@ impl TestEnv {
     /// Adds a variable to every command this environment runs.
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.extra_env.retain(|(k, _)| k != key);
-        self.extra_env.push((key.to_string(), value.to_string()));
+        self.extra_env
+            .push((key.to_string(), Some(value.to_string())));
+    }
+
+    /// Removes a variable this environment would otherwise set.
+    pub fn unset_env(&mut self, key: &str) {
+        self.extra_env.retain(|(k, _)| k != key);
+        self.extra_env.push((key.to_string(), None));
     }
 
     pub fn home(&self) -> PathBuf {
@@ -166,8 +174,13 @@ impl TestEnv {
             .env("AWS_ENDPOINT_URL", &self.server.endpoint)
             .env("AWS_ACCESS_KEY_ID", s3_server::ACCESS_KEY)
             .env("AWS_SECRET_ACCESS_KEY", s3_server::SECRET_KEY)
-            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
+        for (key, value) in &self.extra_env {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
         command
     }
 

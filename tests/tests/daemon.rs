@@ -287,3 +287,53 @@ fn another_user_cannot_use_the_daemon() {
         "{log}"
     );
 }
+
+#[test]
+fn wrong_secret_key_is_reported_as_rejected_credentials() {
+    let mut env = TestEnv::with_server(git_s3_tests::ServerKind::S3sFs);
+    env.set_env("AWS_SECRET_ACCESS_KEY", "not-the-right-secret");
+    let stderr = env.git_fails(&env.path(""), &["ls-remote", &env.url("repo")]);
+    assert!(
+        stderr.contains("fatal: S3 rejected the credentials (SignatureDoesNotMatch)"),
+        "{stderr}"
+    );
+    assert!(
+        !env.daemon_log().contains("not-the-right-secret"),
+        "the secret never reaches the log"
+    );
+}
+
+#[test]
+fn no_credentials_at_all_says_how_to_provide_them() {
+    let mut env = TestEnv::new();
+    env.unset_env("AWS_ACCESS_KEY_ID");
+    env.unset_env("AWS_SECRET_ACCESS_KEY");
+    let started = Instant::now();
+    let stderr = env.git_fails(&env.path(""), &["ls-remote", &env.url("repo")]);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        stderr.contains("fatal: no AWS credentials found") && stderr.contains("AWS_PROFILE"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_secret_key_never_appears_in_the_debug_log() {
+    let env = TestEnv::new();
+    let work = env.new_repo("work");
+    env.git_ok(&work, &["push", &env.url("secret"), "main"]);
+    env.git_ok(&env.path(""), &["clone", "-q", &env.url("secret"), "clone"]);
+    let log = env.daemon_log();
+    assert!(
+        log.contains("DEBUG"),
+        "the test runs the daemon with debug logging"
+    );
+    assert!(
+        !log.contains(git_s3_tests::s3_server::SECRET_KEY),
+        "secret key found in the daemon log"
+    );
+}

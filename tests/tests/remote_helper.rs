@@ -700,3 +700,114 @@ fn python_tool_and_ours_honour_the_same_lock_and_protection() {
     env.git_fails(&work, &["push", &url, "main"]);
     assert_eq!(bundle_keys(&env, "shared-lock", "refs/heads/main").len(), 1);
 }
+
+#[test]
+fn listings_are_cached_within_one_command_but_never_hide_a_push() {
+    let env = TestEnv::new();
+    let url = env.url("cache");
+    let alice = env.new_repo("alice");
+    env.git_ok(&alice, &["remote", "add", "origin", &url]);
+    env.git_ok(&alice, &["push", "origin", "main"]);
+    let bob = env.path("bob");
+    env.git_ok(&env.path(""), &["clone", "-q", &url, bob.to_str().unwrap()]);
+
+    // One helper session asked twice: the second answer comes from the session's cache.
+    let hits_before = env.daemon_status().expect("daemon")["listing_cache"]["hits"]
+        .as_u64()
+        .expect("hits");
+    let mut helper = env.command(git_s3_tests::bin_dir().join("git-remote-s3"));
+    helper
+        .args(["origin", &url])
+        .current_dir(&bob)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut helper = helper.spawn().expect("helper");
+    {
+        use std::io::Write;
+        let mut stdin = helper.stdin.take().expect("stdin");
+        stdin.write_all(b"list\nlist for-push\n\n").expect("write");
+    }
+    let output = helper.wait_with_output().expect("helper output");
+    let answers = String::from_utf8_lossy(&output.stdout).into_owned();
+    let main_line = format!("{} refs/heads/main", env.rev_parse(&alice, "main"));
+    assert_eq!(answers.matches(&main_line).count(), 2, "{answers}");
+    let hits_after = env.daemon_status().expect("daemon")["listing_cache"]["hits"]
+        .as_u64()
+        .expect("hits");
+    assert_eq!(hits_after, hits_before + 1);
+
+    // Across commands nothing is cached: Bob sees Alice's push at once.
+    for round in 0..3 {
+        let pushed = env.commit(&alice, "round", &format!("{round}\n"), "another round");
+        env.git_ok(&alice, &["push", "origin", "main"]);
+        assert_eq!(
+            env.ls_remote(&bob, "origin")
+                .iter()
+                .find(|(_, n)| n == "refs/heads/main")
+                .map(|(o, _)| o.clone()),
+            Some(pushed.clone())
+        );
+        env.git_ok(&bob, &["fetch", "-q"]);
+        assert_eq!(env.rev_parse(&bob, "origin/main"), pushed);
+    }
+}
+
+#[test]
+fn a_push_that_lost_the_race_after_listing_is_told_to_fetch_first() {
+    use std::io::{BufRead, BufReader, Write};
+    let env = TestEnv::new();
+    let url = env.url("lost-race");
+    let alice = env.new_repo("alice");
+    env.git_ok(&alice, &["push", &url, "main"]);
+    let bob = env.path("bob");
+    env.git_ok(&env.path(""), &["clone", "-q", &url, bob.to_str().unwrap()]);
+    env.commit(&bob, "bob", "bob\n", "bob's work");
+
+    // Bob's helper lists the remote as git does before a push...
+    let mut helper = env.command(git_s3_tests::bin_dir().join("git-remote-s3"));
+    helper
+        .args(["origin", &url])
+        .current_dir(&bob)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut helper = helper.spawn().expect("helper");
+    let mut stdin = helper.stdin.take().expect("stdin");
+    let mut stdout = BufReader::new(helper.stdout.take().expect("stdout"));
+    let mut read_block = || {
+        let mut block = String::new();
+        loop {
+            let mut line = String::new();
+            stdout.read_line(&mut line).expect("read");
+            if line.trim().is_empty() {
+                return block;
+            }
+            block.push_str(&line);
+        }
+    };
+    writeln!(stdin, "list for-push").expect("write");
+    assert!(read_block().contains("refs/heads/main"));
+
+    // ...then Alice's push lands before Bob's does.
+    env.commit(&alice, "alice", "alice\n", "alice's work");
+    env.git_ok(&alice, &["push", &url, "main"]);
+
+    write!(stdin, "push refs/heads/main:refs/heads/main\n\n").expect("write");
+    let answer = read_block();
+    assert_eq!(answer, "error refs/heads/main fetch first\n");
+    drop(stdin);
+    assert!(helper.wait().expect("helper exit").success());
+    assert_eq!(
+        bundle_keys(&env, "lost-race", "refs/heads/main"),
+        vec![format!(
+            "lost-race/refs/heads/main/{}.bundle",
+            env.rev_parse(&alice, "HEAD")
+        )]
+    );
+
+    // And through git, the user gets git's usual advice.
+    let stderr = env.git_fails(&bob, &["push", "origin", "main"]);
+    assert!(
+        stderr.contains("fetch first") || stderr.contains("remote contains work that you do"),
+        "{stderr}"
+    );
+}

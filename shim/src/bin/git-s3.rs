@@ -146,6 +146,7 @@ fn print_status(status: &StatusReply, json: bool) {
             "requests": status.requests,
             "idle_timeout_s": status.idle_timeout_s,
             "activities": activities,
+            "listing_cache": { "hits": status.listing_cache_hits, "misses": status.listing_cache_misses },
         });
         println!("{value}");
         return;
