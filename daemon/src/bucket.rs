@@ -9,11 +9,11 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_smithy_types::date_time::Format;
 
+use crate::config::ChecksumMode;
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum S3Error {
-    #[error(
-        "bucket '{bucket}' does not exist; check the URL and the region (git config s3.region, or AWS_REGION)"
-    )]
+    #[error("bucket '{bucket}' does not exist; check the URL and the region (git config s3.region, or AWS_REGION)")]
     NoSuchBucket { bucket: String },
     #[error(
         "access denied to s3://{bucket} ({op}); check which credentials are in use (AWS_PROFILE, or s3://profile@bucket/...) and the bucket policy"
@@ -23,9 +23,7 @@ pub enum S3Error {
         "no AWS credentials found; set AWS_PROFILE, run 'aws configure' or 'aws sso login', or name a profile in the URL (s3://profile@bucket/prefix)"
     )]
     NoCredentials,
-    #[error(
-        "S3 rejected the credentials ({code}); refresh them (e.g. 'aws sso login') or check AWS_PROFILE"
-    )]
+    #[error("S3 rejected the credentials ({code}); refresh them (e.g. 'aws sso login') or check AWS_PROFILE")]
     BadCredentials { code: String },
     #[error(
         "cannot reach S3 at {endpoint} ({detail}); check git config s3.endpoint or AWS_ENDPOINT_URL, and the network"
@@ -34,11 +32,7 @@ pub enum S3Error {
     #[error("S3 is throttling requests (SlowDown) and retries did not help; try again in a minute")]
     Throttled,
     #[error("S3 {op} of '{key}' failed: {detail}")]
-    Other {
-        op: &'static str,
-        key: String,
-        detail: String,
-    },
+    Other { op: &'static str, key: String, detail: String },
 }
 
 /// A listed object.
@@ -83,15 +77,16 @@ pub struct Bucket {
     name: String,
     /// Where requests go, for messages.
     endpoint: String,
+    checksums: ChecksumMode,
 }
 
 impl Bucket {
-    pub fn new(client: Client, name: &str, endpoint: Option<&str>) -> Self {
-        Self {
-            client,
-            name: name.to_string(),
-            endpoint: endpoint.unwrap_or("AWS S3").to_string(),
-        }
+    pub fn new(client: Client, name: &str, endpoint: Option<&str>, checksums: ChecksumMode) -> Self {
+        Self { client, name: name.to_string(), endpoint: endpoint.unwrap_or("AWS S3").to_string(), checksums }
+    }
+
+    pub fn checksums(&self) -> ChecksumMode {
+        self.checksums
     }
 
     pub fn name(&self) -> &str {
@@ -104,13 +99,7 @@ impl Bucket {
 
     /// Every key under `prefix`, all pages.
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, S3Error> {
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.name)
-            .prefix(prefix)
-            .into_paginator()
-            .send();
+        let mut pages = self.client.list_objects_v2().bucket(&self.name).prefix(prefix).into_paginator().send();
         let mut objects = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| self.classify("ListObjectsV2", prefix, e))?;
@@ -119,29 +108,32 @@ impl Bucket {
                 objects.push(ObjectInfo {
                     key: key.to_string(),
                     size: object.size().unwrap_or(0).max(0) as u64,
-                    last_modified: object
-                        .last_modified()
-                        .and_then(|t| SystemTime::try_from(*t).ok()),
+                    last_modified: object.last_modified().and_then(|t| SystemTime::try_from(*t).ok()),
                 });
             }
         }
         Ok(objects)
     }
 
-    pub async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, S3Error> {
-        match self
+    /// Whether anything is stored under `prefix` (one request, one key).
+    pub async fn has_any(&self, prefix: &str) -> Result<bool, S3Error> {
+        let page = self
             .client
-            .head_object()
+            .list_objects_v2()
             .bucket(&self.name)
-            .key(key)
+            .prefix(prefix)
+            .max_keys(1)
             .send()
             .await
-        {
+            .map_err(|e| self.classify("ListObjectsV2", prefix, e))?;
+        Ok(!page.contents().is_empty())
+    }
+
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, S3Error> {
+        match self.client.head_object().bucket(&self.name).key(key).send().await {
             Ok(out) => Ok(Some(ObjectMeta {
                 size: out.content_length().unwrap_or(0).max(0) as u64,
-                last_modified: out
-                    .last_modified()
-                    .and_then(|t| SystemTime::try_from(*t).ok()),
+                last_modified: out.last_modified().and_then(|t| SystemTime::try_from(*t).ok()),
                 etag: out.e_tag().map(str::to_string),
                 metadata: out.metadata().cloned().unwrap_or_default(),
             })),
@@ -165,14 +157,7 @@ impl Bucket {
 
     /// A streaming body and its length, or `None` when the object does not exist.
     pub async fn get_stream(&self, key: &str) -> Result<Option<(ByteStream, u64)>, S3Error> {
-        match self
-            .client
-            .get_object()
-            .bucket(&self.name)
-            .key(key)
-            .send()
-            .await
-        {
+        match self.client.get_object().bucket(&self.name).key(key).send().await {
             Ok(out) => {
                 let len = out.content_length().unwrap_or(0).max(0) as u64;
                 Ok(Some((out.body, len)))
@@ -182,18 +167,8 @@ impl Bucket {
         }
     }
 
-    pub async fn put_bytes(
-        &self,
-        key: &str,
-        body: Vec<u8>,
-        options: PutOptions,
-    ) -> Result<Conditional, S3Error> {
-        let mut request = self
-            .client
-            .put_object()
-            .bucket(&self.name)
-            .key(key)
-            .body(ByteStream::from(body));
+    pub async fn put_bytes(&self, key: &str, body: Vec<u8>, options: PutOptions) -> Result<Conditional, S3Error> {
+        let mut request = self.client.put_object().bucket(&self.name).key(key).body(ByteStream::from(body));
         if options.if_none_match_any {
             request = request.if_none_match("*");
         }
@@ -212,9 +187,7 @@ impl Bucket {
                 if matches!(status_of(&e), Some(412 | 409))
                     || (status_of(&e) == Some(404) && e.code() == Some("NoSuchKey")) =>
             {
-                Ok(Conditional::Refused {
-                    server_time: server_time(&e),
-                })
+                Ok(Conditional::Refused { server_time: server_time(&e) })
             }
             Err(e) => Err(self.classify("PutObject", key, e)),
         }
@@ -222,14 +195,7 @@ impl Bucket {
 
     /// Deletes `key`; deleting what is already gone succeeds.
     pub async fn delete(&self, key: &str) -> Result<(), S3Error> {
-        match self
-            .client
-            .delete_object()
-            .bucket(&self.name)
-            .key(key)
-            .send()
-            .await
-        {
+        match self.client.delete_object().bucket(&self.name).key(key).send().await {
             Ok(_) => Ok(()),
             Err(e) if status_of(&e) == Some(404) => Ok(()),
             Err(e) => Err(self.classify("DeleteObject", key, e)),
@@ -248,14 +214,9 @@ impl Bucket {
         let code = err.code().map(str::to_string);
         let status = status_of(&err);
         match (&err, code.as_deref(), status) {
-            (_, Some("NoSuchBucket"), _) => S3Error::NoSuchBucket {
-                bucket: self.name.clone(),
-            },
+            (_, Some("NoSuchBucket"), _) => S3Error::NoSuchBucket { bucket: self.name.clone() },
             (_, Some("AccessDenied" | "AllAccessDisabled"), _) | (_, None, Some(403)) => {
-                S3Error::AccessDenied {
-                    bucket: self.name.clone(),
-                    op,
-                }
+                S3Error::AccessDenied { bucket: self.name.clone(), op }
             }
             (
                 _,
@@ -267,33 +228,20 @@ impl Bucket {
                     | "TokenRefreshRequired"),
                 ),
                 _,
-            ) => S3Error::BadCredentials {
-                code: code.to_string(),
-            },
-            (
-                _,
-                Some("SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded"),
-                _,
-            )
+            ) => S3Error::BadCredentials { code: code.to_string() },
+            (_, Some("SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded"), _)
             | (_, _, Some(503)) => S3Error::Throttled,
-            (SdkError::TimeoutError(_), _, _) => S3Error::Unreachable {
-                endpoint: self.endpoint.clone(),
-                detail: "timed out".into(),
-            },
+            (SdkError::TimeoutError(_), _, _) => {
+                S3Error::Unreachable { endpoint: self.endpoint.clone(), detail: "timed out".into() }
+            }
             (SdkError::DispatchFailure(failure), _, _) => {
                 let detail = DisplayErrorContext(&err).to_string();
                 if detail.contains("credentials") || detail.contains("identity") {
                     S3Error::NoCredentials
                 } else if failure.is_timeout() {
-                    S3Error::Unreachable {
-                        endpoint: self.endpoint.clone(),
-                        detail: "timed out".into(),
-                    }
+                    S3Error::Unreachable { endpoint: self.endpoint.clone(), detail: "timed out".into() }
                 } else {
-                    S3Error::Unreachable {
-                        endpoint: self.endpoint.clone(),
-                        detail: short_cause(&detail),
-                    }
+                    S3Error::Unreachable { endpoint: self.endpoint.clone(), detail: short_cause(&detail) }
                 }
             }
             _ => {
@@ -309,11 +257,7 @@ impl Bucket {
                     (None, Some(status)) => format!("HTTP {status}"),
                     (None, None) => short_cause(&detail),
                 };
-                S3Error::Other {
-                    op,
-                    key: key.to_string(),
-                    detail,
-                }
+                S3Error::Other { op, key: key.to_string(), detail }
             }
         }
     }
@@ -332,12 +276,5 @@ fn server_time<E>(err: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> 
 /// The innermost cause of an SDK error chain: "Connection refused (os error 111)" rather than
 /// four nested wrappers.
 fn short_cause(detail: &str) -> String {
-    detail
-        .rsplit(": ")
-        .next()
-        .unwrap_or(detail)
-        .trim()
-        .trim_end_matches(')')
-        .trim_start_matches('(')
-        .to_string()
+    detail.rsplit(": ").next().unwrap_or(detail).trim().trim_end_matches(')').trim_start_matches('(').to_string()
 }

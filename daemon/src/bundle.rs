@@ -48,8 +48,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<(BundleHeader, usize)>, HeaderE
         let line = &buf[pos..pos + end];
         pos += end + 1;
         line_no += 1;
-        let text =
-            std::str::from_utf8(line).map_err(|_| HeaderError::Malformed { line: line_no })?;
+        let text = std::str::from_utf8(line).map_err(|_| HeaderError::Malformed { line: line_no })?;
         if line_no == 1 {
             header.version = match text {
                 "# v2 git bundle" => 2,
@@ -67,9 +66,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<(BundleHeader, usize)>, HeaderE
                 return Err(malformed);
             }
             let (key, value) = capability.split_once('=').unwrap_or((capability, ""));
-            header
-                .capabilities
-                .push((key.to_string(), value.to_string()));
+            header.capabilities.push((key.to_string(), value.to_string()));
         } else if let Some(prerequisite) = text.strip_prefix('-') {
             let oid = prerequisite.split(' ').next().unwrap_or("");
             if !is_hex_oid(oid) {
@@ -103,10 +100,7 @@ mod tests {
         let (header, len) = parse_header(bytes.as_bytes()).unwrap().unwrap();
         assert_eq!(header.version, 2);
         assert_eq!(header.prerequisites, vec![B.to_string()]);
-        assert_eq!(
-            header.refs,
-            vec![(A.to_string(), "refs/heads/main".to_string())]
-        );
+        assert_eq!(header.refs, vec![(A.to_string(), "refs/heads/main".to_string())]);
         assert_eq!(&bytes.as_bytes()[len..], b"PACK....");
     }
 
@@ -114,19 +108,13 @@ mod tests {
     fn parses_v3_capabilities() {
         let bytes = format!("# v3 git bundle\n@object-format=sha1\n{A} HEAD\n\n");
         let (header, _) = parse_header(bytes.as_bytes()).unwrap().unwrap();
-        assert_eq!(
-            header.capabilities,
-            vec![("object-format".to_string(), "sha1".to_string())]
-        );
+        assert_eq!(header.capabilities, vec![("object-format".to_string(), "sha1".to_string())]);
     }
 
     #[test]
     fn incomplete_header_asks_for_more() {
         assert_eq!(parse_header(b"# v2 git bu"), Ok(None));
-        assert_eq!(
-            parse_header(format!("# v2 git bundle\n{A} refs/heads/main\n").as_bytes()),
-            Ok(None)
-        );
+        assert_eq!(parse_header(format!("# v2 git bundle\n{A} refs/heads/main\n").as_bytes()), Ok(None));
     }
 
     #[test]
@@ -136,9 +124,6 @@ mod tests {
             parse_header(b"# v2 git bundle\nnot-an-oid refs/heads/x\n\n"),
             Err(HeaderError::Malformed { line: 2 })
         );
-        assert_eq!(
-            parse_header(b"# v2 git bundle\n@object-format=sha1\n\n"),
-            Err(HeaderError::Malformed { line: 2 })
-        );
+        assert_eq!(parse_header(b"# v2 git bundle\n@object-format=sha1\n\n"), Err(HeaderError::Malformed { line: 2 }));
     }
 }

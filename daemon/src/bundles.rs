@@ -37,14 +37,8 @@ pub enum StoreError {
         "the bundle for {refname} ({key}) is missing from the bucket; the remote changed during the fetch, fetch again"
     )]
     MissingBundle { refname: String, key: String },
-    #[error(
-        "the bundle for {refname} ({key}) is corrupt: {why}; run 'git s3 doctor' or push that ref again"
-    )]
-    CorruptBundle {
-        refname: String,
-        key: String,
-        why: String,
-    },
+    #[error("the bundle for {refname} ({key}) is corrupt: {why}; run 'git s3 doctor' or push that ref again")]
+    CorruptBundle { refname: String, key: String, why: String },
     #[error("downloading {key} failed: {why}")]
     Download { key: String, why: String },
     #[error("the fetch did not bring {oid} ({refname})")]
@@ -73,11 +67,7 @@ impl RefState {
     /// The ref's value. A push uploads the new bundle before deleting the old one, so when two
     /// are left (a push cut short), the newer one is what that push committed to.
     pub fn current(&self) -> Option<&BundleObject> {
-        self.bundles.iter().max_by(|a, b| {
-            a.last_modified
-                .cmp(&b.last_modified)
-                .then_with(|| a.key.cmp(&b.key))
-        })
+        self.bundles.iter().max_by(|a, b| a.last_modified.cmp(&b.last_modified).then_with(|| a.key.cmp(&b.key)))
     }
 }
 
@@ -91,9 +81,7 @@ pub struct Listing {
 impl Listing {
     /// `(refname, oid)` of every ref that has a value.
     pub fn values(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.refs
-            .iter()
-            .filter_map(|(name, state)| state.current().map(|b| (name.as_str(), b.oid.as_str())))
+        self.refs.iter().filter_map(|(name, state)| state.current().map(|b| (name.as_str(), b.oid.as_str())))
     }
 }
 
@@ -101,14 +89,12 @@ pub fn parse_listing(layout: &Layout, objects: Vec<ObjectInfo>) -> BTreeMap<Stri
     let mut refs: BTreeMap<String, RefState> = BTreeMap::new();
     for object in objects {
         match layout.classify(&object.key) {
-            RefKey::Bundle { refname, oid } => {
-                refs.entry(refname).or_default().bundles.push(BundleObject {
-                    oid,
-                    key: object.key,
-                    size: object.size,
-                    last_modified: object.last_modified,
-                })
-            }
+            RefKey::Bundle { refname, oid } => refs.entry(refname).or_default().bundles.push(BundleObject {
+                oid,
+                key: object.key,
+                size: object.size,
+                last_modified: object.last_modified,
+            }),
             RefKey::Protected { refname } => refs.entry(refname).or_default().protected = true,
             RefKey::Lock { refname } => refs.entry(refname).or_default().lock = Some(object),
             RefKey::Zip { .. } | RefKey::Other => {}
@@ -169,35 +155,23 @@ impl BundleRepo {
         let head_key = self.layout.head();
         let refs_prefix = self.layout.refs_prefix();
         let (objects, head) = tokio::join!(self.bucket.list(&refs_prefix), async {
-            if with_head {
-                self.bucket.get_bytes(&head_key).await
-            } else {
-                Ok(None)
-            }
+            if with_head { self.bucket.get_bytes(&head_key).await } else { Ok(None) }
         });
         let refs = parse_listing(&self.layout, objects?);
-        let head = head?
-            .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_string())
-            .filter(|h| !h.is_empty());
+        let head = head?.map(|bytes| String::from_utf8_lossy(&bytes).trim().to_string()).filter(|h| !h.is_empty());
         Ok(Listing { refs, head })
     }
 
     async fn read_ref(&self, refname: &str) -> Result<RefState, S3Error> {
         let objects = self.bucket.list(&self.layout.ref_dir(refname)).await?;
-        Ok(parse_listing(&self.layout, objects)
-            .remove(refname)
-            .unwrap_or_default())
+        Ok(parse_listing(&self.layout, objects).remove(refname).unwrap_or_default())
     }
 
     // ----- fetch -----
 
     /// Brings the objects of `wanted` into the caller's repository. Returns the `.keep` files that
     /// protect the new packs until git has updated its refs.
-    pub async fn fetch(
-        &self,
-        wanted: Vec<(String, String)>,
-        events: &Events,
-    ) -> Result<Vec<PathBuf>, StoreError> {
+    pub async fn fetch(&self, wanted: Vec<(String, String)>, events: &Events) -> Result<Vec<PathBuf>, StoreError> {
         let pack_dir = self.git.git_path("objects/pack").await?;
         let mut keeps = Vec::new();
         let mut wanted = wanted.into_iter();
@@ -208,14 +182,11 @@ impl BundleRepo {
         }
         let pack_dir = &pack_dir;
         // Owned items: closures over borrowed ones trip the compiler's Send check.
-        let results: Vec<_> =
-            futures::stream::iter(wanted)
-                .map(|(refname, oid)| async move {
-                    self.fetch_ref(&refname, &oid, pack_dir, events).await
-                })
-                .buffer_unordered(BUNDLES_IN_FLIGHT)
-                .collect()
-                .await;
+        let results: Vec<_> = futures::stream::iter(wanted)
+            .map(|(refname, oid)| async move { self.fetch_ref(&refname, &oid, pack_dir, events).await })
+            .buffer_unordered(BUNDLES_IN_FLIGHT)
+            .collect()
+            .await;
         for result in results {
             keeps.extend(result?);
         }
@@ -234,10 +205,7 @@ impl BundleRepo {
         }
         let keep = self.unbundle(refname, oid, pack_dir, events).await?;
         if !self.git.has_object(oid).await? {
-            return Err(StoreError::NotFetched {
-                refname: refname.into(),
-                oid: oid.into(),
-            });
+            return Err(StoreError::NotFetched { refname: refname.into(), oid: oid.into() });
         }
         Ok(keep)
     }
@@ -251,23 +219,13 @@ impl BundleRepo {
         events: &Events,
     ) -> Result<Option<PathBuf>, StoreError> {
         let key = self.layout.bundle(refname, oid);
-        let corrupt = |why: String| StoreError::CorruptBundle {
-            refname: refname.into(),
-            key: key.clone(),
-            why,
-        };
-        let download = |why: String| StoreError::Download {
-            key: key.clone(),
-            why,
-        };
-        let (mut body, size) =
-            self.bucket
-                .get_stream(&key)
-                .await?
-                .ok_or_else(|| StoreError::MissingBundle {
-                    refname: refname.into(),
-                    key: key.clone(),
-                })?;
+        let corrupt = |why: String| StoreError::CorruptBundle { refname: refname.into(), key: key.clone(), why };
+        let download = |why: String| StoreError::Download { key: key.clone(), why };
+        let (mut body, size) = self
+            .bucket
+            .get_stream(&key)
+            .await?
+            .ok_or_else(|| StoreError::MissingBundle { refname: refname.into(), key: key.clone() })?;
         let meter = events.meter(format!("Receiving {refname}"), size);
 
         let mut buf = Vec::new();
@@ -288,11 +246,8 @@ impl BundleRepo {
         };
         self.check_header(&header, oid).await.map_err(corrupt)?;
 
-        let mut args = vec![
-            "index-pack".to_string(),
-            "--stdin".into(),
-            format!("--keep=git-remote-s3 fetch {refname}"),
-        ];
+        let mut args =
+            vec!["index-pack".to_string(), "--stdin".into(), format!("--keep=git-remote-s3 fetch {refname}")];
         if !header.prerequisites.is_empty() {
             args.push("--fix-thin".into());
         }
@@ -305,9 +260,7 @@ impl BundleRepo {
             .spawn()
             .map_err(GitError::Spawn)?;
         let Some(mut stdin) = child.stdin.take() else {
-            return Err(StoreError::Git(GitError::Spawn(std::io::Error::other(
-                "git index-pack has no stdin",
-            ))));
+            return Err(StoreError::Git(GitError::Spawn(std::io::Error::other("git index-pack has no stdin"))));
         };
         let feed = async {
             stdin.write_all(&buf[header_len..]).await?;
@@ -323,10 +276,7 @@ impl BundleRepo {
         let (fed, output) = tokio::join!(feed, child.wait_with_output());
         let output = output.map_err(GitError::Spawn)?;
         if !output.status.success() {
-            return Err(corrupt(format!(
-                "git index-pack: {}",
-                last_line(&output.stderr)
-            )));
+            return Err(corrupt(format!("git index-pack: {}", last_line(&output.stderr))));
         }
         if let Err(e) = fed {
             return Err(download(e.to_string()));
@@ -341,29 +291,17 @@ impl BundleRepo {
     }
 
     async fn check_header(&self, header: &BundleHeader, oid: &str) -> Result<(), String> {
-        if let Some((_, format)) = header
-            .capabilities
-            .iter()
-            .find(|(k, _)| k == "object-format")
+        if let Some((_, format)) = header.capabilities.iter().find(|(k, _)| k == "object-format")
             && format != "sha1"
         {
-            return Err(format!(
-                "it holds {format} objects, this remote stores sha1"
-            ));
+            return Err(format!("it holds {format} objects, this remote stores sha1"));
         }
         if !header.refs.iter().any(|(o, _)| o == oid) {
             return Err(format!("it does not contain {oid}"));
         }
         for prerequisite in &header.prerequisites {
-            if !self
-                .git
-                .has_object(prerequisite)
-                .await
-                .map_err(|e| e.to_string())?
-            {
-                return Err(format!(
-                    "it needs {prerequisite}, which this repository lacks"
-                ));
+            if !self.git.has_object(prerequisite).await.map_err(|e| e.to_string())? {
+                return Err(format!("it needs {prerequisite}, which this repository lacks"));
             }
         }
         Ok(())
@@ -376,10 +314,7 @@ impl BundleRepo {
             return batch
                 .commands
                 .iter()
-                .map(|c| RefOutcome {
-                    dst: c.dst.clone(),
-                    result: Err(why.clone()),
-                })
+                .map(|c| RefOutcome { dst: c.dst.clone(), result: Err(why.clone()) })
                 .collect();
         }
         if batch.atomic {
@@ -392,22 +327,14 @@ impl BundleRepo {
                     Ok(prepared) => self.write_and_commit(prepared, batch, events).await,
                     Err(why) => Err(why),
                 };
-                RefOutcome {
-                    dst: command.dst,
-                    result,
-                }
+                RefOutcome { dst: command.dst, result }
             })
             .buffered(REFS_IN_FLIGHT)
             .collect()
             .await
     }
 
-    async fn write_and_commit(
-        &self,
-        prepared: Prepared,
-        batch: &PushBatch,
-        events: &Events,
-    ) -> Result<bool, String> {
+    async fn write_and_commit(&self, prepared: Prepared, batch: &PushBatch, events: &Events) -> Result<bool, String> {
         if batch.dry_run {
             let forced = prepared.forced;
             release(prepared.lock).await;
@@ -454,15 +381,9 @@ impl BundleRepo {
                 .commands
                 .iter()
                 .map(|c| {
-                    let result = if c.dst == failed_dst {
-                        Err(why.clone())
-                    } else {
-                        Err("atomic push failed".to_string())
-                    };
-                    RefOutcome {
-                        dst: c.dst.clone(),
-                        result,
-                    }
+                    let result =
+                        if c.dst == failed_dst { Err(why.clone()) } else { Err("atomic push failed".to_string()) };
+                    RefOutcome { dst: c.dst.clone(), result }
                 })
                 .collect();
         }
@@ -505,22 +426,14 @@ impl BundleRepo {
             match self.git.resolve(&command.src).await {
                 Ok(Some(oid)) => Some(oid),
                 Ok(None) => {
-                    return Err(format!(
-                        "src refspec {} does not match any object",
-                        command.src
-                    ));
+                    return Err(format!("src refspec {} does not match any object", command.src));
                 }
                 Err(e) => return Err(e.to_string()),
             }
         };
-        let lock = RefLock::acquire(
-            &self.bucket,
-            &self.layout.lock(dst),
-            dst,
-            self.config.lock_ttl,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        let lock = RefLock::acquire(&self.bucket, &self.layout.lock(dst), dst, self.config.lock_ttl)
+            .await
+            .map_err(|e| e.to_string())?;
         match self.decide(command, batch, new_oid, lock).await {
             Ok(prepared) => Ok(prepared),
             Err((why, lock)) => {
@@ -577,14 +490,7 @@ impl BundleRepo {
             _ => {}
         }
         let unchanged = current == new_oid;
-        Ok(Prepared {
-            command: command.clone(),
-            new_oid,
-            state,
-            lock,
-            forced,
-            unchanged,
-        })
+        Ok(Prepared { command: command.clone(), new_oid, state, lock, forced, unchanged })
     }
 
     /// Uploads the new bundle; the ref folder then holds old and new until `commit`.
@@ -597,18 +503,14 @@ impl BundleRepo {
             .prefix("git-s3-push-")
             .tempdir()
             .map_err(|e| StoreError::TempDir(e).to_string())?;
-        let scratch_git = self
-            .scratch_repository(scratch.path(), dst, new_oid)
-            .await
-            .map_err(|e| e.to_string())?;
+        let scratch_git = self.scratch_repository(scratch.path(), dst, new_oid).await.map_err(|e| e.to_string())?;
         let mut child = scratch_git
             .command(["bundle", "create", "-q", "-", dst.as_str()])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| GitError::Spawn(e).to_string())?;
-        let (Some(mut stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take())
-        else {
+        let (Some(mut stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
             return Err("git bundle create has no output".into());
         };
         let stderr_task = tokio::spawn(async move {
@@ -641,33 +543,15 @@ impl BundleRepo {
 
     /// A throw-away bare repository that borrows the caller's objects and has exactly one ref,
     /// `dst`, so the bundle names the ref as the remote knows it whatever the local name was.
-    async fn scratch_repository(
-        &self,
-        dir: &std::path::Path,
-        dst: &str,
-        oid: &str,
-    ) -> Result<Git, GitError> {
+    async fn scratch_repository(&self, dir: &std::path::Path, dst: &str, oid: &str) -> Result<Git, GitError> {
         let objects = self.git.git_path("objects").await?;
         let dir_str = dir.to_string_lossy();
-        self.git
-            .run(&[
-                "init",
-                "--quiet",
-                "--bare",
-                "--template=",
-                "--object-format=sha1",
-                &dir_str,
-            ])
-            .await?;
+        self.git.run(&["init", "--quiet", "--bare", "--template=", "--object-format=sha1", &dir_str]).await?;
         let alternates = dir.join("objects/info/alternates");
         if let Some(parent) = alternates.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(GitError::Spawn)?;
+            tokio::fs::create_dir_all(parent).await.map_err(GitError::Spawn)?;
         }
-        tokio::fs::write(&alternates, format!("{}\n", objects.display()))
-            .await
-            .map_err(GitError::Spawn)?;
+        tokio::fs::write(&alternates, format!("{}\n", objects.display())).await.map_err(GitError::Spawn)?;
         let scratch = self.git.for_repository(dir);
         scratch.run(&["update-ref", dst, oid]).await?;
         Ok(scratch)
@@ -693,15 +577,9 @@ impl BundleRepo {
         if prepared.unchanged {
             return Ok(());
         }
-        if dst.starts_with("refs/heads/") && self.bucket.head(&self.layout.head()).await?.is_none()
-        {
-            let options = PutOptions {
-                if_none_match_any: true,
-                ..Default::default()
-            };
-            self.bucket
-                .put_bytes(&self.layout.head(), dst.as_bytes().to_vec(), options)
-                .await?;
+        if dst.starts_with("refs/heads/") && self.bucket.head(&self.layout.head()).await?.is_none() {
+            let options = PutOptions { if_none_match_any: true, ..Default::default() };
+            self.bucket.put_bytes(&self.layout.head(), dst.as_bytes().to_vec(), options).await?;
         }
         for old in prepared.state.bundles.iter().filter(|b| &b.oid != new_oid) {
             self.bucket.delete(&old.key).await?;
@@ -719,11 +597,7 @@ impl BundleRepo {
         if prepared.state.bundles.iter().any(|b| b.oid == new_oid) {
             return;
         }
-        if let Err(e) = self
-            .bucket
-            .delete(&self.layout.bundle(&prepared.command.dst, new_oid))
-            .await
-        {
+        if let Err(e) = self.bucket.delete(&self.layout.bundle(&prepared.command.dst, new_oid)).await {
             tracing::warn!(error = %e, "could not remove a bundle of a failed atomic push");
         }
     }
@@ -736,24 +610,15 @@ impl BundleRepo {
             return Ok(());
         }
         let listing = self.list(false).await?;
-        let branches: Vec<&str> = listing
-            .values()
-            .map(|(name, _)| name)
-            .filter(|n| n.starts_with("refs/heads/") && *n != deleted)
-            .collect();
+        let branches: Vec<&str> =
+            listing.values().map(|(name, _)| name).filter(|n| n.starts_with("refs/heads/") && *n != deleted).collect();
         let next = ["refs/heads/main", "refs/heads/master"]
             .into_iter()
             .find(|preferred| branches.contains(preferred))
             .or_else(|| branches.first().copied());
         match next {
             Some(next) => {
-                self.bucket
-                    .put_bytes(
-                        &self.layout.head(),
-                        next.as_bytes().to_vec(),
-                        PutOptions::default(),
-                    )
-                    .await?;
+                self.bucket.put_bytes(&self.layout.head(), next.as_bytes().to_vec(), PutOptions::default()).await?;
             }
             None => self.bucket.delete(&self.layout.head()).await?,
         }
@@ -771,23 +636,14 @@ impl BundleRepo {
             .await
             .map_err(GitError::Spawn)?;
         if !output.status.success() {
-            return Err(GitError::Failed {
-                command: "archive".into(),
-                stderr: last_line(&output.stderr),
-            }
-            .into());
+            return Err(GitError::Failed { command: "archive".into(), stderr: last_line(&output.stderr) }.into());
         }
         let options = PutOptions {
             metadata: vec![("codepipeline-artifact-revision-summary".into(), summary)],
-            content_disposition: Some(format!(
-                "attachment; filename=repo-{}.zip",
-                &oid[..8.min(oid.len())]
-            )),
+            content_disposition: Some(format!("attachment; filename=repo-{}.zip", &oid[..8.min(oid.len())])),
             ..Default::default()
         };
-        self.bucket
-            .put_bytes(&self.layout.zip(dst), output.stdout, options)
-            .await?;
+        self.bucket.put_bytes(&self.layout.zip(dst), output.stdout, options).await?;
         Ok(())
     }
 }
@@ -804,11 +660,7 @@ mod tests {
     use std::time::Duration;
 
     fn object(key: &str, secs: u64) -> ObjectInfo {
-        ObjectInfo {
-            key: key.into(),
-            size: 1,
-            last_modified: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs)),
-        }
+        ObjectInfo { key: key.into(), size: 1, last_modified: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs)) }
     }
 
     const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -837,10 +689,8 @@ mod tests {
     #[test]
     fn a_ref_with_only_a_lock_has_no_value() {
         let layout = Layout::new("p");
-        let listing = Listing {
-            refs: parse_listing(&layout, vec![object("p/refs/heads/x/LOCK#.lock", 1)]),
-            head: None,
-        };
+        let listing =
+            Listing { refs: parse_listing(&layout, vec![object("p/refs/heads/x/LOCK#.lock", 1)]), head: None };
         assert_eq!(listing.values().count(), 0);
     }
 }

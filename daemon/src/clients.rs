@@ -42,13 +42,7 @@ impl ClientCache {
             return cached.client.clone();
         }
         let client = build_client(settings).await;
-        clients.insert(
-            key,
-            CachedClient {
-                client: client.clone(),
-                last_used: Instant::now(),
-            },
-        );
+        clients.insert(key, CachedClient { client: client.clone(), last_used: Instant::now() });
         tracing::debug!(clients = clients.len(), ?settings, "built a new S3 client");
         client
     }
@@ -93,13 +87,7 @@ fn cache_key(settings: &S3Settings) -> [u8; 32] {
 }
 
 fn aws_files(settings: &S3Settings) -> Vec<String> {
-    let env = |key: &str| {
-        settings
-            .aws_env
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.clone())
-    };
+    let env = |key: &str| settings.aws_env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
     let home = env("HOME").unwrap_or_default();
     vec![
         env("AWS_CONFIG_FILE").unwrap_or_else(|| format!("{home}/.aws/config")),
@@ -114,12 +102,7 @@ async fn build_client(settings: &S3Settings) -> aws_sdk_s3::Client {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .env(aws_types::os_shim_internal::Env::from(env))
         .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
-                .read_timeout(READ_TIMEOUT)
-                .build(),
-        );
+        .timeout_config(TimeoutConfig::builder().connect_timeout(CONNECT_TIMEOUT).read_timeout(READ_TIMEOUT).build());
     if let Some(profile) = &settings.profile {
         loader = loader.profile_name(profile);
     }
@@ -130,8 +113,7 @@ async fn build_client(settings: &S3Settings) -> aws_sdk_s3::Client {
         loader = loader.endpoint_url(endpoint);
     }
     let sdk_config = loader.load().await;
-    let mut builder =
-        aws_sdk_s3::config::Builder::from(&sdk_config).force_path_style(settings.path_style);
+    let mut builder = aws_sdk_s3::config::Builder::from(&sdk_config).force_path_style(settings.path_style);
     if sdk_config.region().is_none() {
         builder = builder.region(aws_config::Region::new(FALLBACK_REGION));
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::git::Git;
-use crate::url::{S3Url, UrlError};
+use git_s3_proto::url::{S3Url, UrlError};
 
 /// Python tool's default, and its variable: both tools must agree on when a lock is stale.
 pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(60);
@@ -17,11 +17,7 @@ pub enum ConfigError {
     #[error(transparent)]
     Url(#[from] UrlError),
     #[error("{key} = '{value}' is not valid: {why}")]
-    BadValue {
-        key: String,
-        value: String,
-        why: &'static str,
-    },
+    BadValue { key: String, value: String, why: &'static str },
 }
 
 /// Whether the SDK adds its default CRC checksums to every request, or only where S3 requires
@@ -113,11 +109,7 @@ fn resolve_from(
         Some((_, v)) if v.eq_ignore_ascii_case("when-supported") => ChecksumMode::WhenSupported,
         Some((_, v)) if v.eq_ignore_ascii_case("when-required") => ChecksumMode::WhenRequired,
         Some((key, value)) => {
-            return Err(ConfigError::BadValue {
-                key,
-                value,
-                why: "use when-supported or when-required",
-            });
+            return Err(ConfigError::BadValue { key, value, why: "use when-supported or when-required" });
         }
     };
     let lock_ttl = match non_empty_env(LOCK_TTL_ENV) {
@@ -140,29 +132,14 @@ fn resolve_from(
         .collect();
     aws_env.sort();
     let profile = url.profile.clone().or_else(|| non_empty_env("AWS_PROFILE"));
-    Ok(RemoteConfig {
-        s3: S3Settings {
-            profile,
-            region,
-            endpoint,
-            path_style,
-            checksums,
-            aws_env,
-        },
-        url,
-        lock_ttl,
-    })
+    Ok(RemoteConfig { s3: S3Settings { profile, region, endpoint, path_style, checksums, aws_env }, url, lock_ttl })
 }
 
 fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
     match value.to_ascii_lowercase().as_str() {
         "true" | "yes" | "on" | "1" => Ok(true),
         "false" | "no" | "off" | "0" => Ok(false),
-        _ => Err(ConfigError::BadValue {
-            key: key.into(),
-            value: value.into(),
-            why: "use true or false",
-        }),
+        _ => Err(ConfigError::BadValue { key: key.into(), value: value.into(), why: "use true or false" }),
     }
 }
 
@@ -180,30 +157,15 @@ fn is_local_endpoint(endpoint: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn resolve_with(
-        env: &[(&str, &str)],
-        config: &[(&str, &str)],
-    ) -> Result<RemoteConfig, ConfigError> {
-        let env = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let config: Vec<_> = config
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        resolve_from(
-            "origin",
-            S3Url::parse("s3://bucket/repo").unwrap(),
-            &env,
-            &config,
-        )
+    fn resolve_with(env: &[(&str, &str)], config: &[(&str, &str)]) -> Result<RemoteConfig, ConfigError> {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let config: Vec<_> = config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        resolve_from("origin", S3Url::parse("s3://bucket/repo").unwrap(), &env, &config)
     }
 
     #[test]
     fn env_endpoint_alone_reaches_a_local_server() {
-        let config =
-            resolve_with(&[("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9000")], &[]).unwrap();
+        let config = resolve_with(&[("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9000")], &[]).unwrap();
         assert_eq!(config.s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
         assert!(config.s3.path_style);
         assert_eq!(config.lock_ttl, DEFAULT_LOCK_TTL);
@@ -227,16 +189,9 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        let err = resolve_with(&[], &[("s3.pathstyle", "maybe")])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("s3.pathstyle") && err.contains("true or false"),
-            "{err}"
-        );
-        let err = resolve_with(&[(LOCK_TTL_ENV, "soon")], &[])
-            .unwrap_err()
-            .to_string();
+        let err = resolve_with(&[], &[("s3.pathstyle", "maybe")]).unwrap_err().to_string();
+        assert!(err.contains("s3.pathstyle") && err.contains("true or false"), "{err}");
+        let err = resolve_with(&[(LOCK_TTL_ENV, "soon")], &[]).unwrap_err().to_string();
         assert!(err.contains(LOCK_TTL_ENV), "{err}");
     }
 

@@ -13,6 +13,7 @@ use rustix::fs::{FlockOperation, flock};
 use tokio::net::UnixListener;
 
 use crate::listener;
+use crate::scheduler::Scheduler;
 use crate::server::Service;
 use crate::state::DaemonState;
 
@@ -28,11 +29,7 @@ pub enum DaemonError {
     #[error("another git-s3d already serves {0}")]
     AlreadyRunning(PathBuf),
     #[error("cannot {what} {path}: {source}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("the gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -43,6 +40,9 @@ pub struct DaemonOptions {
     pub idle_timeout: Option<Duration>,
     /// What the daemon reports as its version in the handshake.
     pub version: String,
+    /// Caps shared by every transfer.
+    pub max_requests: usize,
+    pub max_inflight_bytes: u64,
 }
 
 pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
@@ -50,11 +50,8 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     endpoint.ensure_socket_dir()?;
     let _instance = lock_instance(&endpoint)?;
     let listener = bind_private(&endpoint.socket)?;
-    let state = Arc::new(DaemonState::new(
-        endpoint.socket.clone(),
-        options.version,
-        options.idle_timeout,
-    ));
+    let scheduler = Scheduler::new(options.max_requests, options.max_inflight_bytes);
+    let state = Arc::new(DaemonState::new(endpoint.socket.clone(), options.version, options.idle_timeout, scheduler));
     tracing::info!(socket = %endpoint.socket.display(), pid = std::process::id(), idle_timeout = ?options.idle_timeout, "git-s3d ready");
 
     tokio::spawn(watch_idle(state.clone()));
@@ -68,10 +65,7 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         .await;
 
     state.tasks.close();
-    if tokio::time::timeout(DRAIN_LIMIT, state.tasks.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(DRAIN_LIMIT, state.tasks.wait()).await.is_err() {
         tracing::warn!("work still in flight after {DRAIN_LIMIT:?}; exiting anyway");
     }
     let _ = fs::remove_file(&endpoint.socket);
@@ -88,11 +82,7 @@ fn lock_instance(endpoint: &Endpoint) -> Result<File, DaemonError> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|source| DaemonError::Io {
-            what: "open",
-            path: path.clone(),
-            source,
-        })?;
+        .map_err(|source| DaemonError::Io { what: "open", path: path.clone(), source })?;
     flock(&file, FlockOperation::NonBlockingLockExclusive)
         .map_err(|_| DaemonError::AlreadyRunning(endpoint.socket.clone()))?;
     Ok(file)
@@ -105,27 +95,17 @@ fn bind_private(socket: &PathBuf) -> Result<UnixListener, DaemonError> {
         Ok(()) => tracing::info!(socket = %socket.display(), "removed a stale socket"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(source) => {
-            return Err(DaemonError::Io {
-                what: "remove stale socket",
-                path: socket.clone(),
-                source,
-            });
+            return Err(DaemonError::Io { what: "remove stale socket", path: socket.clone(), source });
         }
     }
     let old_umask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
     let bound = UnixListener::bind(socket);
     rustix::process::umask(old_umask);
-    let listener = bound.map_err(|source| DaemonError::Io {
-        what: "bind",
+    let listener = bound.map_err(|source| DaemonError::Io { what: "bind", path: socket.clone(), source })?;
+    fs::set_permissions(socket, fs::Permissions::from_mode(0o600)).map_err(|source| DaemonError::Io {
+        what: "restrict",
         path: socket.clone(),
         source,
-    })?;
-    fs::set_permissions(socket, fs::Permissions::from_mode(0o600)).map_err(|source| {
-        DaemonError::Io {
-            what: "restrict",
-            path: socket.clone(),
-            source,
-        }
     })?;
     Ok(listener)
 }
@@ -134,10 +114,7 @@ async fn watch_idle(state: Arc<DaemonState>) {
     loop {
         tokio::time::sleep(IDLE_CHECK_PERIOD).await;
         if state.idle_for_too_long() {
-            tracing::info!(
-                "idle for {:?}; exiting",
-                state.idle_timeout.unwrap_or_default()
-            );
+            tracing::info!("idle for {:?}; exiting", state.idle_timeout.unwrap_or_default());
             state.shutdown.cancel();
             return;
         }
@@ -146,10 +123,7 @@ async fn watch_idle(state: Arc<DaemonState>) {
 
 async fn watch_signals(state: Arc<DaemonState>) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::warn!("cannot watch for signals");
         return;
     };

@@ -41,11 +41,7 @@ pub struct Git {
 
 impl Git {
     pub fn new(cwd: PathBuf, env: Arc<HashMap<String, String>>) -> Self {
-        Self {
-            cwd,
-            env,
-            git_dir: None,
-        }
+        Self { cwd, env, git_dir: None }
     }
 
     /// The same git, pointed at another repository (one we created), with the caller's
@@ -55,11 +51,7 @@ impl Git {
         for var in REPOSITORY_VARS {
             env.remove(*var);
         }
-        Self {
-            cwd: self.cwd.clone(),
-            env: Arc::new(env),
-            git_dir: Some(git_dir.to_path_buf()),
-        }
+        Self { cwd: self.cwd.clone(), env: Arc::new(env), git_dir: Some(git_dir.to_path_buf()) }
     }
 
     pub fn command<I, S>(&self, args: I) -> Command
@@ -68,11 +60,7 @@ impl Git {
         S: AsRef<std::ffi::OsStr>,
     {
         let mut command = Command::new("git");
-        command
-            .env_clear()
-            .envs(self.env.iter())
-            .current_dir(&self.cwd)
-            .kill_on_drop(true);
+        command.env_clear().envs(self.env.iter()).current_dir(&self.cwd).kill_on_drop(true);
         if let Some(git_dir) = &self.git_dir {
             command.env("GIT_DIR", git_dir);
         }
@@ -82,47 +70,24 @@ impl Git {
 
     /// Runs git and returns its trimmed stdout, or its stderr as the error.
     pub async fn run(&self, args: &[&str]) -> Result<String, GitError> {
-        let output = self
-            .command(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .await
-            .map_err(GitError::Spawn)?;
+        let output =
+            self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).output().await.map_err(GitError::Spawn)?;
         if !output.status.success() {
-            return Err(GitError::Failed {
-                command: args.join(" "),
-                stderr: last_line(&output.stderr),
-            });
+            return Err(GitError::Failed { command: args.join(" "), stderr: last_line(&output.stderr) });
         }
-        Ok(String::from_utf8_lossy(&output.stdout)
-            .trim_end()
-            .to_string())
+        Ok(String::from_utf8_lossy(&output.stdout).trim_end().to_string())
     }
 
     /// Runs git for its exit status alone (a question such as "is this an ancestor?").
     pub async fn succeeds(&self, args: &[&str]) -> Result<bool, GitError> {
-        let status = self
-            .command(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await
-            .map_err(GitError::Spawn)?;
+        let status =
+            self.command(args).stdout(Stdio::null()).stderr(Stdio::null()).status().await.map_err(GitError::Spawn)?;
         Ok(status.success())
     }
 
     /// The object id `rev` names, or `None` when it names nothing.
     pub async fn resolve(&self, rev: &str) -> Result<Option<String>, GitError> {
-        match self
-            .run(&[
-                "rev-parse",
-                "--verify",
-                "--quiet",
-                &format!("{rev}^{{object}}"),
-            ])
-            .await
-        {
+        match self.run(&["rev-parse", "--verify", "--quiet", &format!("{rev}^{{object}}")]).await {
             Ok(oid) => Ok(Some(oid)),
             Err(GitError::Failed { .. }) => Ok(None),
             Err(e) => Err(e),
@@ -134,8 +99,7 @@ impl Git {
     }
 
     pub async fn is_ancestor(&self, ancestor: &str, descendant: &str) -> Result<bool, GitError> {
-        self.succeeds(&["merge-base", "--is-ancestor", ancestor, descendant])
-            .await
+        self.succeeds(&["merge-base", "--is-ancestor", ancestor, descendant]).await
     }
 
     pub async fn object_format(&self) -> Result<String, GitError> {
@@ -144,9 +108,7 @@ impl Git {
 
     /// An absolute path inside the repository, e.g. `objects` or `objects/pack`.
     pub async fn git_path(&self, path: &str) -> Result<PathBuf, GitError> {
-        let out = self
-            .run(&["rev-parse", "--path-format=absolute", "--git-path", path])
-            .await?;
+        let out = self.run(&["rev-parse", "--path-format=absolute", "--git-path", path]).await?;
         Ok(PathBuf::from(out))
     }
 
@@ -197,8 +159,7 @@ mod tests {
 
     #[test]
     fn config_list_parses_values_and_bare_keys() {
-        let raw =
-            b"s3.endpoint\nhttp://127.0.0.1:9000\0Remote.Origin.S3PathStyle\ntrue\0core.bare\0";
+        let raw = b"s3.endpoint\nhttp://127.0.0.1:9000\0Remote.Origin.S3PathStyle\ntrue\0core.bare\0";
         assert_eq!(
             parse_config_list(raw),
             vec![
@@ -211,10 +172,7 @@ mod tests {
 
     #[test]
     fn last_line_of_stderr() {
-        assert_eq!(
-            last_line(b"warning: x\nfatal: bad object\n\n"),
-            "fatal: bad object"
-        );
+        assert_eq!(last_line(b"warning: x\nfatal: bad object\n\n"), "fatal: bad object");
         assert_eq!(last_line(b""), "(no message)");
     }
 }

@@ -37,9 +37,7 @@ pub enum RefKey {
 
 impl Layout {
     pub fn new(prefix: &str) -> Self {
-        Self {
-            prefix: prefix.trim_matches('/').to_string(),
-        }
+        Self { prefix: prefix.trim_matches('/').to_string() }
     }
 
     pub fn head(&self) -> String {
@@ -67,6 +65,14 @@ impl Layout {
         format!("{}/{refname}/{PROTECTED_FILE}", self.prefix)
     }
 
+    pub fn lfs_object(&self, oid: &str) -> String {
+        format!("{}/lfs/{oid}", self.prefix)
+    }
+
+    pub fn lfs_prefix(&self) -> String {
+        format!("{}/lfs/", self.prefix)
+    }
+
     pub fn zip(&self, refname: &str) -> String {
         format!("{}/{refname}/{ZIP_FILE}", self.prefix)
     }
@@ -74,10 +80,7 @@ impl Layout {
     /// Classifies a key listed under `refs_prefix()`. Bundles follow the Python tool's rule:
     /// the ref has at least three path segments and the file is `<40 hex>.bundle`.
     pub fn classify(&self, key: &str) -> RefKey {
-        let Some(rest) = key
-            .strip_prefix(&self.prefix)
-            .and_then(|r| r.strip_prefix('/'))
-        else {
+        let Some(rest) = key.strip_prefix(&self.prefix).and_then(|r| r.strip_prefix('/')) else {
             return RefKey::Other;
         };
         let Some((refname, file)) = rest.rsplit_once('/') else {
@@ -93,10 +96,7 @@ impl Layout {
             ZIP_FILE => RefKey::Zip { refname },
             _ => match file.strip_suffix(BUNDLE_SUFFIX) {
                 Some(oid) if is_sha1_hex(oid) && refname.matches('/').count() >= 2 => {
-                    RefKey::Bundle {
-                        refname,
-                        oid: oid.to_string(),
-                    }
+                    RefKey::Bundle { refname, oid: oid.to_string() }
                 }
                 _ => RefKey::Other,
             },
@@ -110,10 +110,13 @@ impl fmt::Display for Layout {
     }
 }
 
+/// A git-lfs object id: SHA-256, 64 lowercase hex digits.
+pub fn is_lfs_oid(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 pub fn is_sha1_hex(s: &str) -> bool {
-    s.len() == 40
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 40 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// A ref name we are willing to store: git's check-ref-format rules, under `refs/`, and free of
@@ -128,11 +131,10 @@ pub fn check_refname(name: &str) -> Result<(), &'static str> {
     if name.contains("..") || name.contains("@{") {
         return Err("ref names must not contain '..' or '@{'");
     }
-    if name.chars().any(|c| {
-        c.is_control()
-            || c.is_whitespace()
-            || matches!(c, '~' | '^' | ':' | '?' | '*' | '[' | '\\' | '#')
-    }) {
+    if name
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace() || matches!(c, '~' | '^' | ':' | '?' | '*' | '[' | '\\' | '#'))
+    {
         return Err("ref names must not contain spaces, control characters or any of ~^:?*[\\#");
     }
     for component in name.split('/') {
@@ -156,23 +158,12 @@ mod tests {
     fn keys_match_the_python_layout() {
         let layout = Layout::new("/team/repo/");
         assert_eq!(layout.head(), "team/repo/HEAD");
-        assert_eq!(
-            layout.bundle("refs/heads/main", OID),
-            format!("team/repo/refs/heads/main/{OID}.bundle")
-        );
-        assert_eq!(
-            layout.lock("refs/heads/main"),
-            "team/repo/refs/heads/main/LOCK#.lock"
-        );
-        assert_eq!(
-            layout.protected("refs/heads/main"),
-            "team/repo/refs/heads/main/PROTECTED#"
-        );
-        assert_eq!(
-            layout.zip("refs/tags/v1"),
-            "team/repo/refs/tags/v1/repo.zip"
-        );
+        assert_eq!(layout.bundle("refs/heads/main", OID), format!("team/repo/refs/heads/main/{OID}.bundle"));
+        assert_eq!(layout.lock("refs/heads/main"), "team/repo/refs/heads/main/LOCK#.lock");
+        assert_eq!(layout.protected("refs/heads/main"), "team/repo/refs/heads/main/PROTECTED#");
+        assert_eq!(layout.zip("refs/tags/v1"), "team/repo/refs/tags/v1/repo.zip");
         assert_eq!(layout.refs_prefix(), "team/repo/refs/");
+        assert_eq!(layout.lfs_object("ab"), "team/repo/lfs/ab");
     }
 
     #[test]
@@ -180,35 +171,16 @@ mod tests {
         let layout = Layout::new("p");
         assert_eq!(
             layout.classify(&format!("p/refs/heads/feature/x/{OID}.bundle")),
-            RefKey::Bundle {
-                refname: "refs/heads/feature/x".into(),
-                oid: OID.into()
-            }
+            RefKey::Bundle { refname: "refs/heads/feature/x".into(), oid: OID.into() }
         );
-        assert_eq!(
-            layout.classify("p/refs/heads/main/LOCK#.lock"),
-            RefKey::Lock {
-                refname: "refs/heads/main".into()
-            }
-        );
+        assert_eq!(layout.classify("p/refs/heads/main/LOCK#.lock"), RefKey::Lock { refname: "refs/heads/main".into() });
         assert_eq!(
             layout.classify("p/refs/heads/main/PROTECTED#"),
-            RefKey::Protected {
-                refname: "refs/heads/main".into()
-            }
+            RefKey::Protected { refname: "refs/heads/main".into() }
         );
-        assert_eq!(
-            layout.classify("p/refs/heads/main/notes.txt"),
-            RefKey::Other
-        );
-        assert_eq!(
-            layout.classify("p/refs/heads/main/ABC.bundle"),
-            RefKey::Other
-        );
-        assert_eq!(
-            layout.classify("other/refs/heads/main/LOCK#.lock"),
-            RefKey::Other
-        );
+        assert_eq!(layout.classify("p/refs/heads/main/notes.txt"), RefKey::Other);
+        assert_eq!(layout.classify("p/refs/heads/main/ABC.bundle"), RefKey::Other);
+        assert_eq!(layout.classify("other/refs/heads/main/LOCK#.lock"), RefKey::Other);
         assert_eq!(layout.classify("p/lfs/abc"), RefKey::Other);
     }
 

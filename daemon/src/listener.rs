@@ -44,21 +44,13 @@ impl Connected for PeerStream {
 }
 
 impl AsyncRead for PeerStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for PeerStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -72,10 +64,7 @@ impl AsyncWrite for PeerStream {
 }
 
 /// The accepted connections of our own uid, for `serve_with_incoming`.
-pub fn incoming(
-    listener: UnixListener,
-    state: Arc<DaemonState>,
-) -> impl Stream<Item = io::Result<PeerStream>> {
+pub fn incoming(listener: UnixListener, state: Arc<DaemonState>) -> impl Stream<Item = io::Result<PeerStream>> {
     let own_uid = rustix::process::getuid().as_raw();
     futures::stream::unfold((listener, state), move |(listener, state)| async move {
         loop {
@@ -91,11 +80,7 @@ pub fn incoming(
                 Ok(cred) if cred.uid() == own_uid => {
                     state.connection_opened();
                     let peer = Peer { pid: cred.pid() };
-                    let stream = PeerStream {
-                        inner: stream,
-                        peer,
-                        state: state.clone(),
-                    };
+                    let stream = PeerStream { inner: stream, peer, state: state.clone() };
                     return Some((Ok(stream), (listener, state)));
                 }
                 Ok(cred) => {

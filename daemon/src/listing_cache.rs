@@ -32,16 +32,9 @@ impl ListingCache {
     pub fn get(&self, key: &ListingKey, with_head: bool) -> Option<Listing> {
         let found = self.entries.lock().ok().and_then(|mut entries| {
             entries.retain(|_, (stored, _, _)| stored.elapsed() < ENTRY_LIFETIME);
-            entries
-                .get(key)
-                .filter(|(_, _, has_head)| *has_head || !with_head)
-                .map(|(_, listing, _)| listing.clone())
+            entries.get(key).filter(|(_, _, has_head)| *has_head || !with_head).map(|(_, listing, _)| listing.clone())
         });
-        let counter = if found.is_some() {
-            &self.hits
-        } else {
-            &self.misses
-        };
+        let counter = if found.is_some() { &self.hits } else { &self.misses };
         counter.fetch_add(1, Ordering::Relaxed);
         found
     }
@@ -75,10 +68,7 @@ mod tests {
     use super::*;
 
     fn key(session: &str) -> ListingKey {
-        ListingKey {
-            session: session.into(),
-            remote: "s3://b/p".into(),
-        }
+        ListingKey { session: session.into(), remote: "s3://b/p".into() }
     }
 
     #[test]

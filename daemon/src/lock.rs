@@ -21,14 +21,8 @@ pub enum LockError {
     #[error(
         "another push holds the lock on {refname} (taken {age_s}s ago; it becomes stale after {ttl_s}s); retry, or run 'git s3 doctor --delete-stale-locks' if no push is running"
     )]
-    Busy {
-        refname: String,
-        age_s: u64,
-        ttl_s: u64,
-    },
-    #[error(
-        "lost the lock on {refname} while pushing (it could not be renewed); nothing was changed, push again"
-    )]
+    Busy { refname: String, age_s: u64, ttl_s: u64 },
+    #[error("lost the lock on {refname} while pushing (it could not be renewed); nothing was changed, push again")]
     Lost { refname: String },
     #[error(transparent)]
     S3(#[from] S3Error),
@@ -46,12 +40,7 @@ pub struct RefLock {
 }
 
 impl RefLock {
-    pub async fn acquire(
-        bucket: &Bucket,
-        key: &str,
-        refname: &str,
-        ttl: Duration,
-    ) -> Result<Self, LockError> {
+    pub async fn acquire(bucket: &Bucket, key: &str, refname: &str, ttl: Duration) -> Result<Self, LockError> {
         let token = new_token();
         // Two rounds: the second follows a takeover of a stale lock.
         for _ in 0..2 {
@@ -62,10 +51,7 @@ impl RefLock {
                         continue; // released in between: try again
                     };
                     let now = server_time.unwrap_or_else(SystemTime::now);
-                    let age = existing
-                        .last_modified
-                        .and_then(|m| now.duration_since(m).ok())
-                        .unwrap_or_default();
+                    let age = existing.last_modified.and_then(|m| now.duration_since(m).ok()).unwrap_or_default();
                     if age <= ttl {
                         return Err(LockError::Busy {
                             refname: refname.to_string(),
@@ -78,22 +64,13 @@ impl RefLock {
                 }
             }
         }
-        Err(LockError::Busy {
-            refname: refname.to_string(),
-            age_s: 0,
-            ttl_s: ttl.as_secs(),
-        })
+        Err(LockError::Busy { refname: refname.to_string(), age_s: 0, ttl_s: ttl.as_secs() })
     }
 
     fn held(bucket: &Bucket, key: &str, refname: &str, token: String, ttl: Duration) -> Self {
         let last_renewed = Arc::new(Mutex::new(Instant::now()));
-        let renewer = tokio::spawn(renew_forever(
-            bucket.clone(),
-            key.to_string(),
-            token.clone(),
-            ttl,
-            last_renewed.clone(),
-        ));
+        let renewer =
+            tokio::spawn(renew_forever(bucket.clone(), key.to_string(), token.clone(), ttl, last_renewed.clone()));
         Self {
             bucket: bucket.clone(),
             key: key.to_string(),
@@ -107,15 +84,9 @@ impl RefLock {
 
     /// Fails once the lease may have lapsed: call right before anything that commits.
     pub fn ensure_held(&self) -> Result<(), LockError> {
-        let since = self
-            .last_renewed
-            .lock()
-            .map(|t| t.elapsed())
-            .unwrap_or(Duration::MAX);
+        let since = self.last_renewed.lock().map(|t| t.elapsed()).unwrap_or(Duration::MAX);
         if self.renewer.is_finished() || since > self.ttl / 2 {
-            return Err(LockError::Lost {
-                refname: self.refname.clone(),
-            });
+            return Err(LockError::Lost { refname: self.refname.clone() });
         }
         Ok(())
     }
@@ -151,13 +122,7 @@ async fn create(bucket: &Bucket, key: &str, token: &str) -> Result<Conditional, 
 
 /// Re-writes the lock (same empty body, so the Python tool sees nothing but a fresh
 /// LastModified) while it still carries our token. Stops at the first sign it is not ours.
-async fn renew_forever(
-    bucket: Bucket,
-    key: String,
-    token: String,
-    ttl: Duration,
-    last_renewed: Arc<Mutex<Instant>>,
-) {
+async fn renew_forever(bucket: Bucket, key: String, token: String, ttl: Duration, last_renewed: Arc<Mutex<Instant>>) {
     let period = (ttl / 4).max(Duration::from_millis(250));
     loop {
         tokio::time::sleep(period).await;
@@ -193,13 +158,6 @@ async fn renew_forever(
 
 fn new_token() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!(
-        "{}-{}-{nanos:x}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{}-{}-{nanos:x}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }

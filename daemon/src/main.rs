@@ -12,11 +12,7 @@ use tracing_subscriber::EnvFilter;
 const LOG_ENV: &str = "GIT_REMOTE_S3_LOG";
 
 #[derive(Parser)]
-#[command(
-    name = "git-s3d",
-    version,
-    about = "The per-user daemon behind git-remote-s3, git-lfs-s3 and git-s3"
-)]
+#[command(name = "git-s3d", version, about = "The per-user daemon behind git-remote-s3, git-lfs-s3 and git-s3")]
 struct Args {
     /// Socket to listen on [default: $XDG_RUNTIME_DIR/git-remote-s3/daemon.sock]
     #[arg(long, env = SOCKET_ENV)]
@@ -27,6 +23,12 @@ struct Args {
     /// Leave the caller's session (used when a client starts the daemon).
     #[arg(long)]
     detach: bool,
+    /// Most S3 requests of all transfers together.
+    #[arg(long, env = "GIT_REMOTE_S3_MAX_REQUESTS", default_value_t = git_s3d::scheduler::DEFAULT_MAX_REQUESTS)]
+    max_requests: usize,
+    /// Most MiB carried by transfers in flight at once.
+    #[arg(long, env = "GIT_REMOTE_S3_MAX_INFLIGHT_MIB", default_value_t = git_s3d::scheduler::DEFAULT_MAX_INFLIGHT_BYTES / (1024 * 1024))]
+    max_inflight_mib: u64,
     /// Report another version in the handshake (for testing upgrades).
     #[arg(long, hide = true)]
     report_version: Option<String>,
@@ -40,9 +42,7 @@ async fn main() -> ExitCode {
         let _ = rustix::process::setsid();
     }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
@@ -60,17 +60,14 @@ async fn main() -> ExitCode {
     let options = DaemonOptions {
         endpoint,
         idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
-        version: args
-            .report_version
-            .unwrap_or_else(|| git_s3_proto::BUILD_VERSION.to_string()),
+        version: args.report_version.unwrap_or_else(|| git_s3_proto::BUILD_VERSION.to_string()),
+        max_requests: args.max_requests,
+        max_inflight_bytes: args.max_inflight_mib.saturating_mul(1024 * 1024),
     };
     match daemon::run(options).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(DaemonError::AlreadyRunning(socket)) => {
-            eprintln!(
-                "git-s3d: another daemon already serves {}",
-                socket.display()
-            );
+            eprintln!("git-s3d: another daemon already serves {}", socket.display());
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -12,12 +12,7 @@ const PROGRESS_PERIOD: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Progress {
-        title: String,
-        done_bytes: u64,
-        total_bytes: u64,
-        finished: bool,
-    },
+    Progress { title: String, done_bytes: u64, total_bytes: u64, finished: bool },
     Message(String),
 }
 
@@ -43,19 +38,8 @@ impl Events {
     pub fn meter(&self, title: impl Into<String>, total_bytes: u64) -> Meter {
         let bytes = Arc::new(AtomicU64::new(0));
         let title = title.into();
-        let ticker = tokio::spawn(tick(
-            self.tx.clone(),
-            title.clone(),
-            bytes.clone(),
-            total_bytes,
-        ));
-        Meter {
-            bytes,
-            ticker,
-            title,
-            total_bytes,
-            tx: self.tx.clone(),
-        }
+        let ticker = tokio::spawn(tick(self.tx.clone(), title.clone(), bytes.clone(), total_bytes));
+        Meter { bytes, ticker, title, total_bytes, tx: self.tx.clone() }
     }
 }
 
@@ -79,11 +63,7 @@ impl Meter {
     pub fn finish(self) {
         self.ticker.abort();
         let done = self.bytes.load(Ordering::Relaxed);
-        let total = if self.total_bytes == 0 {
-            done
-        } else {
-            self.total_bytes
-        };
+        let total = if self.total_bytes == 0 { done } else { self.total_bytes };
         let _ = self.tx.try_send(Event::Progress {
             title: self.title.clone(),
             done_bytes: done,
@@ -106,12 +86,8 @@ async fn tick(tx: mpsc::Sender<Event>, title: String, bytes: Arc<AtomicU64>, tot
         let done = bytes.load(Ordering::Relaxed);
         if done != last {
             last = done;
-            let _ = tx.try_send(Event::Progress {
-                title: title.clone(),
-                done_bytes: done,
-                total_bytes,
-                finished: false,
-            });
+            let _ =
+                tx.try_send(Event::Progress { title: title.clone(), done_bytes: done, total_bytes, finished: false });
         }
     }
 }

@@ -10,11 +10,14 @@ use std::sync::Arc;
 use crate::bucket::Bucket;
 use crate::bundles::BundleRepo;
 use crate::clients::ClientCache;
-use crate::config::{self, ConfigError};
-use crate::git::Git;
+use crate::config::{self, ConfigError, RemoteConfig};
+use crate::git::{Git, GitError};
 use crate::layout::Layout;
+use crate::lfs::{LfsError, LfsStore};
+use crate::scheduler::Scheduler;
 
 pub use crate::bundles::{Listing, PushBatch, PushCommand, RefOutcome, StoreError};
+pub use crate::lfs::TRANSFER_ERROR_CODE;
 
 /// The caller on whose behalf the daemon acts.
 pub struct CallerContext {
@@ -23,6 +26,22 @@ pub struct CallerContext {
 }
 
 pub type Repository = BundleRepo;
+
+/// git config key naming the S3 home of a repository's LFS objects when its code lives
+/// elsewhere (`git-lfs-s3 install --url`).
+pub const LFS_URL_KEY: &str = "s3.lfsurl";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenLfsError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(
+        "cannot tell where LFS objects of remote '{remote}' live: {source}; use 'git-lfs-s3 install --url s3://bucket/prefix'"
+    )]
+    UnknownRemote { remote: String, source: GitError },
+    #[error(transparent)]
+    Lfs(#[from] LfsError),
+}
 
 pub async fn open(
     clients: &ClientCache,
@@ -33,12 +52,32 @@ pub async fn open(
     let git = Git::new(caller.cwd.clone(), caller.env.clone());
     let config = config::resolve(remote_name, url, &caller.env, &git).await?;
     let client = clients.get(&config.s3).await;
-    let bucket = Bucket::new(client, &config.url.bucket, config.s3.endpoint.as_deref());
+    let bucket = Bucket::new(client, &config.url.bucket, config.s3.endpoint.as_deref(), config.s3.checksums);
     let layout = Layout::new(&config.url.prefix);
-    Ok(BundleRepo {
-        bucket,
-        layout,
-        config,
-        git,
-    })
+    Ok(BundleRepo { bucket, layout, config, git })
+}
+
+/// The LFS store for what git-lfs calls `remote` (a remote's name or a URL). An `s3.lfsurl` in
+/// git config wins: it is how a repository whose code lives elsewhere keeps LFS objects in S3.
+pub async fn open_lfs(
+    clients: &ClientCache,
+    scheduler: Arc<Scheduler>,
+    caller: &CallerContext,
+    remote: &str,
+) -> Result<(LfsStore, RemoteConfig), OpenLfsError> {
+    let git = Git::new(caller.cwd.clone(), caller.env.clone());
+    let configured = git.run(&["config", "--get", LFS_URL_KEY]).await.ok().filter(|u| !u.is_empty());
+    let url = match configured {
+        Some(url) => url,
+        None if remote.starts_with("s3://") || remote.starts_with("s3+zip://") => remote.to_string(),
+        None => git
+            .run(&["remote", "get-url", "--", remote])
+            .await
+            .map_err(|source| OpenLfsError::UnknownRemote { remote: remote.to_string(), source })?,
+    };
+    let config = config::resolve(remote, &url, &caller.env, &git).await?;
+    let client = clients.get(&config.s3).await;
+    let bucket = Bucket::new(client, &config.url.bucket, config.s3.endpoint.as_deref(), config.s3.checksums);
+    let store = LfsStore::open(bucket, Layout::new(&config.url.prefix), scheduler, &git).await?;
+    Ok((store, config))
 }

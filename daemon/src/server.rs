@@ -8,11 +8,15 @@ use git_s3_proto as proto;
 use proto::daemon_server::Daemon;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::lfs;
 use crate::listing_cache::ListingKey;
 use crate::progress::{Event, Events};
-use crate::repository::{self, CallerContext, PushBatch, PushCommand, Repository};
+use crate::repository::{self, CallerContext, PushBatch, PushCommand, Repository, TRANSFER_ERROR_CODE};
 use crate::state::DaemonState;
 
 pub struct Service {
@@ -24,38 +28,17 @@ impl Service {
         Self { state }
     }
 
-    async fn open(
-        &self,
-        caller: Option<proto::Caller>,
-        remote: Option<proto::Remote>,
-    ) -> Result<Opened, Status> {
-        let caller =
-            caller.ok_or_else(|| Status::invalid_argument("the request names no caller"))?;
-        let remote =
-            remote.ok_or_else(|| Status::invalid_argument("the request names no remote"))?;
-        if !caller.cwd.starts_with('/') {
-            return Err(Status::invalid_argument(
-                "the caller's working directory must be an absolute path",
-            ));
-        }
+    async fn open(&self, caller: Option<proto::Caller>, remote: Option<proto::Remote>) -> Result<Opened, Status> {
+        let caller = caller.ok_or_else(|| Status::invalid_argument("the request names no caller"))?;
+        let remote = remote.ok_or_else(|| Status::invalid_argument("the request names no remote"))?;
         let session = caller.session_id.clone();
-        let context = CallerContext {
-            cwd: caller.cwd.into(),
-            env: Arc::new(caller.env),
-        };
+        let context = caller_context(caller)?;
         let repo = repository::open(&self.state.clients, &context, &remote.name, &remote.url)
             .await
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let label = repo.config.url.to_string();
-        let listing_key = ListingKey {
-            session,
-            remote: label.clone(),
-        };
-        Ok(Opened {
-            repo,
-            label,
-            listing_key,
-        })
+        let listing_key = ListingKey { session, remote: label.clone() };
+        Ok(Opened { repo, label, listing_key })
     }
 }
 
@@ -71,10 +54,7 @@ type EventStream<T> = ReceiverStream<Result<T, Status>>;
 
 #[tonic::async_trait]
 impl Daemon for Service {
-    async fn status(
-        &self,
-        request: Request<proto::StatusRequest>,
-    ) -> Result<Response<proto::StatusReply>, Status> {
+    async fn status(&self, request: Request<proto::StatusRequest>) -> Result<Response<proto::StatusReply>, Status> {
         let _ = request;
         let state = &self.state;
         let activities = state
@@ -103,10 +83,7 @@ impl Daemon for Service {
         }))
     }
 
-    async fn stop(
-        &self,
-        _request: Request<proto::StopRequest>,
-    ) -> Result<Response<proto::StopReply>, Status> {
+    async fn stop(&self, _request: Request<proto::StopRequest>) -> Result<Response<proto::StopReply>, Status> {
         tracing::info!("stop requested");
         self.state.shutdown.cancel();
         Ok(Response::new(proto::StopReply {}))
@@ -118,24 +95,14 @@ impl Daemon for Service {
     ) -> Result<Response<proto::ListRefsReply>, Status> {
         let request = request.into_inner();
         let opened = self.open(request.caller, request.remote).await?;
-        let what = if request.for_push {
-            "list for-push"
-        } else {
-            "list"
-        };
+        let what = if request.for_push { "list for-push" } else { "list" };
         let _activity = self.state.begin(what, &opened.label);
         let with_head = !request.for_push;
         let listing = match self.state.listings.get(&opened.listing_key, with_head) {
             Some(listing) => listing,
             None => {
-                let listing = opened
-                    .repo
-                    .list(with_head)
-                    .await
-                    .map_err(|e| Status::aborted(e.to_string()))?;
-                self.state
-                    .listings
-                    .put(opened.listing_key, listing.clone(), with_head);
+                let listing = opened.repo.list(with_head).await.map_err(|e| Status::aborted(e.to_string()))?;
+                self.state.listings.put(opened.listing_key, listing.clone(), with_head);
                 listing
             }
         };
@@ -145,34 +112,45 @@ impl Daemon for Service {
             .filter(|head| listing.values().any(|(name, _)| name == *head))
             .unwrap_or_default()
             .to_string();
-        let refs = listing
-            .values()
-            .map(|(name, oid)| proto::RemoteRef {
-                name: name.into(),
-                oid: oid.into(),
-            })
-            .collect();
+        let refs =
+            listing.values().map(|(name, oid)| proto::RemoteRef { name: name.into(), oid: oid.into() }).collect();
         Ok(Response::new(proto::ListRefsReply { refs, head }))
     }
 
     type FetchStream = EventStream<proto::FetchEvent>;
 
-    async fn fetch(
-        &self,
-        request: Request<proto::FetchRequest>,
-    ) -> Result<Response<Self::FetchStream>, Status> {
+    async fn fetch(&self, request: Request<proto::FetchRequest>) -> Result<Response<Self::FetchStream>, Status> {
         let request = request.into_inner();
+        let remote_name = request.remote.as_ref().map(|r| r.name.clone()).unwrap_or_default();
+        let cloning = request.cloning;
         let Opened { repo, label, .. } = self.open(request.caller, request.remote).await?;
-        let wanted: Vec<(String, String)> = request
-            .wanted
-            .into_iter()
-            .map(|r| (r.name, r.oid))
-            .collect();
+        let wanted: Vec<(String, String)> = request.wanted.into_iter().map(|r| (r.name, r.oid)).collect();
         let stream = stream_operation(
             self.state.clone(),
             "fetch",
             label,
-            move |events| async move { repo.fetch(wanted, &events).await },
+            move |events| async move {
+                let keeps = repo.fetch(wanted, &events).await?;
+                if cloning {
+                    let url = &repo.config.url;
+                    if let Err(e) = lfs::configure_clone(
+                        &repo.bucket,
+                        &repo.layout,
+                        &repo.git,
+                        &remote_name,
+                        &url.bucket,
+                        &url.prefix,
+                    )
+                    .await
+                    {
+                        let hint = format!("run 'git-lfs-s3 install --remote {remote_name}' in the clone");
+                        events
+                            .message(format!("warning: could not set up git-lfs-s3 for this clone ({e}); {hint}"))
+                            .await;
+                    }
+                }
+                Ok::<_, repository::StoreError>(keeps)
+            },
             fetch_event,
             |result| match result {
                 Ok(keeps) => Ok(proto::FetchEvent {
@@ -188,38 +166,19 @@ impl Daemon for Service {
 
     type PushStream = EventStream<proto::PushEvent>;
 
-    async fn push(
-        &self,
-        request: Request<proto::PushRequest>,
-    ) -> Result<Response<Self::PushStream>, Status> {
+    async fn push(&self, request: Request<proto::PushRequest>) -> Result<Response<Self::PushStream>, Status> {
         let request = request.into_inner();
-        let Opened {
-            repo,
-            label,
-            listing_key,
-        } = self.open(request.caller, request.remote).await?;
+        let Opened { repo, label, listing_key } = self.open(request.caller, request.remote).await?;
         // What this session listed is about to change.
         self.state.listings.forget(&listing_key);
         let batch = PushBatch {
             commands: request
                 .commands
                 .into_iter()
-                .map(|c| PushCommand {
-                    src: c.src,
-                    dst: c.dst,
-                    force: c.force,
-                })
+                .map(|c| PushCommand { src: c.src, dst: c.dst, force: c.force })
                 .collect(),
-            advertised: request
-                .advertised
-                .into_iter()
-                .map(|r| (r.name, r.oid))
-                .collect::<HashMap<_, _>>(),
-            leases: request
-                .leases
-                .into_iter()
-                .map(|l| (l.dst, l.expected_oid))
-                .collect(),
+            advertised: request.advertised.into_iter().map(|r| (r.name, r.oid)).collect::<HashMap<_, _>>(),
+            leases: request.leases.into_iter().map(|l| (l.dst, l.expected_oid)).collect(),
             dry_run: request.dry_run,
             atomic: request.atomic,
         };
@@ -233,25 +192,135 @@ impl Daemon for Service {
                 let statuses = outcomes
                     .into_iter()
                     .map(|o| match o.result {
-                        Ok(forced) => proto::RefStatus {
-                            dst: o.dst,
-                            error: String::new(),
-                            forced,
-                        },
-                        Err(error) => proto::RefStatus {
-                            dst: o.dst,
-                            error,
-                            forced: false,
-                        },
+                        Ok(forced) => proto::RefStatus { dst: o.dst, error: String::new(), forced },
+                        Err(error) => proto::RefStatus { dst: o.dst, error, forced: false },
                     })
                     .collect();
-                Ok(proto::PushEvent {
-                    event: Some(proto::push_event::Event::Done(proto::PushDone { statuses })),
-                })
+                Ok(proto::PushEvent { event: Some(proto::push_event::Event::Done(proto::PushDone { statuses })) })
             },
         );
         Ok(Response::new(stream))
     }
+
+    type LfsStream = EventStream<proto::LfsEvent>;
+
+    async fn lfs(&self, request: Request<Streaming<proto::LfsRequest>>) -> Result<Response<Self::LfsStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let state = self.state.clone();
+        self.state.tasks.spawn(async move {
+            if let Err(status) = serve_lfs(&state, &mut inbound, &tx).await {
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+fn caller_context(caller: proto::Caller) -> Result<CallerContext, Status> {
+    if !caller.cwd.starts_with('/') {
+        return Err(Status::invalid_argument("the caller's working directory must be an absolute path"));
+    }
+    Ok(CallerContext { cwd: caller.cwd.into(), env: Arc::new(caller.env) })
+}
+
+/// How often a running LFS transfer reports progress.
+const LFS_PROGRESS_PERIOD: Duration = Duration::from_millis(100);
+
+type LfsSender = mpsc::Sender<Result<proto::LfsEvent, Status>>;
+
+async fn send_lfs(tx: &LfsSender, event: proto::lfs_event::Event) {
+    let _ = tx.send(Ok(proto::LfsEvent { event: Some(event) })).await;
+}
+
+/// One agent process's session: `init`, then transfers one at a time. When the agent goes away
+/// mid-transfer, the transfer is dropped, which aborts its multipart upload.
+async fn serve_lfs(
+    state: &Arc<DaemonState>,
+    inbound: &mut Streaming<proto::LfsRequest>,
+    tx: &LfsSender,
+) -> Result<(), Status> {
+    use proto::lfs_event::Event;
+    use proto::lfs_request::Request as R;
+    let Some(R::Init(init)) = inbound.message().await?.and_then(|m| m.request) else {
+        return Err(Status::invalid_argument("an LFS session starts with init"));
+    };
+    let caller = caller_context(init.caller.ok_or_else(|| Status::invalid_argument("init names no caller"))?)?;
+    let (store, config) =
+        match repository::open_lfs(&state.clients, state.scheduler.clone(), &caller, &init.remote).await {
+            Ok(opened) => opened,
+            Err(e) => {
+                send_lfs(tx, Event::Init(proto::LfsInitDone { error: e.to_string() })).await;
+                return Ok(());
+            }
+        };
+    send_lfs(tx, Event::Init(proto::LfsInitDone { error: String::new() })).await;
+    let label = config.url.to_string();
+    while let Some(message) = inbound.message().await? {
+        let (upload, transfer) = match message.request {
+            Some(R::Upload(t)) => (true, t),
+            Some(R::Download(t)) => (false, t),
+            _ => return Err(Status::invalid_argument("expected an upload or a download")),
+        };
+        let what = if upload { "lfs upload" } else { "lfs download" };
+        let _activity = state.begin(what, &format!("{label} {}", transfer.oid));
+        let moved = AtomicU64::new(0);
+        let work = async {
+            if upload {
+                store
+                    .upload(&transfer.oid, transfer.size, std::path::Path::new(&transfer.path), &moved)
+                    .await
+                    .map(|()| None)
+            } else {
+                store.download(&transfer.oid, &moved).await.map(Some)
+            }
+        };
+        tokio::pin!(work);
+        let mut ticker = tokio::time::interval(LFS_PROGRESS_PERIOD);
+        let mut reported = 0;
+        let result = loop {
+            tokio::select! {
+                result = &mut work => break result,
+                _ = ticker.tick() => {
+                    let now = moved.load(Ordering::Relaxed);
+                    if now > reported {
+                        send_lfs(tx, Event::Progress(proto::LfsProgress { oid: transfer.oid.clone(), bytes_so_far: now, bytes_since_last: now - reported })).await;
+                        reported = now;
+                    }
+                }
+                _ = tx.closed() => return Ok(()),
+            }
+        };
+        let complete = match result {
+            Ok(path) => {
+                if reported < transfer.size {
+                    let since = transfer.size - reported;
+                    send_lfs(
+                        tx,
+                        Event::Progress(proto::LfsProgress {
+                            oid: transfer.oid.clone(),
+                            bytes_so_far: transfer.size,
+                            bytes_since_last: since,
+                        }),
+                    )
+                    .await;
+                }
+                let path = path.map(|p| p.display().to_string()).unwrap_or_default();
+                proto::LfsComplete { oid: transfer.oid.clone(), path, error_code: 0, error_message: String::new() }
+            }
+            Err(e) => {
+                tracing::warn!(oid = %transfer.oid, error = %e, "{what} failed");
+                proto::LfsComplete {
+                    oid: transfer.oid.clone(),
+                    path: String::new(),
+                    error_code: TRANSFER_ERROR_CODE,
+                    error_message: e.to_string(),
+                }
+            }
+        };
+        send_lfs(tx, Event::Complete(complete)).await;
+    }
+    Ok(())
 }
 
 /// Runs an operation as a daemon task that goes on to the end even if its client disconnects
@@ -296,17 +365,9 @@ async fn forward<T>(tx: &mpsc::Sender<Result<T, Status>>, event: Event, wrap: fn
 
 fn progress(event: Event) -> Result<proto::Progress, String> {
     match event {
-        Event::Progress {
-            title,
-            done_bytes,
-            total_bytes,
-            finished,
-        } => Ok(proto::Progress {
-            title,
-            done_bytes,
-            total_bytes,
-            finished,
-        }),
+        Event::Progress { title, done_bytes, total_bytes, finished } => {
+            Ok(proto::Progress { title, done_bytes, total_bytes, finished })
+        }
         Event::Message(text) => Err(text),
     }
 }

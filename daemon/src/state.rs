@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::clients::ClientCache;
 use crate::listing_cache::ListingCache;
+use crate::scheduler::Scheduler;
 
 pub struct DaemonState {
     pub started: Instant,
@@ -21,6 +22,7 @@ pub struct DaemonState {
     pub idle_timeout: Option<Duration>,
     pub clients: ClientCache,
     pub listings: ListingCache,
+    pub scheduler: Arc<Scheduler>,
     /// Work that must finish even if its client goes away (a push half-way must complete or
     /// roll back, not be dropped). Waited for at shutdown.
     pub tasks: TaskTracker,
@@ -40,7 +42,7 @@ pub struct Activity {
 }
 
 impl DaemonState {
-    pub fn new(socket: PathBuf, version: String, idle_timeout: Option<Duration>) -> Self {
+    pub fn new(socket: PathBuf, version: String, idle_timeout: Option<Duration>, scheduler: Scheduler) -> Self {
         Self {
             started: Instant::now(),
             socket,
@@ -48,6 +50,7 @@ impl DaemonState {
             idle_timeout,
             clients: ClientCache::default(),
             listings: ListingCache::default(),
+            scheduler: Arc::new(scheduler),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             connections: AtomicUsize::new(0),
@@ -79,27 +82,14 @@ impl DaemonState {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let id = self.next_activity.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut activities) = self.activities.lock() {
-            activities.insert(
-                id,
-                Activity {
-                    what: what.into(),
-                    remote: remote.into(),
-                    started: Instant::now(),
-                },
-            );
+            activities.insert(id, Activity { what: what.into(), remote: remote.into(), started: Instant::now() });
         }
         self.touch();
-        ActivityGuard {
-            state: self.clone(),
-            id,
-        }
+        ActivityGuard { state: self.clone(), id }
     }
 
     pub fn activities(&self) -> Vec<Activity> {
-        self.activities
-            .lock()
-            .map(|a| a.values().cloned().collect())
-            .unwrap_or_default()
+        self.activities.lock().map(|a| a.values().cloned().collect()).unwrap_or_default()
     }
 
     /// True when nobody is connected, nothing is running, and the last real request ended
@@ -109,19 +99,9 @@ impl DaemonState {
         let Some(limit) = self.idle_timeout else {
             return false;
         };
-        let working = !self.tasks.is_empty()
-            || self
-                .activities
-                .lock()
-                .map(|a| !a.is_empty())
-                .unwrap_or(true);
+        let working = !self.tasks.is_empty() || self.activities.lock().map(|a| !a.is_empty()).unwrap_or(true);
         let quiet = self.connections() == 0 && !working;
-        quiet
-            && self
-                .last_busy
-                .lock()
-                .map(|t| t.elapsed() >= limit)
-                .unwrap_or(false)
+        quiet && self.last_busy.lock().map(|t| t.elapsed() >= limit).unwrap_or(false)
     }
 
     fn touch(&self) {

@@ -1,21 +1,26 @@
-//! Streams data to and from S3 with bounded memory: uploads of unknown length become multipart
-//! uploads with parallel parts, and the object appears only when the upload completes.
+//! Streams data to S3 with bounded memory. Uploads of unknown length become multipart uploads
+//! with parallel parts; an object appears only when its upload completes, and an upload that
+//! fails or is dropped half-way is aborted, leaving no parts behind.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinSet;
 
 use crate::bucket::{Bucket, PutOptions, S3Error};
+use crate::config::ChecksumMode;
 
-/// S3 allows 5 MiB; larger parts mean fewer requests for big bundles.
-pub const MIN_PART_SIZE_BYTES: usize = 8 * 1024 * 1024;
-/// Parts uploaded at once by one upload; memory is about this many parts.
-pub const PARTS_IN_FLIGHT: usize = 4;
-/// Part sizes double every this many parts, so S3's 10,000-part limit is never reached.
+/// S3 allows 5 MiB; larger parts mean fewer requests for big uploads.
+pub const MIN_PART_SIZE_BYTES: u64 = 8 * 1024 * 1024;
+/// S3's limit on the parts of one upload.
+pub const MAX_PARTS: u64 = 10_000;
+/// Parts one streamed upload keeps in memory and in flight.
+pub const STREAM_PARTS_IN_FLIGHT: usize = 4;
+/// Part sizes of a streamed upload double every this many parts, so an input of unknown
+/// length never reaches the part limit.
 const PARTS_PER_SIZE_STEP: i32 = 1000;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +31,121 @@ pub enum TransferError {
     Read(#[source] std::io::Error),
     #[error("{0}")]
     Refused(String),
+}
+
+/// A multipart upload in progress. Dropped before `complete`, it is aborted in the background.
+pub struct MultipartUpload {
+    parts: PartUploader,
+    finished: bool,
+}
+
+/// What a part task needs; cheap to clone into each task.
+#[derive(Clone)]
+pub struct PartUploader {
+    bucket: Bucket,
+    key: String,
+    upload_id: String,
+}
+
+impl MultipartUpload {
+    pub async fn create(bucket: &Bucket, key: &str) -> Result<Self, S3Error> {
+        let mut request = bucket.client().create_multipart_upload().bucket(bucket.name()).key(key);
+        if bucket.checksums() == ChecksumMode::WhenSupported {
+            // The SDK checksums every part with CRC32; the upload must say so to be completed.
+            request = request.checksum_algorithm(ChecksumAlgorithm::Crc32);
+        }
+        let created = request.send().await.map_err(|e| bucket.classify("CreateMultipartUpload", key, e))?;
+        let upload_id = created
+            .upload_id()
+            .ok_or_else(|| S3Error::Other {
+                op: "CreateMultipartUpload",
+                key: key.into(),
+                detail: "no upload id in the answer".into(),
+            })?
+            .to_string();
+        Ok(Self { parts: PartUploader { bucket: bucket.clone(), key: key.to_string(), upload_id }, finished: false })
+    }
+
+    pub fn parts(&self) -> PartUploader {
+        self.parts.clone()
+    }
+
+    pub async fn complete(mut self, mut parts: Vec<CompletedPart>) -> Result<(), S3Error> {
+        parts.sort_by_key(|p| p.part_number());
+        let PartUploader { bucket, key, upload_id } = &self.parts;
+        bucket
+            .client()
+            .complete_multipart_upload()
+            .bucket(bucket.name())
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map_err(|e| bucket.classify("CompleteMultipartUpload", key, e))?;
+        self.finished = true;
+        Ok(())
+    }
+
+    pub async fn abort(mut self) {
+        self.finished = true;
+        self.parts.abort().await;
+    }
+}
+
+impl Drop for MultipartUpload {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let parts = self.parts.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { parts.abort().await });
+        }
+    }
+}
+
+impl PartUploader {
+    pub async fn upload(&self, part_number: i32, body: ByteStream) -> Result<CompletedPart, S3Error> {
+        let out = self
+            .bucket
+            .client()
+            .upload_part()
+            .bucket(self.bucket.name())
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .part_number(part_number)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.bucket.classify("UploadPart", &self.key, e))?;
+        Ok(CompletedPart::builder()
+            .part_number(part_number)
+            .set_e_tag(out.e_tag().map(str::to_string))
+            .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
+            .build())
+    }
+
+    async fn abort(&self) {
+        let result = self
+            .bucket
+            .client()
+            .abort_multipart_upload()
+            .bucket(self.bucket.name())
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .send()
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(key = %self.key, error = %self.bucket.classify("AbortMultipartUpload", &self.key, e), "could not abort an unfinished upload");
+        }
+    }
+}
+
+/// Part size for an object of `size` bytes: at least the minimum, and large enough that the
+/// object fits in S3's part limit.
+pub fn part_size_for(size: u64) -> u64 {
+    MIN_PART_SIZE_BYTES.max(size.div_ceil(MAX_PARTS))
 }
 
 /// Uploads everything `reader` yields to `key`. `before_commit` runs once the input has ended,
@@ -43,77 +163,30 @@ where
     F: AsyncFnOnce() -> Result<(), String>,
 {
     let first = read_part(reader, MIN_PART_SIZE_BYTES).await?;
-    if first.len() < MIN_PART_SIZE_BYTES {
+    if (first.len() as u64) < MIN_PART_SIZE_BYTES {
         let len = first.len() as u64;
         before_commit().await.map_err(TransferError::Refused)?;
         bucket.put_bytes(key, first, PutOptions::default()).await?;
         uploaded.fetch_add(len, Ordering::Relaxed);
         return Ok(len);
     }
-    let created = bucket
-        .client()
-        .create_multipart_upload()
-        .bucket(bucket.name())
-        .key(key)
-        .send()
-        .await
-        .map_err(|e| bucket.classify("CreateMultipartUpload", key, e))?;
-    let upload_id = created.upload_id().unwrap_or_default().to_string();
-    let result = upload_parts(
-        bucket,
-        key,
-        &upload_id,
-        first,
-        reader,
-        uploaded,
-        before_commit,
-    )
-    .await;
-    if result.is_err() {
-        let abort = bucket
-            .client()
-            .abort_multipart_upload()
-            .bucket(bucket.name())
-            .key(key)
-            .upload_id(&upload_id)
-            .send()
-            .await;
-        if let Err(e) = abort {
-            tracing::warn!(%key, error = %bucket.classify("AbortMultipartUpload", key, e), "could not abort a failed upload");
-        }
-    }
-    result
-}
-
-async fn upload_parts<R, F>(
-    bucket: &Bucket,
-    key: &str,
-    upload_id: &str,
-    first: Vec<u8>,
-    reader: &mut R,
-    uploaded: Arc<AtomicU64>,
-    before_commit: F,
-) -> Result<u64, TransferError>
-where
-    R: AsyncRead + Unpin,
-    F: AsyncFnOnce() -> Result<(), String>,
-{
+    let upload = MultipartUpload::create(bucket, key).await?;
+    let parts = upload.parts();
     let mut in_flight: JoinSet<Result<CompletedPart, S3Error>> = JoinSet::new();
     let mut completed = Vec::new();
     let mut part_number = 1;
     let mut total = 0u64;
     let mut next = first;
     loop {
-        total += next.len() as u64;
-        in_flight.spawn(upload_part(
-            bucket.clone(),
-            key.to_string(),
-            upload_id.to_string(),
-            part_number,
-            next,
-            uploaded.clone(),
-        ));
-        if in_flight.len() >= PARTS_IN_FLIGHT {
+        let len = next.len() as u64;
+        total += len;
+        let (parts, uploaded) = (parts.clone(), uploaded.clone());
+        in_flight.spawn(async move {
+            let part = parts.upload(part_number, ByteStream::from(next)).await?;
+            uploaded.fetch_add(len, Ordering::Relaxed);
+            Ok(part)
+        });
+        if in_flight.len() >= STREAM_PARTS_IN_FLIGHT {
             completed.push(join_part(&mut in_flight).await?);
         }
         part_number += 1;
@@ -126,74 +199,40 @@ where
     while !in_flight.is_empty() {
         completed.push(join_part(&mut in_flight).await?);
     }
-    completed.sort_by_key(|p| p.part_number());
-    before_commit().await.map_err(TransferError::Refused)?;
-    bucket
-        .client()
-        .complete_multipart_upload()
-        .bucket(bucket.name())
-        .key(key)
-        .upload_id(upload_id)
-        .multipart_upload(
-            CompletedMultipartUpload::builder()
-                .set_parts(Some(completed))
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(|e| bucket.classify("CompleteMultipartUpload", key, e))?;
+    if let Err(why) = before_commit().await {
+        upload.abort().await;
+        return Err(TransferError::Refused(why));
+    }
+    upload.complete(completed).await?;
     Ok(total)
 }
 
-async fn join_part(
+pub async fn join_part(
     in_flight: &mut JoinSet<Result<CompletedPart, S3Error>>,
 ) -> Result<CompletedPart, TransferError> {
     match in_flight.join_next().await {
         Some(Ok(part)) => Ok(part?),
-        Some(Err(join)) => Err(TransferError::Refused(format!(
-            "an upload task failed: {join}"
-        ))),
+        Some(Err(join)) => Err(TransferError::Refused(format!("an upload task failed: {join}"))),
         None => Err(TransferError::Refused("no upload task to wait for".into())),
     }
 }
 
-async fn upload_part(
-    bucket: Bucket,
-    key: String,
-    upload_id: String,
-    part_number: i32,
-    body: Vec<u8>,
-    uploaded: Arc<AtomicU64>,
-) -> Result<CompletedPart, S3Error> {
-    let len = body.len() as u64;
-    let out = bucket
-        .client()
-        .upload_part()
-        .bucket(bucket.name())
-        .key(&key)
-        .upload_id(&upload_id)
-        .part_number(part_number)
-        .body(ByteStream::from(body))
-        .send()
-        .await
-        .map_err(|e| bucket.classify("UploadPart", &key, e))?;
-    uploaded.fetch_add(len, Ordering::Relaxed);
-    Ok(CompletedPart::builder()
-        .part_number(part_number)
-        .set_e_tag(out.e_tag().map(str::to_string))
-        .build())
+/// Reads until `size` bytes or the end of input.
+async fn read_part<R: AsyncRead + Unpin>(reader: &mut R, size: u64) -> Result<Vec<u8>, TransferError> {
+    let mut buf = Vec::with_capacity(size as usize);
+    reader.take(size).read_to_end(&mut buf).await.map_err(TransferError::Read)?;
+    Ok(buf)
 }
 
-/// Reads until `size` bytes or the end of input.
-async fn read_part<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    size: usize,
-) -> Result<Vec<u8>, TransferError> {
-    let mut buf = Vec::with_capacity(size);
-    let mut limited = reader.take(size as u64);
-    limited
-        .read_to_end(&mut buf)
-        .await
-        .map_err(TransferError::Read)?;
-    Ok(buf)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_sizes_respect_the_part_limit() {
+        assert_eq!(part_size_for(1), MIN_PART_SIZE_BYTES);
+        assert_eq!(part_size_for(300 * 1024 * 1024), MIN_PART_SIZE_BYTES);
+        let huge = 200 * 1024 * 1024 * 1024u64;
+        assert!(part_size_for(huge) * MAX_PARTS >= huge);
+    }
 }

@@ -23,14 +23,8 @@ pub enum EndpointError {
     #[error(
         "{path} must be a directory of this user that others cannot write to (owner uid {owner}, mode {mode:o}); fix it or set {SOCKET_ENV}"
     )]
-    NotPrivate {
-        path: PathBuf,
-        owner: u32,
-        mode: u32,
-    },
-    #[error(
-        "socket path {path} is longer than {MAX_SOCKET_PATH_BYTES} bytes; set {SOCKET_ENV} to a shorter path"
-    )]
+    NotPrivate { path: PathBuf, owner: u32, mode: u32 },
+    #[error("socket path {path} is longer than {MAX_SOCKET_PATH_BYTES} bytes; set {SOCKET_ENV} to a shorter path")]
     TooLong { path: PathBuf },
     #[error("cannot find a home or state directory for this user; set {STATE_DIR_ENV}")]
     NoStateDir,
@@ -93,9 +87,7 @@ fn default_socket_dir(env: &impl Fn(&str) -> Option<String>) -> Result<PathBuf, 
     if let Some(runtime) = env("XDG_RUNTIME_DIR").filter(|s| s.starts_with('/')) {
         return Ok(Path::new(&runtime).join(APP_DIR));
     }
-    if let Some(runtime) =
-        directories::BaseDirs::new().and_then(|b| b.runtime_dir().map(Path::to_path_buf))
-    {
+    if let Some(runtime) = directories::BaseDirs::new().and_then(|b| b.runtime_dir().map(Path::to_path_buf)) {
         return Ok(runtime.join(APP_DIR));
     }
     // No runtime dir (root without a login session, macOS): a per-user folder in the temp dir,
@@ -106,40 +98,23 @@ fn default_socket_dir(env: &impl Fn(&str) -> Option<String>) -> Result<PathBuf, 
 
 fn default_state_dir() -> Result<PathBuf, EndpointError> {
     let dirs = directories::ProjectDirs::from("", "", APP_DIR).ok_or(EndpointError::NoStateDir)?;
-    Ok(dirs
-        .state_dir()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| dirs.data_local_dir().to_path_buf()))
+    Ok(dirs.state_dir().map(Path::to_path_buf).unwrap_or_else(|| dirs.data_local_dir().to_path_buf()))
 }
 
 /// Creates `dir` with mode 0700 when missing; refuses one owned by another user or writable by
 /// group or others, since whoever can write it could put a fake daemon's socket there.
 pub fn ensure_private_dir(dir: &Path) -> Result<(), EndpointError> {
-    match fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-    {
+    match fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
         Ok(()) => {}
         Err(source) => {
-            return Err(EndpointError::Create {
-                path: dir.to_path_buf(),
-                source,
-            });
+            return Err(EndpointError::Create { path: dir.to_path_buf(), source });
         }
     }
-    let meta = fs::symlink_metadata(dir).map_err(|source| EndpointError::Create {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    let meta = fs::symlink_metadata(dir).map_err(|source| EndpointError::Create { path: dir.to_path_buf(), source })?;
     let uid = rustix::process::getuid().as_raw();
     let mode = meta.permissions().mode() & 0o7777;
     if !meta.is_dir() || meta.uid() != uid || mode & 0o022 != 0 {
-        return Err(EndpointError::NotPrivate {
-            path: dir.to_path_buf(),
-            owner: meta.uid(),
-            mode,
-        });
+        return Err(EndpointError::NotPrivate { path: dir.to_path_buf(), owner: meta.uid(), mode });
     }
     Ok(())
 }
@@ -149,62 +124,36 @@ mod tests {
     use super::*;
 
     fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |key| {
-            pairs
-                .iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, v)| v.to_string())
-        }
+        move |key| pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| v.to_string())
     }
 
     #[test]
     fn socket_override_wins() {
-        let endpoint = Endpoint::resolve(env_of(&[
-            (SOCKET_ENV, "/tmp/x/d.sock"),
-            (STATE_DIR_ENV, "/tmp/s"),
-        ]))
-        .unwrap();
+        let endpoint = Endpoint::resolve(env_of(&[(SOCKET_ENV, "/tmp/x/d.sock"), (STATE_DIR_ENV, "/tmp/s")])).unwrap();
         assert_eq!(endpoint.socket, PathBuf::from("/tmp/x/d.sock"));
         assert_eq!(endpoint.log_file(), PathBuf::from("/tmp/s/daemon.log"));
-        assert_eq!(
-            endpoint.start_lock_file(),
-            PathBuf::from("/tmp/x/d.start-lock")
-        );
+        assert_eq!(endpoint.start_lock_file(), PathBuf::from("/tmp/x/d.start-lock"));
     }
 
     #[test]
     fn runtime_dir_of_the_caller_is_used() {
-        let endpoint = Endpoint::resolve(env_of(&[
-            ("XDG_RUNTIME_DIR", "/run/user/1000"),
-            (STATE_DIR_ENV, "/s"),
-        ]))
-        .unwrap();
-        assert_eq!(
-            endpoint.socket,
-            PathBuf::from("/run/user/1000/git-remote-s3/daemon.sock")
-        );
+        let endpoint =
+            Endpoint::resolve(env_of(&[("XDG_RUNTIME_DIR", "/run/user/1000"), (STATE_DIR_ENV, "/s")])).unwrap();
+        assert_eq!(endpoint.socket, PathBuf::from("/run/user/1000/git-remote-s3/daemon.sock"));
     }
 
     #[test]
     fn overlong_socket_path_is_refused() {
-        let long: &'static str =
-            Box::leak(format!("/tmp/{}/d.sock", "x".repeat(120)).into_boxed_str());
-        let pairs: &'static [(&'static str, &'static str)] =
-            Box::leak(Box::new([(SOCKET_ENV, long)]));
-        assert!(matches!(
-            Endpoint::resolve(env_of(pairs)),
-            Err(EndpointError::TooLong { .. })
-        ));
+        let long: &'static str = Box::leak(format!("/tmp/{}/d.sock", "x".repeat(120)).into_boxed_str());
+        let pairs: &'static [(&'static str, &'static str)] = Box::leak(Box::new([(SOCKET_ENV, long)]));
+        assert!(matches!(Endpoint::resolve(env_of(pairs)), Err(EndpointError::TooLong { .. })));
     }
 
     #[test]
     fn shared_directory_is_refused() {
         let dir = tempfile_dir();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
-        assert!(matches!(
-            ensure_private_dir(&dir),
-            Err(EndpointError::NotPrivate { .. })
-        ));
+        assert!(matches!(ensure_private_dir(&dir), Err(EndpointError::NotPrivate { .. })));
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
         assert!(ensure_private_dir(&dir).is_ok());
         fs::remove_dir(&dir).unwrap();

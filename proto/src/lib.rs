@@ -1,5 +1,5 @@
-//! The gRPC API between the git-remote-s3 shims and the git-s3d daemon, generated from
-//! `proto/git_s3.proto`.
+//! The contract between the git-remote-s3 clients and the git-s3d daemon: the gRPC API
+//! (generated from `proto/git_s3.proto`), where the daemon listens, and what a remote URL means.
 
 #![allow(clippy::large_enum_variant)]
 
@@ -12,3 +12,4 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const BUILD_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub mod endpoint;
+pub mod url;

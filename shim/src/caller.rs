@@ -9,29 +9,18 @@ use git_s3_proto::{Caller, Remote};
 fn session_id() -> &'static str {
     static ID: OnceLock<String> = OnceLock::new();
     ID.get_or_init(|| {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         format!("{}-{nanos:x}", std::process::id())
     })
 }
 
 pub fn caller() -> std::io::Result<Caller> {
     let cwd = std::env::current_dir()?;
-    let env = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect();
-    Ok(Caller {
-        cwd: cwd.display().to_string(),
-        env,
-        session_id: session_id().to_string(),
-    })
+    let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
+    Ok(Caller { cwd: cwd.display().to_string(), env, session_id: session_id().to_string() })
 }
 
 pub fn remote(name: &str, url: &str) -> Remote {
-    Remote {
-        name: name.to_string(),
-        url: url.to_string(),
-    }
+    Remote { name: name.to_string(), url: url.to_string() }
 }

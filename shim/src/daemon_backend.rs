@@ -3,15 +3,15 @@
 
 use git_s3_proto::endpoint::Endpoint;
 use git_s3_proto::{
-    FetchDone, FetchRequest, ListRefsReply, ListRefsRequest, PushDone, Remote, RemoteRef,
-    Verbosity, fetch_event, push_event,
+    FetchDone, FetchRequest, ListRefsReply, ListRefsRequest, PushDone, Remote, RemoteRef, Verbosity, fetch_event,
+    push_event,
 };
 use tonic::{Code, Status};
 
 use crate::caller;
 use crate::daemon_client::{Client, connect_or_start};
 use crate::progress::ProgressDisplay;
-use crate::remote_helper::{Backend, PushRequest};
+use crate::remote_helper::{Backend, Options, PushRequest};
 
 pub struct DaemonBackend {
     endpoint: Endpoint,
@@ -22,12 +22,7 @@ pub struct DaemonBackend {
 
 impl DaemonBackend {
     pub fn new(endpoint: Endpoint, remote: Remote) -> Self {
-        Self {
-            endpoint,
-            remote,
-            client: None,
-            display: ProgressDisplay::default(),
-        }
+        Self { endpoint, remote, client: None, display: ProgressDisplay::default() }
     }
 
     /// Connects on first use: `capabilities` alone needs no daemon.
@@ -35,19 +30,12 @@ impl DaemonBackend {
         if let Some(client) = &self.client {
             return Ok(client.clone());
         }
-        let client = connect_or_start(&self.endpoint)
-            .await
-            .map_err(|e| e.to_string())?;
+        let client = connect_or_start(&self.endpoint).await.map_err(|e| e.to_string())?;
         self.client = Some(client.clone());
         Ok(client)
     }
 
-    fn show(
-        &mut self,
-        verbosity: &Verbosity,
-        progress: Option<git_s3_proto::Progress>,
-        message: Option<String>,
-    ) {
+    fn show(&mut self, verbosity: &Verbosity, progress: Option<git_s3_proto::Progress>, message: Option<String>) {
         if let Some(progress) = progress.filter(|_| verbosity.progress) {
             self.display.update(&progress);
         }
@@ -60,16 +48,10 @@ impl DaemonBackend {
 /// One line for the user: the daemon's own words, or what went wrong reaching it.
 pub fn describe(status: &Status, endpoint: &Endpoint) -> String {
     match status.code() {
-        Code::InvalidArgument | Code::FailedPrecondition | Code::Aborted
-            if !status.message().is_empty() =>
-        {
+        Code::InvalidArgument | Code::FailedPrecondition | Code::Aborted if !status.message().is_empty() => {
             status.message().to_string()
         }
-        _ => format!(
-            "lost the connection to git-s3d ({}); see {}",
-            status.message(),
-            endpoint.log_file().display()
-        ),
+        _ => format!("lost the connection to git-s3d ({}); see {}", status.message(), endpoint.log_file().display()),
     }
 }
 
@@ -81,35 +63,22 @@ impl Backend for DaemonBackend {
             remote: Some(self.remote.clone()),
             for_push,
         };
-        client
-            .list_refs(request)
-            .await
-            .map(|r| r.into_inner())
-            .map_err(|s| describe(&s, &self.endpoint))
+        client.list_refs(request).await.map(|r| r.into_inner()).map_err(|s| describe(&s, &self.endpoint))
     }
 
-    async fn fetch(
-        &mut self,
-        wanted: Vec<RemoteRef>,
-        verbosity: Verbosity,
-    ) -> Result<FetchDone, String> {
+    async fn fetch(&mut self, wanted: Vec<RemoteRef>, options: &Options) -> Result<FetchDone, String> {
         let mut client = self.client().await?;
+        let verbosity = options.verbosity();
         let request = FetchRequest {
             caller: Some(caller::caller().map_err(|e| e.to_string())?),
             remote: Some(self.remote.clone()),
             wanted,
             verbosity: Some(verbosity),
+            cloning: options.cloning,
         };
-        let mut events = client
-            .fetch(request)
-            .await
-            .map_err(|s| describe(&s, &self.endpoint))?
-            .into_inner();
+        let mut events = client.fetch(request).await.map_err(|s| describe(&s, &self.endpoint))?.into_inner();
         loop {
-            let event = events
-                .message()
-                .await
-                .map_err(|s| describe(&s, &self.endpoint))?;
+            let event = events.message().await.map_err(|s| describe(&s, &self.endpoint))?;
             match event.and_then(|e| e.event) {
                 Some(fetch_event::Event::Progress(p)) => self.show(&verbosity, Some(p), None),
                 Some(fetch_event::Event::Message(m)) => self.show(&verbosity, None, Some(m)),
@@ -133,21 +102,17 @@ impl Backend for DaemonBackend {
             push_options: request.options.push_options,
             verbosity: Some(verbosity),
         };
-        let mut events = client
-            .push(request)
-            .await
-            .map_err(|s| describe(&s, &self.endpoint))?
-            .into_inner();
+        let mut events = client.push(request).await.map_err(|s| describe(&s, &self.endpoint))?.into_inner();
         loop {
-            let event = events
-                .message()
-                .await
-                .map_err(|s| describe(&s, &self.endpoint))?;
+            let event = events.message().await.map_err(|s| describe(&s, &self.endpoint))?;
             match event.and_then(|e| e.event) {
                 Some(push_event::Event::Progress(p)) => self.show(&verbosity, Some(p), None),
                 Some(push_event::Event::Message(m)) => self.show(&verbosity, None, Some(m)),
                 Some(push_event::Event::Done(done)) => return Ok(done),
-                None => return Err("git-s3d stopped before the push finished; check the remote with 'git ls-remote' and push again".into()),
+                None => return Err(
+                    "git-s3d stopped before the push finished; check the remote with 'git ls-remote' and push again"
+                        .into(),
+                ),
             }
         }
     }

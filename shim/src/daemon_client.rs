@@ -28,13 +28,8 @@ pub enum ConnectError {
     Endpoint(#[from] EndpointError),
     #[error("git-s3d is not running (socket {0})")]
     NotRunning(PathBuf),
-    #[error(
-        "cannot start git-s3d ({path}): {source}; install it beside this program or set {DAEMON_BIN_ENV}"
-    )]
-    Spawn {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot start git-s3d ({path}): {source}; install it beside this program or set {DAEMON_BIN_ENV}")]
+    Spawn { path: PathBuf, source: std::io::Error },
     #[error("git-s3d did not become ready within {}s; see its log at {log}", START_TIMEOUT.as_secs())]
     StartTimeout { log: PathBuf },
     #[error(
@@ -42,10 +37,7 @@ pub enum ConnectError {
     )]
     StaleDaemon { socket: PathBuf, found: String },
     #[error("cannot use {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("git-s3d refused the connection: {0}")]
     Refused(String),
 }
@@ -68,9 +60,7 @@ pub async fn connect_or_start(endpoint: &Endpoint) -> Result<Client, ConnectErro
             return Ok(client);
         }
         if Instant::now() > deadline {
-            return Err(ConnectError::StartTimeout {
-                log: endpoint.log_file(),
-            });
+            return Err(ConnectError::StartTimeout { log: endpoint.log_file() });
         }
         tokio::time::sleep(POLL_PERIOD).await;
     }
@@ -78,9 +68,7 @@ pub async fn connect_or_start(endpoint: &Endpoint) -> Result<Client, ConnectErro
 
 /// Connects without starting anything (for `status` and `stop`).
 pub async fn connect_existing(endpoint: &Endpoint) -> Result<Client, ConnectError> {
-    connect(&endpoint.socket)
-        .await
-        .ok_or_else(|| ConnectError::NotRunning(endpoint.socket.clone()))
+    connect(&endpoint.socket).await.ok_or_else(|| ConnectError::NotRunning(endpoint.socket.clone()))
 }
 
 /// A client of a daemon of our own version, `None` when none answers. A daemon of another
@@ -102,10 +90,7 @@ async fn connect_current(endpoint: &Endpoint) -> Result<Option<Client>, ConnectE
     let deadline = Instant::now() + START_TIMEOUT;
     while connect(&endpoint.socket).await.is_some() {
         if Instant::now() > deadline {
-            return Err(ConnectError::StaleDaemon {
-                socket: endpoint.socket.clone(),
-                found: status.version,
-            });
+            return Err(ConnectError::StaleDaemon { socket: endpoint.socket.clone(), found: status.version });
         }
         tokio::time::sleep(POLL_PERIOD).await;
     }
@@ -137,14 +122,8 @@ fn spawn_daemon(endpoint: &Endpoint) -> Result<(), ConnectError> {
         .create(true)
         .append(true)
         .open(&log_path)
-        .map_err(|source| ConnectError::Io {
-            path: log_path.clone(),
-            source,
-        })?;
-    let log_err = log.try_clone().map_err(|source| ConnectError::Io {
-        path: log_path.clone(),
-        source,
-    })?;
+        .map_err(|source| ConnectError::Io { path: log_path.clone(), source })?;
+    let log_err = log.try_clone().map_err(|source| ConnectError::Io { path: log_path.clone(), source })?;
     let mut command = Command::new(&program);
     command
         .arg("--detach")
@@ -159,10 +138,7 @@ fn spawn_daemon(endpoint: &Endpoint) -> Result<(), ConnectError> {
             command.env_remove(key);
         }
     }
-    command.spawn().map_err(|source| ConnectError::Spawn {
-        path: program,
-        source,
-    })?;
+    command.spawn().map_err(|source| ConnectError::Spawn { path: program, source })?;
     Ok(())
 }
 
@@ -184,10 +160,7 @@ async fn lock_file(path: &Path) -> Result<File, ConnectError> {
         .truncate(false)
         .write(true)
         .open(path)
-        .map_err(|source| ConnectError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        .map_err(|source| ConnectError::Io { path: path.to_path_buf(), source })?;
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         match flock(&file, FlockOperation::NonBlockingLockExclusive) {
@@ -196,10 +169,7 @@ async fn lock_file(path: &Path) -> Result<File, ConnectError> {
                 tokio::time::sleep(POLL_PERIOD).await;
             }
             Err(e) => {
-                return Err(ConnectError::Io {
-                    path: path.to_path_buf(),
-                    source: e.into(),
-                });
+                return Err(ConnectError::Io { path: path.to_path_buf(), source: e.into() });
             }
         }
     }

@@ -34,10 +34,7 @@ pub enum ParseError {
 pub fn parse_line(line: &str) -> Result<Command, ParseError> {
     let line = line.strip_suffix('\n').unwrap_or(line);
     let line = line.strip_suffix('\r').unwrap_or(line);
-    let malformed = |command| ParseError::Malformed {
-        command,
-        line: line.to_string(),
-    };
+    let malformed = |command| ParseError::Malformed { command, line: line.to_string() };
     if line.is_empty() {
         return Ok(Command::Blank);
     }
@@ -54,20 +51,14 @@ pub fn parse_line(line: &str) -> Result<Command, ParseError> {
             if name.is_empty() {
                 return Err(malformed("option"));
             }
-            Ok(Command::Option {
-                name: name.to_string(),
-                value: unquote_c_style(value),
-            })
+            Ok(Command::Option { name: name.to_string(), value: unquote_c_style(value) })
         }
         "fetch" => {
             let (oid, name) = rest.split_once(' ').ok_or_else(|| malformed("fetch"))?;
             if !is_hex_oid(oid) || name.is_empty() {
                 return Err(malformed("fetch"));
             }
-            Ok(Command::Fetch {
-                oid: oid.to_string(),
-                name: name.to_string(),
-            })
+            Ok(Command::Fetch { oid: oid.to_string(), name: name.to_string() })
         }
         "push" => {
             let (force, refspec) = match rest.strip_prefix('+') {
@@ -78,11 +69,7 @@ pub fn parse_line(line: &str) -> Result<Command, ParseError> {
             if dst.is_empty() {
                 return Err(malformed("push"));
             }
-            Ok(Command::Push {
-                src: src.to_string(),
-                dst: dst.to_string(),
-                force,
-            })
+            Ok(Command::Push { src: src.to_string(), dst: dst.to_string(), force })
         }
         _ => Err(ParseError::Unknown(line.to_string())),
     }
@@ -160,69 +147,34 @@ mod tests {
     fn parses_every_command() {
         assert_eq!(parse_line("capabilities\n"), Ok(Command::Capabilities));
         assert_eq!(parse_line("list\n"), Ok(Command::List { for_push: false }));
-        assert_eq!(
-            parse_line("list for-push\n"),
-            Ok(Command::List { for_push: true })
-        );
+        assert_eq!(parse_line("list for-push\n"), Ok(Command::List { for_push: true }));
         assert_eq!(
             parse_line("option verbosity 1\n"),
-            Ok(Command::Option {
-                name: "verbosity".into(),
-                value: "1".into()
-            })
+            Ok(Command::Option { name: "verbosity".into(), value: "1".into() })
         );
         assert_eq!(
             parse_line(&format!("fetch {OID} refs/heads/main\n")),
-            Ok(Command::Fetch {
-                oid: OID.into(),
-                name: "refs/heads/main".into()
-            })
+            Ok(Command::Fetch { oid: OID.into(), name: "refs/heads/main".into() })
         );
         assert_eq!(
             parse_line("push +refs/heads/a:refs/heads/b\n"),
-            Ok(Command::Push {
-                src: "refs/heads/a".into(),
-                dst: "refs/heads/b".into(),
-                force: true
-            })
+            Ok(Command::Push { src: "refs/heads/a".into(), dst: "refs/heads/b".into(), force: true })
         );
         assert_eq!(
             parse_line("push :refs/heads/gone\n"),
-            Ok(Command::Push {
-                src: "".into(),
-                dst: "refs/heads/gone".into(),
-                force: false
-            })
+            Ok(Command::Push { src: "".into(), dst: "refs/heads/gone".into(), force: false })
         );
         assert_eq!(parse_line("\n"), Ok(Command::Blank));
     }
 
     #[test]
     fn rejects_nonsense() {
-        assert!(matches!(
-            parse_line("frobnicate\n"),
-            Err(ParseError::Unknown(_))
-        ));
-        assert!(matches!(
-            parse_line("fetch nothex refs/heads/x\n"),
-            Err(ParseError::Malformed { .. })
-        ));
-        assert!(matches!(
-            parse_line("push refs/heads/a\n"),
-            Err(ParseError::Malformed { .. })
-        ));
-        assert!(matches!(
-            parse_line("push refs/heads/a:\n"),
-            Err(ParseError::Malformed { .. })
-        ));
-        assert!(matches!(
-            parse_line("list everything\n"),
-            Err(ParseError::Malformed { .. })
-        ));
-        assert!(matches!(
-            parse_line("option novalue\n"),
-            Err(ParseError::Malformed { .. })
-        ));
+        assert!(matches!(parse_line("frobnicate\n"), Err(ParseError::Unknown(_))));
+        assert!(matches!(parse_line("fetch nothex refs/heads/x\n"), Err(ParseError::Malformed { .. })));
+        assert!(matches!(parse_line("push refs/heads/a\n"), Err(ParseError::Malformed { .. })));
+        assert!(matches!(parse_line("push refs/heads/a:\n"), Err(ParseError::Malformed { .. })));
+        assert!(matches!(parse_line("list everything\n"), Err(ParseError::Malformed { .. })));
+        assert!(matches!(parse_line("option novalue\n"), Err(ParseError::Malformed { .. })));
     }
 
     #[test]

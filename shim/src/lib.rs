@@ -5,5 +5,7 @@ pub mod caller;
 pub mod daemon_backend;
 pub mod daemon_client;
 pub mod helper_protocol;
+pub mod lfs_agent;
+pub mod lfs_protocol;
 pub mod progress;
 pub mod remote_helper;

@@ -17,10 +17,7 @@ pub struct ProgressDisplay {
 
 impl ProgressDisplay {
     pub fn update(&mut self, progress: &Progress) {
-        let started = *self
-            .started
-            .entry(progress.title.clone())
-            .or_insert_with(Instant::now);
+        let started = *self.started.entry(progress.title.clone()).or_insert_with(Instant::now);
         let elapsed = started.elapsed();
         if elapsed < SHOW_AFTER {
             return;
@@ -39,11 +36,7 @@ impl ProgressDisplay {
 
 fn render(progress: &Progress, elapsed: Duration) -> String {
     let rate = progress.done_bytes as f64 / elapsed.as_secs_f64().max(0.001);
-    if let Some(percent) = progress
-        .done_bytes
-        .saturating_mul(100)
-        .checked_div(progress.total_bytes)
-    {
+    if let Some(percent) = progress.done_bytes.saturating_mul(100).checked_div(progress.total_bytes) {
         let percent = percent.min(100);
         format!(
             "{}: {percent:3}% ({}/{}) | {}/s",
@@ -53,12 +46,7 @@ fn render(progress: &Progress, elapsed: Duration) -> String {
             human_bytes(rate)
         )
     } else {
-        format!(
-            "{}: {} | {}/s",
-            progress.title,
-            human_bytes(progress.done_bytes as f64),
-            human_bytes(rate)
-        )
+        format!("{}: {} | {}/s", progress.title, human_bytes(progress.done_bytes as f64), human_bytes(rate))
     }
 }
 
@@ -71,11 +59,7 @@ pub fn human_bytes(bytes: f64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 {
-        format!("{value:.0} {}", UNITS[0])
-    } else {
-        format!("{value:.2} {}", UNITS[unit])
-    }
+    if unit == 0 { format!("{value:.0} {}", UNITS[0]) } else { format!("{value:.2} {}", UNITS[unit]) }
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ pub struct Options {
     pub dry_run: bool,
     pub atomic: bool,
     pub object_format: bool,
+    pub cloning: bool,
     pub leases: Vec<Lease>,
     pub push_options: Vec<String>,
 }
@@ -41,6 +42,7 @@ impl Default for Options {
             dry_run: false,
             atomic: false,
             object_format: false,
+            cloning: false,
             leases: Vec::new(),
             push_options: Vec::new(),
         }
@@ -88,10 +90,7 @@ impl Options {
             },
             "cas" => match value.split_once(':') {
                 Some((dst, expected)) if !dst.is_empty() => {
-                    self.leases.push(Lease {
-                        dst: dst.to_string(),
-                        expected_oid: expected.to_string(),
-                    });
+                    self.leases.push(Lease { dst: dst.to_string(), expected_oid: expected.to_string() });
                     OptionReply::Ok
                 }
                 _ => OptionReply::Error(format!("'{value}' is not <ref>:<expected object>")),
@@ -101,8 +100,9 @@ impl Options {
                 OptionReply::Ok
             }
             // Bundles are whole: tags come with the history they point into, and git fetches a
-            // tag it still lacks by itself. A clone needs nothing special either.
-            "followtags" | "cloning" | "force-if-includes" => match flag(value) {
+            // tag it still lacks by itself.
+            "cloning" => set(&mut self.cloning),
+            "followtags" | "force-if-includes" => match flag(value) {
                 Some(_) => OptionReply::Ok,
                 None => OptionReply::Error(format!("'{value}' is not true or false")),
             },
@@ -112,10 +112,7 @@ impl Options {
     }
 
     pub fn verbosity(&self) -> Verbosity {
-        Verbosity {
-            level: self.verbosity,
-            progress: self.progress && self.verbosity > 0,
-        }
+        Verbosity { level: self.verbosity, progress: self.progress && self.verbosity > 0 }
     }
 }
 
@@ -131,11 +128,7 @@ pub struct PushRequest {
 #[allow(async_fn_in_trait)]
 pub trait Backend {
     async fn list(&mut self, for_push: bool) -> Result<ListRefsReply, String>;
-    async fn fetch(
-        &mut self,
-        wanted: Vec<RemoteRef>,
-        verbosity: Verbosity,
-    ) -> Result<FetchDone, String>;
+    async fn fetch(&mut self, wanted: Vec<RemoteRef>, options: &Options) -> Result<FetchDone, String>;
     async fn push(&mut self, request: PushRequest) -> Result<PushDone, String>;
 }
 
@@ -154,13 +147,7 @@ where
     let mut pushes: Vec<PushCommand> = Vec::new();
     while let Some(line) = lines.next_line().await? {
         let reply = match parse_line(&line)? {
-            Command::Capabilities => {
-                CAPABILITIES
-                    .iter()
-                    .map(|c| format!("{c}\n"))
-                    .collect::<String>()
-                    + "\n"
-            }
+            Command::Capabilities => CAPABILITIES.iter().map(|c| format!("{c}\n")).collect::<String>() + "\n",
             Command::Option { name, value } => match options.apply(&name, &value) {
                 OptionReply::Ok => "ok\n".to_string(),
                 OptionReply::Unsupported => "unsupported\n".to_string(),
@@ -168,11 +155,7 @@ where
             },
             Command::List { for_push } => {
                 let listing = backend.list(for_push).await.map_err(HelperError::Remote)?;
-                advertised = listing
-                    .refs
-                    .iter()
-                    .map(|r| (r.name.clone(), r.oid.clone()))
-                    .collect();
+                advertised = listing.refs.iter().map(|r| (r.name.clone(), r.oid.clone())).collect();
                 render_list(&listing, for_push, options.object_format)
             }
             Command::Fetch { oid, name } => {
@@ -184,16 +167,9 @@ where
                 continue;
             }
             Command::Blank if !fetches.is_empty() => {
-                let done = backend
-                    .fetch(std::mem::take(&mut fetches), options.verbosity())
-                    .await
-                    .map_err(HelperError::Remote)?;
+                let done = backend.fetch(std::mem::take(&mut fetches), &options).await.map_err(HelperError::Remote)?;
                 // git takes one lock line; it deletes that .keep once its refs are updated.
-                let lock = done
-                    .pack_locks
-                    .first()
-                    .map(|path| format!("lock {path}\n"))
-                    .unwrap_or_default();
+                let lock = done.pack_locks.first().map(|path| format!("lock {path}\n")).unwrap_or_default();
                 lock + "\n"
             }
             Command::Blank if !pushes.is_empty() => {
@@ -201,17 +177,10 @@ where
                 let advertised = commands
                     .iter()
                     .filter_map(|c| {
-                        advertised.get(&c.dst).map(|oid| RemoteRef {
-                            name: c.dst.clone(),
-                            oid: oid.clone(),
-                        })
+                        advertised.get(&c.dst).map(|oid| RemoteRef { name: c.dst.clone(), oid: oid.clone() })
                     })
                     .collect();
-                let request = PushRequest {
-                    commands,
-                    advertised,
-                    options: options.clone(),
-                };
+                let request = PushRequest { commands, advertised, options: options.clone() };
                 let done = backend.push(request).await.map_err(HelperError::Remote)?;
                 options.leases.clear();
                 render_push(&done)
@@ -246,11 +215,7 @@ fn render_push(done: &PushDone) -> String {
             let forced = if status.forced { " forced update" } else { "" };
             out.push_str(&format!("ok {}{forced}\n", status.dst));
         } else {
-            out.push_str(&format!(
-                "error {} {}\n",
-                status.dst,
-                quote_reason(&status.error)
-            ));
+            out.push_str(&format!("error {} {}\n", status.dst, quote_reason(&status.error)));
         }
     }
     out.push('\n');
@@ -274,21 +239,12 @@ mod tests {
 
     impl Backend for FakeRemote {
         async fn list(&mut self, _for_push: bool) -> Result<ListRefsReply, String> {
-            Ok(ListRefsReply {
-                refs: self.refs.clone(),
-                head: "refs/heads/main".into(),
-            })
+            Ok(ListRefsReply { refs: self.refs.clone(), head: "refs/heads/main".into() })
         }
 
-        async fn fetch(
-            &mut self,
-            wanted: Vec<RemoteRef>,
-            _verbosity: Verbosity,
-        ) -> Result<FetchDone, String> {
+        async fn fetch(&mut self, wanted: Vec<RemoteRef>, _options: &Options) -> Result<FetchDone, String> {
             self.fetched.push(wanted);
-            Ok(FetchDone {
-                pack_locks: vec!["/repo/.git/objects/pack/pack-1.keep".into()],
-            })
+            Ok(FetchDone { pack_locks: vec!["/repo/.git/objects/pack/pack-1.keep".into()] })
         }
 
         async fn push(&mut self, request: PushRequest) -> Result<PushDone, String> {
@@ -297,11 +253,7 @@ mod tests {
                 .iter()
                 .map(|c| RefStatus {
                     dst: c.dst.clone(),
-                    error: if c.dst.ends_with("bad") {
-                        "non-fast forward".into()
-                    } else {
-                        String::new()
-                    },
+                    error: if c.dst.ends_with("bad") { "non-fast forward".into() } else { String::new() },
                     forced: c.force,
                 })
                 .collect();
@@ -319,16 +271,11 @@ mod tests {
     #[tokio::test]
     async fn clone_session() {
         let mut remote = FakeRemote {
-            refs: vec![RemoteRef {
-                name: "refs/heads/main".into(),
-                oid: A.into(),
-            }],
+            refs: vec![RemoteRef { name: "refs/heads/main".into(), oid: A.into() }],
             ..Default::default()
         };
         let out = session(
-            &format!(
-                "capabilities\noption object-format true\nlist\nfetch {A} refs/heads/main\n\n\n"
-            ),
+            &format!("capabilities\noption object-format true\nlist\nfetch {A} refs/heads/main\n\n\n"),
             &mut remote,
         )
         .await;
@@ -338,44 +285,26 @@ mod tests {
                 "option\nfetch\npush\nobject-format\n\nok\n:object-format sha1\n@refs/heads/main HEAD\n{A} refs/heads/main\n\nlock /repo/.git/objects/pack/pack-1.keep\n\n"
             )
         );
-        assert_eq!(
-            remote.fetched,
-            vec![vec![RemoteRef {
-                name: "refs/heads/main".into(),
-                oid: A.into()
-            }]]
-        );
+        assert_eq!(remote.fetched, vec![vec![RemoteRef { name: "refs/heads/main".into(), oid: A.into() }]]);
     }
 
     #[tokio::test]
     async fn push_batch_carries_what_was_advertised_and_the_lease() {
         let mut remote = FakeRemote {
-            refs: vec![RemoteRef {
-                name: "refs/heads/main".into(),
-                oid: A.into(),
-            }],
+            refs: vec![RemoteRef { name: "refs/heads/main".into(), oid: A.into() }],
             ..Default::default()
         };
         let input = format!(
             "list for-push\noption cas refs/heads/main:{A}\noption dry-run true\npush +refs/heads/x:refs/heads/main\npush refs/heads/y:refs/heads/bad\n\n\n"
         );
         let out = session(&input, &mut remote).await;
-        assert!(out.ends_with("ok\nok\nok refs/heads/main forced update\nerror refs/heads/bad non-fast forward\n\n"), "{out}");
+        assert!(
+            out.ends_with("ok\nok\nok refs/heads/main forced update\nerror refs/heads/bad non-fast forward\n\n"),
+            "{out}"
+        );
         let request = &remote.pushed[0];
-        assert_eq!(
-            request.advertised,
-            vec![RemoteRef {
-                name: "refs/heads/main".into(),
-                oid: A.into()
-            }]
-        );
-        assert_eq!(
-            request.options.leases,
-            vec![Lease {
-                dst: "refs/heads/main".into(),
-                expected_oid: A.into()
-            }]
-        );
+        assert_eq!(request.advertised, vec![RemoteRef { name: "refs/heads/main".into(), oid: A.into() }]);
+        assert_eq!(request.options.leases, vec![Lease { dst: "refs/heads/main".into(), expected_oid: A.into() }]);
         assert!(request.options.dry_run);
         assert!(request.commands[0].force);
     }
@@ -383,20 +312,14 @@ mod tests {
     #[tokio::test]
     async fn unknown_options_are_unsupported_not_fatal() {
         let mut remote = FakeRemote::default();
-        let out = session(
-            "option depth 1\noption filter blob:none\noption verbosity x\n\n",
-            &mut remote,
-        )
-        .await;
+        let out = session("option depth 1\noption filter blob:none\noption verbosity x\n\n", &mut remote).await;
         assert_eq!(out, "unsupported\nunsupported\nerror 'x' is not a number\n");
     }
 
     #[tokio::test]
     async fn garbage_ends_the_session_with_an_error() {
         let mut remote = FakeRemote::default();
-        let err = run(format!("bogus {B}\n").as_bytes(), Vec::new(), &mut remote)
-            .await
-            .unwrap_err();
+        let err = run(format!("bogus {B}\n").as_bytes(), Vec::new(), &mut remote).await.unwrap_err();
         assert!(err.to_string().contains("unknown command"));
     }
 }

@@ -16,29 +16,17 @@ pub use s3_server::{S3Server, ServerKind};
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("tests/ lives in the workspace")
-            .to_path_buf();
+        let workspace =
+            Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ lives in the workspace").to_path_buf();
         // `cargo test` builds only this crate's dependencies, not the other members' binaries.
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "git-s3-shim",
-                "-p",
-                "git-s3d",
-                "--bins",
-            ])
+            .args(["build", "--quiet", "-p", "git-s3-shim", "-p", "git-s3d", "--bins"])
             .current_dir(&workspace)
             .status()
             .expect("run cargo build");
         assert!(status.success(), "building the binaries failed");
-        let target = std::env::var("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| workspace.join("target"));
+        let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace.join("target"));
         target.join("debug")
     })
 }
@@ -55,10 +43,7 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Optio
         if let Some(value) = check() {
             return value;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -80,24 +65,12 @@ impl TestEnv {
     }
 
     pub fn with_server(kind: ServerKind) -> Self {
-        let root = tempfile::Builder::new()
-            .prefix("git-s3-test-")
-            .tempdir()
-            .expect("temp dir");
+        let root = tempfile::Builder::new().prefix("git-s3-test-").tempdir().expect("temp dir");
         let server = S3Server::start(kind, root.path());
         let bucket = "test-bucket".to_string();
         server.create_bucket(&bucket);
-        let socket_dir = tempfile::Builder::new()
-            .prefix("gs3")
-            .tempdir_in("/tmp")
-            .expect("socket dir");
-        let env = Self {
-            server,
-            bucket,
-            root,
-            socket_dir,
-            extra_env: Vec::new(),
-        };
+        let socket_dir = tempfile::Builder::new().prefix("gs3").tempdir_in("/tmp").expect("socket dir");
+        let env = Self { server, bucket, root, socket_dir, extra_env: Vec::new() };
         std::fs::create_dir_all(env.home()).expect("home");
         std::fs::create_dir_all(env.state_dir()).expect("state dir");
         let mut gitconfig = String::from(
@@ -113,8 +86,7 @@ impl TestEnv {
     /// Adds a variable to every command this environment runs.
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.extra_env.retain(|(k, _)| k != key);
-        self.extra_env
-            .push((key.to_string(), Some(value.to_string())));
+        self.extra_env.push((key.to_string(), Some(value.to_string())));
     }
 
     /// Removes a variable this environment would otherwise set.
@@ -152,11 +124,7 @@ impl TestEnv {
     /// A command with a clean, private environment: only what a user of this world has.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut command = Command::new(program);
-        let path = format!(
-            "{}:{}",
-            bin_dir().display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
+        let path = format!("{}:{}", bin_dir().display(), std::env::var("PATH").unwrap_or_default());
         command
             .env_clear()
             .env("PATH", path)
@@ -232,11 +200,7 @@ impl TestEnv {
         if output.status.code() == Some(3) {
             return None;
         }
-        assert!(
-            output.status.success(),
-            "git s3 daemon status failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert!(output.status.success(), "git s3 daemon status failed: {}", String::from_utf8_lossy(&output.stderr));
         Some(serde_json::from_slice(&output.stdout).expect("status --json is JSON"))
     }
 
@@ -269,10 +233,7 @@ impl TestEnv {
     pub fn ls_remote(&self, dir: &Path, remote: &str) -> Vec<(String, String)> {
         self.git_ok(dir, &["ls-remote", remote])
             .lines()
-            .filter_map(|l| {
-                l.split_once('\t')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-            })
+            .filter_map(|l| l.split_once('\t').map(|(a, b)| (a.to_string(), b.to_string())))
             .collect()
     }
 
@@ -282,11 +243,7 @@ impl TestEnv {
     }
 
     fn stop_daemon(&self) {
-        let Some(status) = (if self.socket().exists() {
-            self.daemon_status()
-        } else {
-            None
-        }) else {
+        let Some(status) = (if self.socket().exists() { self.daemon_status() } else { None }) else {
             return;
         };
         let pid = status["pid"].as_i64().unwrap_or(0) as i32;

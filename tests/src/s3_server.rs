@@ -66,63 +66,31 @@ impl S3Server {
             .stdout(log)
             .stderr(log_err)
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start {kind:?} ({e}); run scripts/install-test-deps.sh")
-            });
+            .unwrap_or_else(|e| panic!("cannot start {kind:?} ({e}); run scripts/install-test-deps.sh"));
         let endpoint = format!("http://127.0.0.1:{port}");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let client = runtime.block_on(test_client(&endpoint));
-        let mut server = Self {
-            kind,
-            endpoint,
-            port,
-            data_dir,
-            child,
-            runtime,
-            client,
-        };
-        crate::wait_for(
-            &format!("{kind:?} to listen on port {port}"),
-            START_LIMIT,
-            || {
-                if let Ok(Some(status)) = server.child.try_wait() {
-                    panic!(
-                        "{kind:?} exited at start-up with {status}; see {}",
-                        scratch.display()
-                    );
-                }
-                TcpStream::connect(("127.0.0.1", port)).ok()
-            },
-        );
+        let mut server = Self { kind, endpoint, port, data_dir, child, runtime, client };
+        crate::wait_for(&format!("{kind:?} to listen on port {port}"), START_LIMIT, || {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("{kind:?} exited at start-up with {status}; see {}", scratch.display());
+            }
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
         server
     }
 
     pub fn create_bucket(&self, bucket: &str) {
-        self.runtime
-            .block_on(self.client.create_bucket().bucket(bucket).send())
-            .expect("create bucket");
+        self.runtime.block_on(self.client.create_bucket().bucket(bucket).send()).expect("create bucket");
     }
 
     pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
         self.runtime.block_on(async {
             let mut keys = Vec::new();
-            let mut pages = self
-                .client
-                .list_objects_v2()
-                .bucket(bucket)
-                .prefix(prefix)
-                .into_paginator()
-                .send();
+            let mut pages = self.client.list_objects_v2().bucket(bucket).prefix(prefix).into_paginator().send();
             while let Some(page) = pages.next().await {
                 let page = page.expect("list objects");
-                keys.extend(
-                    page.contents()
-                        .iter()
-                        .filter_map(|o| o.key().map(str::to_string)),
-                );
+                keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_string)));
             }
             keys.sort();
             keys
@@ -131,75 +99,34 @@ impl S3Server {
 
     pub fn put(&self, bucket: &str, key: &str, body: Vec<u8>) {
         self.runtime
-            .block_on(
-                self.client
-                    .put_object()
-                    .bucket(bucket)
-                    .key(key)
-                    .body(ByteStream::from(body))
-                    .send(),
-            )
+            .block_on(self.client.put_object().bucket(bucket).key(key).body(ByteStream::from(body)).send())
             .expect("put object");
     }
 
     pub fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
         self.runtime.block_on(async {
-            let out = self
-                .client
-                .get_object()
-                .bucket(bucket)
-                .key(key)
-                .send()
-                .await
-                .expect("get object");
+            let out = self.client.get_object().bucket(bucket).key(key).send().await.expect("get object");
             out.body.collect().await.expect("read object").to_vec()
         })
     }
 
     /// `(etag, last modified)` of an object.
-    pub fn head(
-        &self,
-        bucket: &str,
-        key: &str,
-    ) -> Option<(String, aws_sdk_s3::primitives::DateTime)> {
+    pub fn head(&self, bucket: &str, key: &str) -> Option<(String, aws_sdk_s3::primitives::DateTime)> {
         self.runtime.block_on(async {
-            let out = self
-                .client
-                .head_object()
-                .bucket(bucket)
-                .key(key)
-                .send()
-                .await
-                .ok()?;
-            Some((
-                out.e_tag().unwrap_or_default().to_string(),
-                *out.last_modified()?,
-            ))
+            let out = self.client.head_object().bucket(bucket).key(key).send().await.ok()?;
+            Some((out.e_tag().unwrap_or_default().to_string(), *out.last_modified()?))
         })
     }
 
     pub fn copy(&self, bucket: &str, from: &str, to: &str) {
         self.runtime
-            .block_on(
-                self.client
-                    .copy_object()
-                    .bucket(bucket)
-                    .key(to)
-                    .copy_source(format!("{bucket}/{from}"))
-                    .send(),
-            )
+            .block_on(self.client.copy_object().bucket(bucket).key(to).copy_source(format!("{bucket}/{from}")).send())
             .expect("copy object");
     }
 
     pub fn open_multipart_uploads(&self, bucket: &str) -> usize {
         self.runtime.block_on(async {
-            let out = self
-                .client
-                .list_multipart_uploads()
-                .bucket(bucket)
-                .send()
-                .await
-                .expect("list uploads");
+            let out = self.client.list_multipart_uploads().bucket(bucket).send().await.expect("list uploads");
             out.uploads().len()
         })
     }
@@ -213,8 +140,7 @@ impl Drop for S3Server {
 }
 
 async fn test_client(endpoint: &str) -> aws_sdk_s3::Client {
-    let credentials =
-        aws_sdk_s3::config::Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "test");
+    let credentials = aws_sdk_s3::config::Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "test");
     let config = aws_sdk_s3::config::Builder::new()
         .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
         .region(aws_sdk_s3::config::Region::new("us-east-1"))
@@ -229,16 +155,9 @@ async fn test_client(endpoint: &str) -> aws_sdk_s3::Client {
 
 fn find_tool(in_tools: &str, on_path: &str) -> PathBuf {
     let local = crate::tools_dir().join(in_tools);
-    if local.is_file() {
-        local
-    } else {
-        PathBuf::from(on_path)
-    }
+    if local.is_file() { local } else { PathBuf::from(on_path) }
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }

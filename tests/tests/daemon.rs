@@ -11,23 +11,14 @@ use git_s3_tests::{TestEnv, bin_dir, wait_for};
 fn first_git_command_starts_the_daemon_and_status_reports_it() {
     let env = TestEnv::new();
     let output = env.git_s3(&["daemon", "status"]);
-    assert_eq!(
-        output.status.code(),
-        Some(3),
-        "status must say 'not running' with exit 3"
-    );
+    assert_eq!(output.status.code(), Some(3), "status must say 'not running' with exit 3");
     assert!(String::from_utf8_lossy(&output.stdout).contains("not running"));
     assert!(!env.socket().exists(), "status must not start the daemon");
 
     let refs = env.ls_remote(&env.path(""), &env.url("empty"));
-    assert!(
-        refs.is_empty(),
-        "an unknown prefix is an empty repository: {refs:?}"
-    );
+    assert!(refs.is_empty(), "an unknown prefix is an empty repository: {refs:?}");
 
-    let status = env
-        .daemon_status()
-        .expect("the daemon runs after a git command");
+    let status = env.daemon_status().expect("the daemon runs after a git command");
     assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(status["socket"], env.socket().display().to_string());
     assert!(status["pid"].as_u64().unwrap_or(0) > 0);
@@ -40,22 +31,10 @@ fn first_git_command_starts_the_daemon_and_status_reports_it() {
     let human = String::from_utf8_lossy(&env.git_s3(&["daemon", "status"]).stdout).into_owned();
     assert!(human.contains("S3 clients: 1"), "{human}");
 
-    let socket_mode = std::fs::metadata(env.socket())
-        .expect("socket")
-        .permissions()
-        .mode()
-        & 0o777;
+    let socket_mode = std::fs::metadata(env.socket()).expect("socket").permissions().mode() & 0o777;
     assert_eq!(socket_mode, 0o600);
-    let dir_mode = std::fs::metadata(env.socket().parent().expect("dir"))
-        .expect("dir")
-        .permissions()
-        .mode()
-        & 0o777;
-    assert_eq!(
-        dir_mode & 0o077,
-        0,
-        "the socket's folder is private: {dir_mode:o}"
-    );
+    let dir_mode = std::fs::metadata(env.socket().parent().expect("dir")).expect("dir").permissions().mode() & 0o777;
+    assert_eq!(dir_mode & 0o077, 0, "the socket's folder is private: {dir_mode:o}");
 }
 
 #[test]
@@ -65,32 +44,17 @@ fn racing_clients_start_exactly_one_daemon() {
     let children: Vec<_> = (0..6)
         .map(|_| {
             let mut command = env.command("git");
-            command
-                .args(["ls-remote", &url])
-                .current_dir(env.path(""))
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped());
+            command.args(["ls-remote", &url]).current_dir(env.path("")).stdout(Stdio::null()).stderr(Stdio::piped());
             command.spawn().expect("spawn git")
         })
         .collect();
     for child in children {
         let output = child.wait_with_output().expect("wait");
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     }
     let log = env.daemon_log();
-    assert_eq!(
-        log.matches("git-s3d ready").count(),
-        1,
-        "exactly one daemon started:\n{log}"
-    );
-    assert!(
-        !log.contains("another daemon already serves"),
-        "no second daemon was even attempted:\n{log}"
-    );
+    assert_eq!(log.matches("git-s3d ready").count(), 1, "exactly one daemon started:\n{log}");
+    assert!(!log.contains("another daemon already serves"), "no second daemon was even attempted:\n{log}");
 }
 
 #[test]
@@ -100,9 +64,7 @@ fn idle_daemon_exits_on_its_own() {
     env.ls_remote(&env.path(""), &env.url("idle"));
     let status = env.daemon_status().expect("running after use");
     assert_eq!(status["idle_timeout_s"], 1);
-    wait_for("the idle daemon to exit", Duration::from_secs(20), || {
-        env.daemon_status().is_none().then_some(())
-    });
+    wait_for("the idle daemon to exit", Duration::from_secs(20), || env.daemon_status().is_none().then_some(()));
     assert!(!env.socket().exists(), "the socket is removed on exit");
     assert!(env.daemon_log().contains("idle for"));
 }
@@ -114,64 +76,38 @@ fn stop_ends_the_daemon() {
     assert!(env.daemon_status().is_some());
     let output = env.git_s3(&["daemon", "stop"]);
     assert!(output.status.success());
-    wait_for("the daemon to stop", Duration::from_secs(20), || {
-        env.daemon_status().is_none().then_some(())
-    });
+    wait_for("the daemon to stop", Duration::from_secs(20), || env.daemon_status().is_none().then_some(()));
 }
 
 #[test]
 fn daemon_of_another_version_is_replaced_after_an_upgrade() {
     let env = TestEnv::new();
     let mut old = env.command(bin_dir().join("git-s3d"));
-    old.args(["--report-version", "0.0.0-old"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    old.args(["--report-version", "0.0.0-old"]).stdout(Stdio::null()).stderr(Stdio::null());
     let mut old = old.spawn().expect("start an 'old' daemon");
-    let status = wait_for("the old daemon", Duration::from_secs(20), || {
-        env.daemon_status()
-    });
+    let status = wait_for("the old daemon", Duration::from_secs(20), || env.daemon_status());
     assert_eq!(status["version"], "0.0.0-old");
 
     env.ls_remote(&env.path(""), &env.url("upgrade"));
 
     let status = env.daemon_status().expect("a daemon runs");
-    assert_eq!(
-        status["version"],
-        env!("CARGO_PKG_VERSION"),
-        "the shim replaced the stale daemon"
-    );
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"), "the shim replaced the stale daemon");
     assert_ne!(status["pid"].as_u64(), Some(u64::from(old.id())));
-    let exited = wait_for("the old daemon to exit", Duration::from_secs(20), || {
-        old.try_wait().ok().flatten()
-    });
+    let exited = wait_for("the old daemon to exit", Duration::from_secs(20), || old.try_wait().ok().flatten());
     assert!(exited.success());
 }
 
 #[test]
 fn unreachable_endpoint_fails_fast_with_one_line() {
     let mut env = TestEnv::new();
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    env.set_env(
-        "AWS_ENDPOINT_URL_S3",
-        &format!("http://127.0.0.1:{closed_port}"),
-    );
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    env.set_env("AWS_ENDPOINT_URL_S3", &format!("http://127.0.0.1:{closed_port}"));
     let started = Instant::now();
     let stderr = env.git_fails(&env.path(""), &["ls-remote", &env.url("nowhere")]);
-    assert!(
-        started.elapsed() < Duration::from_secs(60),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
     let fatal: Vec<&str> = stderr.lines().filter(|l| l.starts_with("fatal:")).collect();
     assert_eq!(fatal.len(), 1, "{stderr}");
-    assert!(
-        fatal[0].contains("cannot reach S3") && fatal[0].contains("s3.endpoint"),
-        "{stderr}"
-    );
+    assert!(fatal[0].contains("cannot reach S3") && fatal[0].contains("s3.endpoint"), "{stderr}");
 }
 
 #[test]
@@ -179,21 +115,11 @@ fn endpoint_that_never_answers_fails_within_a_bounded_time() {
     let mut env = TestEnv::new();
     // Accepts connections and never says a word.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    env.set_env(
-        "AWS_ENDPOINT_URL_S3",
-        &format!("http://{}", silent.local_addr().expect("addr")),
-    );
+    env.set_env("AWS_ENDPOINT_URL_S3", &format!("http://{}", silent.local_addr().expect("addr")));
     let started = Instant::now();
     let stderr = env.git_fails(&env.path(""), &["ls-remote", &env.url("silent")]);
-    assert!(
-        started.elapsed() < Duration::from_secs(120),
-        "took {:?}",
-        started.elapsed()
-    );
-    assert!(
-        stderr.contains("fatal: cannot reach S3") && stderr.contains("timed out"),
-        "{stderr}"
-    );
+    assert!(started.elapsed() < Duration::from_secs(120), "took {:?}", started.elapsed());
+    assert!(stderr.contains("fatal: cannot reach S3") && stderr.contains("timed out"), "{stderr}");
     drop(silent);
 }
 
@@ -201,28 +127,16 @@ fn endpoint_that_never_answers_fails_within_a_bounded_time() {
 fn bad_url_gets_a_one_line_error() {
     let env = TestEnv::new();
     let stderr = env.git_fails(&env.path(""), &["ls-remote", "s3://Bad_Bucket/repo"]);
-    assert!(
-        stderr.contains("fatal: bucket name 'Bad_Bucket' is invalid"),
-        "{stderr}"
-    );
-    let stderr = env.git_fails(
-        &env.path(""),
-        &["ls-remote", &format!("s3://{}", env.bucket)],
-    );
+    assert!(stderr.contains("fatal: bucket name 'Bad_Bucket' is invalid"), "{stderr}");
+    let stderr = env.git_fails(&env.path(""), &["ls-remote", &format!("s3://{}", env.bucket)]);
     assert!(stderr.contains("has no prefix"), "{stderr}");
 }
 
 #[test]
 fn missing_bucket_says_so() {
     let env = TestEnv::new();
-    let stderr = env.git_fails(
-        &env.path(""),
-        &["ls-remote", "s3://no-such-bucket-here/repo"],
-    );
-    assert!(
-        stderr.contains("bucket 'no-such-bucket-here' does not exist"),
-        "{stderr}"
-    );
+    let stderr = env.git_fails(&env.path(""), &["ls-remote", "s3://no-such-bucket-here/repo"]);
+    assert!(stderr.contains("bucket 'no-such-bucket-here' does not exist"), "{stderr}");
 }
 
 #[test]
@@ -238,19 +152,12 @@ fn another_user_cannot_use_the_daemon() {
     let env = TestEnv::new();
     // The daemon runs as 'nobody' in a folder of its own; root, who can open any socket file,
     // must still be refused by the daemon's peer check.
-    let dir = tempfile::Builder::new()
-        .prefix("gs3n")
-        .tempdir_in("/tmp")
-        .expect("dir");
+    let dir = tempfile::Builder::new().prefix("gs3n").tempdir_in("/tmp").expect("dir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let socket_dir = dir.path().join("s");
     std::fs::create_dir(&socket_dir).expect("mkdir");
-    rustix::fs::chown(
-        &socket_dir,
-        Some(rustix::fs::Uid::from_raw(65534)),
-        Some(rustix::fs::Gid::from_raw(65534)),
-    )
-    .expect("chown");
+    rustix::fs::chown(&socket_dir, Some(rustix::fs::Uid::from_raw(65534)), Some(rustix::fs::Gid::from_raw(65534)))
+        .expect("chown");
     let socket = socket_dir.join("d.sock");
     let log = dir.path().join("nobody.log");
     let mut daemon = Command::new("setpriv")
@@ -263,16 +170,10 @@ fn another_user_cannot_use_the_daemon() {
         .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
         .expect("start a daemon as nobody");
-    wait_for(
-        "the other user's daemon to listen",
-        Duration::from_secs(20),
-        || socket.exists().then_some(()),
-    );
+    wait_for("the other user's daemon to listen", Duration::from_secs(20), || socket.exists().then_some(()));
 
     let mut status = env.command(bin_dir().join("git-s3"));
-    status
-        .args(["daemon", "status", "--json"])
-        .env("GIT_REMOTE_S3_SOCKET", &socket);
+    status.args(["daemon", "status", "--json"]).env("GIT_REMOTE_S3_SOCKET", &socket);
     let output = env.run(status);
     let _ = daemon.kill();
     let _ = daemon.wait();
@@ -282,10 +183,7 @@ fn another_user_cannot_use_the_daemon() {
         String::from_utf8_lossy(&output.stdout)
     );
     let log = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(
-        log.contains("refused a connection from another user"),
-        "{log}"
-    );
+    assert!(log.contains("refused a connection from another user"), "{log}");
 }
 
 #[test]
@@ -293,14 +191,8 @@ fn wrong_secret_key_is_reported_as_rejected_credentials() {
     let mut env = TestEnv::with_server(git_s3_tests::ServerKind::S3sFs);
     env.set_env("AWS_SECRET_ACCESS_KEY", "not-the-right-secret");
     let stderr = env.git_fails(&env.path(""), &["ls-remote", &env.url("repo")]);
-    assert!(
-        stderr.contains("fatal: S3 rejected the credentials (SignatureDoesNotMatch)"),
-        "{stderr}"
-    );
-    assert!(
-        !env.daemon_log().contains("not-the-right-secret"),
-        "the secret never reaches the log"
-    );
+    assert!(stderr.contains("fatal: S3 rejected the credentials (SignatureDoesNotMatch)"), "{stderr}");
+    assert!(!env.daemon_log().contains("not-the-right-secret"), "the secret never reaches the log");
 }
 
 #[test]
@@ -310,15 +202,8 @@ fn no_credentials_at_all_says_how_to_provide_them() {
     env.unset_env("AWS_SECRET_ACCESS_KEY");
     let started = Instant::now();
     let stderr = env.git_fails(&env.path(""), &["ls-remote", &env.url("repo")]);
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "took {:?}",
-        started.elapsed()
-    );
-    assert!(
-        stderr.contains("fatal: no AWS credentials found") && stderr.contains("AWS_PROFILE"),
-        "{stderr}"
-    );
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    assert!(stderr.contains("fatal: no AWS credentials found") && stderr.contains("AWS_PROFILE"), "{stderr}");
 }
 
 #[test]
@@ -328,12 +213,6 @@ fn the_secret_key_never_appears_in_the_debug_log() {
     env.git_ok(&work, &["push", &env.url("secret"), "main"]);
     env.git_ok(&env.path(""), &["clone", "-q", &env.url("secret"), "clone"]);
     let log = env.daemon_log();
-    assert!(
-        log.contains("DEBUG"),
-        "the test runs the daemon with debug logging"
-    );
-    assert!(
-        !log.contains(git_s3_tests::s3_server::SECRET_KEY),
-        "secret key found in the daemon log"
-    );
+    assert!(log.contains("DEBUG"), "the test runs the daemon with debug logging");
+    assert!(!log.contains(git_s3_tests::s3_server::SECRET_KEY), "secret key found in the daemon log");
 }

@@ -8,21 +8,14 @@ use std::time::Duration;
 use git_s3_tests::{ServerKind, TestEnv, incompressible_bytes, wait_for};
 
 fn bundle_keys(env: &TestEnv, prefix: &str, refname: &str) -> Vec<String> {
-    env.keys(&format!("{prefix}/{refname}/"))
-        .into_iter()
-        .filter(|k| k.ends_with(".bundle"))
-        .collect()
+    env.keys(&format!("{prefix}/{refname}/")).into_iter().filter(|k| k.ends_with(".bundle")).collect()
 }
 
 #[test]
 fn clone_of_an_empty_prefix_is_an_empty_repository() {
     let env = TestEnv::new();
     let output = env.git(&env.path(""), &["clone", &env.url("nothing-here"), "empty"]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(String::from_utf8_lossy(&output.stderr).contains("cloned an empty repository"));
 }
 
@@ -31,28 +24,14 @@ fn push_clone_fetch_round_trip(env: &TestEnv) {
     let work = env.new_repo("work");
     env.git_ok(&work, &["remote", "add", "origin", &url]);
     env.git_ok(&work, &["push", "-u", "origin", "main"]);
-    assert_eq!(
-        env.keys("team/repo/HEAD"),
-        vec!["team/repo/HEAD".to_string()]
-    );
+    assert_eq!(env.keys("team/repo/HEAD"), vec!["team/repo/HEAD".to_string()]);
 
     let clone = env.path("clone");
     env.git_ok(&env.path(""), &["clone", &url, clone.to_str().unwrap()]);
-    assert_eq!(
-        std::fs::read_to_string(clone.join("README")).unwrap(),
-        "work\n"
-    );
-    assert_eq!(
-        env.git_ok(&clone, &["symbolic-ref", "HEAD"]).trim(),
-        "refs/heads/main"
-    );
+    assert_eq!(std::fs::read_to_string(clone.join("README")).unwrap(), "work\n");
+    assert_eq!(env.git_ok(&clone, &["symbolic-ref", "HEAD"]).trim(), "refs/heads/main");
 
-    let second = env.commit(
-        &work,
-        "src/lib.rs",
-        "pub fn answer() -> u32 { 42 }\n",
-        "second",
-    );
+    let second = env.commit(&work, "src/lib.rs", "pub fn answer() -> u32 { 42 }\n", "second");
     env.git_ok(&work, &["push"]);
     env.git_ok(&clone, &["pull", "-q"]);
     assert_eq!(env.rev_parse(&clone, "HEAD"), second);
@@ -91,29 +70,20 @@ fn branches_tags_and_renamed_pushes() {
     env.git_ok(&work, &["push", "origin", "feature/x", "light", "v1.0"]);
     env.git_ok(&work, &["push", "origin", "feature/x:refs/heads/renamed"]);
     let raw = env.commit(&work, "y.txt", "y\n", "raw");
-    env.git_ok(
-        &work,
-        &["push", "origin", &format!("{raw}:refs/heads/from-sha")],
-    );
+    env.git_ok(&work, &["push", "origin", &format!("{raw}:refs/heads/from-sha")]);
 
     let refs = env.ls_remote(&work, "origin");
     let has = |oid: &str, name: &str| refs.iter().any(|(o, n)| o == oid && n == name);
     assert!(has(&feature, "refs/heads/feature/x"), "{refs:?}");
     assert!(has(&feature, "refs/tags/light"), "{refs:?}");
-    assert!(
-        has(&annotated, "refs/tags/v1.0"),
-        "annotated tags keep the tag object: {refs:?}"
-    );
+    assert!(has(&annotated, "refs/tags/v1.0"), "annotated tags keep the tag object: {refs:?}");
     assert!(has(&feature, "refs/heads/renamed"), "{refs:?}");
     assert!(has(&raw, "refs/heads/from-sha"), "{refs:?}");
 
     let clone = env.path("clone");
     env.git_ok(&env.path(""), &["clone", &url, clone.to_str().unwrap()]);
     assert_eq!(env.rev_parse(&clone, "v1.0"), annotated);
-    assert_eq!(
-        env.git_ok(&clone, &["cat-file", "-t", "v1.0"]).trim(),
-        "tag"
-    );
+    assert_eq!(env.git_ok(&clone, &["cat-file", "-t", "v1.0"]).trim(), "tag");
     assert_eq!(env.rev_parse(&clone, "origin/from-sha"), raw);
 
     // --follow-tags sends the annotated tag of a pushed commit along.
@@ -123,10 +93,7 @@ fn branches_tags_and_renamed_pushes() {
     env.git_ok(&work, &["push", "--follow-tags", "origin", "main"]);
     let refs = env.ls_remote(&work, "origin");
     assert!(refs.iter().any(|(_, n)| n == "refs/tags/v2.0"), "{refs:?}");
-    assert!(
-        refs.iter()
-            .any(|(o, n)| o == &third && n == "refs/heads/main")
-    );
+    assert!(refs.iter().any(|(o, n)| o == &third && n == "refs/heads/main"));
 }
 
 #[test]
@@ -137,25 +104,14 @@ fn push_all_and_mirror() {
         env.git_ok(&work, &["branch", branch]);
     }
     env.git_ok(&work, &["push", "--all", &env.url("all")]);
-    let names: Vec<String> = env
-        .ls_remote(&work, &env.url("all"))
-        .into_iter()
-        .map(|(_, n)| n)
-        .collect();
+    let names: Vec<String> = env.ls_remote(&work, &env.url("all")).into_iter().map(|(_, n)| n).collect();
     for branch in ["main", "a", "b", "c"] {
         assert!(names.contains(&format!("refs/heads/{branch}")), "{names:?}");
     }
     env.git_ok(&work, &["branch", "-D", "c"]);
     env.git_ok(&work, &["push", "--mirror", &env.url("all")]);
-    let names: Vec<String> = env
-        .ls_remote(&work, &env.url("all"))
-        .into_iter()
-        .map(|(_, n)| n)
-        .collect();
-    assert!(
-        !names.contains(&"refs/heads/c".to_string()),
-        "--mirror deletes what is gone: {names:?}"
-    );
+    let names: Vec<String> = env.ls_remote(&work, &env.url("all")).into_iter().map(|(_, n)| n).collect();
+    assert!(!names.contains(&"refs/heads/c".to_string()), "--mirror deletes what is gone: {names:?}");
     assert!(names.contains(&"refs/heads/a".to_string()));
 }
 
@@ -169,16 +125,10 @@ fn deleting_the_default_branch_moves_head() {
     env.git_ok(&work, &["push", "origin", "main:refs/heads/master"]);
     env.git_ok(&work, &["push", "origin", "--delete", "main"]);
     assert!(bundle_keys(&env, "delete", "refs/heads/main").is_empty());
-    assert_eq!(
-        env.server.get(&env.bucket, "delete/HEAD"),
-        b"refs/heads/master"
-    );
+    assert_eq!(env.server.get(&env.bucket, "delete/HEAD"), b"refs/heads/master");
     let clone = env.path("clone");
     env.git_ok(&env.path(""), &["clone", &url, clone.to_str().unwrap()]);
-    assert_eq!(
-        env.git_ok(&clone, &["symbolic-ref", "HEAD"]).trim(),
-        "refs/heads/master"
-    );
+    assert_eq!(env.git_ok(&clone, &["symbolic-ref", "HEAD"]).trim(), "refs/heads/master");
 }
 
 #[test]
@@ -192,22 +142,12 @@ fn non_fast_forward_is_refused_with_gits_hint_and_force_overwrites() {
     env.git_ok(&work, &["reset", "-q", "--hard", "HEAD~1"]);
     let rewritten = env.commit(&work, "b", "b\n", "rewritten");
     let stderr = env.git_fails(&work, &["push", "origin", "main"]);
-    assert!(
-        stderr.contains("[rejected]") && stderr.contains("non-fast-forward"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("[rejected]") && stderr.contains("non-fast-forward"), "{stderr}");
 
     let output = env.git(&work, &["push", "--force", "origin", "main"]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(String::from_utf8_lossy(&output.stderr).contains("(forced update)"));
-    assert_eq!(
-        bundle_keys(&env, "nff", "refs/heads/main"),
-        vec![format!("nff/refs/heads/main/{rewritten}.bundle")]
-    );
+    assert_eq!(bundle_keys(&env, "nff", "refs/heads/main"), vec![format!("nff/refs/heads/main/{rewritten}.bundle")]);
 }
 
 #[test]
@@ -225,28 +165,13 @@ fn force_with_lease_holds_only_while_the_remote_is_as_expected() {
     env.git_ok(&bob, &["push", "--force-with-lease", "origin", "main"]);
 
     // Alice's view is now stale: her lease must fail.
-    env.git_ok(
-        &alice,
-        &["commit", "-q", "--amend", "-m", "alice's rewrite"],
-    );
+    env.git_ok(&alice, &["commit", "-q", "--amend", "-m", "alice's rewrite"]);
     let stderr = env.git_fails(
         &alice,
-        &[
-            "push",
-            &format!(
-                "--force-with-lease=main:{}",
-                env.rev_parse(&alice, "origin/main")
-            ),
-            "origin",
-            "main",
-        ],
+        &["push", &format!("--force-with-lease=main:{}", env.rev_parse(&alice, "origin/main")), "origin", "main"],
     );
     assert!(stderr.contains("stale info"), "{stderr}");
-    assert_eq!(
-        env.ls_remote(&bob, "origin")[0].0,
-        env.rev_parse(&bob, "HEAD"),
-        "bob's push stands"
-    );
+    assert_eq!(env.ls_remote(&bob, "origin")[0].0, env.rev_parse(&bob, "HEAD"), "bob's push stands");
 }
 
 #[test]
@@ -256,11 +181,7 @@ fn protected_branch_refuses_force_and_delete() {
     let work = env.new_repo("work");
     env.git_ok(&work, &["remote", "add", "origin", &url]);
     env.git_ok(&work, &["push", "origin", "main"]);
-    env.server.put(
-        &env.bucket,
-        "protected/refs/heads/main/PROTECTED#",
-        Vec::new(),
-    );
+    env.server.put(&env.bucket, "protected/refs/heads/main/PROTECTED#", Vec::new());
 
     env.commit(&work, "ff", "ff\n", "fast-forward is fine");
     env.git_ok(&work, &["push", "origin", "main"]);
@@ -282,12 +203,7 @@ fn six_concurrent_pushers_exactly_one_wins() {
         .map(|i| {
             let dir = env.path(&format!("pusher{i}"));
             env.git_ok(&env.path(""), &["clone", "-q", &url, dir.to_str().unwrap()]);
-            let oid = env.commit(
-                &dir,
-                &format!("file{i}"),
-                &format!("{i}\n"),
-                &format!("pusher {i}"),
-            );
+            let oid = env.commit(&dir, &format!("file{i}"), &format!("{i}\n"), &format!("pusher {i}"));
             (dir, oid)
         })
         .collect();
@@ -295,44 +211,25 @@ fn six_concurrent_pushers_exactly_one_wins() {
         .iter()
         .map(|(dir, _)| {
             let mut command = env.command("git");
-            command
-                .args(["push", "origin", "main"])
-                .current_dir(dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped());
+            command.args(["push", "origin", "main"]).current_dir(dir).stdout(Stdio::null()).stderr(Stdio::piped());
             command.spawn().expect("spawn push")
         })
         .collect();
-    let results: Vec<_> = children
-        .into_iter()
-        .map(|c| c.wait_with_output().expect("wait"))
-        .collect();
+    let results: Vec<_> = children.into_iter().map(|c| c.wait_with_output().expect("wait")).collect();
     let winners: Vec<usize> = (0..6).filter(|&i| results[i].status.success()).collect();
     assert_eq!(
         winners.len(),
         1,
         "exactly one push wins: {:?}",
-        results
-            .iter()
-            .map(|r| String::from_utf8_lossy(&r.stderr).into_owned())
-            .collect::<Vec<_>>()
+        results.iter().map(|r| String::from_utf8_lossy(&r.stderr).into_owned()).collect::<Vec<_>>()
     );
     for (i, result) in results.iter().enumerate().filter(|(i, _)| *i != winners[0]) {
         let stderr = String::from_utf8_lossy(&result.stderr);
-        assert!(
-            stderr.contains("fetch first") || stderr.contains("holds the lock"),
-            "loser {i} says why: {stderr}"
-        );
+        assert!(stderr.contains("fetch first") || stderr.contains("holds the lock"), "loser {i} says why: {stderr}");
     }
     let winner_oid = &pushers[winners[0]].1;
-    assert_eq!(
-        bundle_keys(&env, "race", "refs/heads/main"),
-        vec![format!("race/refs/heads/main/{winner_oid}.bundle")]
-    );
-    assert!(
-        env.keys("race/refs/heads/main/LOCK#.lock").is_empty(),
-        "no lock left behind"
-    );
+    assert_eq!(bundle_keys(&env, "race", "refs/heads/main"), vec![format!("race/refs/heads/main/{winner_oid}.bundle")]);
+    assert!(env.keys("race/refs/heads/main/LOCK#.lock").is_empty(), "no lock left behind");
 }
 
 #[test]
@@ -342,30 +239,16 @@ fn a_fresh_lock_blocks_a_push_and_a_stale_one_is_taken_over() {
     let work = env.new_repo("work");
     env.git_ok(&work, &["remote", "add", "origin", &url]);
     env.git_ok(&work, &["push", "origin", "main"]);
-    env.server
-        .put(&env.bucket, "locked/refs/heads/main/LOCK#.lock", Vec::new());
+    env.server.put(&env.bucket, "locked/refs/heads/main/LOCK#.lock", Vec::new());
     let next = env.commit(&work, "n", "n\n", "next");
     let stderr = env.git_fails(&work, &["push", "origin", "main"]);
-    assert!(
-        stderr.contains("another push holds the lock on refs/heads/main"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("another push holds the lock on refs/heads/main"), "{stderr}");
 
     env.set_env("GIT_REMOTE_S3_LOCK_TTL_SECONDS", "1");
-    wait_for(
-        "the lock to go stale and the push to take it over",
-        Duration::from_secs(20),
-        || {
-            env.git(&work, &["push", "origin", "main"])
-                .status
-                .success()
-                .then_some(())
-        },
-    );
-    assert_eq!(
-        bundle_keys(&env, "locked", "refs/heads/main"),
-        vec![format!("locked/refs/heads/main/{next}.bundle")]
-    );
+    wait_for("the lock to go stale and the push to take it over", Duration::from_secs(20), || {
+        env.git(&work, &["push", "origin", "main"]).status.success().then_some(())
+    });
+    assert_eq!(bundle_keys(&env, "locked", "refs/heads/main"), vec![format!("locked/refs/heads/main/{next}.bundle")]);
     assert!(env.keys("locked/refs/heads/main/LOCK#.lock").is_empty());
 }
 
@@ -383,15 +266,11 @@ fn a_corrupted_bundle_makes_clone_and_fetch_fail() {
 
     let stderr = env.git_fails(&env.path(""), &["clone", &url, "broken"]);
     assert!(stderr.contains("is corrupt"), "{stderr}");
-    env.server
-        .put(&env.bucket, &key, b"<Error>not a bundle</Error>".to_vec());
+    env.server.put(&env.bucket, &key, b"<Error>not a bundle</Error>".to_vec());
     let fresh = env.path("fresh");
     env.git_ok(&env.path(""), &["init", "-q", fresh.to_str().unwrap()]);
     let stderr = env.git_fails(&fresh, &["fetch", &url, "main"]);
-    assert!(
-        stderr.contains("is corrupt") && stderr.contains("not a git bundle"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("is corrupt") && stderr.contains("not a git bundle"), "{stderr}");
 }
 
 #[test]
@@ -403,29 +282,13 @@ fn more_than_a_thousand_refs_are_all_listed() {
     let source = format!("many/refs/heads/main/{oid}.bundle");
     // Copy the bundle server-side rather than pushing 1,100 times.
     for i in 0..1100 {
-        env.server.copy(
-            &env.bucket,
-            &source,
-            &format!("many/refs/heads/b{i:04}/{oid}.bundle"),
-        );
+        env.server.copy(&env.bucket, &source, &format!("many/refs/heads/b{i:04}/{oid}.bundle"));
     }
     let refs = env.ls_remote(&work, &env.url("many"));
-    assert_eq!(
-        refs.iter()
-            .filter(|(_, n)| n.starts_with("refs/heads/b"))
-            .count(),
-        1100
-    );
+    assert_eq!(refs.iter().filter(|(_, n)| n.starts_with("refs/heads/b")).count(), 1100);
     let clone = env.path("clone");
-    env.git_ok(
-        &env.path(""),
-        &["clone", "-q", &env.url("many"), clone.to_str().unwrap()],
-    );
-    assert_eq!(
-        env.git_ok(&clone, &["branch", "-r"]).lines().count(),
-        1102,
-        "1,100 + main + HEAD"
-    );
+    env.git_ok(&env.path(""), &["clone", "-q", &env.url("many"), clone.to_str().unwrap()]);
+    assert_eq!(env.git_ok(&clone, &["branch", "-r"]).lines().count(), 1102, "1,100 + main + HEAD");
 }
 
 #[test]
@@ -434,11 +297,7 @@ fn a_large_bundle_goes_up_in_parts_and_the_lock_outlives_its_ttl() {
     env.set_env("GIT_REMOTE_S3_LOCK_TTL_SECONDS", "1");
     let url = env.url("large");
     let work = env.new_repo("work");
-    std::fs::write(
-        work.join("big.bin"),
-        incompressible_bytes(105 * 1024 * 1024, 7),
-    )
-    .unwrap();
+    std::fs::write(work.join("big.bin"), incompressible_bytes(105 * 1024 * 1024, 7)).unwrap();
     env.git_ok(&work, &["add", "big.bin"]);
     env.git_ok(&work, &["commit", "-q", "-m", "big"]);
     let big = env.rev_parse(&work, "HEAD");
@@ -448,60 +307,33 @@ fn a_large_bundle_goes_up_in_parts_and_the_lock_outlives_its_ttl() {
     env.git_ok(&env.path(""), &["init", "-q", rival.to_str().unwrap()]);
     env.commit(&rival, "r", "r\n", "rival");
     let mut push = env.command("git");
-    push.args(["push", &url, "main"])
-        .current_dir(&work)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    push.args(["push", &url, "main"]).current_dir(&work).stdout(Stdio::null()).stderr(Stdio::piped());
     let mut push = push.spawn().expect("spawn push");
-    wait_for(
-        "the big push to take its lock",
-        Duration::from_secs(60),
-        || (!env.keys("large/refs/heads/main/LOCK#.lock").is_empty()).then_some(()),
-    );
+    wait_for("the big push to take its lock", Duration::from_secs(60), || {
+        (!env.keys("large/refs/heads/main/LOCK#.lock").is_empty()).then_some(())
+    });
     let mut rival_attempts = 0;
     while push.try_wait().expect("poll push").is_none() {
         let output = env.git(&rival, &["push", &url, "main"]);
         rival_attempts += 1;
-        assert!(
-            !output.status.success(),
-            "the rival took over a live lock mid-upload"
-        );
+        assert!(!output.status.success(), "the rival took over a live lock mid-upload");
     }
     let output = push.wait_with_output().expect("push");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(rival_attempts > 0);
 
     let key = format!("large/refs/heads/main/{big}.bundle");
-    let (etag, _) = env
-        .server
-        .head(&env.bucket, &key)
-        .expect("the bundle is there");
-    assert!(
-        etag.contains('-'),
-        "a multipart upload has a multipart ETag: {etag}"
-    );
+    let (etag, _) = env.server.head(&env.bucket, &key).expect("the bundle is there");
+    assert!(etag.contains('-'), "a multipart upload has a multipart ETag: {etag}");
     assert_eq!(env.server.open_multipart_uploads(&env.bucket), 0);
 
     let status = env.daemon_status().expect("daemon");
     let pid = status["pid"].as_u64().expect("pid");
     let clone = env.path("clone");
-    env.git_ok(
-        &env.path(""),
-        &["clone", "-q", &url, clone.to_str().unwrap()],
-    );
-    assert_eq!(
-        std::fs::read(clone.join("big.bin")).unwrap(),
-        std::fs::read(work.join("big.bin")).unwrap()
-    );
+    env.git_ok(&env.path(""), &["clone", "-q", &url, clone.to_str().unwrap()]);
+    assert_eq!(std::fs::read(clone.join("big.bin")).unwrap(), std::fs::read(work.join("big.bin")).unwrap());
     let peak_kib = peak_rss_kib(pid);
-    assert!(
-        peak_kib < 200 * 1024,
-        "daemon memory stays bounded with a 105 MiB bundle: peak {peak_kib} KiB"
-    );
+    assert!(peak_kib < 200 * 1024, "daemon memory stays bounded with a 105 MiB bundle: peak {peak_kib} KiB");
 }
 
 fn peak_rss_kib(pid: u64) -> u64 {
@@ -519,27 +351,12 @@ fn a_submodule_with_an_s3_url_is_cloned() {
     let lib = env.new_repo("lib");
     env.git_ok(&lib, &["push", &env.url("lib"), "main"]);
     let app = env.new_repo("app");
-    env.git_ok(
-        &app,
-        &["submodule", "add", "-q", &env.url("lib"), "vendor/lib"],
-    );
+    env.git_ok(&app, &["submodule", "add", "-q", &env.url("lib"), "vendor/lib"]);
     env.git_ok(&app, &["commit", "-q", "-m", "add lib"]);
     env.git_ok(&app, &["push", &env.url("app"), "main"]);
     let clone = env.path("clone");
-    env.git_ok(
-        &env.path(""),
-        &[
-            "clone",
-            "-q",
-            "--recurse-submodules",
-            &env.url("app"),
-            clone.to_str().unwrap(),
-        ],
-    );
-    assert_eq!(
-        std::fs::read_to_string(clone.join("vendor/lib/README")).unwrap(),
-        "lib\n"
-    );
+    env.git_ok(&env.path(""), &["clone", "-q", "--recurse-submodules", &env.url("app"), clone.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(clone.join("vendor/lib/README")).unwrap(), "lib\n");
 }
 
 #[test]
@@ -552,11 +369,7 @@ fn zip_remotes_publish_an_archive_of_the_pushed_commit() {
     // Installed as README says: git runs git-remote-s3+zip, a link to git-remote-s3.
     let links = env.path("links");
     std::fs::create_dir_all(&links).unwrap();
-    std::os::unix::fs::symlink(
-        git_s3_tests::bin_dir().join("git-remote-s3"),
-        links.join("git-remote-s3+zip"),
-    )
-    .unwrap();
+    std::os::unix::fs::symlink(git_s3_tests::bin_dir().join("git-remote-s3"), links.join("git-remote-s3+zip")).unwrap();
     let mut push = env.command("git");
     let path = format!(
         "{}:{}:{}",
@@ -564,26 +377,13 @@ fn zip_remotes_publish_an_archive_of_the_pushed_commit() {
         git_s3_tests::bin_dir().display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    push.env("PATH", path).current_dir(&work).args([
-        "push",
-        &format!("s3+zip://{}/zipped", env.bucket),
-        "main",
-    ]);
+    push.env("PATH", path).current_dir(&work).args(["push", &format!("s3+zip://{}/zipped", env.bucket), "main"]);
     let output = env.run(push);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let zip = env
-        .server
-        .get(&env.bucket, "zipped/refs/heads/main/repo.zip");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let zip = env.server.get(&env.bucket, "zipped/refs/heads/main/repo.zip");
     assert_eq!(&zip[..2], b"PK");
     let listing = String::from_utf8_lossy(&zip).into_owned();
-    assert!(
-        listing.contains("README") && !listing.contains("other.txt"),
-        "the zip is of the pushed commit {oid}"
-    );
+    assert!(listing.contains("README") && !listing.contains("other.txt"), "the zip is of the pushed commit {oid}");
 }
 
 #[test]
@@ -591,11 +391,7 @@ fn dry_run_changes_nothing() {
     let env = TestEnv::new();
     let work = env.new_repo("work");
     let output = env.git(&work, &["push", "--dry-run", &env.url("dry"), "main"]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(env.keys("dry/").is_empty());
 }
 
@@ -606,16 +402,12 @@ fn atomic_push_writes_nothing_when_one_ref_is_refused() {
     let work = env.new_repo("work");
     env.git_ok(&work, &["remote", "add", "origin", &url]);
     env.git_ok(&work, &["push", "origin", "main"]);
-    env.server
-        .put(&env.bucket, "atomic/refs/heads/main/LOCK#.lock", Vec::new());
+    env.server.put(&env.bucket, "atomic/refs/heads/main/LOCK#.lock", Vec::new());
     env.commit(&work, "n", "n\n", "next");
     env.git_ok(&work, &["branch", "feature"]);
     let stderr = env.git_fails(&work, &["push", "--atomic", "origin", "main", "feature"]);
     assert!(stderr.contains("holds the lock"), "{stderr}");
-    assert!(
-        bundle_keys(&env, "atomic", "refs/heads/feature").is_empty(),
-        "nothing written for the other ref"
-    );
+    assert!(bundle_keys(&env, "atomic", "refs/heads/feature").is_empty(), "nothing written for the other ref");
 }
 
 fn python_tool_bin() -> std::path::PathBuf {
@@ -625,11 +417,7 @@ fn python_tool_bin() -> std::path::PathBuf {
 /// A command that finds the Python tool's git-remote-s3 before ours.
 fn with_python_tool(env: &TestEnv, dir: &Path, args: &[&str]) -> std::process::Output {
     let mut command = env.command("git");
-    let path = format!(
-        "{}:{}",
-        python_tool_bin().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = format!("{}:{}", python_tool_bin().display(), std::env::var("PATH").unwrap_or_default());
     command.env("PATH", path).current_dir(dir).args(args);
     env.run(command)
 }
@@ -653,10 +441,7 @@ fn python_tool_and_ours_share_a_bucket_both_ways() {
     let py = env.new_repo("py");
     python_ok(&env, &py, &["push", &url, "main"]);
     let ours = env.path("ours");
-    env.git_ok(
-        &env.path(""),
-        &["clone", "-q", &url, ours.to_str().unwrap()],
-    );
+    env.git_ok(&env.path(""), &["clone", "-q", &url, ours.to_str().unwrap()]);
     assert_eq!(env.rev_parse(&ours, "HEAD"), env.rev_parse(&py, "HEAD"));
 
     // We push on top, Python fetches it.
@@ -671,11 +456,7 @@ fn python_tool_and_ours_share_a_bucket_both_ways() {
     env.git_ok(&ours, &["pull", "-q"]);
     assert_eq!(env.rev_parse(&ours, "HEAD"), py_commit);
     let py_clone = env.path("py-clone");
-    python_ok(
-        &env,
-        &env.path(""),
-        &["clone", "-q", &url, py_clone.to_str().unwrap()],
-    );
+    python_ok(&env, &env.path(""), &["clone", "-q", &url, py_clone.to_str().unwrap()]);
     assert_eq!(env.rev_parse(&py_clone, "HEAD"), py_commit);
     assert_eq!(bundle_keys(&env, "shared", "refs/heads/main").len(), 1);
 }
@@ -686,17 +467,10 @@ fn python_tool_and_ours_honour_the_same_lock_and_protection() {
     let url = env.url("shared-lock");
     let work = env.new_repo("work");
     env.git_ok(&work, &["push", &url, "main"]);
-    env.server.put(
-        &env.bucket,
-        "shared-lock/refs/heads/main/LOCK#.lock",
-        Vec::new(),
-    );
+    env.server.put(&env.bucket, "shared-lock/refs/heads/main/LOCK#.lock", Vec::new());
     env.commit(&work, "n", "n\n", "next");
     let output = with_python_tool(&env, &work, &["push", &url, "main"]);
-    assert!(
-        !output.status.success(),
-        "the Python tool must respect a fresh lock"
-    );
+    assert!(!output.status.success(), "the Python tool must respect a fresh lock");
     env.git_fails(&work, &["push", &url, "main"]);
     assert_eq!(bundle_keys(&env, "shared-lock", "refs/heads/main").len(), 1);
 }
@@ -712,15 +486,9 @@ fn listings_are_cached_within_one_command_but_never_hide_a_push() {
     env.git_ok(&env.path(""), &["clone", "-q", &url, bob.to_str().unwrap()]);
 
     // One helper session asked twice: the second answer comes from the session's cache.
-    let hits_before = env.daemon_status().expect("daemon")["listing_cache"]["hits"]
-        .as_u64()
-        .expect("hits");
+    let hits_before = env.daemon_status().expect("daemon")["listing_cache"]["hits"].as_u64().expect("hits");
     let mut helper = env.command(git_s3_tests::bin_dir().join("git-remote-s3"));
-    helper
-        .args(["origin", &url])
-        .current_dir(&bob)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
+    helper.args(["origin", &url]).current_dir(&bob).stdin(Stdio::piped()).stdout(Stdio::piped());
     let mut helper = helper.spawn().expect("helper");
     {
         use std::io::Write;
@@ -731,9 +499,7 @@ fn listings_are_cached_within_one_command_but_never_hide_a_push() {
     let answers = String::from_utf8_lossy(&output.stdout).into_owned();
     let main_line = format!("{} refs/heads/main", env.rev_parse(&alice, "main"));
     assert_eq!(answers.matches(&main_line).count(), 2, "{answers}");
-    let hits_after = env.daemon_status().expect("daemon")["listing_cache"]["hits"]
-        .as_u64()
-        .expect("hits");
+    let hits_after = env.daemon_status().expect("daemon")["listing_cache"]["hits"].as_u64().expect("hits");
     assert_eq!(hits_after, hits_before + 1);
 
     // Across commands nothing is cached: Bob sees Alice's push at once.
@@ -741,10 +507,7 @@ fn listings_are_cached_within_one_command_but_never_hide_a_push() {
         let pushed = env.commit(&alice, "round", &format!("{round}\n"), "another round");
         env.git_ok(&alice, &["push", "origin", "main"]);
         assert_eq!(
-            env.ls_remote(&bob, "origin")
-                .iter()
-                .find(|(_, n)| n == "refs/heads/main")
-                .map(|(o, _)| o.clone()),
+            env.ls_remote(&bob, "origin").iter().find(|(_, n)| n == "refs/heads/main").map(|(o, _)| o.clone()),
             Some(pushed.clone())
         );
         env.git_ok(&bob, &["fetch", "-q"]);
@@ -765,11 +528,7 @@ fn a_push_that_lost_the_race_after_listing_is_told_to_fetch_first() {
 
     // Bob's helper lists the remote as git does before a push...
     let mut helper = env.command(git_s3_tests::bin_dir().join("git-remote-s3"));
-    helper
-        .args(["origin", &url])
-        .current_dir(&bob)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
+    helper.args(["origin", &url]).current_dir(&bob).stdin(Stdio::piped()).stdout(Stdio::piped());
     let mut helper = helper.spawn().expect("helper");
     let mut stdin = helper.stdin.take().expect("stdin");
     let mut stdout = BufReader::new(helper.stdout.take().expect("stdout"));
@@ -798,16 +557,10 @@ fn a_push_that_lost_the_race_after_listing_is_told_to_fetch_first() {
     assert!(helper.wait().expect("helper exit").success());
     assert_eq!(
         bundle_keys(&env, "lost-race", "refs/heads/main"),
-        vec![format!(
-            "lost-race/refs/heads/main/{}.bundle",
-            env.rev_parse(&alice, "HEAD")
-        )]
+        vec![format!("lost-race/refs/heads/main/{}.bundle", env.rev_parse(&alice, "HEAD"))]
     );
 
     // And through git, the user gets git's usual advice.
     let stderr = env.git_fails(&bob, &["push", "origin", "main"]);
-    assert!(
-        stderr.contains("fetch first") || stderr.contains("remote contains work that you do"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("fetch first") || stderr.contains("remote contains work that you do"), "{stderr}");
 }

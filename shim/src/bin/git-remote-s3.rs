@@ -20,10 +20,7 @@ fn main() -> ExitCode {
             return ExitCode::from(129);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("fatal: cannot start: {e}");
@@ -33,13 +30,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         let endpoint = Endpoint::from_process_env().map_err(|e| e.to_string())?;
         let mut backend = DaemonBackend::new(endpoint, caller::remote(&name, &url));
-        remote_helper::run(
-            BufReader::new(tokio::io::stdin()),
-            tokio::io::stdout(),
-            &mut backend,
-        )
-        .await
-        .map_err(|e| e.to_string())
+        remote_helper::run(BufReader::new(tokio::io::stdin()), tokio::io::stdout(), &mut backend)
+            .await
+            .map_err(|e| e.to_string())
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,11 +11,7 @@ use git_s3_shim::daemon_client::{self, ConnectError};
 const EXIT_NOT_RUNNING: u8 = 3;
 
 #[derive(Parser)]
-#[command(
-    name = "git s3",
-    version,
-    about = "Manage s3:// git remotes and the git-s3d daemon"
-)]
+#[command(name = "git s3", version, about = "Manage s3:// git remotes and the git-s3d daemon")]
 struct Cli {
     #[command(subcommand)]
     command: TopCommand,
@@ -44,10 +40,7 @@ enum DaemonCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("fatal: cannot start: {e}");
@@ -80,10 +73,7 @@ async fn daemon(command: DaemonCommand, endpoint: &Endpoint) -> ExitCode {
             },
             Err(ConnectError::NotRunning(socket)) => {
                 if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({ "running": false, "socket": socket.display().to_string() })
-                    );
+                    println!("{}", serde_json::json!({ "running": false, "socket": socket.display().to_string() }));
                 } else {
                     println!("git-s3d is not running (socket {})", socket.display());
                 }
@@ -95,10 +85,7 @@ async fn daemon(command: DaemonCommand, endpoint: &Endpoint) -> ExitCode {
             Ok(mut client) => match client.status(StatusRequest {}).await {
                 Ok(reply) => {
                     let reply = reply.into_inner();
-                    println!(
-                        "git-s3d {} is running (pid {}, socket {})",
-                        reply.version, reply.pid, reply.socket
-                    );
+                    println!("git-s3d {} is running (pid {}, socket {})", reply.version, reply.pid, reply.socket);
                     Ok(())
                 }
                 Err(status) => Err(status.message().to_string()),
@@ -151,12 +138,7 @@ fn print_status(status: &StatusReply, json: bool) {
         println!("{value}");
         return;
     }
-    println!(
-        "git-s3d {} (pid {}), up {}",
-        status.version,
-        status.pid,
-        human_duration(status.uptime_s)
-    );
+    println!("git-s3d {} (pid {}), up {}", status.version, status.pid, human_duration(status.uptime_s));
     println!("socket:     {}", status.socket);
     let idle = if status.idle_timeout_s == 0 {
         "never (managed)".to_string()
@@ -164,21 +146,13 @@ fn print_status(status: &StatusReply, json: bool) {
         format!("after {} idle", human_duration(status.idle_timeout_s))
     };
     println!("exits:      {idle}");
-    println!(
-        "S3 clients: {}   sessions: {}   requests served: {}",
-        status.clients, status.sessions, status.requests
-    );
+    println!("S3 clients: {}   sessions: {}   requests served: {}", status.clients, status.sessions, status.requests);
     if status.activities.is_empty() {
         println!("working on: nothing");
     } else {
         println!("working on:");
         for a in &status.activities {
-            println!(
-                "  {} {} ({:.1}s)",
-                a.what,
-                a.remote,
-                a.elapsed_ms as f64 / 1000.0
-            );
+            println!("  {} {} ({:.1}s)", a.what, a.remote, a.elapsed_ms as f64 / 1000.0);
         }
     }
 }

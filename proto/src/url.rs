@@ -44,34 +44,40 @@ impl S3Url {
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         let (profile, bucket) = match authority.rsplit_once('@') {
             Some(("", _)) => {
-                return Err(UrlError::EmptyProfile {
-                    url: url.to_string(),
-                });
+                return Err(UrlError::EmptyProfile { url: url.to_string() });
             }
             Some((profile, bucket)) => (Some(profile.to_string()), bucket),
             None => (None, authority),
         };
         if bucket.is_empty() {
-            return Err(UrlError::NoBucket {
-                url: url.to_string(),
-            });
+            return Err(UrlError::NoBucket { url: url.to_string() });
         }
         check_bucket(bucket)?;
         let prefix = path.trim_matches('/');
         if prefix.is_empty() {
-            return Err(UrlError::NoPrefix {
-                url: url.to_string(),
-                bucket: bucket.to_string(),
-            });
+            return Err(UrlError::NoPrefix { url: url.to_string(), bucket: bucket.to_string() });
         }
         check_prefix(prefix)?;
-        Ok(Self {
-            profile,
-            bucket: bucket.to_string(),
-            prefix: prefix.to_string(),
-            zip,
-        })
+        Ok(Self { profile, bucket: bucket.to_string(), prefix: prefix.to_string(), zip })
     }
+}
+
+/// Where the Python tool's scoped `git-lfs-s3 install --remote` points `remote.<name>.lfsurl`:
+/// never contacted, only a key for `lfs.<url>.standalonetransferagent` (a reserved `.test` host).
+pub fn lfs_alias_url(bucket: &str, prefix: &str) -> String {
+    let quoted: Vec<String> = prefix.split('/').map(percent_encode_segment).collect();
+    format!("https://lfs-alias.git-remote-s3.test/{bucket}/{}", quoted.join("/"))
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters (as Python's `quote(safe="")`).
+fn percent_encode_segment(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 impl fmt::Display for S3Url {
@@ -86,23 +92,14 @@ impl fmt::Display for S3Url {
 
 /// S3's naming rules for general purpose buckets.
 fn check_bucket(bucket: &str) -> Result<(), UrlError> {
-    let bad = |why| {
-        Err(UrlError::BadBucket {
-            bucket: bucket.to_string(),
-            why,
-        })
-    };
+    let bad = |why| Err(UrlError::BadBucket { bucket: bucket.to_string(), why });
     if !(3..=63).contains(&bucket.len()) {
         return bad("it must be 3 to 63 characters long");
     }
-    if !bucket
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
-    {
+    if !bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-') {
         return bad("only lowercase letters, digits, '.' and '-' are allowed (no '_' or capitals)");
     }
-    let first_last_ok =
-        |b: Option<u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let first_last_ok = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     if !first_last_ok(bucket.bytes().next()) || !first_last_ok(bucket.bytes().last()) {
         return bad("it must begin and end with a letter or digit");
     }
@@ -116,12 +113,7 @@ fn check_bucket(bucket: &str) -> Result<(), UrlError> {
 }
 
 fn check_prefix(prefix: &str) -> Result<(), UrlError> {
-    let bad = |why| {
-        Err(UrlError::BadPrefix {
-            prefix: prefix.to_string(),
-            why,
-        })
-    };
+    let bad = |why| Err(UrlError::BadPrefix { prefix: prefix.to_string(), why });
     if prefix.chars().any(char::is_control) {
         return bad("control characters are not allowed");
     }
@@ -145,15 +137,7 @@ mod tests {
     #[test]
     fn plain_url() {
         let url = S3Url::parse("s3://my-bucket/team/repo").unwrap();
-        assert_eq!(
-            url,
-            S3Url {
-                profile: None,
-                bucket: "my-bucket".into(),
-                prefix: "team/repo".into(),
-                zip: false
-            }
-        );
+        assert_eq!(url, S3Url { profile: None, bucket: "my-bucket".into(), prefix: "team/repo".into(), zip: false });
         assert_eq!(url.to_string(), "s3://my-bucket/team/repo");
     }
 
@@ -169,6 +153,15 @@ mod tests {
     #[test]
     fn address_of_double_colon_form() {
         assert_eq!(S3Url::parse("bucket/repo").unwrap().bucket, "bucket");
+    }
+
+    #[test]
+    fn lfs_alias_matches_the_python_tool() {
+        assert_eq!(
+            lfs_alias_url("bucket", "team/repo%zz"),
+            "https://lfs-alias.git-remote-s3.test/bucket/team/repo%25zz"
+        );
+        assert_eq!(lfs_alias_url("b", "a b"), "https://lfs-alias.git-remote-s3.test/b/a%20b");
     }
 
     #[test]

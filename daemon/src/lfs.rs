@@ -1,0 +1,335 @@
+//! git-lfs objects at `P/lfs/<oid>`. Uploads skip what the bucket has, let S3 verify content
+//! (the oid is the SHA-256 S3 checks), and go up in parallel parts read straight from the file;
+//! downloads come in parallel ranges into the repository's LFS temp dir and are verified before
+//! git-lfs sees them. Every request goes through the daemon-wide scheduler.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use aws_sdk_s3::primitives::{ByteStream, Length};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::task::JoinSet;
+
+use crate::bucket::{Bucket, S3Error};
+use crate::git::{Git, GitError};
+use crate::layout::{Layout, is_lfs_oid};
+use crate::scheduler::Scheduler;
+use crate::transfer::{MultipartUpload, TransferError, join_part, part_size_for};
+
+/// Objects up to this size go in one request.
+pub const SINGLE_REQUEST_MAX_BYTES: u64 = 16 * 1024 * 1024;
+/// Git-lfs error code for a failed transfer (as the Python agent reports).
+pub const TRANSFER_ERROR_CODE: u32 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LfsError {
+    #[error("'{0}' is not a git-lfs object id (64 lowercase hex digits)")]
+    BadOid(String),
+    #[error("refusing to upload {path}: it is not inside this repository's git directory")]
+    OutsideRepository { path: PathBuf },
+    #[error("{path} has {actual} bytes, git-lfs said {expected}")]
+    WrongSize { path: PathBuf, expected: u64, actual: u64 },
+    #[error("object {oid} is not in the bucket ({key})")]
+    Missing { oid: String, key: String },
+    #[error("object {oid} in the bucket is corrupt (its content hashes to {actual}); it was not used")]
+    Corrupt { oid: String, actual: String },
+    #[error("the content of {oid} does not match its id; S3 refused it")]
+    Rejected { oid: String },
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    S3(#[from] S3Error),
+    #[error(transparent)]
+    Git(#[from] GitError),
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
+}
+
+/// A repository's LFS objects in the bucket, and where its LFS files live locally.
+pub struct LfsStore {
+    pub bucket: Bucket,
+    pub layout: Layout,
+    pub scheduler: Arc<Scheduler>,
+    /// The git directory shared by all worktrees: uploads must come from inside it.
+    git_common_dir: PathBuf,
+    /// Where git-lfs keeps objects (`lfs.storage`, else `<common dir>/lfs`).
+    storage_dir: PathBuf,
+}
+
+impl LfsStore {
+    pub async fn open(bucket: Bucket, layout: Layout, scheduler: Arc<Scheduler>, git: &Git) -> Result<Self, LfsError> {
+        let git_common_dir =
+            PathBuf::from(git.run(&["rev-parse", "--path-format=absolute", "--git-common-dir"]).await?);
+        let storage_dir = match git.run(&["config", "--get", "lfs.storage"]).await {
+            Ok(storage) if !storage.is_empty() => git_common_dir.join(storage),
+            _ => git_common_dir.join("lfs"),
+        };
+        Ok(Self { bucket, layout, scheduler, git_common_dir, storage_dir })
+    }
+
+    fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LfsError + 'a {
+        move |source| LfsError::Io { what, path: path.to_path_buf(), source }
+    }
+
+    /// Sends `path` as object `oid`, unless the bucket has it already.
+    pub async fn upload(&self, oid: &str, size: u64, path: &Path, sent: &AtomicU64) -> Result<(), LfsError> {
+        check_oid(oid)?;
+        let path = self.check_upload_path(path).await?;
+        let actual = tokio::fs::metadata(&path).await.map_err(Self::io("cannot read", &path))?.len();
+        if actual != size {
+            return Err(LfsError::WrongSize { path, expected: size, actual });
+        }
+        let key = self.layout.lfs_object(oid);
+        if self.bucket.head(&key).await?.is_some_and(|existing| existing.size == size) {
+            sent.store(size, Ordering::Relaxed);
+            return Ok(());
+        }
+        if size <= SINGLE_REQUEST_MAX_BYTES {
+            self.upload_whole(oid, &key, &path, size).await?;
+            sent.store(size, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.upload_parts(&key, &path, size, sent).await
+    }
+
+    /// One PUT carrying the SHA-256 of the content: S3 itself refuses content that is not `oid`.
+    async fn upload_whole(&self, oid: &str, key: &str, path: &Path, size: u64) -> Result<(), LfsError> {
+        let _admission = self.scheduler.admit(size).await;
+        let body = ByteStream::from_path(path).await.map_err(|e| LfsError::Io {
+            what: "cannot read",
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e),
+        })?;
+        let digest = hex_to_bytes(oid).ok_or_else(|| LfsError::BadOid(oid.to_string()))?;
+        let result = self
+            .bucket
+            .client()
+            .put_object()
+            .bucket(self.bucket.name())
+            .key(key)
+            .body(body)
+            .checksum_sha256(aws_smithy_types::base64::encode(digest))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                use aws_sdk_s3::error::ProvideErrorMetadata;
+                if matches!(e.code(), Some("BadDigest" | "InvalidDigest" | "XAmzContentChecksumMismatch")) {
+                    return Err(LfsError::Rejected { oid: oid.to_string() });
+                }
+                Err(self.bucket.classify("PutObject", key, e).into())
+            }
+        }
+    }
+
+    async fn upload_parts(&self, key: &str, path: &Path, size: u64, sent: &AtomicU64) -> Result<(), LfsError> {
+        let part_size = part_size_for(size);
+        let upload = MultipartUpload::create(&self.bucket, key).await?;
+        let mut tasks: JoinSet<Result<aws_sdk_s3::types::CompletedPart, S3Error>> = JoinSet::new();
+        let mut completed = Vec::new();
+        let shared_sent = Arc::new(AtomicU64::new(0));
+        let mut offset = 0;
+        let mut part_number = 1;
+        while offset < size {
+            let len = part_size.min(size - offset);
+            // Admission before spawning: at most the scheduler's worth of parts exist at once.
+            let admission = self.scheduler.admit(len).await;
+            let (parts, path, counter) = (upload.parts(), path.to_path_buf(), shared_sent.clone());
+            tasks.spawn(async move {
+                let _admission = admission;
+                let body = ByteStream::read_from()
+                    .path(&path)
+                    .offset(offset)
+                    .length(Length::Exact(len))
+                    .build()
+                    .await
+                    .map_err(|e| S3Error::Other {
+                        op: "UploadPart",
+                        key: path.display().to_string(),
+                        detail: e.to_string(),
+                    })?;
+                let part = parts.upload(part_number, body).await?;
+                counter.fetch_add(len, Ordering::Relaxed);
+                Ok(part)
+            });
+            while let Some(done) = tasks.try_join_next() {
+                completed.push(done.map_err(|e| TransferError::Refused(e.to_string()))??);
+            }
+            sent.store(shared_sent.load(Ordering::Relaxed), Ordering::Relaxed);
+            offset += len;
+            part_number += 1;
+        }
+        while !tasks.is_empty() {
+            completed.push(join_part(&mut tasks).await?);
+            sent.store(shared_sent.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        upload.complete(completed).await?;
+        Ok(())
+    }
+
+    /// Brings object `oid` into a temp file under the LFS storage dir, verified; returns its path.
+    pub async fn download(&self, oid: &str, received: &AtomicU64) -> Result<PathBuf, LfsError> {
+        check_oid(oid)?;
+        let key = self.layout.lfs_object(oid);
+        let meta =
+            self.bucket.head(&key).await?.ok_or_else(|| LfsError::Missing { oid: oid.into(), key: key.clone() })?;
+        let tmp_dir = self.storage_dir.join("tmp");
+        tokio::fs::create_dir_all(&tmp_dir).await.map_err(Self::io("cannot create", &tmp_dir))?;
+        let file = tempfile::Builder::new()
+            .prefix(&format!("{oid}-s3-"))
+            .tempfile_in(&tmp_dir)
+            .map_err(Self::io("cannot create a temp file in", &tmp_dir))?;
+        let path = file.path().to_path_buf();
+        // The temp file is removed on every error path until it is verified and kept.
+        if meta.size <= SINGLE_REQUEST_MAX_BYTES {
+            self.download_range(&key, &path, 0, meta.size, received).await?;
+        } else {
+            self.download_ranges(&key, &path, meta.size, received).await?;
+        }
+        let actual = sha256_of(&path).await.map_err(Self::io("cannot read", &path))?;
+        if actual != oid {
+            return Err(LfsError::Corrupt { oid: oid.into(), actual });
+        }
+        let kept = file.into_temp_path().keep().map_err(|e| LfsError::Io {
+            what: "cannot keep",
+            path: path.clone(),
+            source: e.error,
+        })?;
+        Ok(kept)
+    }
+
+    async fn download_ranges(&self, key: &str, path: &Path, size: u64, received: &AtomicU64) -> Result<(), LfsError> {
+        let file = tokio::fs::OpenOptions::new().write(true).open(path).await.map_err(Self::io("cannot open", path))?;
+        file.set_len(size).await.map_err(Self::io("cannot size", path))?;
+        let part_size = part_size_for(size);
+        let mut ranges = Vec::new();
+        let mut offset = 0;
+        while offset < size {
+            let len = part_size.min(size - offset);
+            ranges.push((offset, len));
+            offset += len;
+        }
+        let results: Vec<Result<(), LfsError>> = futures::future::join_all(
+            ranges.into_iter().map(|(offset, len)| self.download_range(key, path, offset, len, received)),
+        )
+        .await;
+        results.into_iter().collect()
+    }
+
+    /// Writes bytes `offset..offset+len` of the object at the same place in `path`.
+    async fn download_range(
+        &self,
+        key: &str,
+        path: &Path,
+        offset: u64,
+        len: u64,
+        received: &AtomicU64,
+    ) -> Result<(), LfsError> {
+        let _admission = self.scheduler.admit(len).await;
+        let mut request = self.bucket.client().get_object().bucket(self.bucket.name()).key(key);
+        if len > 0 {
+            request = request.range(format!("bytes={offset}-{}", offset + len - 1));
+        }
+        let out = request.send().await.map_err(|e| self.bucket.classify("GetObject", key, e))?;
+        let mut file =
+            tokio::fs::OpenOptions::new().write(true).open(path).await.map_err(Self::io("cannot open", path))?;
+        file.seek(std::io::SeekFrom::Start(offset)).await.map_err(Self::io("cannot seek", path))?;
+        let mut body = out.body;
+        while let Some(chunk) = body.try_next().await.map_err(|e| S3Error::Other {
+            op: "GetObject",
+            key: key.into(),
+            detail: e.to_string(),
+        })? {
+            file.write_all(&chunk).await.map_err(Self::io("cannot write", path))?;
+            received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
+        file.flush().await.map_err(Self::io("cannot write", path))?;
+        Ok(())
+    }
+
+    /// The file must be inside the repository's git directory (where git-lfs keeps objects):
+    /// an agent request must not make the daemon read arbitrary files of the user.
+    async fn check_upload_path(&self, path: &Path) -> Result<PathBuf, LfsError> {
+        let outside = || LfsError::OutsideRepository { path: path.to_path_buf() };
+        let real = tokio::fs::canonicalize(path).await.map_err(|_| outside())?;
+        let roots = [&self.git_common_dir, &self.storage_dir];
+        for root in roots {
+            if let Ok(root) = tokio::fs::canonicalize(root).await
+                && real.starts_with(&root)
+            {
+                return Ok(real);
+            }
+        }
+        Err(outside())
+    }
+}
+
+/// The agent's name in git config, shared with the Python tool.
+pub const AGENT_NAME: &str = "git-lfs-s3";
+
+/// During `git clone` of a remote that has LFS objects, points the new repository's LFS at our
+/// agent for that remote (the keys the Python tool's `git-lfs-s3 install --remote` writes), so
+/// checkout gets real file contents with no extra step. Returns whether it did.
+pub async fn configure_clone(
+    bucket: &Bucket,
+    layout: &Layout,
+    git: &Git,
+    remote_name: &str,
+    bucket_name: &str,
+    prefix: &str,
+) -> Result<bool, LfsError> {
+    if !bucket.has_any(&layout.lfs_prefix()).await? {
+        return Ok(false);
+    }
+    let alias = git_s3_proto::url::lfs_alias_url(bucket_name, prefix);
+    for (key, value) in [
+        (format!("lfs.customtransfer.{AGENT_NAME}.path"), AGENT_NAME.to_string()),
+        (format!("remote.{remote_name}.lfsurl"), alias.clone()),
+        (format!("lfs.{alias}.standalonetransferagent"), AGENT_NAME.to_string()),
+    ] {
+        git.run(&["config", "--local", &key, &value]).await?;
+    }
+    Ok(true)
+}
+
+fn check_oid(oid: &str) -> Result<(), LfsError> {
+    if is_lfs_oid(oid) { Ok(()) } else { Err(LfsError::BadOid(oid.to_string())) }
+}
+
+fn hex_to_bytes(hex: &str) -> Option<Vec<u8>> {
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
+}
+
+async fn sha256_of(path: &Path) -> std::io::Result<String> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut file = std::fs::File::open(path)?;
+        let mut hasher = Sha256::new();
+        std::io::copy(&mut file, &mut hasher)?;
+        Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_decodes() {
+        assert_eq!(hex_to_bytes("00ff10"), Some(vec![0, 255, 16]));
+        assert_eq!(hex_to_bytes("zz"), None);
+    }
+
+    #[tokio::test]
+    async fn hashes_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"abc").unwrap();
+        assert_eq!(sha256_of(&path).await.unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+}

@@ -1,0 +1,148 @@
+//! git-lfs-s3: the git-lfs custom transfer agent for objects stored at `<prefix>/lfs/<oid>`,
+//! and the commands that set it up. As an agent it speaks JSON lines with git-lfs on
+//! stdin/stdout; the transfers are done by the git-s3d daemon.
+
+use std::process::{Command, ExitCode};
+
+use clap::{Parser, Subcommand};
+use git_s3_proto::endpoint::Endpoint;
+use git_s3_proto::url::{S3Url, lfs_alias_url};
+use git_s3_shim::lfs_agent::{self, DebugLog};
+use tokio::io::BufReader;
+
+const AGENT: &str = "git-lfs-s3";
+/// Where the agent is told to use an S3 home for LFS objects (LFS-only mode).
+const LFS_URL_KEY: &str = "s3.lfsurl";
+
+#[derive(Parser)]
+#[command(name = "git-lfs-s3", version, about = "git-lfs transfer agent storing LFS objects in S3")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Use this agent for LFS in the current repository.
+    Install {
+        /// Only for this remote (which must be an s3:// remote); other remotes keep their LFS.
+        #[arg(long, conflicts_with = "url")]
+        remote: Option<String>,
+        /// Keep LFS objects at this S3 location while the code lives elsewhere.
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Remove what `install` configured.
+    Uninstall,
+    /// Log the agent's traffic to <git dir>/lfs/tmp/git-lfs-s3.log.
+    EnableDebug,
+    DisableDebug,
+    /// Run as the agent with debug logging (what enable-debug configures git-lfs to run).
+    Debug,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => run_agent(false),
+        Some(Cmd::Debug) => run_agent(true),
+        Some(Cmd::Install { remote, url }) => install(remote.as_deref(), url.as_deref()),
+        Some(Cmd::Uninstall) => uninstall(),
+        Some(Cmd::EnableDebug) => {
+            git(&["config", "--replace-all", &format!("lfs.customtransfer.{AGENT}.args"), "debug"])
+                .map(|_| println!("debug enabled: see {}", debug_log_path().unwrap_or_default()))
+        }
+        Some(Cmd::DisableDebug) => {
+            let _ = git(&["config", "--unset-all", &format!("lfs.customtransfer.{AGENT}.args")]);
+            println!("debug disabled");
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_agent(debug: bool) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let log = debug
+        .then(debug_log_path)
+        .flatten()
+        .and_then(|path| std::fs::OpenOptions::new().create(true).append(true).open(path).ok());
+    let mut log = DebugLog::new(log);
+    runtime.block_on(async {
+        let endpoint = Endpoint::from_process_env().map_err(|e| e.to_string())?;
+        lfs_agent::run(BufReader::new(tokio::io::stdin()), tokio::io::stdout(), &endpoint, &mut log)
+            .await
+            .map_err(|e| e.to_string())
+    })
+}
+
+fn debug_log_path() -> Option<String> {
+    let git_dir = git(&["rev-parse", "--absolute-git-dir"]).ok()?;
+    let dir = format!("{git_dir}/lfs/tmp");
+    std::fs::create_dir_all(&dir).ok()?;
+    Some(format!("{dir}/{AGENT}.log"))
+}
+
+fn install(remote: Option<&str>, url: Option<&str>) -> Result<(), String> {
+    git(&["config", "--replace-all", &format!("lfs.customtransfer.{AGENT}.path"), AGENT])?;
+    match (remote, url) {
+        (Some(remote), _) => {
+            let remote_url = git(&["remote", "get-url", "--", remote])
+                .map_err(|_| format!("remote '{remote}' is not configured; add it first with: git remote add {remote} s3://<bucket>/<prefix>"))?;
+            let parsed = S3Url::parse(&remote_url)
+                .map_err(|e| format!("remote '{remote}' is not an s3:// remote ({e}); use --url for LFS-only mode"))?;
+            let alias = lfs_alias_url(&parsed.bucket, &parsed.prefix);
+            if let Ok(existing) = git(&["config", "--get", &format!("remote.{remote}.lfsurl")])
+                && existing != alias
+            {
+                return Err(format!(
+                    "remote.{remote}.lfsurl is already '{existing}'; unset it first: git config --unset remote.{remote}.lfsurl"
+                ));
+            }
+            git(&["config", "--replace-all", &format!("remote.{remote}.lfsurl"), &alias])?;
+            git(&["config", "--replace-all", &format!("lfs.{alias}.standalonetransferagent"), AGENT])?;
+            println!("{AGENT} installed for remote '{remote}' (LFS alias: {alias})");
+        }
+        (None, Some(url)) => {
+            let parsed = S3Url::parse(url).map_err(|e| e.to_string())?;
+            git(&["config", "--replace-all", LFS_URL_KEY, &parsed.to_string()])?;
+            git(&["config", "--replace-all", "lfs.standalonetransferagent", AGENT])?;
+            println!("{AGENT} installed: LFS objects of this repository live at {parsed}");
+        }
+        (None, None) => {
+            git(&["config", "--replace-all", "lfs.standalonetransferagent", AGENT])?;
+            println!("{AGENT} installed");
+        }
+    }
+    Ok(())
+}
+
+fn uninstall() -> Result<(), String> {
+    let config = git(&[
+        "config",
+        "--name-only",
+        "--get-regexp",
+        "^(lfs\\..*standalonetransferagent|lfs\\.customtransfer\\.git-lfs-s3\\..*|s3\\.lfsurl)$",
+    ])
+    .unwrap_or_default();
+    for key in config.lines() {
+        git(&["config", "--unset-all", key])?;
+    }
+    println!("{AGENT} uninstalled");
+    Ok(())
+}
+
+/// Runs git here and returns its trimmed stdout, or its stderr as the error.
+fn git(args: &[&str]) -> Result<String, String> {
+    let output = Command::new("git").args(args).output().map_err(|e| format!("cannot run git: {e}"))?;
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).trim().to_string());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
