@@ -83,6 +83,11 @@ impl TestEnv {
         env
     }
 
+    /// Turns on git-lfs for this user, as `git lfs install` does.
+    pub fn enable_lfs(&self) {
+        self.git_ok(&self.path(""), &["lfs", "install", "--skip-repo"]);
+    }
+
     /// Adds a variable to every command this environment runs.
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.extra_env.retain(|(k, _)| k != key);
