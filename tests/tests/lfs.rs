@@ -169,12 +169,13 @@ fn killing_a_push_mid_upload_leaves_no_object_and_no_open_upload() {
     let mut push = env.command("git");
     push.args(["push", "origin", "main"]).current_dir(&repo).stdout(Stdio::null()).stderr(Stdio::null());
     std::os::unix::process::CommandExt::process_group(&mut push, 0);
-    let push = push.spawn().expect("push");
+    let mut push = push.spawn().expect("push");
     wait_for("the multipart upload to start", Duration::from_secs(60), || {
         (env.server.open_multipart_uploads(&env.bucket) > 0).then_some(())
     });
     let group = rustix::process::Pid::from_raw(push.id() as i32).expect("pid");
     rustix::process::kill_process_group(group, rustix::process::Signal::KILL).expect("kill the push");
+    let _ = push.wait();
     wait_for("the upload to be aborted", Duration::from_secs(30), || {
         (env.server.open_multipart_uploads(&env.bucket) == 0).then_some(())
     });
@@ -288,7 +289,7 @@ fn the_agent_refuses_bad_requests_object_by_object_and_goes_on() {
         "{replies:?}"
     );
     assert!(completions[2].get("error").is_none(), "the good object still went up: {replies:?}");
-    let last_progress = replies.iter().filter(|r| r["event"] == "progress").last().expect("progress");
+    let last_progress = replies.iter().rfind(|r| r["event"] == "progress").expect("progress");
     assert_eq!(last_progress["bytesSoFar"], 5, "the last progress event equals the size");
     assert_eq!(lfs_keys(&env, "refuse"), vec![format!("refuse/lfs/{oid}")]);
 }
