@@ -85,6 +85,17 @@ impl Listing {
     }
 }
 
+/// The branch a remote's HEAD should name: `main`, else `master`, else the first branch.
+pub fn default_branch<'a>(listing: &'a Listing, excluding: &str) -> Option<&'a str> {
+    let branches: Vec<&str> =
+        listing.values().map(|(name, _)| name).filter(|n| n.starts_with("refs/heads/") && *n != excluding).collect();
+    ["refs/heads/main", "refs/heads/master"]
+        .into_iter()
+        .find(|preferred| branches.contains(preferred))
+        .and_then(|preferred| branches.iter().copied().find(|b| *b == preferred))
+        .or_else(|| branches.first().copied())
+}
+
 pub fn parse_listing(layout: &Layout, objects: Vec<ObjectInfo>) -> BTreeMap<String, RefState> {
     let mut refs: BTreeMap<String, RefState> = BTreeMap::new();
     for object in objects {
@@ -162,7 +173,7 @@ impl BundleRepo {
         Ok(Listing { refs, head })
     }
 
-    async fn read_ref(&self, refname: &str) -> Result<RefState, S3Error> {
+    pub(crate) async fn read_ref(&self, refname: &str) -> Result<RefState, S3Error> {
         let objects = self.bucket.list(&self.layout.ref_dir(refname)).await?;
         Ok(parse_listing(&self.layout, objects).remove(refname).unwrap_or_default())
     }
@@ -572,7 +583,7 @@ impl BundleRepo {
                 self.bucket.delete(&bundle.key).await?;
             }
             self.bucket.delete(&self.layout.zip(dst)).await?;
-            return self.repoint_head_after_delete(dst).await;
+            return self.repoint_head_after_delete(dst).await.map(|_| ());
         };
         if prepared.unchanged {
             return Ok(());
@@ -602,27 +613,26 @@ impl BundleRepo {
         }
     }
 
-    async fn repoint_head_after_delete(&self, deleted: &str) -> Result<(), StoreError> {
+    /// Points HEAD elsewhere when it named the deleted ref (or removes it when no branch is
+    /// left). Returns the new HEAD when it moved.
+    pub(crate) async fn repoint_head_after_delete(&self, deleted: &str) -> Result<Option<String>, StoreError> {
         let Some(head) = self.bucket.get_bytes(&self.layout.head()).await? else {
-            return Ok(());
+            return Ok(None);
         };
         if String::from_utf8_lossy(&head).trim() != deleted {
-            return Ok(());
+            return Ok(None);
         }
         let listing = self.list(false).await?;
-        let branches: Vec<&str> =
-            listing.values().map(|(name, _)| name).filter(|n| n.starts_with("refs/heads/") && *n != deleted).collect();
-        let next = ["refs/heads/main", "refs/heads/master"]
-            .into_iter()
-            .find(|preferred| branches.contains(preferred))
-            .or_else(|| branches.first().copied());
-        match next {
+        match default_branch(&listing, deleted) {
             Some(next) => {
                 self.bucket.put_bytes(&self.layout.head(), next.as_bytes().to_vec(), PutOptions::default()).await?;
+                Ok(Some(next.to_string()))
             }
-            None => self.bucket.delete(&self.layout.head()).await?,
+            None => {
+                self.bucket.delete(&self.layout.head()).await?;
+                Ok(None)
+            }
         }
-        Ok(())
     }
 
     async fn publish_zip(&self, dst: &str, oid: &str) -> Result<(), StoreError> {
@@ -648,7 +658,7 @@ impl BundleRepo {
     }
 }
 
-async fn release(lock: RefLock) {
+pub(crate) async fn release(lock: RefLock) {
     if let Err(e) = lock.release().await {
         tracing::warn!(error = %e, "could not release a lock; it goes stale after its TTL");
     }

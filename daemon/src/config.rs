@@ -16,6 +16,8 @@ pub const LOCK_TTL_ENV: &str = "GIT_REMOTE_S3_LOCK_TTL_SECONDS";
 pub enum ConfigError {
     #[error(transparent)]
     Url(#[from] UrlError),
+    #[error("'{0}' is neither an s3:// URL nor a remote of this repository (see 'git remote -v')")]
+    UnknownRemote(String),
     #[error("{key} = '{value}' is not valid: {why}")]
     BadValue { key: String, value: String, why: &'static str },
 }

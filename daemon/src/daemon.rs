@@ -43,16 +43,27 @@ pub struct DaemonOptions {
     /// Caps shared by every transfer.
     pub max_requests: usize,
     pub max_inflight_bytes: u64,
+    /// Run by a service manager (systemd, launchd): never exit when idle.
+    pub managed: bool,
+    /// The listening socket systemd passed (see `inherited_listener`).
+    pub inherited: Option<std::os::unix::net::UnixListener>,
 }
 
 pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     let endpoint = options.endpoint;
     endpoint.ensure_socket_dir()?;
     let _instance = lock_instance(&endpoint)?;
-    let listener = bind_private(&endpoint.socket)?;
+    // systemd socket activation hands us the listening socket; otherwise we bind our own.
+    let activated = options.inherited.is_some();
+    let listener = match options.inherited {
+        Some(listener) => adopt(listener)?,
+        None => bind_private(&endpoint.socket)?,
+    };
+    let managed = options.managed || activated;
+    let idle_timeout = if managed { None } else { options.idle_timeout };
     let scheduler = Scheduler::new(options.max_requests, options.max_inflight_bytes);
-    let state = Arc::new(DaemonState::new(endpoint.socket.clone(), options.version, options.idle_timeout, scheduler));
-    tracing::info!(socket = %endpoint.socket.display(), pid = std::process::id(), idle_timeout = ?options.idle_timeout, "git-s3d ready");
+    let state = Arc::new(DaemonState::new(endpoint.socket.clone(), options.version, idle_timeout, scheduler, managed));
+    tracing::info!(socket = %endpoint.socket.display(), pid = std::process::id(), idle_timeout = ?idle_timeout, activated, "git-s3d ready");
 
     tokio::spawn(watch_idle(state.clone()));
     tokio::spawn(watch_signals(state.clone()));
@@ -68,7 +79,10 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     if tokio::time::timeout(DRAIN_LIMIT, state.tasks.wait()).await.is_err() {
         tracing::warn!("work still in flight after {DRAIN_LIMIT:?}; exiting anyway");
     }
-    let _ = fs::remove_file(&endpoint.socket);
+    if !activated {
+        // An activated socket belongs to the service manager, which keeps listening on it.
+        let _ = fs::remove_file(&endpoint.socket);
+    }
     tracing::info!("git-s3d stopped");
     served.map_err(DaemonError::from)
 }
@@ -86,6 +100,18 @@ fn lock_instance(endpoint: &Endpoint) -> Result<File, DaemonError> {
     flock(&file, FlockOperation::NonBlockingLockExclusive)
         .map_err(|_| DaemonError::AlreadyRunning(endpoint.socket.clone()))?;
     Ok(file)
+}
+
+/// The listening socket passed by systemd (`LISTEN_FDS`), if any. Reads and clears the
+/// environment, so call it before any other thread starts.
+pub fn inherited_listener() -> std::io::Result<Option<std::os::unix::net::UnixListener>> {
+    listenfd::ListenFd::from_env().take_unix_listener(0)
+}
+
+fn adopt(listener: std::os::unix::net::UnixListener) -> Result<UnixListener, DaemonError> {
+    let io = |source| DaemonError::Io { what: "adopt", path: PathBuf::from("the socket from LISTEN_FDS"), source };
+    listener.set_nonblocking(true).map_err(io)?;
+    UnixListener::from_std(listener).map_err(io)
 }
 
 /// Binds the socket with mode 0600 from the first moment (umask), replacing a stale socket file

@@ -14,6 +14,7 @@ pub mod lfs;
 pub mod listener;
 pub mod listing_cache;
 pub mod lock;
+pub mod manage;
 pub mod progress;
 pub mod repository;
 pub mod scheduler;

@@ -20,6 +20,10 @@ struct Args {
     /// Exit after this many seconds without clients or work; 0 never exits on its own.
     #[arg(long, env = "GIT_REMOTE_S3_DAEMON_IDLE_SECONDS", default_value_t = 600)]
     idle_timeout: u64,
+    /// Run under a service manager (systemd, launchd): never exit when idle. Implied when
+    /// systemd passes the listening socket.
+    #[arg(long)]
+    managed: bool,
     /// Leave the caller's session (used when a client starts the daemon).
     #[arg(long)]
     detach: bool,
@@ -34,15 +38,44 @@ struct Args {
     report_version: Option<String>,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// A bare level ("debug") is about this program, not the HTTP/2 frames of its libraries;
+/// anything else is a full tracing filter.
+fn log_filter(setting: Option<&str>) -> EnvFilter {
+    let directives = match setting.map(str::trim).filter(|s| !s.is_empty()) {
+        None => "info".to_string(),
+        Some(level) if !level.contains(['=', ',']) => format!("warn,git_s3d={level}"),
+        Some(full) => full.to_string(),
+    };
+    EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+fn main() -> ExitCode {
     let args = Args::parse();
+    // Before any thread exists: taking the systemd socket clears variables from the environment.
+    let inherited = match daemon::inherited_listener() {
+        Ok(inherited) => inherited,
+        Err(e) => {
+            eprintln!("git-s3d: cannot use the socket passed by the service manager: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("git-s3d: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(args, inherited))
+}
+
+async fn serve(args: Args, inherited: Option<std::os::unix::net::UnixListener>) -> ExitCode {
     if args.detach {
         // Own session: no controlling terminal, not killed with the shell that started git.
         let _ = rustix::process::setsid();
     }
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(log_filter(std::env::var(LOG_ENV).ok().as_deref()))
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
@@ -63,6 +96,8 @@ async fn main() -> ExitCode {
         version: args.report_version.unwrap_or_else(|| git_s3_proto::BUILD_VERSION.to_string()),
         max_requests: args.max_requests,
         max_inflight_bytes: args.max_inflight_mib.saturating_mul(1024 * 1024),
+        managed: args.managed,
+        inherited,
     };
     match daemon::run(options).await {
         Ok(()) => ExitCode::SUCCESS,

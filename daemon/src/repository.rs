@@ -50,7 +50,14 @@ pub async fn open(
     url: &str,
 ) -> Result<Repository, ConfigError> {
     let git = Git::new(caller.cwd.clone(), caller.env.clone());
-    let config = config::resolve(remote_name, url, &caller.env, &git).await?;
+    let url = match url {
+        "" => git
+            .run(&["remote", "get-url", "--", remote_name])
+            .await
+            .map_err(|_| ConfigError::UnknownRemote(remote_name.to_string()))?,
+        url => url.to_string(),
+    };
+    let config = config::resolve(remote_name, &url, &caller.env, &git).await?;
     let client = clients.get(&config.s3).await;
     let bucket = Bucket::new(client, &config.url.bucket, config.s3.endpoint.as_deref(), config.s3.checksums);
     let layout = Layout::new(&config.url.prefix);

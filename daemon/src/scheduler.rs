@@ -46,6 +46,10 @@ impl Scheduler {
         Admission { _request: request, _bytes: bytes }
     }
 
+    pub fn max_requests(&self) -> usize {
+        self.max_requests
+    }
+
     pub fn requests_in_flight(&self) -> usize {
         self.max_requests.saturating_sub(self.requests.available_permits())
     }

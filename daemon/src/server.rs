@@ -10,14 +10,14 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::lfs;
 use crate::listing_cache::ListingKey;
 use crate::progress::{Event, Events};
 use crate::repository::{self, CallerContext, PushBatch, PushCommand, Repository, TRANSFER_ERROR_CODE};
 use crate::state::DaemonState;
+use crate::{lfs, manage};
 
 pub struct Service {
     state: Arc<DaemonState>,
@@ -61,6 +61,7 @@ impl Daemon for Service {
             .activities()
             .into_iter()
             .map(|a| proto::Activity {
+                bytes: a.bytes.load(Ordering::Relaxed),
                 what: a.what,
                 remote: a.remote,
                 elapsed_ms: a.started.elapsed().as_millis() as u64,
@@ -80,6 +81,18 @@ impl Daemon for Service {
             activities,
             listing_cache_hits: state.listings.hits(),
             listing_cache_misses: state.listings.misses(),
+            recent_errors: state
+                .recent_errors()
+                .into_iter()
+                .map(|e| proto::RecentError {
+                    at_s: e.at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                    what: e.what,
+                    message: e.message,
+                })
+                .collect(),
+            transfer_requests: state.scheduler.requests_in_flight() as u32,
+            max_transfer_requests: state.scheduler.max_requests() as u32,
+            managed: state.managed,
         }))
     }
 
@@ -101,7 +114,10 @@ impl Daemon for Service {
         let listing = match self.state.listings.get(&opened.listing_key, with_head) {
             Some(listing) => listing,
             None => {
-                let listing = opened.repo.list(with_head).await.map_err(|e| Status::aborted(e.to_string()))?;
+                let listing = opened.repo.list(with_head).await.map_err(|e| {
+                    self.state.record_error(what, &e.to_string());
+                    Status::aborted(e.to_string())
+                })?;
                 self.state.listings.put(opened.listing_key, listing.clone(), with_head);
                 listing
             }
@@ -169,6 +185,7 @@ impl Daemon for Service {
     async fn push(&self, request: Request<proto::PushRequest>) -> Result<Response<Self::PushStream>, Status> {
         let request = request.into_inner();
         let Opened { repo, label, listing_key } = self.open(request.caller, request.remote).await?;
+        let state = self.state.clone();
         // What this session listed is about to change.
         self.state.listings.forget(&listing_key);
         let batch = PushBatch {
@@ -186,7 +203,15 @@ impl Daemon for Service {
             self.state.clone(),
             "push",
             label,
-            move |events| async move { repo.push(batch, &events).await },
+            move |events| async move {
+                let outcomes = repo.push(batch, &events).await;
+                for outcome in &outcomes {
+                    if let Err(why) = &outcome.result {
+                        state.record_error("push", &format!("{}: {why}", outcome.dst));
+                    }
+                }
+                outcomes
+            },
             push_event,
             |outcomes| {
                 let statuses = outcomes
@@ -214,6 +239,89 @@ impl Daemon for Service {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn inspect(&self, request: Request<proto::InspectRequest>) -> Result<Response<proto::InspectReply>, Status> {
+        let request = request.into_inner();
+        let opened = self.open(request.caller, request.remote).await?;
+        let _activity = self.state.begin("inspect", &opened.label);
+        let listing = opened.repo.inspect().await.map_err(|e| Status::aborted(e.to_string()))?;
+        let refs = listing
+            .refs
+            .iter()
+            .map(|(name, state)| {
+                let mut bundles: Vec<_> = state.bundles.iter().collect();
+                bundles.sort_by_key(|b| std::cmp::Reverse(b.last_modified));
+                proto::RefInfo {
+                    name: name.clone(),
+                    bundles: bundles
+                        .into_iter()
+                        .map(|b| proto::BundleInfo {
+                            oid: b.oid.clone(),
+                            size: b.size,
+                            age_s: manage::age_s(b.last_modified),
+                        })
+                        .collect(),
+                    protected: state.protected,
+                    lock_age_s: state.lock.as_ref().map(|l| manage::age_s(l.last_modified)),
+                }
+            })
+            .collect();
+        Ok(Response::new(proto::InspectReply { url: opened.label, refs, head: listing.head.unwrap_or_default() }))
+    }
+
+    async fn set_protection(
+        &self,
+        request: Request<proto::SetProtectionRequest>,
+    ) -> Result<Response<proto::SetProtectionReply>, Status> {
+        let request = request.into_inner();
+        let opened = self.open(request.caller, request.remote).await?;
+        let _activity = self.state.begin(if request.protected { "protect" } else { "unprotect" }, &opened.label);
+        let (refname, changed) =
+            opened.repo.set_protection(&request.branch, request.protected).await.map_err(manage_status)?;
+        Ok(Response::new(proto::SetProtectionReply { r#ref: refname, changed }))
+    }
+
+    async fn delete_branch(
+        &self,
+        request: Request<proto::DeleteBranchRequest>,
+    ) -> Result<Response<proto::DeleteBranchReply>, Status> {
+        let request = request.into_inner();
+        let opened = self.open(request.caller, request.remote).await?;
+        let _activity = self.state.begin("delete-branch", &opened.label);
+        self.state.listings.forget(&opened.listing_key);
+        let (refname, new_head) =
+            opened.repo.delete_branch(&request.branch, request.force).await.map_err(manage_status)?;
+        Ok(Response::new(proto::DeleteBranchReply { r#ref: refname, new_head: new_head.unwrap_or_default() }))
+    }
+
+    async fn doctor(&self, request: Request<proto::DoctorRequest>) -> Result<Response<proto::DoctorReply>, Status> {
+        let request = request.into_inner();
+        let opened = self.open(request.caller, request.remote).await?;
+        let _activity = self.state.begin("doctor", &opened.label);
+        let options = manage::DoctorOptions {
+            delete_bundles: request.delete_bundles,
+            keep: request.keep,
+            delete_stale_locks: request.delete_stale_locks,
+            lock_ttl: (request.lock_ttl_s > 0).then(|| Duration::from_secs(request.lock_ttl_s)),
+            dry_run: request.dry_run,
+        };
+        let findings = opened.repo.doctor(&options).await.map_err(|e| Status::aborted(e.to_string()))?;
+        let findings = findings
+            .into_iter()
+            .map(|f| proto::Finding { subject: f.subject, problem: f.problem, action: f.action, fixed: f.fixed })
+            .collect();
+        Ok(Response::new(proto::DoctorReply { findings }))
+    }
+}
+
+fn manage_status(e: manage::ManageError) -> Status {
+    match e {
+        manage::ManageError::BadName(..) => Status::invalid_argument(e.to_string()),
+        manage::ManageError::NoSuchRef(_) | manage::ManageError::Protected(_) => {
+            Status::failed_precondition(e.to_string())
+        }
+        _ => Status::aborted(e.to_string()),
     }
 }
 
@@ -263,8 +371,8 @@ async fn serve_lfs(
             _ => return Err(Status::invalid_argument("expected an upload or a download")),
         };
         let what = if upload { "lfs upload" } else { "lfs download" };
-        let _activity = state.begin(what, &format!("{label} {}", transfer.oid));
-        let moved = AtomicU64::new(0);
+        let activity = state.begin(what, &format!("{label} {}", transfer.oid));
+        let moved = activity.bytes();
         let work = async {
             if upload {
                 store
@@ -310,6 +418,7 @@ async fn serve_lfs(
             }
             Err(e) => {
                 tracing::warn!(oid = %transfer.oid, error = %e, "{what} failed");
+                state.record_error(what, &format!("{}: {e}", transfer.oid));
                 proto::LfsComplete {
                     oid: transfer.oid.clone(),
                     path: String::new(),
@@ -354,7 +463,11 @@ where
         while let Ok(event) = event_rx.try_recv() {
             forward(&tx, event, wrap).await;
         }
-        let _ = tx.send(finish(result)).await;
+        let last = finish(result);
+        if let Err(status) = &last {
+            state.record_error(what, status.message());
+        }
+        let _ = tx.send(last).await;
     });
     ReceiverStream::new(rx)
 }

@@ -1,12 +1,12 @@
 //! What the daemon knows about itself: warm clients, connected sessions, work in progress, and
 //! when it was last busy (for the idle exit).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -31,7 +31,10 @@ pub struct DaemonState {
     requests: AtomicU64,
     next_activity: AtomicU64,
     activities: Mutex<HashMap<u64, Activity>>,
+    recent_errors: Mutex<VecDeque<RecentError>>,
     last_busy: Mutex<Instant>,
+    /// Started by a service manager: it decides when the daemon runs.
+    pub managed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -39,10 +42,28 @@ pub struct Activity {
     pub what: String,
     pub remote: String,
     pub started: Instant,
+    /// Bytes moved so far, for transfers.
+    pub bytes: Arc<AtomicU64>,
+}
+
+/// How many failures `status` remembers.
+const RECENT_ERRORS: usize = 10;
+
+#[derive(Debug, Clone)]
+pub struct RecentError {
+    pub at: SystemTime,
+    pub what: String,
+    pub message: String,
 }
 
 impl DaemonState {
-    pub fn new(socket: PathBuf, version: String, idle_timeout: Option<Duration>, scheduler: Scheduler) -> Self {
+    pub fn new(
+        socket: PathBuf,
+        version: String,
+        idle_timeout: Option<Duration>,
+        scheduler: Scheduler,
+        managed: bool,
+    ) -> Self {
         Self {
             started: Instant::now(),
             socket,
@@ -57,7 +78,9 @@ impl DaemonState {
             requests: AtomicU64::new(0),
             next_activity: AtomicU64::new(0),
             activities: Mutex::new(HashMap::new()),
+            recent_errors: Mutex::new(VecDeque::new()),
             last_busy: Mutex::new(Instant::now()),
+            managed,
         }
     }
 
@@ -82,10 +105,25 @@ impl DaemonState {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let id = self.next_activity.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut activities) = self.activities.lock() {
-            activities.insert(id, Activity { what: what.into(), remote: remote.into(), started: Instant::now() });
+            let bytes = Arc::new(AtomicU64::new(0));
+            activities
+                .insert(id, Activity { what: what.into(), remote: remote.into(), started: Instant::now(), bytes });
         }
         self.touch();
         ActivityGuard { state: self.clone(), id }
+    }
+
+    pub fn record_error(&self, what: &str, message: &str) {
+        if let Ok(mut errors) = self.recent_errors.lock() {
+            if errors.len() == RECENT_ERRORS {
+                errors.pop_front();
+            }
+            errors.push_back(RecentError { at: SystemTime::now(), what: what.into(), message: message.into() });
+        }
+    }
+
+    pub fn recent_errors(&self) -> Vec<RecentError> {
+        self.recent_errors.lock().map(|e| e.iter().cloned().collect()).unwrap_or_default()
     }
 
     pub fn activities(&self) -> Vec<Activity> {
@@ -114,6 +152,18 @@ impl DaemonState {
 pub struct ActivityGuard {
     state: Arc<DaemonState>,
     id: u64,
+}
+
+impl ActivityGuard {
+    /// The counter `status` shows as this activity's bytes.
+    pub fn bytes(&self) -> Arc<AtomicU64> {
+        self.state
+            .activities
+            .lock()
+            .ok()
+            .and_then(|a| a.get(&self.id).map(|a| a.bytes.clone()))
+            .unwrap_or_else(|| Arc::new(AtomicU64::new(0)))
+    }
 }
 
 impl Drop for ActivityGuard {

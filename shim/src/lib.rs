@@ -9,3 +9,4 @@ pub mod lfs_agent;
 pub mod lfs_protocol;
 pub mod progress;
 pub mod remote_helper;
+pub mod service;

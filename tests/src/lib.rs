@@ -140,7 +140,8 @@ impl TestEnv {
             .env("LANG", "C")
             .env("XDG_RUNTIME_DIR", self.socket_dir.path())
             .env("GIT_REMOTE_S3_STATE_DIR", self.state_dir())
-            .env("GIT_REMOTE_S3_LOG", "debug")
+            // Everything at debug (the AWS SDK too) but the HTTP/2 frames.
+            .env("GIT_REMOTE_S3_LOG", "debug,h2=info,tower=info,hyper_util=info")
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("AWS_REGION", "us-east-1")
             .env("AWS_ENDPOINT_URL_S3", &self.server.endpoint)

@@ -1,17 +1,28 @@
-//! git-s3 (run as `git s3 …`): manage s3:// remotes and the git-s3d daemon.
+//! git-s3 (run as `git s3 …`): manage s3:// remotes and the git-s3d daemon. Every remote
+//! argument is a remote name of the current repository or an s3:// URL.
 
-use std::process::ExitCode;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use git_s3_proto::endpoint::Endpoint;
-use git_s3_proto::{StatusReply, StatusRequest, StopRequest};
-use git_s3_shim::daemon_client::{self, ConnectError};
+use git_s3_proto::{
+    DeleteBranchRequest, DoctorRequest, InspectRequest, Remote, SetProtectionRequest, StatusReply, StatusRequest,
+    StopRequest,
+};
+use git_s3_shim::daemon_backend::describe;
+use git_s3_shim::daemon_client::{self, Client, ConnectError};
+use git_s3_shim::progress::human_bytes;
+use git_s3_shim::{caller, service};
 
 /// Exit status of `daemon status` when no daemon runs (as `systemctl status` does).
 const EXIT_NOT_RUNNING: u8 = 3;
+const STOP_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Parser)]
-#[command(name = "git s3", version, about = "Manage s3:// git remotes and the git-s3d daemon")]
+#[command(name = "git-s3", bin_name = "git s3", version, about = "Manage s3:// git remotes and the git-s3d daemon")]
 struct Cli {
     #[command(subcommand)]
     command: TopCommand,
@@ -19,9 +30,52 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum TopCommand {
+    /// List the remote's refs with their bundle sizes, ages, protection and locks.
+    Ls { remote: String },
+    /// Check the remote for leftovers of interrupted pushes and repair them.
+    Doctor {
+        remote: String,
+        /// Delete extra bundles instead of keeping each as a branch <ref>_<sha8>.
+        #[arg(long)]
+        delete_bundle: bool,
+        /// Where a ref has several bundles, keep this one (an object id or its prefix).
+        #[arg(long, value_name = "SHA")]
+        keep: Option<String>,
+        /// Remove locks older than the lock TTL.
+        #[arg(long)]
+        delete_stale_locks: bool,
+        /// When a lock counts as stale [default: the remote's TTL, 60]
+        #[arg(long, value_name = "SECONDS")]
+        lock_ttl: Option<u64>,
+        /// Report only; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Apply without asking.
+        #[arg(long, short)]
+        yes: bool,
+    },
+    /// Delete a branch on the remote.
+    DeleteBranch {
+        remote: String,
+        branch: String,
+        /// Delete without asking.
+        #[arg(long, short)]
+        yes: bool,
+        /// Delete even a protected branch.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Refuse force pushes and deletes of a branch.
+    Protect { remote: String, branch: String },
+    /// Allow force pushes and deletes of a branch again.
+    Unprotect { remote: String, branch: String },
     /// The per-user daemon that does the S3 work.
     #[command(subcommand)]
     Daemon(DaemonCommand),
+    /// Print shell completions.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -36,90 +90,404 @@ enum DaemonCommand {
     Start,
     /// Ask the daemon to finish its work and exit.
     Stop,
+    /// Stop the daemon and start a new one.
+    Restart,
+    /// Print the end of the daemon's log.
+    Logs {
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+        /// Keep printing what is added.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Run the daemon as a user service (systemd on Linux, launchd on macOS).
+    InstallService {
+        /// Show the files instead of writing them.
+        #[arg(long)]
+        print: bool,
+        /// Which service manager [default: launchd on macOS, systemd elsewhere]
+        #[arg(long, value_enum)]
+        manager: Option<ServiceManager>,
+    },
+    /// Remove the user service.
+    UninstallService,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ServiceManager {
+    Systemd,
+    Launchd,
+}
+
+impl ServiceManager {
+    fn native() -> Self {
+        if cfg!(target_os = "macos") { Self::Launchd } else { Self::Systemd }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("fatal: cannot start: {e}");
-            return ExitCode::from(128);
-        }
+        Err(e) => return fatal(&format!("cannot start: {e}")),
     };
-    runtime.block_on(async {
-        let endpoint = match Endpoint::from_process_env() {
-            Ok(endpoint) => endpoint,
-            Err(e) => {
-                eprintln!("fatal: {e}");
-                return ExitCode::from(128);
-            }
-        };
-        match cli.command {
-            TopCommand::Daemon(command) => daemon(command, &endpoint).await,
-        }
-    })
+    let endpoint = match Endpoint::from_process_env() {
+        Ok(endpoint) => endpoint,
+        Err(e) => return fatal(&e.to_string()),
+    };
+    let result = runtime.block_on(run(cli.command, &endpoint));
+    match result {
+        Ok(code) => code,
+        Err(message) => fatal(&message),
+    }
 }
 
-async fn daemon(command: DaemonCommand, endpoint: &Endpoint) -> ExitCode {
-    let result = match command {
-        DaemonCommand::Status { json } => match daemon_client::connect_existing(endpoint).await {
-            Ok(mut client) => match client.status(StatusRequest {}).await {
-                Ok(reply) => {
-                    print_status(&reply.into_inner(), json);
-                    Ok(())
+fn fatal(message: &str) -> ExitCode {
+    eprintln!("fatal: {message}");
+    ExitCode::from(128)
+}
+
+async fn run(command: TopCommand, endpoint: &Endpoint) -> Result<ExitCode, String> {
+    let ok = Ok(ExitCode::SUCCESS);
+    match command {
+        TopCommand::Daemon(command) => daemon(command, endpoint).await,
+        TopCommand::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "git-s3", &mut std::io::stdout());
+            ok
+        }
+        TopCommand::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).map_err(|e| e.to_string())?;
+            ok
+        }
+        TopCommand::Ls { remote } => {
+            let mut client = connect(endpoint).await?;
+            let request = InspectRequest { caller: Some(me()?), remote: Some(remote_arg(&remote)) };
+            let reply = client.inspect(request).await.map_err(|s| describe(&s, endpoint))?.into_inner();
+            print_listing(&reply);
+            ok
+        }
+        TopCommand::Protect { remote, branch } => protect(endpoint, &remote, &branch, true).await,
+        TopCommand::Unprotect { remote, branch } => protect(endpoint, &remote, &branch, false).await,
+        TopCommand::DeleteBranch { remote, branch, yes, force } => {
+            if !yes && !confirm(&format!("Delete branch '{branch}' on {remote}?"))? {
+                println!("nothing deleted");
+                return Ok(ExitCode::FAILURE);
+            }
+            let mut client = connect(endpoint).await?;
+            let request = DeleteBranchRequest { caller: Some(me()?), remote: Some(remote_arg(&remote)), branch, force };
+            let reply = client.delete_branch(request).await.map_err(|s| describe(&s, endpoint))?.into_inner();
+            println!("deleted {}", reply.r#ref);
+            if !reply.new_head.is_empty() {
+                println!("HEAD now points at {}", reply.new_head);
+            }
+            ok
+        }
+        TopCommand::Doctor { remote, delete_bundle, keep, delete_stale_locks, lock_ttl, dry_run, yes } => {
+            let mut client = connect(endpoint).await?;
+            let request = |dry_run| -> Result<DoctorRequest, String> {
+                Ok(DoctorRequest {
+                    caller: Some(me()?),
+                    remote: Some(remote_arg(&remote)),
+                    delete_bundles: delete_bundle,
+                    keep: keep.clone().unwrap_or_default(),
+                    delete_stale_locks,
+                    lock_ttl_s: lock_ttl.unwrap_or(0),
+                    dry_run,
+                })
+            };
+            // On a terminal, show what would change and ask first.
+            let ask = !dry_run && !yes && std::io::stdin().is_terminal();
+            let mut findings = client
+                .doctor(request(dry_run || ask)?)
+                .await
+                .map_err(|s| describe(&s, endpoint))?
+                .into_inner()
+                .findings;
+            if ask && findings.iter().any(|f| !f.action.is_empty() && !f.fixed) {
+                print_findings(&findings);
+                if !confirm("Apply these fixes?")? {
+                    return Ok(ExitCode::FAILURE);
                 }
-                Err(status) => Err(status.message().to_string()),
-            },
+                findings =
+                    client.doctor(request(false)?).await.map_err(|s| describe(&s, endpoint))?.into_inner().findings;
+            }
+            print_findings(&findings);
+            if findings.iter().all(|f| f.fixed) { ok } else { Ok(ExitCode::FAILURE) }
+        }
+    }
+}
+
+async fn protect(endpoint: &Endpoint, remote: &str, branch: &str, protected: bool) -> Result<ExitCode, String> {
+    let mut client = connect(endpoint).await?;
+    let request = SetProtectionRequest {
+        caller: Some(me()?),
+        remote: Some(remote_arg(remote)),
+        branch: branch.to_string(),
+        protected,
+    };
+    let reply = client.set_protection(request).await.map_err(|s| describe(&s, endpoint))?.into_inner();
+    let state = if protected { "protected" } else { "not protected" };
+    let already = if reply.changed { "" } else { " (already)" };
+    println!("{} is {state}{already}", reply.r#ref);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn me() -> Result<git_s3_proto::Caller, String> {
+    caller::caller().map_err(|e| format!("cannot read the working directory: {e}"))
+}
+
+/// A URL is used as is; a name is looked up by the daemon in this repository's config.
+fn remote_arg(remote: &str) -> Remote {
+    let url = if remote.contains("://") { remote.to_string() } else { String::new() };
+    Remote { name: remote.to_string(), url }
+}
+
+async fn connect(endpoint: &Endpoint) -> Result<Client, String> {
+    daemon_client::connect_or_start(endpoint).await.map_err(|e| e.to_string())
+}
+
+/// Asks on the terminal; without one, the answer is no (callers pass --yes to proceed).
+fn confirm(question: &str) -> Result<bool, String> {
+    if !std::io::stdin().is_terminal() {
+        return Err(format!("{question} Not on a terminal: pass --yes to go ahead"));
+    }
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer).map_err(|e| e.to_string())?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+fn print_listing(reply: &git_s3_proto::InspectReply) {
+    println!("{}", reply.url);
+    if reply.refs.is_empty() {
+        println!("(no refs)");
+    }
+    let width = reply.refs.iter().map(|r| r.name.len()).max().unwrap_or(3).max(3);
+    if !reply.refs.is_empty() {
+        println!("{:<width$}  {:<8}  {:>11}  {:>6}  NOTES", "REF", "OBJECT", "SIZE", "AGE");
+    }
+    for r in &reply.refs {
+        let mut notes = Vec::new();
+        if r.protected {
+            notes.push("protected".to_string());
+        }
+        if let Some(age) = r.lock_age_s {
+            notes.push(format!("locked {}", human_age(age)));
+        }
+        if r.bundles.len() > 1 {
+            notes.push(format!("{} bundles: run 'git s3 doctor'", r.bundles.len()));
+        }
+        let (oid, size, age) = match r.bundles.first() {
+            Some(b) => (b.oid[..8.min(b.oid.len())].to_string(), human_bytes(b.size as f64), human_age(b.age_s)),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        println!("{:<width$}  {oid:<8}  {size:>11}  {age:>6}  {}", r.name, notes.join(", "));
+    }
+    match reply.head.as_str() {
+        "" => println!("HEAD: (not set)"),
+        head => println!("HEAD -> {head}"),
+    }
+}
+
+fn print_findings(findings: &[git_s3_proto::Finding]) {
+    if findings.is_empty() {
+        println!("healthy: nothing to repair");
+    }
+    for f in findings {
+        let action = if f.action.is_empty() { String::new() } else { format!(": {}", f.action) };
+        println!("{}: {}{action}", f.subject, f.problem);
+    }
+}
+
+fn human_age(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86400),
+    }
+}
+
+async fn daemon(command: DaemonCommand, endpoint: &Endpoint) -> Result<ExitCode, String> {
+    match command {
+        DaemonCommand::Status { json } => match daemon_client::connect_existing(endpoint).await {
+            Ok(mut client) => {
+                let reply = client.status(StatusRequest {}).await.map_err(|s| s.message().to_string())?;
+                print_status(&reply.into_inner(), json);
+                Ok(ExitCode::SUCCESS)
+            }
             Err(ConnectError::NotRunning(socket)) => {
                 if json {
                     println!("{}", serde_json::json!({ "running": false, "socket": socket.display().to_string() }));
                 } else {
                     println!("git-s3d is not running (socket {})", socket.display());
                 }
-                return ExitCode::from(EXIT_NOT_RUNNING);
+                Ok(ExitCode::from(EXIT_NOT_RUNNING))
             }
             Err(e) => Err(e.to_string()),
         },
-        DaemonCommand::Start => match daemon_client::connect_or_start(endpoint).await {
-            Ok(mut client) => match client.status(StatusRequest {}).await {
-                Ok(reply) => {
-                    let reply = reply.into_inner();
-                    println!("git-s3d {} is running (pid {}, socket {})", reply.version, reply.pid, reply.socket);
-                    Ok(())
-                }
-                Err(status) => Err(status.message().to_string()),
-            },
-            Err(e) => Err(e.to_string()),
-        },
-        DaemonCommand::Stop => match daemon_client::connect_existing(endpoint).await {
-            Ok(mut client) => client
-                .stop(StopRequest {})
-                .await
-                .map(|_| println!("git-s3d is stopping"))
-                .map_err(|s| s.message().to_string()),
-            Err(ConnectError::NotRunning(socket)) => {
-                println!("git-s3d is not running (socket {})", socket.display());
-                Ok(())
-            }
-            Err(e) => Err(e.to_string()),
-        },
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("fatal: {message}");
-            ExitCode::from(128)
+        DaemonCommand::Start => {
+            let mut client = connect(endpoint).await?;
+            let reply = client.status(StatusRequest {}).await.map_err(|s| s.message().to_string())?.into_inner();
+            println!("git-s3d {} is running (pid {}, socket {})", reply.version, reply.pid, reply.socket);
+            Ok(ExitCode::SUCCESS)
         }
+        DaemonCommand::Stop => {
+            stop(endpoint).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        DaemonCommand::Restart => {
+            stop(endpoint).await?;
+            Box::pin(daemon(DaemonCommand::Start, endpoint)).await
+        }
+        DaemonCommand::Logs { lines, follow } => logs(endpoint, lines, follow).await,
+        DaemonCommand::InstallService { print, manager } => {
+            install_service(print, manager.unwrap_or_else(ServiceManager::native))
+        }
+        DaemonCommand::UninstallService => uninstall_service(),
     }
 }
 
+/// Asks the daemon to stop and waits until its socket stops answering.
+async fn stop(endpoint: &Endpoint) -> Result<(), String> {
+    let mut client = match daemon_client::connect_existing(endpoint).await {
+        Ok(client) => client,
+        Err(ConnectError::NotRunning(socket)) => {
+            println!("git-s3d is not running (socket {})", socket.display());
+            return Ok(());
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    client.stop(StopRequest {}).await.map_err(|s| s.message().to_string())?;
+    drop(client);
+    let deadline = std::time::Instant::now() + STOP_WAIT;
+    while daemon_client::connect_existing(endpoint).await.is_ok() {
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "git-s3d did not stop within {}s; see {}",
+                STOP_WAIT.as_secs(),
+                endpoint.log_file().display()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("git-s3d stopped");
+    Ok(())
+}
+
+async fn logs(endpoint: &Endpoint, lines: usize, follow: bool) -> Result<ExitCode, String> {
+    let path = endpoint.log_file();
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let all: Vec<&str> = text.lines().collect();
+    for line in &all[all.len().saturating_sub(lines)..] {
+        println!("{line}");
+    }
+    if !follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut shown = text.len();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.len() > shown {
+            print!("{}", &text[shown..]);
+            let _ = std::io::stdout().flush();
+        }
+        shown = text.len();
+    }
+}
+
+fn daemon_binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("git-s3d")))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("git-s3d"))
+}
+
+fn service_files(manager: ServiceManager) -> Result<Vec<service::ServiceFile>, String> {
+    let dirs = directories::BaseDirs::new().ok_or("cannot find the home directory")?;
+    let daemon = daemon_binary();
+    Ok(match manager {
+        ServiceManager::Launchd => vec![service::launchd_plist(dirs.home_dir(), &daemon)],
+        ServiceManager::Systemd => service::systemd_units(dirs.config_dir(), &daemon),
+    })
+}
+
+fn install_service(print: bool, manager: ServiceManager) -> Result<ExitCode, String> {
+    let files = service_files(manager)?;
+    for file in &files {
+        if print {
+            println!("# {}\n{}", file.path.display(), file.content);
+            continue;
+        }
+        if let Some(dir) = file.path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        std::fs::write(&file.path, &file.content).map_err(|e| format!("cannot write {}: {e}", file.path.display()))?;
+        println!("wrote {}", file.path.display());
+    }
+    if print {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let enable: &[&[&str]] = match manager {
+        ServiceManager::Launchd => &[&["launchctl", "load", "-w"]],
+        ServiceManager::Systemd => &[
+            &["systemctl", "--user", "daemon-reload"],
+            &["systemctl", "--user", "enable", "--now", service::SYSTEMD_SOCKET],
+        ],
+    };
+    for step in enable {
+        let mut args: Vec<String> = step.iter().map(|s| s.to_string()).collect();
+        if manager == ServiceManager::Launchd {
+            args.push(files[0].path.display().to_string());
+        }
+        match Command::new(&args[0]).args(&args[1..]).status() {
+            Ok(status) if status.success() => {}
+            Ok(_) | Err(_) => {
+                eprintln!("warning: '{}' did not succeed; enable the service yourself", args.join(" "));
+                break;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn uninstall_service() -> Result<ExitCode, String> {
+    let manager = ServiceManager::native();
+    let files = service_files(manager)?;
+    if manager == ServiceManager::Launchd {
+        let _ = Command::new("launchctl").args(["unload", "-w"]).arg(&files[0].path).status();
+    } else {
+        let _ = Command::new("systemctl")
+            .args(["--user", "disable", "--now", service::SYSTEMD_SOCKET, service::SYSTEMD_SERVICE])
+            .status();
+    }
+    for file in files {
+        match std::fs::remove_file(&file.path) {
+            Ok(()) => println!("removed {}", file.path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot remove {}: {e}", file.path.display())),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn print_status(status: &StatusReply, json: bool) {
+    let activities: Vec<_> = status
+        .activities
+        .iter()
+        .map(|a| {
+            let rate = a.bytes as f64 / (a.elapsed_ms.max(1) as f64 / 1000.0);
+            serde_json::json!({ "what": a.what, "remote": a.remote, "elapsed_ms": a.elapsed_ms, "bytes": a.bytes, "bytes_per_s": rate as u64 })
+        })
+        .collect();
     if json {
-        let activities: Vec<_> = status
-            .activities
+        let errors: Vec<_> = status
+            .recent_errors
             .iter()
-            .map(|a| serde_json::json!({ "what": a.what, "remote": a.remote, "elapsed_ms": a.elapsed_ms }))
+            .map(|e| serde_json::json!({ "at_s": e.at_s, "what": e.what, "message": e.message }))
             .collect();
         let value = serde_json::json!({
             "running": true,
@@ -128,39 +496,51 @@ fn print_status(status: &StatusReply, json: bool) {
             "protocol": status.protocol,
             "uptime_s": status.uptime_s,
             "socket": status.socket,
+            "managed": status.managed,
             "clients": status.clients,
             "sessions": status.sessions,
             "requests": status.requests,
             "idle_timeout_s": status.idle_timeout_s,
             "activities": activities,
+            "transfer_requests": { "in_flight": status.transfer_requests, "max": status.max_transfer_requests },
             "listing_cache": { "hits": status.listing_cache_hits, "misses": status.listing_cache_misses },
+            "recent_errors": errors,
         });
         println!("{value}");
         return;
     }
-    println!("git-s3d {} (pid {}), up {}", status.version, status.pid, human_duration(status.uptime_s));
+    println!("git-s3d {} (pid {}), up {}", status.version, status.pid, human_age(status.uptime_s));
     println!("socket:     {}", status.socket);
-    let idle = if status.idle_timeout_s == 0 {
-        "never (managed)".to_string()
-    } else {
-        format!("after {} idle", human_duration(status.idle_timeout_s))
+    let exits = match (status.managed, status.idle_timeout_s) {
+        (true, _) => "never (run by the service manager)".to_string(),
+        (false, 0) => "never".to_string(),
+        (false, secs) => format!("after {} idle", human_age(secs)),
     };
-    println!("exits:      {idle}");
+    println!("exits:      {exits}");
     println!("S3 clients: {}   sessions: {}   requests served: {}", status.clients, status.sessions, status.requests);
+    let lookups = status.listing_cache_hits + status.listing_cache_misses;
+    if lookups > 0 {
+        println!("ref listings from cache: {} of {lookups}", status.listing_cache_hits);
+    }
+    println!("S3 transfer requests in flight: {} of {}", status.transfer_requests, status.max_transfer_requests);
     if status.activities.is_empty() {
         println!("working on: nothing");
     } else {
         println!("working on:");
         for a in &status.activities {
-            println!("  {} {} ({:.1}s)", a.what, a.remote, a.elapsed_ms as f64 / 1000.0);
+            let secs = a.elapsed_ms as f64 / 1000.0;
+            if a.bytes > 0 {
+                let rate = human_bytes(a.bytes as f64 / secs.max(0.001));
+                println!("  {} {} ({secs:.1}s, {}, {rate}/s)", a.what, a.remote, human_bytes(a.bytes as f64));
+            } else {
+                println!("  {} {} ({secs:.1}s)", a.what, a.remote);
+            }
         }
     }
-}
-
-fn human_duration(secs: u64) -> String {
-    match secs {
-        0..60 => format!("{secs}s"),
-        60..3600 => format!("{}m {}s", secs / 60, secs % 60),
-        _ => format!("{}h {}m", secs / 3600, (secs % 3600) / 60),
+    if !status.recent_errors.is_empty() {
+        println!("recent errors:");
+        for e in &status.recent_errors {
+            println!("  {}: {}", e.what, e.message);
+        }
     }
 }

@@ -1,0 +1,231 @@
+//! What `git s3` does to a remote: show it, protect branches, delete a branch, and repair what
+//! crashed pushes or other tools left behind (`doctor`).
+
+use std::time::{Duration, SystemTime};
+
+use crate::bucket::{PutOptions, S3Error};
+use crate::bundles::{BundleRepo, Listing, StoreError, default_branch, release};
+use crate::layout::check_refname;
+use crate::lock::{LockError, RefLock};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManageError {
+    #[error("'{0}' is not a branch name git accepts here: {1}")]
+    BadName(String, &'static str),
+    #[error("{0} does not exist on the remote")]
+    NoSuchRef(String),
+    #[error("{0} is protected; unprotect it first ('git s3 unprotect') or use --force")]
+    Protected(String),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<S3Error> for ManageError {
+    fn from(e: S3Error) -> Self {
+        Self::Store(StoreError::S3(e))
+    }
+}
+
+/// `main` → `refs/heads/main`; full ref names stay as they are.
+pub fn branch_ref(branch: &str) -> Result<String, ManageError> {
+    let refname = if branch.starts_with("refs/") { branch.to_string() } else { format!("refs/heads/{branch}") };
+    check_refname(&refname).map_err(|why| ManageError::BadName(branch.to_string(), why))?;
+    Ok(refname)
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DoctorOptions {
+    pub delete_bundles: bool,
+    pub keep: String,
+    pub delete_stale_locks: bool,
+    pub lock_ttl: Option<Duration>,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub subject: String,
+    pub problem: String,
+    pub action: String,
+    pub fixed: bool,
+}
+
+/// Seconds from `then` to now by this machine's clock (listings carry no server time).
+pub fn age_s(then: Option<SystemTime>) -> u64 {
+    then.and_then(|t| SystemTime::now().duration_since(t).ok()).map_or(0, |d| d.as_secs())
+}
+
+impl BundleRepo {
+    pub async fn inspect(&self) -> Result<Listing, StoreError> {
+        self.list(true).await
+    }
+
+    pub async fn set_protection(&self, branch: &str, protect: bool) -> Result<(String, bool), ManageError> {
+        let refname = branch_ref(branch)?;
+        let key = self.layout.protected(&refname);
+        let present = self.bucket.head(&key).await?.is_some();
+        match (protect, present) {
+            (true, false) => {
+                self.bucket.put_bytes(&key, Vec::new(), PutOptions::default()).await?;
+            }
+            (false, true) => self.bucket.delete(&key).await?,
+            _ => return Ok((refname, false)),
+        }
+        Ok((refname, true))
+    }
+
+    /// Deletes a branch under its push lock; `force` also deletes a protected one (and the
+    /// protection). Returns where HEAD moved, if it named the branch.
+    pub async fn delete_branch(&self, branch: &str, force: bool) -> Result<(String, Option<String>), ManageError> {
+        let refname = branch_ref(branch)?;
+        let lock = RefLock::acquire(&self.bucket, &self.layout.lock(&refname), &refname, self.config.lock_ttl).await?;
+        let result = self.delete_locked(&refname, force).await;
+        release(lock).await;
+        result.map(|new_head| (refname, new_head))
+    }
+
+    async fn delete_locked(&self, refname: &str, force: bool) -> Result<Option<String>, ManageError> {
+        let state = self.read_ref(refname).await?;
+        if state.bundles.is_empty() {
+            return Err(ManageError::NoSuchRef(refname.to_string()));
+        }
+        if state.protected && !force {
+            return Err(ManageError::Protected(refname.to_string()));
+        }
+        for bundle in &state.bundles {
+            self.bucket.delete(&bundle.key).await?;
+        }
+        self.bucket.delete(&self.layout.zip(refname)).await?;
+        if state.protected {
+            self.bucket.delete(&self.layout.protected(refname)).await?;
+        }
+        Ok(self.repoint_head_after_delete(refname).await?)
+    }
+
+    /// Finds what is wrong with the remote and, unless `dry_run`, repairs what the options allow.
+    pub async fn doctor(&self, options: &DoctorOptions) -> Result<Vec<Finding>, StoreError> {
+        let listing = self.list(true).await?;
+        let ttl = options.lock_ttl.unwrap_or(self.config.lock_ttl);
+        let mut findings = Vec::new();
+        for (refname, state) in &listing.refs {
+            if state.bundles.len() > 1 {
+                findings.extend(self.repair_bundles(refname, state, options).await?);
+            }
+            if let Some(lock) = &state.lock {
+                let age = age_s(lock.last_modified);
+                if age > ttl.as_secs() {
+                    let problem = format!("stale lock ({age}s old, TTL {}s)", ttl.as_secs());
+                    let (action, fixed) = match (options.delete_stale_locks, options.dry_run) {
+                        (false, _) => ("remove it with --delete-stale-locks".to_string(), false),
+                        (true, true) => ("would remove the lock".to_string(), false),
+                        (true, false) => {
+                            self.bucket.delete(&lock.key).await?;
+                            ("removed the lock".to_string(), true)
+                        }
+                    };
+                    findings.push(Finding { subject: refname.clone(), problem, action, fixed });
+                }
+            }
+        }
+        findings.extend(self.repair_head(&listing, options.dry_run).await?);
+        Ok(findings)
+    }
+
+    /// Keeps one bundle (the newest, or `--keep`) and moves every other one to a branch of
+    /// its own, `<ref>_<sha8>`, or deletes it with `--delete-bundle`. Done under the ref's lock.
+    async fn repair_bundles(
+        &self,
+        refname: &str,
+        state: &crate::bundles::RefState,
+        options: &DoctorOptions,
+    ) -> Result<Vec<Finding>, StoreError> {
+        let chosen = (!options.keep.is_empty())
+            .then(|| state.bundles.iter().find(|b| b.oid.starts_with(&options.keep)))
+            .flatten()
+            .or_else(|| state.current());
+        let Some(kept) = chosen else { return Ok(Vec::new()) };
+        let problem = format!("{} bundles; keeping {}", state.bundles.len(), short(&kept.oid));
+        let lock = if options.dry_run {
+            None
+        } else {
+            match RefLock::acquire(&self.bucket, &self.layout.lock(refname), refname, self.config.lock_ttl).await {
+                Ok(lock) => Some(lock),
+                Err(e) => {
+                    return Ok(vec![Finding { subject: refname.into(), problem, action: e.to_string(), fixed: false }]);
+                }
+            }
+        };
+        let mut findings = Vec::new();
+        for other in state.bundles.iter().filter(|b| b.key != kept.key) {
+            let branch = format!("{refname}_{}", short(&other.oid));
+            let verb = if options.dry_run { "would " } else { "" };
+            let action = if options.delete_bundles {
+                format!("{verb}delete bundle {}", short(&other.oid))
+            } else {
+                format!("{verb}move bundle {} to {branch}", short(&other.oid))
+            };
+            if !options.dry_run {
+                if !options.delete_bundles {
+                    self.bucket.copy(&other.key, &self.layout.bundle(&branch, &other.oid)).await?;
+                }
+                self.bucket.delete(&other.key).await?;
+            }
+            findings.push(Finding {
+                subject: refname.into(),
+                problem: problem.clone(),
+                action,
+                fixed: !options.dry_run,
+            });
+        }
+        if let Some(lock) = lock {
+            release(lock).await;
+        }
+        Ok(findings)
+    }
+
+    async fn repair_head(&self, listing: &Listing, dry_run: bool) -> Result<Option<Finding>, StoreError> {
+        let head = listing.head.as_deref();
+        if head.is_some_and(|h| listing.values().any(|(name, _)| name == h)) {
+            return Ok(None);
+        }
+        let problem = match head {
+            None => "missing".to_string(),
+            Some(h) => format!("names {h}, which does not exist"),
+        };
+        let Some(target) = default_branch(listing, "") else {
+            if head.is_none() {
+                return Ok(None); // an empty repository needs no HEAD
+            }
+            let action = "no branch to point it at; push a branch".to_string();
+            return Ok(Some(Finding { subject: "HEAD".into(), problem, action, fixed: false }));
+        };
+        if dry_run {
+            return Ok(Some(Finding {
+                subject: "HEAD".into(),
+                problem,
+                action: format!("would point it at {target}"),
+                fixed: false,
+            }));
+        }
+        self.bucket.put_bytes(&self.layout.head(), target.as_bytes().to_vec(), PutOptions::default()).await?;
+        Ok(Some(Finding { subject: "HEAD".into(), problem, action: format!("pointed it at {target}"), fixed: true }))
+    }
+}
+
+fn short(oid: &str) -> &str {
+    &oid[..oid.len().min(8)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn branch_names_become_refs() {
+        assert_eq!(branch_ref("main").unwrap(), "refs/heads/main");
+        assert_eq!(branch_ref("refs/tags/v1").unwrap(), "refs/tags/v1");
+        assert!(branch_ref("a..b").is_err());
+    }
+}
