@@ -17,16 +17,17 @@ pub enum Event {
 }
 
 /// Where an operation's events go. Progress is dropped when the client reads slowly; messages
-/// are not.
+/// are not. Every meter's bytes also add up in `total`, which `status` shows.
 #[derive(Clone)]
 pub struct Events {
     tx: mpsc::Sender<Event>,
+    total: Arc<AtomicU64>,
 }
 
 impl Events {
-    pub fn channel() -> (Self, mpsc::Receiver<Event>) {
+    pub fn channel(total: Arc<AtomicU64>) -> (Self, mpsc::Receiver<Event>) {
         let (tx, rx) = mpsc::channel(64);
-        (Self { tx }, rx)
+        (Self { tx, total }, rx)
     }
 
     pub async fn message(&self, text: impl Into<String>) {
@@ -37,14 +38,33 @@ impl Events {
     /// Starts counting bytes for one transfer; reports until finished or dropped.
     pub fn meter(&self, title: impl Into<String>, total_bytes: u64) -> Meter {
         let bytes = Arc::new(AtomicU64::new(0));
+        let counted = Counted { bytes: bytes.clone(), added: Arc::new(AtomicU64::new(0)), total: self.total.clone() };
         let title = title.into();
-        let ticker = tokio::spawn(tick(self.tx.clone(), title.clone(), bytes.clone(), total_bytes));
-        Meter { bytes, ticker, title, total_bytes, tx: self.tx.clone() }
+        let ticker = tokio::spawn(tick(self.tx.clone(), title.clone(), counted.clone(), total_bytes));
+        Meter { bytes, counted, ticker, title, total_bytes, tx: self.tx.clone() }
+    }
+}
+
+/// A meter's bytes, and how many of them the operation's total already has.
+#[derive(Clone)]
+struct Counted {
+    bytes: Arc<AtomicU64>,
+    added: Arc<AtomicU64>,
+    total: Arc<AtomicU64>,
+}
+
+impl Counted {
+    fn sync_total(&self) -> u64 {
+        let now = self.bytes.load(Ordering::Relaxed);
+        let before = self.added.swap(now, Ordering::Relaxed);
+        self.total.fetch_add(now.saturating_sub(before), Ordering::Relaxed);
+        now
     }
 }
 
 pub struct Meter {
     bytes: Arc<AtomicU64>,
+    counted: Counted,
     ticker: JoinHandle<()>,
     title: String,
     total_bytes: u64,
@@ -62,7 +82,7 @@ impl Meter {
 
     pub fn finish(self) {
         self.ticker.abort();
-        let done = self.bytes.load(Ordering::Relaxed);
+        let done = self.counted.sync_total();
         let total = if self.total_bytes == 0 { done } else { self.total_bytes };
         let _ = self.tx.try_send(Event::Progress {
             title: self.title.clone(),
@@ -79,11 +99,11 @@ impl Drop for Meter {
     }
 }
 
-async fn tick(tx: mpsc::Sender<Event>, title: String, bytes: Arc<AtomicU64>, total_bytes: u64) {
+async fn tick(tx: mpsc::Sender<Event>, title: String, counted: Counted, total_bytes: u64) {
     let mut last = u64::MAX;
     loop {
         tokio::time::sleep(PROGRESS_PERIOD).await;
-        let done = bytes.load(Ordering::Relaxed);
+        let done = counted.sync_total();
         if done != last {
             last = done;
             let _ =

@@ -447,11 +447,11 @@ where
     R: Send + 'static,
     Fut: Future<Output = R> + Send + 'static,
 {
-    let (events, mut event_rx) = Events::channel();
     let (tx, rx) = mpsc::channel(64);
     let tasks = state.tasks.clone();
     tasks.spawn(async move {
-        let _activity = state.begin(what, &label);
+        let activity = state.begin(what, &label);
+        let (events, mut event_rx) = Events::channel(activity.bytes());
         let work = work(events);
         tokio::pin!(work);
         let result = loop {

@@ -313,14 +313,19 @@ fn a_large_bundle_goes_up_in_parts_and_the_lock_outlives_its_ttl() {
         (!env.keys("large/refs/heads/main/LOCK#.lock").is_empty()).then_some(())
     });
     let mut rival_attempts = 0;
+    let mut push_bytes_seen = 0;
     while push.try_wait().expect("poll push").is_none() {
         let output = env.git(&rival, &["push", &url, "main"]);
         rival_attempts += 1;
         assert!(!output.status.success(), "the rival took over a live lock mid-upload");
+        let status = env.daemon_status().expect("daemon");
+        let pushing = status["activities"].as_array().into_iter().flatten().filter(|a| a["what"] == "push");
+        push_bytes_seen = pushing.filter_map(|a| a["bytes"].as_u64()).max().unwrap_or(0).max(push_bytes_seen);
     }
     let output = push.wait_with_output().expect("push");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(rival_attempts > 0);
+    assert!(push_bytes_seen > 0, "status showed the push's bytes while it ran");
 
     let key = format!("large/refs/heads/main/{big}.bundle");
     let (etag, _) = env.server.head(&env.bucket, &key).expect("the bundle is there");
@@ -563,4 +568,32 @@ fn a_push_that_lost_the_race_after_listing_is_told_to_fetch_first() {
     // And through git, the user gets git's usual advice.
     let stderr = env.git_fails(&bob, &["push", "origin", "main"]);
     assert!(stderr.contains("fetch first") || stderr.contains("remote contains work that you do"), "{stderr}");
+}
+
+#[test]
+fn protection_set_by_either_tool_is_honoured_by_the_other() {
+    let env = TestEnv::new();
+    let url = env.url("shared-protect");
+    let work = env.new_repo("work");
+    env.git_ok(&work, &["remote", "add", "origin", &url]);
+    env.git_ok(&work, &["push", "origin", "main", "main:refs/heads/release"]);
+
+    // The Python tool protects main; our force push is refused.
+    let mut protect = env.command(python_tool_bin().join("git-s3"));
+    let path = format!("{}:{}", python_tool_bin().display(), std::env::var("PATH").unwrap_or_default());
+    protect.env("PATH", &path).args(["protect", "origin", "main"]).current_dir(&work);
+    let output = env.run(protect);
+    assert!(output.status.success(), "python git-s3 protect: {}", String::from_utf8_lossy(&output.stderr));
+    env.git_ok(&work, &["commit", "-q", "--amend", "-m", "rewritten"]);
+    let stderr = env.git_fails(&work, &["push", "--force", "origin", "main"]);
+    assert!(stderr.contains("protected branch"), "{stderr}");
+
+    // We protect release; the Python tool's force push is refused too.
+    let mut ours = env.command(git_s3_tests::bin_dir().join("git-s3"));
+    ours.args(["protect", "origin", "release"]).current_dir(&work);
+    assert!(env.run(ours).status.success());
+    let output = with_python_tool(&env, &work, &["push", "--force", "origin", "HEAD:release"]);
+    assert!(!output.status.success(), "the Python tool must not overwrite a branch we protected");
+    let original = env.ls_remote(&work, "origin").into_iter().find(|(_, n)| n == "refs/heads/release").map(|(o, _)| o);
+    assert_ne!(original, Some(env.rev_parse(&work, "HEAD")));
 }
