@@ -20,14 +20,17 @@ pub fn bin_dir() -> &'static Path {
             Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ lives in the workspace").to_path_buf();
         // `cargo test` builds only this crate's dependencies, not the other members' binaries.
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "git-s3-shim", "-p", "git-s3d", "--bins"])
-            .current_dir(&workspace)
-            .status()
-            .expect("run cargo build");
+        // Benchmarks (built without debug assertions) measure release binaries.
+        let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+        let mut build = Command::new(cargo);
+        build.args(["build", "--quiet", "-p", "git-s3-shim", "-p", "git-s3d", "--bins"]).current_dir(&workspace);
+        if profile == "release" {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
         assert!(status.success(), "building the binaries failed");
         let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace.join("target"));
-        target.join("debug")
+        target.join(profile)
     })
 }
 

@@ -118,6 +118,19 @@ impl S3Server {
         })
     }
 
+    /// Size of an object in bytes.
+    pub fn size(&self, bucket: &str, key: &str) -> Option<u64> {
+        self.runtime.block_on(async {
+            let out = self.client.head_object().bucket(bucket).key(key).send().await.ok()?;
+            out.content_length().map(|l| l.max(0) as u64)
+        })
+    }
+
+    /// The client the support code uses, for benchmarks that talk to S3 directly.
+    pub fn client(&self) -> (&tokio::runtime::Runtime, &aws_sdk_s3::Client) {
+        (&self.runtime, &self.client)
+    }
+
     pub fn copy(&self, bucket: &str, from: &str, to: &str) {
         self.runtime
             .block_on(self.client.copy_object().bucket(bucket).key(to).copy_source(format!("{bucket}/{from}")).send())

@@ -1,0 +1,667 @@
+//! Side by side with awslabs' Python git-remote-s3 0.4.2, on the same local S3 servers, with
+//! the release build: writes bench/RESULTS.md. Run `scripts/bench.sh`. Every figure is a ratio
+//! against a baseline measured in the same run; nothing here is asserted.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use git_s3_tests::{ServerKind, TestEnv, bin_dir, incompressible_bytes, tools_dir};
+
+const MIB: u64 = 1024 * 1024;
+
+fn runs() -> usize {
+    std::env::var("BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(5)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tool {
+    Ours,
+    Python,
+}
+
+/// Timings of one measurement.
+#[derive(Default, Clone)]
+struct Stats(Vec<Duration>);
+
+impl Stats {
+    fn median(&self) -> Duration {
+        let mut v = self.0.clone();
+        v.sort();
+        v.get(v.len() / 2).copied().unwrap_or_default()
+    }
+    fn range(&self) -> (Duration, Duration) {
+        (self.0.iter().min().copied().unwrap_or_default(), self.0.iter().max().copied().unwrap_or_default())
+    }
+    fn cell(&self) -> String {
+        let (lo, hi) = self.range();
+        format!("{} ({}–{})", ms(self.median()), ms(lo), ms(hi))
+    }
+}
+
+fn ms(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms < 10.0 {
+        format!("{ms:.2} ms")
+    } else if ms < 10_000.0 {
+        format!("{ms:.0} ms")
+    } else {
+        format!("{:.1} s", ms / 1000.0)
+    }
+}
+
+struct Row {
+    scenario: String,
+    server: &'static str,
+    ours: Stats,
+    baseline: Stats,
+    baseline_name: &'static str,
+    goal: &'static str,
+    /// `ours / baseline` must be at most this for the goal to hold.
+    max_ratio: Option<f64>,
+    note: String,
+}
+
+impl Row {
+    fn ratio(&self) -> f64 {
+        self.ours.median().as_secs_f64() / self.baseline.median().as_secs_f64().max(1e-9)
+    }
+}
+
+struct Bench {
+    env: TestEnv,
+    server: &'static str,
+    python_path: String,
+}
+
+impl Bench {
+    fn new(kind: ServerKind) -> Self {
+        let mut env = TestEnv::with_server(kind);
+        env.set_env("GIT_REMOTE_S3_LOG", "info");
+        env.set_env("GIT_LFS_SKIP_SMUDGE", "1");
+        if kind == ServerKind::S3sFs {
+            // boto3's default checksum trailers are refused by s3s-fs, as the SDK's are.
+            env.set_env("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required");
+            env.set_env("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required");
+        }
+        let python_bin = tools_dir().join("python-git-remote-s3/bin");
+        let python_path =
+            format!("{}:{}:{}", python_bin.display(), bin_dir().display(), std::env::var("PATH").unwrap_or_default());
+        let server = if kind == ServerKind::S3sFs { "s3s-fs" } else { "moto" };
+        env.enable_lfs();
+        Self { env, server, python_path }
+    }
+
+    fn command(&self, tool: Tool, program: &str) -> Command {
+        let mut command = self.env.command(program);
+        if tool == Tool::Python {
+            command.env("PATH", &self.python_path);
+        }
+        command
+    }
+
+    fn git(&self, tool: Tool, dir: &Path, args: &[&str]) {
+        let mut command = self.command(tool, "git");
+        command.current_dir(dir).args(args).stdout(Stdio::null());
+        let output = command.output().expect("git");
+        assert!(output.status.success(), "git {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+    }
+
+    fn time(&self, tool: Tool, dir: &Path, args: &[&str]) -> Duration {
+        let started = Instant::now();
+        self.git(tool, dir, args);
+        started.elapsed()
+    }
+
+    /// Warm-up then `runs()` measurements of each tool, alternating.
+    fn compare(&self, mut measure: impl FnMut(Tool, usize) -> Duration) -> (Stats, Stats) {
+        let (mut ours, mut python) = (Stats::default(), Stats::default());
+        for run in 0..=runs() {
+            let a = measure(Tool::Ours, run);
+            let b = measure(Tool::Python, run);
+            if run > 0 {
+                ours.0.push(a);
+                python.0.push(b);
+            }
+        }
+        (ours, python)
+    }
+
+    fn stop_daemon(&self) {
+        let _ = self.env.git_s3(&["daemon", "stop"]);
+    }
+}
+
+fn main() {
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    for kind in [ServerKind::S3sFs, ServerKind::Moto] {
+        eprintln!("bench: small-repository scenarios on {kind:?}");
+        small_repository(&Bench::new(kind), &mut rows);
+    }
+    let bench = Bench::new(ServerKind::S3sFs);
+    eprintln!("bench: shim start-up");
+    shim_start(&bench, &mut rows);
+    eprintln!("bench: 200 MB history");
+    large_history(&bench, &mut rows, &mut notes);
+    eprintln!("bench: LFS");
+    lfs(&bench, &mut rows, &mut notes);
+    write_results(&rows, &notes);
+}
+
+fn small_repository(bench: &Bench, rows: &mut Vec<Row>) {
+    let env = &bench.env;
+    let work = env.new_repo("small");
+    for (tool, prefix) in [(Tool::Ours, "small-ours"), (Tool::Python, "small-py")] {
+        bench.git(tool, &work, &["push", &env.url(prefix), "main"]);
+        bench.git(tool, &env.path(""), &["clone", "-q", &env.url(prefix), &format!("clone-{prefix}")]);
+    }
+    let url = |tool| env.url(if tool == Tool::Ours { "small-ours" } else { "small-py" });
+    let root = env.path("");
+    let (ours, python) = bench.compare(|tool, _| bench.time(tool, &root, &["ls-remote", &url(tool)]));
+    rows.push(Row {
+        scenario: "git ls-remote, warm daemon".into(),
+        server: bench.server,
+        ours,
+        baseline: python,
+        baseline_name: "Python",
+        goal: "≤ 1/20",
+        max_ratio: Some(0.05),
+        note: String::new(),
+    });
+    let (ours, python) = bench.compare(|tool, _| {
+        if tool == Tool::Ours {
+            bench.stop_daemon();
+        }
+        bench.time(tool, &root, &["ls-remote", &url(tool)])
+    });
+    rows.push(Row {
+        scenario: "git ls-remote, cold daemon (started by the command)".into(),
+        server: bench.server,
+        ours,
+        baseline: python,
+        baseline_name: "Python",
+        goal: "",
+        max_ratio: None,
+        note: String::new(),
+    });
+    let clone = |tool| env.path(if tool == Tool::Ours { "clone-small-ours" } else { "clone-small-py" });
+    let (ours, python) = bench.compare(|tool, _| bench.time(tool, &clone(tool), &["fetch", "origin"]));
+    rows.push(Row {
+        scenario: "no-op git fetch".into(),
+        server: bench.server,
+        ours,
+        baseline: python,
+        baseline_name: "Python",
+        goal: "≤ 1/20",
+        max_ratio: Some(0.05),
+        note: String::new(),
+    });
+}
+
+/// Time from starting a helper to its answer: `capabilities` (no daemon needed) and `list`
+/// (warm daemon), each against the Python helper.
+fn shim_start(bench: &Bench, rows: &mut Vec<Row>) {
+    let env = &bench.env;
+    let work = env.new_repo("shim");
+    bench.git(Tool::Ours, &work, &["push", &env.url("shim"), "main"]);
+    let answer = |tool: Tool, input: &'static str| -> Duration {
+        let mut command = bench.command(tool, "git-remote-s3");
+        command.args(["origin", &env.url("shim")]).current_dir(&work).stdin(Stdio::piped()).stdout(Stdio::piped());
+        let started = Instant::now();
+        let mut child = command.spawn().expect("helper");
+        {
+            use std::io::Write;
+            let _ = child.stdin.take().expect("stdin").write_all(input.as_bytes());
+        }
+        let output = child.wait_with_output().expect("helper");
+        assert!(!output.stdout.is_empty());
+        started.elapsed()
+    };
+    for (input, scenario, goal, max) in [
+        ("capabilities\n\n", "helper start to first answer (capabilities)", "< 5 ms", None),
+        ("list\n\n", "helper start to ref list (warm daemon)", "", None),
+    ] {
+        let (ours, python) = bench.compare(|tool, _| answer(tool, input));
+        let note = if input.starts_with("capabilities") {
+            format!("absolute goal: ours {} vs 5 ms", ms(ours.median()))
+        } else {
+            String::new()
+        };
+        rows.push(Row {
+            scenario: scenario.into(),
+            server: bench.server,
+            ours,
+            baseline: python,
+            baseline_name: "Python",
+            goal,
+            max_ratio: max,
+            note,
+        });
+    }
+}
+
+/// A repository with ~200 MB of history (40 commits of 5 MiB that do not compress).
+fn large_history(bench: &Bench, rows: &mut Vec<Row>, notes: &mut Vec<String>) {
+    let env = &bench.env;
+    let repo = env.new_repo("history");
+    for i in 0..40u64 {
+        std::fs::write(repo.join(format!("blob{i:02}.dat")), incompressible_bytes(5 * MIB as usize, 100 + i))
+            .expect("write");
+        env.git_ok(&repo, &["add", "."]);
+        env.git_ok(&repo, &["commit", "-q", "-m", &format!("chunk {i}")]);
+    }
+    let prefix = |tool| if tool == Tool::Ours { "history-ours" } else { "history-py" };
+    for tool in [Tool::Ours, Tool::Python] {
+        bench.git(tool, &repo, &["push", &env.url(prefix(tool)), "main"]);
+    }
+    let mut sent = (0u64, 0u64);
+    let (ours, python) = bench.compare(|tool, run| {
+        env.commit(
+            &repo,
+            "CHANGELOG",
+            &format!("change {run} by {}\n", if tool == Tool::Ours { "ours" } else { "python" }),
+            "one-line change",
+        );
+        let took = bench.time(tool, &repo, &["push", "-f", &env.url(prefix(tool)), "HEAD:refs/heads/main"]);
+        let head = env.rev_parse(&repo, "HEAD");
+        let size =
+            env.server.size(&env.bucket, &format!("{}/refs/heads/main/{head}.bundle", prefix(tool))).unwrap_or(0);
+        if tool == Tool::Ours {
+            sent.0 = size
+        } else {
+            sent.1 = size
+        }
+        took
+    });
+    rows.push(Row {
+        scenario: "push of a one-line change, 200 MB history".into(),
+        server: bench.server,
+        ours,
+        baseline: python,
+        baseline_name: "Python",
+        goal: "",
+        max_ratio: None,
+        note: format!("bytes sent per push: ours {:.1} MB, Python {:.1} MB", sent.0 as f64 / 1e6, sent.1 as f64 / 1e6),
+    });
+    notes.push(
+        "Both tools upload the ref's whole history as one bundle per push (the shared layout): the bytes sent grow with the history, not the change. Incremental pushes are the next step in the roadmap."
+            .into(),
+    );
+
+    let (ours, python) = bench.compare(|tool, run| {
+        let dest = env.path(&format!("clone-history-{}-{run}", prefix(tool)));
+        let took = bench.time(tool, &env.path(""), &["clone", "-q", &env.url(prefix(tool)), dest.to_str().unwrap()]);
+        let _ = std::fs::remove_dir_all(&dest);
+        took
+    });
+    rows.push(Row {
+        scenario: "clone, 200 MB history".into(),
+        server: bench.server,
+        ours: ours.clone(),
+        baseline: python,
+        baseline_name: "Python",
+        goal: "≤ 0.5×",
+        max_ratio: Some(0.5),
+        note: String::new(),
+    });
+    let bundle = env.path("history.bundle");
+    env.git_ok(&repo, &["bundle", "create", bundle.to_str().unwrap(), "main"]);
+    let mut local = Stats::default();
+    for run in 0..=runs() {
+        let dest = env.path(&format!("clone-local-{run}"));
+        let took =
+            bench.time(Tool::Ours, &env.path(""), &["clone", "-q", bundle.to_str().unwrap(), dest.to_str().unwrap()]);
+        let _ = std::fs::remove_dir_all(&dest);
+        if run > 0 {
+            local.0.push(took);
+        }
+    }
+    rows.push(Row {
+        scenario: "clone, 200 MB history".into(),
+        server: bench.server,
+        ours,
+        baseline: local,
+        baseline_name: "git clone of the same bundle file",
+        goal: "≤ 1.3×",
+        max_ratio: Some(1.3),
+        note: String::new(),
+    });
+}
+
+/// 4 × 256 MiB + 1,000 × 64 KiB through git-lfs, up and down, against the raw SDK.
+fn lfs(bench: &Bench, rows: &mut Vec<Row>, notes: &mut Vec<String>) {
+    let env = &bench.env;
+    let repo = env.new_repo("lfs");
+    env.git_ok(&repo, &["lfs", "track", "*.bin"]);
+    for i in 0..4u64 {
+        std::fs::write(repo.join(format!("large{i}.bin")), incompressible_bytes(256 * MIB as usize, 200 + i))
+            .expect("write");
+    }
+    std::fs::create_dir_all(repo.join("small")).expect("dir");
+    for i in 0..1000u64 {
+        std::fs::write(repo.join(format!("small/s{i:04}.bin")), incompressible_bytes(64 * 1024, 1000 + i))
+            .expect("write");
+    }
+    env.git_ok(&repo, &["add", "."]);
+    env.git_ok(&repo, &["commit", "-q", "-m", "lfs data"]);
+    env.git_ok(&repo, &["config", "lfs.customtransfer.git-lfs-s3.path", "git-lfs-s3"]);
+    env.git_ok(&repo, &["config", "lfs.standalonetransferagent", "git-lfs-s3"]);
+    env.git_ok(&repo, &["config", "lfs.concurrenttransfers", "8"]);
+    env.git_ok(&repo, &["remote", "add", "origin", &env.url("lfs-none")]);
+    let objects = repo.join(".git/lfs/objects");
+    let files = lfs_files(&objects);
+    let total_bytes: u64 = files.iter().map(|(_, size)| size).sum();
+    let data_dir = env.server.data_dir.clone();
+    let forget = |prefix: &str| {
+        if let Some(data) = &data_dir {
+            let _ = std::fs::remove_dir_all(data.join(&env.bucket).join(prefix));
+        }
+    };
+    let name = |tool: Tool, run: usize| format!("lfs-{}-{run}", if tool == Tool::Ours { "ours" } else { "py" });
+    let mut downloads = (Stats::default(), Stats::default());
+    let (up_ours, up_python) = bench.compare(|tool, run| {
+        let prefix = name(tool, run);
+        bench.git(tool, &repo, &["remote", "set-url", "origin", &env.url(&prefix)]);
+        let up = bench.time(tool, &repo, &["lfs", "push", "--all", "origin"]);
+        // Down again into an empty object store.
+        let aside = repo.join(".git/lfs/objects.kept");
+        std::fs::rename(&objects, &aside).expect("set objects aside");
+        let down = bench.time(tool, &repo, &["lfs", "fetch", "--all", "origin"]);
+        let _ = std::fs::remove_dir_all(&objects);
+        std::fs::rename(&aside, &objects).expect("restore objects");
+        if run > 0 {
+            if tool == Tool::Ours { downloads.0.0.push(down) } else { downloads.1.0.push(down) }
+        }
+        forget(&prefix);
+        up
+    });
+    let (raw_up, raw_down) = raw_sdk(bench, &files);
+    let mb = total_bytes as f64 / 1e6;
+    let rate = |s: &Stats| format!("{:.0} MB/s", mb / s.median().as_secs_f64());
+    let note = |ours: &Stats, python: &Stats| format!("throughput: ours {}, Python {}", rate(ours), rate(python));
+    rows.push(Row {
+        scenario: format!("LFS upload, 4 × 256 MiB + 1,000 × 64 KiB ({mb:.0} MB)"),
+        server: bench.server,
+        ours: up_ours.clone(),
+        baseline: up_python.clone(),
+        baseline_name: "Python",
+        goal: "≥ 3× throughput",
+        max_ratio: Some(1.0 / 3.0),
+        note: note(&up_ours, &up_python),
+    });
+    rows.push(Row {
+        scenario: "LFS upload, same data".into(),
+        server: bench.server,
+        ours: up_ours.clone(),
+        baseline: raw_up.clone(),
+        baseline_name: "raw aws-sdk-s3 (the limit)",
+        goal: "≥ 90% of raw",
+        max_ratio: Some(1.0 / 0.9),
+        note: format!("raw {}", rate(&raw_up)),
+    });
+    rows.push(Row {
+        scenario: "LFS download, same data".into(),
+        server: bench.server,
+        ours: downloads.0.clone(),
+        baseline: downloads.1.clone(),
+        baseline_name: "Python",
+        goal: "≥ 3× throughput",
+        max_ratio: Some(1.0 / 3.0),
+        note: note(&downloads.0, &downloads.1),
+    });
+    rows.push(Row {
+        scenario: "LFS download, same data".into(),
+        server: bench.server,
+        ours: downloads.0.clone(),
+        baseline: raw_down.clone(),
+        baseline_name: "raw aws-sdk-s3 (the limit)",
+        goal: "≥ 90% of raw",
+        max_ratio: Some(1.0 / 0.9),
+        note: format!("raw {}", rate(&raw_down)),
+    });
+
+    let moved = total_bytes * 2 * (runs() as u64 + 1);
+    if let Some(status) = env.daemon_status() {
+        let pid = status["pid"].as_u64().unwrap_or(0);
+        let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let peak_kib: u64 = proc_status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0);
+        notes.push(format!(
+            "Daemon peak RSS (VmHWM) after moving {:.1} GiB of LFS data through it: {:.0} MiB (goal < 150 MiB).",
+            moved as f64 / (1024.0 * 1024.0 * 1024.0),
+            peak_kib as f64 / 1024.0
+        ));
+    }
+}
+
+/// `(path, size)` of every object in an LFS object store.
+fn lfs_files(objects: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![objects.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir").flatten() {
+            let path = entry.path();
+            let meta = entry.metadata().expect("metadata");
+            if meta.is_dir() { stack.push(path) } else { out.push((path, meta.len())) }
+        }
+    }
+    out
+}
+
+/// The same objects straight through aws-sdk-s3: 16 requests in flight, 8 MiB parts and ranges.
+fn raw_sdk(bench: &Bench, files: &[(PathBuf, u64)]) -> (Stats, Stats) {
+    use aws_sdk_s3::primitives::{ByteStream, Length};
+    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+    let env = &bench.env;
+    let (runtime, client) = env.server.client();
+    let bucket = env.bucket.clone();
+    let part = 8 * MIB;
+    let limit = Arc::new(tokio::sync::Semaphore::new(16));
+    let (mut up, mut down) = (Stats::default(), Stats::default());
+    for run in 0..=runs() {
+        let prefix = format!("raw-{run}");
+        let started = Instant::now();
+        runtime.block_on(async {
+            let mut tasks = tokio::task::JoinSet::new();
+            for (path, size) in files.iter().cloned() {
+                let (client, bucket, limit) = (client.clone(), bucket.clone(), limit.clone());
+                let key = format!("{prefix}/{}", path.file_name().unwrap().to_string_lossy());
+                tasks.spawn(async move {
+                    if size <= 2 * part {
+                        let _permit = limit.acquire().await.expect("permit");
+                        let body = ByteStream::from_path(&path).await.expect("body");
+                        client.put_object().bucket(&bucket).key(&key).body(body).send().await.expect("put");
+                        return;
+                    }
+                    let id = client
+                        .create_multipart_upload()
+                        .bucket(&bucket)
+                        .key(&key)
+                        .send()
+                        .await
+                        .expect("create")
+                        .upload_id()
+                        .unwrap()
+                        .to_string();
+                    let mut parts = tokio::task::JoinSet::new();
+                    for (n, offset) in (0..size).step_by(part as usize).enumerate() {
+                        let (client, bucket, key, id, path, limit) =
+                            (client.clone(), bucket.clone(), key.clone(), id.clone(), path.clone(), limit.clone());
+                        parts.spawn(async move {
+                            let _permit = limit.acquire().await.expect("permit");
+                            let len = part.min(size - offset);
+                            let body = ByteStream::read_from()
+                                .path(&path)
+                                .offset(offset)
+                                .length(Length::Exact(len))
+                                .build()
+                                .await
+                                .expect("body");
+                            let out = client
+                                .upload_part()
+                                .bucket(&bucket)
+                                .key(&key)
+                                .upload_id(&id)
+                                .part_number(n as i32 + 1)
+                                .body(body)
+                                .send()
+                                .await
+                                .expect("part");
+                            CompletedPart::builder()
+                                .part_number(n as i32 + 1)
+                                .set_e_tag(out.e_tag().map(str::to_string))
+                                .build()
+                        });
+                    }
+                    let mut done: Vec<CompletedPart> = parts.join_all().await;
+                    done.sort_by_key(|p| p.part_number());
+                    client
+                        .complete_multipart_upload()
+                        .bucket(&bucket)
+                        .key(&key)
+                        .upload_id(&id)
+                        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(done)).build())
+                        .send()
+                        .await
+                        .expect("complete");
+                });
+            }
+            tasks.join_all().await;
+        });
+        let took_up = started.elapsed();
+        let scratch = env.path(&format!("raw-down-{run}"));
+        std::fs::create_dir_all(&scratch).expect("scratch");
+        let started = Instant::now();
+        runtime.block_on(async {
+            let mut tasks = tokio::task::JoinSet::new();
+            for (path, size) in files.iter().cloned() {
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                let target = scratch.join(&name);
+                std::fs::File::create(&target).expect("file").set_len(size).expect("size");
+                for offset in (0..size.max(1)).step_by(part as usize) {
+                    let (client, bucket, limit, target) =
+                        (client.clone(), bucket.clone(), limit.clone(), target.clone());
+                    let key = format!("{prefix}/{name}");
+                    tasks.spawn(async move {
+                        use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+                        let _permit = limit.acquire().await.expect("permit");
+                        let len = part.min(size - offset);
+                        let out = client
+                            .get_object()
+                            .bucket(&bucket)
+                            .key(&key)
+                            .range(format!("bytes={offset}-{}", offset + len - 1))
+                            .send()
+                            .await
+                            .expect("get");
+                        let mut file = tokio::fs::OpenOptions::new().write(true).open(&target).await.expect("open");
+                        file.seek(std::io::SeekFrom::Start(offset)).await.expect("seek");
+                        let mut body = out.body;
+                        while let Some(chunk) = body.try_next().await.expect("chunk") {
+                            file.write_all(&chunk).await.expect("write");
+                        }
+                    });
+                }
+            }
+            tasks.join_all().await;
+        });
+        let took_down = started.elapsed();
+        let _ = std::fs::remove_dir_all(&scratch);
+        if let Some(data) = &env.server.data_dir {
+            let _ = std::fs::remove_dir_all(data.join(&env.bucket).join(&prefix));
+        }
+        if run > 0 {
+            up.0.push(took_up);
+            down.0.push(took_down);
+        }
+    }
+    (up, down)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().map(str::to_string))
+        .unwrap_or_default();
+    let version = |program: &str, arg: &str| {
+        Command::new(program)
+            .arg(arg)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    format!(
+        "- CPU: {cpu}, {} cores\n- {memory}\n- kernel {}\n- {}; {}; {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        version("uname", "-r"),
+        version("git", "--version"),
+        version("git-lfs", "version"),
+        version("rustc", "--version"),
+    )
+}
+
+fn binary_sizes() -> String {
+    let mut out = String::from("| binary | stripped release size |\n|---|---|\n");
+    for name in ["git-remote-s3", "git-lfs-s3", "git-s3", "git-s3d"] {
+        let size = std::fs::metadata(bin_dir().join(name)).map(|m| m.len()).unwrap_or(0);
+        let _ = writeln!(out, "| {name} | {:.1} MiB |", size as f64 / MIB as f64);
+    }
+    out
+}
+
+fn write_results(rows: &[Row], notes: &[String]) {
+    let mut md = String::from("# Benchmarks: git-remote-s3 (Rust) side by side with awslabs' git-remote-s3 0.4.2\n\n");
+    let _ = writeln!(
+        md,
+        "Written by `scripts/bench.sh` (`cargo bench -p git-s3-tests --bench compare`). Release build; each row: a warm-up, then {} runs of each tool, alternating; median (min–max). Ratio = ours / baseline (lower is better; for throughput goals the time ratio is shown).\n",
+        runs()
+    );
+    let _ = writeln!(md, "## Machine\n\n{}\n", machine());
+    md.push_str("## Results\n\n| scenario | server | ours | baseline | baseline is | ratio | goal | met |\n|---|---|---|---|---|---|---|---|\n");
+    for row in rows {
+        let met = match row.max_ratio {
+            Some(max) if row.ratio() <= max => "yes",
+            Some(_) => "**no**",
+            None => "",
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {:.3} | {} | {met} |",
+            row.scenario,
+            row.server,
+            row.ours.cell(),
+            row.baseline.cell(),
+            row.baseline_name,
+            row.ratio(),
+            row.goal
+        );
+        if !row.note.is_empty() {
+            let _ = writeln!(md, "| ↳ {} | | | | | | | |", row.note);
+        }
+    }
+    let _ = writeln!(md, "\n## Binaries\n\n{}", binary_sizes());
+    if !notes.is_empty() {
+        md.push_str("\n## Notes\n\n");
+        for note in notes {
+            let _ = writeln!(md, "- {note}");
+        }
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/RESULTS.md");
+    std::fs::create_dir_all(path.parent().expect("bench dir")).expect("bench dir");
+    std::fs::write(&path, md).expect("write results");
+    eprintln!("bench: wrote {}", path.display());
+}
