@@ -637,23 +637,13 @@ impl BundleRepo {
 
     async fn publish_zip(&self, dst: &str, oid: &str) -> Result<(), StoreError> {
         let summary = self.git.run(&["log", "-1", "--pretty=%h %s", oid]).await?;
-        let output = self
-            .git
-            .command(["archive", "--format=zip", oid])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .await
-            .map_err(GitError::Spawn)?;
-        if !output.status.success() {
-            return Err(GitError::Failed { command: "archive".into(), stderr: last_line(&output.stderr) }.into());
-        }
+        let zip = self.git.run_bytes(&["archive", "--format=zip", oid]).await?;
         let options = PutOptions {
             metadata: vec![("codepipeline-artifact-revision-summary".into(), summary)],
             content_disposition: Some(format!("attachment; filename=repo-{}.zip", &oid[..8.min(oid.len())])),
             ..Default::default()
         };
-        self.bucket.put_bytes(&self.layout.zip(dst), output.stdout, options).await?;
+        self.bucket.put_bytes(&self.layout.zip(dst), zip, options).await?;
         Ok(())
     }
 }

@@ -68,14 +68,20 @@ impl Git {
         command
     }
 
-    /// Runs git and returns its trimmed stdout, or its stderr as the error.
-    pub async fn run(&self, args: &[&str]) -> Result<String, GitError> {
+    /// Runs git and returns its stdout as bytes, or its stderr as the error.
+    pub async fn run_bytes(&self, args: &[&str]) -> Result<Vec<u8>, GitError> {
         let output =
             self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).output().await.map_err(GitError::Spawn)?;
         if !output.status.success() {
             return Err(GitError::Failed { command: args.join(" "), stderr: last_line(&output.stderr) });
         }
-        Ok(String::from_utf8_lossy(&output.stdout).trim_end().to_string())
+        Ok(output.stdout)
+    }
+
+    /// Runs git and returns its trimmed stdout, or its stderr as the error.
+    pub async fn run(&self, args: &[&str]) -> Result<String, GitError> {
+        let stdout = self.run_bytes(args).await?;
+        Ok(String::from_utf8_lossy(&stdout).trim_end().to_string())
     }
 
     /// Runs git for its exit status alone (a question such as "is this an ancestor?").
@@ -112,20 +118,13 @@ impl Git {
         Ok(PathBuf::from(out))
     }
 
-    /// `git config --list`, as (lower-cased key, value) pairs.
+    /// `git config --list`, as (lower-cased key, value) pairs; none when git cannot read any.
     pub async fn config_list(&self) -> Result<Vec<(String, String)>, GitError> {
-        let output = self
-            .command(["config", "--null", "--list"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .await
-            .map_err(GitError::Spawn)?;
-        // Outside a repository git still lists the global config; a failure means no config.
-        if !output.status.success() {
-            return Ok(Vec::new());
+        match self.run_bytes(&["config", "--null", "--list"]).await {
+            Ok(raw) => Ok(parse_config_list(&raw)),
+            Err(GitError::Failed { .. }) => Ok(Vec::new()),
+            Err(e) => Err(e),
         }
-        Ok(parse_config_list(&output.stdout))
     }
 }
 
