@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-test-deps.sh
 cargo build --workspace --bins
-cargo test --workspace
+cargo test --workspace --no-fail-fast

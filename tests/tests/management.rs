@@ -23,11 +23,19 @@ fn damaged_remote(env: &TestEnv, prefix: &str) -> (String, String) {
     let work = env.new_repo(&format!("work-{prefix}"));
     env.git_ok(&work, &["push", &url, "main"]);
     let older = env.rev_parse(&work, "HEAD");
-    let older_key = format!("{prefix}/refs/heads/main/{older}.bundle");
-    env.server.copy(&env.bucket, &older_key, &format!("{prefix}/spare"));
     let newer = env.commit(&work, "more", "more\n", "newer");
-    env.git_ok(&work, &["push", &url, "main"]);
-    env.server.copy(&env.bucket, &format!("{prefix}/spare"), &older_key);
+    env.git_ok(&work, &["push", &env.url(&format!("{prefix}-staging")), "main"]);
+    // The interrupted push uploaded its bundle after the old one, in a later second of the
+    // server's clock (LastModified has one-second resolution).
+    let stamp = |key: &str| env.server.head(&env.bucket, key).map(|(_, t)| t.secs()).unwrap_or(0);
+    let older_time = stamp(&format!("{prefix}/refs/heads/main/{older}.bundle"));
+    let clock = format!("{prefix}-clock");
+    wait_for("the server clock to pass the old bundle", Duration::from_secs(10), || {
+        env.server.put(&env.bucket, &clock, Vec::new());
+        (stamp(&clock) > older_time).then_some(())
+    });
+    let staged = format!("{prefix}-staging/refs/heads/main/{newer}.bundle");
+    env.server.copy(&env.bucket, &staged, &format!("{prefix}/refs/heads/main/{newer}.bundle"));
     env.git_ok(&work, &["push", &url, "main:refs/heads/feature"]);
     env.server.put(&env.bucket, &format!("{prefix}/refs/heads/feature/LOCK#.lock"), Vec::new());
     env.server.put(&env.bucket, &format!("{prefix}/HEAD"), b"refs/heads/gone".to_vec());
