@@ -20,6 +20,10 @@ use crate::transfer::{MultipartUpload, TransferError, join_part, part_size_for};
 
 /// Objects up to this size go in one request.
 pub const SINGLE_REQUEST_MAX_BYTES: u64 = 16 * 1024 * 1024;
+/// Buffer for hashing a downloaded file.
+const HASH_BUFFER_BYTES: usize = 256 * 1024;
+/// Buffer for writing downloads to disk.
+const WRITE_BUFFER_BYTES: usize = 128 * 1024;
 /// Git-lfs error code for a failed transfer (as the Python agent reports).
 pub const TRANSFER_ERROR_CODE: u32 = 2;
 
@@ -170,12 +174,11 @@ impl LfsStore {
         Ok(())
     }
 
-    /// Brings object `oid` into a temp file under the LFS storage dir, verified; returns its path.
-    pub async fn download(&self, oid: &str, received: &AtomicU64) -> Result<PathBuf, LfsError> {
+    /// Brings object `oid` (of `size` bytes, as git-lfs says) into a temp file under the LFS
+    /// storage dir, verified; returns its path.
+    pub async fn download(&self, oid: &str, size: u64, received: &AtomicU64) -> Result<PathBuf, LfsError> {
         check_oid(oid)?;
         let key = self.layout.lfs_object(oid);
-        let meta =
-            self.bucket.head(&key).await?.ok_or_else(|| LfsError::Missing { oid: oid.into(), key: key.clone() })?;
         let tmp_dir = self.storage_dir.join("tmp");
         tokio::fs::create_dir_all(&tmp_dir).await.map_err(Self::io("cannot create", &tmp_dir))?;
         let file = tempfile::Builder::new()
@@ -184,12 +187,14 @@ impl LfsStore {
             .map_err(Self::io("cannot create a temp file in", &tmp_dir))?;
         let path = file.path().to_path_buf();
         // The temp file is removed on every error path until it is verified and kept.
-        if meta.size <= SINGLE_REQUEST_MAX_BYTES {
-            self.download_range(&key, &path, 0, meta.size, received).await?;
+        let actual = if size <= SINGLE_REQUEST_MAX_BYTES {
+            // One stream, hashed as it arrives.
+            let mut hasher = Sha256::new();
+            self.download_range(oid, &key, &path, 0, None, received, Some(&mut hasher)).await?;
+            hex(&hasher.finalize())
         } else {
-            self.download_ranges(&key, &path, meta.size, received).await?;
-        }
-        let actual = sha256_of(&path).await.map_err(Self::io("cannot read", &path))?;
+            self.download_ranges(oid, &key, &path, size, received).await?
+        };
         if actual != oid {
             return Err(LfsError::Corrupt { oid: oid.into(), actual });
         }
@@ -201,41 +206,71 @@ impl LfsStore {
         Ok(kept)
     }
 
-    async fn download_ranges(&self, key: &str, path: &Path, size: u64, received: &AtomicU64) -> Result<(), LfsError> {
+    /// Downloads ranges in parallel and hashes the file in order while later ranges still
+    /// arrive (SHA-256 is sequential; reading back a range just written comes from the page
+    /// cache). Returns the hex digest.
+    async fn download_ranges(
+        &self,
+        oid: &str,
+        key: &str,
+        path: &Path,
+        size: u64,
+        received: &AtomicU64,
+    ) -> Result<String, LfsError> {
         let file = tokio::fs::OpenOptions::new().write(true).open(path).await.map_err(Self::io("cannot open", path))?;
         file.set_len(size).await.map_err(Self::io("cannot size", path))?;
         let part_size = part_size_for(size);
-        let mut ranges = Vec::new();
-        let mut offset = 0;
-        while offset < size {
-            let len = part_size.min(size - offset);
-            ranges.push((offset, len));
-            offset += len;
-        }
-        let results: Vec<Result<(), LfsError>> = futures::future::join_all(
-            ranges.into_iter().map(|(offset, len)| self.download_range(key, path, offset, len, received)),
-        )
-        .await;
-        results.into_iter().collect()
+        let ranges: Vec<(u64, u64)> =
+            (0..size).step_by(part_size as usize).map(|offset| (offset, part_size.min(size - offset))).collect();
+        let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+        let downloads: Vec<_> = ranges
+            .iter()
+            .enumerate()
+            .map(|(index, &(offset, len))| {
+                let done_tx = done_tx.clone();
+                async move {
+                    self.download_range(oid, key, path, offset, Some(len), received, None).await?;
+                    let _ = done_tx.send(index);
+                    Ok::<(), LfsError>(())
+                }
+            })
+            .collect();
+        // Only the downloads hold senders now: the hasher sees the channel close if one fails.
+        drop(done_tx);
+        let (downloaded, digest) =
+            tokio::join!(futures::future::try_join_all(downloads), hash_in_order(path, &ranges, done_rx));
+        downloaded?;
+        digest.map_err(Self::io("cannot read", path))
     }
 
-    /// Writes bytes `offset..offset+len` of the object at the same place in `path`.
+    /// Writes bytes `offset..offset+len` of the object (all of it when `len` is `None`) at the
+    /// same place in `path`, feeding `hasher` when given.
+    #[allow(clippy::too_many_arguments)]
     async fn download_range(
         &self,
+        oid: &str,
         key: &str,
         path: &Path,
         offset: u64,
-        len: u64,
+        len: Option<u64>,
         received: &AtomicU64,
+        mut hasher: Option<&mut Sha256>,
     ) -> Result<(), LfsError> {
-        let _admission = self.scheduler.admit(len).await;
+        let _admission = self.scheduler.admit(len.unwrap_or(SINGLE_REQUEST_MAX_BYTES)).await;
         let mut request = self.bucket.client().get_object().bucket(self.bucket.name()).key(key);
-        if len > 0 {
+        if let Some(len) = len.filter(|len| *len > 0) {
             request = request.range(format!("bytes={offset}-{}", offset + len - 1));
         }
-        let out = request.send().await.map_err(|e| self.bucket.classify("GetObject", key, e))?;
-        let mut file =
-            tokio::fs::OpenOptions::new().write(true).open(path).await.map_err(Self::io("cannot open", path))?;
+        let out = match request.send().await {
+            Ok(out) => out,
+            Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(404) => {
+                return Err(LfsError::Missing { oid: oid.into(), key: key.into() });
+            }
+            Err(e) => return Err(self.bucket.classify("GetObject", key, e).into()),
+        };
+        let file = tokio::fs::OpenOptions::new().write(true).open(path).await.map_err(Self::io("cannot open", path))?;
+        // Buffered: each unbuffered write would be its own trip to the blocking thread pool.
+        let mut file = tokio::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
         file.seek(std::io::SeekFrom::Start(offset)).await.map_err(Self::io("cannot seek", path))?;
         let mut body = out.body;
         while let Some(chunk) = body.try_next().await.map_err(|e| S3Error::Other {
@@ -243,6 +278,9 @@ impl LfsStore {
             key: key.into(),
             detail: e.to_string(),
         })? {
+            if let Some(hasher) = hasher.as_mut() {
+                hasher.update(&chunk);
+            }
             file.write_all(&chunk).await.map_err(Self::io("cannot write", path))?;
             received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         }
@@ -299,17 +337,54 @@ fn check_oid(oid: &str) -> Result<(), LfsError> {
     if is_lfs_oid(oid) { Ok(()) } else { Err(LfsError::BadOid(oid.to_string())) }
 }
 
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn hex_to_bytes(hex: &str) -> Option<Vec<u8>> {
     (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
 }
 
+/// Hashes `path` range by range, each as soon as it and all before it are complete.
+async fn hash_in_order(
+    path: &Path,
+    ranges: &[(u64, u64)],
+    mut done: tokio::sync::mpsc::UnboundedReceiver<usize>,
+) -> std::io::Result<String> {
+    use tokio::io::AsyncReadExt;
+    let mut complete = vec![false; ranges.len()];
+    let mut next = 0;
+    let mut hasher = Sha256::new();
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut buf = vec![0u8; HASH_BUFFER_BYTES];
+    while next < ranges.len() {
+        // A closed channel with ranges missing means a download failed; that error wins.
+        let Some(index) = done.recv().await else { return Ok(String::new()) };
+        complete[index] = true;
+        while next < ranges.len() && complete[next] {
+            let (offset, len) = ranges[next];
+            file.seek(std::io::SeekFrom::Start(offset)).await?;
+            let mut left = len;
+            while left > 0 {
+                let want = left.min(buf.len() as u64) as usize;
+                file.read_exact(&mut buf[..want]).await?;
+                hasher.update(&buf[..want]);
+                left -= want as u64;
+            }
+            next += 1;
+        }
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+#[cfg(test)]
 async fn sha256_of(path: &Path) -> std::io::Result<String> {
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let mut file = std::fs::File::open(path)?;
         let mut hasher = Sha256::new();
         std::io::copy(&mut file, &mut hasher)?;
-        Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+        Ok(hex(&hasher.finalize()))
     })
     .await
     .map_err(std::io::Error::other)?

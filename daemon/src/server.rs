@@ -380,7 +380,7 @@ async fn serve_lfs(
                     .await
                     .map(|()| None)
             } else {
-                store.download(&transfer.oid, &moved).await.map(Some)
+                store.download(&transfer.oid, transfer.size, &moved).await.map(Some)
             }
         };
         tokio::pin!(work);

@@ -134,20 +134,51 @@ impl Bench {
     }
 }
 
+/// `BENCH_ONLY=lfs` (or `small`, `shim`, `history`) runs one group, for profiling; the results
+/// file is written only by a full run.
+fn selected(group: &str) -> bool {
+    std::env::var("BENCH_ONLY").map_or(true, |only| only == group)
+}
+
 fn main() {
     let mut rows = Vec::new();
     let mut notes = Vec::new();
-    for kind in [ServerKind::S3sFs, ServerKind::Moto] {
-        eprintln!("bench: small-repository scenarios on {kind:?}");
-        small_repository(&Bench::new(kind), &mut rows);
+    if selected("small") {
+        for kind in [ServerKind::S3sFs, ServerKind::Moto] {
+            eprintln!("bench: small-repository scenarios on {kind:?}");
+            small_repository(&Bench::new(kind), &mut rows);
+        }
     }
     let bench = Bench::new(ServerKind::S3sFs);
-    eprintln!("bench: shim start-up");
-    shim_start(&bench, &mut rows);
-    eprintln!("bench: 200 MB history");
-    large_history(&bench, &mut rows, &mut notes);
-    eprintln!("bench: LFS");
-    lfs(&bench, &mut rows, &mut notes);
+    if selected("shim") {
+        eprintln!("bench: shim start-up");
+        shim_start(&bench, &mut rows);
+    }
+    if selected("history") {
+        eprintln!("bench: 200 MB history");
+        large_history(&bench, &mut rows, &mut notes);
+    }
+    if selected("lfs") {
+        eprintln!("bench: LFS");
+        lfs(&bench, &mut rows, &mut notes);
+    }
+    if std::env::var("BENCH_ONLY").is_ok() {
+        for row in &rows {
+            eprintln!(
+                "{} [{}]: ours {} vs {} {} (ratio {:.3})",
+                row.scenario,
+                row.server,
+                row.ours.cell(),
+                row.baseline_name,
+                row.baseline.cell(),
+                row.ratio()
+            );
+        }
+        for note in &notes {
+            eprintln!("{note}");
+        }
+        return;
+    }
     write_results(&rows, &notes);
 }
 
@@ -319,6 +350,25 @@ fn large_history(bench: &Bench, rows: &mut Vec<Row>, notes: &mut Vec<String>) {
             local.0.push(took);
         }
     }
+    let key = env
+        .keys(&format!("{}/refs/heads/main/", prefix(Tool::Ours)))
+        .into_iter()
+        .find(|k| k.ends_with(".bundle"))
+        .expect("our bundle");
+    let (runtime, client) = env.server.client();
+    let mut raw_get = Stats::default();
+    for run in 0..=runs() {
+        let started = Instant::now();
+        runtime.block_on(async {
+            let out = client.get_object().bucket(&env.bucket).key(&key).send().await.expect("get bundle");
+            let mut body = out.body;
+            while body.try_next().await.expect("read bundle").is_some() {}
+        });
+        if run > 0 {
+            raw_get.0.push(started.elapsed());
+        }
+    }
+    let note = format!("of which a raw GET of the bundle alone takes {}", ms(raw_get.median()));
     rows.push(Row {
         scenario: "clone, 200 MB history".into(),
         server: bench.server,
@@ -327,7 +377,7 @@ fn large_history(bench: &Bench, rows: &mut Vec<Row>, notes: &mut Vec<String>) {
         baseline_name: "git clone of the same bundle file",
         goal: "≤ 1.3×",
         max_ratio: Some(1.3),
-        note: String::new(),
+        note,
     });
 }
 
@@ -379,6 +429,7 @@ fn lfs(bench: &Bench, rows: &mut Vec<Row>, notes: &mut Vec<String>) {
         up
     });
     let (raw_up, raw_down) = raw_sdk(bench, &files);
+    let (floor_up, floor_down) = git_lfs_floor(bench, &repo, &objects);
     let mb = total_bytes as f64 / 1e6;
     let rate = |s: &Stats| format!("{:.0} MB/s", mb / s.median().as_secs_f64());
     let note = |ours: &Stats, python: &Stats| format!("throughput: ours {}, Python {}", rate(ours), rate(python));
@@ -423,6 +474,23 @@ fn lfs(bench: &Bench, rows: &mut Vec<Row>, notes: &mut Vec<String>) {
         note: format!("raw {}", rate(&raw_down)),
     });
 
+    let floor = |direction: &str, ours: &Stats, floor: &Stats| Row {
+        scenario: format!("LFS {direction}, same data"),
+        server: "none",
+        ours: ours.clone(),
+        baseline: floor.clone(),
+        baseline_name: "git-lfs with a no-op agent (git-lfs's own cost)",
+        goal: "",
+        max_ratio: None,
+        note: String::new(),
+    };
+    rows.push(floor("upload", &up_ours, &floor_up));
+    rows.push(floor("download", &downloads.0, &floor_down));
+    notes.push(format!(
+        "git-lfs's own cost: with an agent that does nothing (upload) or copies from a local folder (download), `git lfs push --all` takes {} and `git lfs fetch --all` {} for this data. The raw SDK rows have no git-lfs in them, so an agent can at best reach raw + git-lfs's own cost.",
+        ms(floor_up.median()),
+        ms(floor_down.median())
+    ));
     let moved = total_bytes * 2 * (runs() as u64 + 1);
     if let Some(status) = env.daemon_status() {
         let pid = status["pid"].as_u64().unwrap_or(0);
@@ -438,6 +506,49 @@ fn lfs(bench: &Bench, rows: &mut Vec<Row>, notes: &mut Vec<String>) {
             peak_kib as f64 / 1024.0
         ));
     }
+}
+
+/// git-lfs driving an agent that moves nothing: uploads complete at once, downloads are copies
+/// from a local folder. What git-lfs itself costs for this data.
+fn git_lfs_floor(bench: &Bench, repo: &Path, objects: &Path) -> (Stats, Stats) {
+    let env = &bench.env;
+    let store = env.path("lfs-store");
+    let agent = env.path("noop-agent.py");
+    std::fs::write(
+        &agent,
+        "import json, os, shutil, sys\n\
+         store, out = sys.argv[1], sys.argv[2]\n\
+         for line in sys.stdin:\n\
+         \x20   e = json.loads(line)\n\
+         \x20   if e['event'] == 'init': print('{}', flush=True)\n\
+         \x20   elif e['event'] == 'terminate': break\n\
+         \x20   elif e['event'] == 'upload': print(json.dumps({'event': 'complete', 'oid': e['oid']}), flush=True)\n\
+         \x20   else:\n\
+         \x20       oid = e['oid']; dst = os.path.join(out, oid)\n\
+         \x20       shutil.copyfile(os.path.join(store, oid[:2], oid[2:4], oid), dst)\n\
+         \x20       print(json.dumps({'event': 'complete', 'oid': oid, 'path': dst}), flush=True)\n",
+    )
+    .expect("agent");
+    let scratch = env.path("noop-out");
+    std::fs::create_dir_all(&scratch).expect("scratch");
+    let args = format!("{} {} {}", agent.display(), store.display(), scratch.display());
+    env.git_ok(repo, &["config", "lfs.customtransfer.git-lfs-s3.path", "python3"]);
+    env.git_ok(repo, &["config", "lfs.customtransfer.git-lfs-s3.args", &args]);
+    let (mut up, mut down) = (Stats::default(), Stats::default());
+    for run in 0..=runs() {
+        let took_up = bench.time(Tool::Ours, repo, &["lfs", "push", "--all", "origin"]);
+        std::fs::rename(objects, &store).expect("set objects aside");
+        let took_down = bench.time(Tool::Ours, repo, &["lfs", "fetch", "--all", "origin"]);
+        let _ = std::fs::remove_dir_all(objects);
+        std::fs::rename(&store, objects).expect("restore objects");
+        if run > 0 {
+            up.0.push(took_up);
+            down.0.push(took_down);
+        }
+    }
+    env.git_ok(repo, &["config", "lfs.customtransfer.git-lfs-s3.path", "git-lfs-s3"]);
+    env.git_ok(repo, &["config", "--unset", "lfs.customtransfer.git-lfs-s3.args"]);
+    (up, down)
 }
 
 /// `(path, size)` of every object in an LFS object store.
