@@ -771,7 +771,13 @@ fn write_results(rows: &[Row], notes: &[String]) {
             let _ = writeln!(md, "- {note}");
         }
     }
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/RESULTS.md");
+    // The maintained explanation of the figures (profiling, missed goals) follows them.
+    let bench_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench");
+    if let Ok(analysis) = std::fs::read_to_string(bench_dir.join("analysis.md")) {
+        md.push('\n');
+        md.push_str(&analysis);
+    }
+    let path = bench_dir.join("RESULTS.md");
     std::fs::create_dir_all(path.parent().expect("bench dir")).expect("bench dir");
     std::fs::write(&path, md).expect("write results");
     eprintln!("bench: wrote {}", path.display());
