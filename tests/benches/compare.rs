@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use git_s3_tests::{ServerKind, TestEnv, bin_dir, incompressible_bytes, tools_dir};
+use git_s3_tests::{ServerKind, TestEnv, bin_dir, incompressible_bytes, peak_rss_kib, tools_dir};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -65,6 +65,27 @@ struct Row {
 }
 
 impl Row {
+    /// A row against the Python tool.
+    fn versus_python(
+        scenario: &str,
+        server: &'static str,
+        ours: Stats,
+        python: Stats,
+        goal: &'static str,
+        max_ratio: Option<f64>,
+    ) -> Self {
+        Row {
+            scenario: scenario.into(),
+            server,
+            ours,
+            baseline: python,
+            baseline_name: "Python",
+            goal,
+            max_ratio,
+            note: String::new(),
+        }
+    }
+
     fn ratio(&self) -> f64 {
         self.ours.median().as_secs_f64() / self.baseline.median().as_secs_f64().max(1e-9)
     }
@@ -192,44 +213,24 @@ fn small_repository(bench: &Bench, rows: &mut Vec<Row>) {
     let url = |tool| env.url(if tool == Tool::Ours { "small-ours" } else { "small-py" });
     let root = env.path("");
     let (ours, python) = bench.compare(|tool, _| bench.time(tool, &root, &["ls-remote", &url(tool)]));
-    rows.push(Row {
-        scenario: "git ls-remote, warm daemon".into(),
-        server: bench.server,
-        ours,
-        baseline: python,
-        baseline_name: "Python",
-        goal: "≤ 1/20",
-        max_ratio: Some(0.05),
-        note: String::new(),
-    });
+    rows.push(Row::versus_python("git ls-remote, warm daemon", bench.server, ours, python, "≤ 1/20", Some(0.05)));
     let (ours, python) = bench.compare(|tool, _| {
         if tool == Tool::Ours {
             bench.stop_daemon();
         }
         bench.time(tool, &root, &["ls-remote", &url(tool)])
     });
-    rows.push(Row {
-        scenario: "git ls-remote, cold daemon (started by the command)".into(),
-        server: bench.server,
+    rows.push(Row::versus_python(
+        "git ls-remote, cold daemon (started by the command)",
+        bench.server,
         ours,
-        baseline: python,
-        baseline_name: "Python",
-        goal: "",
-        max_ratio: None,
-        note: String::new(),
-    });
+        python,
+        "",
+        None,
+    ));
     let clone = |tool| env.path(if tool == Tool::Ours { "clone-small-ours" } else { "clone-small-py" });
     let (ours, python) = bench.compare(|tool, _| bench.time(tool, &clone(tool), &["fetch", "origin"]));
-    rows.push(Row {
-        scenario: "no-op git fetch".into(),
-        server: bench.server,
-        ours,
-        baseline: python,
-        baseline_name: "Python",
-        goal: "≤ 1/20",
-        max_ratio: Some(0.05),
-        note: String::new(),
-    });
+    rows.push(Row::versus_python("no-op git fetch", bench.server, ours, python, "≤ 1/20", Some(0.05)));
 }
 
 /// Time from starting a helper to its answer: `capabilities` (no daemon needed) and `list`
@@ -494,12 +495,7 @@ fn lfs(bench: &Bench, rows: &mut Vec<Row>, notes: &mut Vec<String>) {
     let moved = total_bytes * 2 * (runs() as u64 + 1);
     if let Some(status) = env.daemon_status() {
         let pid = status["pid"].as_u64().unwrap_or(0);
-        let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let peak_kib: u64 = proc_status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0);
+        let peak_kib = peak_rss_kib(pid);
         notes.push(format!(
             "Daemon peak RSS (VmHWM) after moving {:.1} GiB of LFS data through it: {:.0} MiB (goal < 150 MiB).",
             moved as f64 / (1024.0 * 1024.0 * 1024.0),

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use git_s3_tests::{ServerKind, TestEnv, bin_dir, incompressible_bytes, tools_dir, wait_for};
+use git_s3_tests::{ServerKind, TestEnv, bin_dir, incompressible_bytes, peak_rss_kib, tools_dir, wait_for};
 
 fn sha256_hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
@@ -149,12 +149,7 @@ fn a_300_mib_file_goes_up_in_parts_and_down_in_ranges_with_bounded_memory() {
     assert_eq!(sha256_hex(&downloaded), oid);
 
     let pid = env.daemon_status().expect("daemon")["pid"].as_u64().expect("pid");
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc");
-    let peak_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM");
+    let peak_kib = peak_rss_kib(pid);
     eprintln!("daemon peak RSS after 300 MiB up and down: {} MiB", peak_kib / 1024);
     assert!(peak_kib < 200 * 1024, "daemon peak RSS {peak_kib} KiB");
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use git_s3_tests::{ServerKind, TestEnv, incompressible_bytes, wait_for};
+use git_s3_tests::{ServerKind, TestEnv, incompressible_bytes, peak_rss_kib, wait_for};
 
 fn bundle_keys(env: &TestEnv, prefix: &str, refname: &str) -> Vec<String> {
     env.keys(&format!("{prefix}/{refname}/")).into_iter().filter(|k| k.ends_with(".bundle")).collect()
@@ -339,15 +339,6 @@ fn a_large_bundle_goes_up_in_parts_and_the_lock_outlives_its_ttl() {
     assert_eq!(std::fs::read(clone.join("big.bin")).unwrap(), std::fs::read(work.join("big.bin")).unwrap());
     let peak_kib = peak_rss_kib(pid);
     assert!(peak_kib < 200 * 1024, "daemon memory stays bounded with a 105 MiB bundle: peak {peak_kib} KiB");
-}
-
-fn peak_rss_kib(pid: u64) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
 }
 
 #[test]
