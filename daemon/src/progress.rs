@@ -22,12 +22,14 @@ pub enum Event {
 pub struct Events {
     tx: mpsc::Sender<Event>,
     total: Arc<AtomicU64>,
+    /// Whether the client shows progress at all (git's `option progress`).
+    progress: bool,
 }
 
 impl Events {
-    pub fn channel(total: Arc<AtomicU64>) -> (Self, mpsc::Receiver<Event>) {
+    pub fn channel(total: Arc<AtomicU64>, progress: bool) -> (Self, mpsc::Receiver<Event>) {
         let (tx, rx) = mpsc::channel(64);
-        (Self { tx, total }, rx)
+        (Self { tx, total, progress }, rx)
     }
 
     pub async fn message(&self, text: impl Into<String>) {
@@ -40,8 +42,8 @@ impl Events {
         let bytes = Arc::new(AtomicU64::new(0));
         let counted = Counted { bytes: bytes.clone(), added: Arc::new(AtomicU64::new(0)), total: self.total.clone() };
         let title = title.into();
-        let ticker = tokio::spawn(tick(self.tx.clone(), title.clone(), counted.clone(), total_bytes));
-        Meter { bytes, counted, ticker, title, total_bytes, tx: self.tx.clone() }
+        let ticker = tokio::spawn(tick(self.tx.clone(), title.clone(), counted.clone(), total_bytes, self.progress));
+        Meter { bytes, counted, ticker, title, total_bytes, tx: self.tx.clone(), progress: self.progress }
     }
 }
 
@@ -65,6 +67,7 @@ impl Counted {
 pub struct Meter {
     bytes: Arc<AtomicU64>,
     counted: Counted,
+    progress: bool,
     ticker: JoinHandle<()>,
     title: String,
     total_bytes: u64,
@@ -83,6 +86,9 @@ impl Meter {
     pub fn finish(self) {
         self.ticker.abort();
         let done = self.counted.sync_total();
+        if !self.progress {
+            return;
+        }
         let total = if self.total_bytes == 0 { done } else { self.total_bytes };
         let _ = self.tx.try_send(Event::Progress {
             title: self.title.clone(),
@@ -99,12 +105,13 @@ impl Drop for Meter {
     }
 }
 
-async fn tick(tx: mpsc::Sender<Event>, title: String, counted: Counted, total_bytes: u64) {
+/// Keeps the operation's total current and, when the client shows progress, reports.
+async fn tick(tx: mpsc::Sender<Event>, title: String, counted: Counted, total_bytes: u64, progress: bool) {
     let mut last = u64::MAX;
     loop {
         tokio::time::sleep(PROGRESS_PERIOD).await;
         let done = counted.sync_total();
-        if done != last {
+        if progress && done != last {
             last = done;
             let _ =
                 tx.try_send(Event::Progress { title: title.clone(), done_bytes: done, total_bytes, finished: false });

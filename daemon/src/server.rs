@@ -139,12 +139,14 @@ impl Daemon for Service {
         let request = request.into_inner();
         let remote_name = request.remote.as_ref().map(|r| r.name.clone()).unwrap_or_default();
         let cloning = request.cloning;
+        let progress = request.verbosity.is_some_and(|v| v.progress);
         let Opened { repo, label, .. } = self.open(request.caller, request.remote).await?;
         let wanted: Vec<(String, String)> = request.wanted.into_iter().map(|r| (r.name, r.oid)).collect();
         let stream = stream_operation(
             self.state.clone(),
             "fetch",
             label,
+            progress,
             move |events| async move {
                 let keeps = repo.fetch(wanted, &events).await?;
                 if cloning {
@@ -186,6 +188,7 @@ impl Daemon for Service {
         let request = request.into_inner();
         let Opened { repo, label, listing_key } = self.open(request.caller, request.remote).await?;
         let state = self.state.clone();
+        let progress = request.verbosity.is_some_and(|v| v.progress);
         // What this session listed is about to change.
         self.state.listings.forget(&listing_key);
         let batch = PushBatch {
@@ -203,6 +206,7 @@ impl Daemon for Service {
             self.state.clone(),
             "push",
             label,
+            progress,
             move |events| async move {
                 let outcomes = repo.push(batch, &events).await;
                 for outcome in &outcomes {
@@ -438,6 +442,7 @@ fn stream_operation<T, R, Fut>(
     state: Arc<DaemonState>,
     what: &'static str,
     label: String,
+    progress: bool,
     work: impl FnOnce(Events) -> Fut + Send + 'static,
     wrap: fn(Event) -> T,
     finish: fn(R) -> Result<T, Status>,
@@ -451,7 +456,7 @@ where
     let tasks = state.tasks.clone();
     tasks.spawn(async move {
         let activity = state.begin(what, &label);
-        let (events, mut event_rx) = Events::channel(activity.bytes());
+        let (events, mut event_rx) = Events::channel(activity.bytes(), progress);
         let work = work(events);
         tokio::pin!(work);
         let result = loop {

@@ -99,7 +99,6 @@ impl Backend for DaemonBackend {
             leases: request.options.leases,
             dry_run: request.options.dry_run,
             atomic: request.options.atomic,
-            push_options: request.options.push_options,
             verbosity: Some(verbosity),
         };
         let mut events = client.push(request).await.map_err(|s| describe(&s, &self.endpoint))?.into_inner();

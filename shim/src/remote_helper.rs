@@ -31,7 +31,6 @@ pub struct Options {
     pub object_format: bool,
     pub cloning: bool,
     pub leases: Vec<Lease>,
-    pub push_options: Vec<String>,
 }
 
 impl Default for Options {
@@ -44,7 +43,6 @@ impl Default for Options {
             object_format: false,
             cloning: false,
             leases: Vec::new(),
-            push_options: Vec::new(),
         }
     }
 }
@@ -95,10 +93,8 @@ impl Options {
                 }
                 _ => OptionReply::Error(format!("'{value}' is not <ref>:<expected object>")),
             },
-            "push-option" => {
-                self.push_options.push(value.to_string());
-                OptionReply::Ok
-            }
+            // Accepted so `git push -o …` works; an S3 remote has no hooks to hand them to.
+            "push-option" => OptionReply::Ok,
             // Bundles are whole: tags come with the history they point into, and git fetches a
             // tag it still lacks by itself.
             "cloning" => set(&mut self.cloning),

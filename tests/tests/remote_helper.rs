@@ -307,7 +307,7 @@ fn a_large_bundle_goes_up_in_parts_and_the_lock_outlives_its_ttl() {
     env.git_ok(&env.path(""), &["init", "-q", rival.to_str().unwrap()]);
     env.commit(&rival, "r", "r\n", "rival");
     let mut push = env.command("git");
-    push.args(["push", &url, "main"]).current_dir(&work).stdout(Stdio::null()).stderr(Stdio::piped());
+    push.args(["push", "--progress", &url, "main"]).current_dir(&work).stdout(Stdio::null()).stderr(Stdio::piped());
     let mut push = push.spawn().expect("spawn push");
     wait_for("the big push to take its lock", Duration::from_secs(60), || {
         (!env.keys("large/refs/heads/main/LOCK#.lock").is_empty()).then_some(())
@@ -323,7 +323,12 @@ fn a_large_bundle_goes_up_in_parts_and_the_lock_outlives_its_ttl() {
         push_bytes_seen = pushing.filter_map(|a| a["bytes"].as_u64()).max().unwrap_or(0).max(push_bytes_seen);
     }
     let output = push.wait_with_output().expect("push");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Sending refs/heads/main: ") && stderr.contains("/s, done."),
+        "git-style progress: {stderr}"
+    );
     assert!(rival_attempts > 0);
     assert!(push_bytes_seen > 0, "status showed the push's bytes while it ran");
 
