@@ -334,21 +334,56 @@ impl BundleRepo {
                 .map(|c| RefOutcome { dst: c.dst.clone(), result: Err(why.clone()) })
                 .collect();
         }
-        if batch.atomic {
-            return self.push_atomic(&batch, events).await;
+        let outcomes = if batch.atomic {
+            self.push_atomic(&batch, events).await
+        } else {
+            let batch = &batch;
+            futures::stream::iter(batch.commands.clone())
+                .map(|command| async move {
+                    let result = match self.prepare(&command, batch).await {
+                        Ok(prepared) => self.write_and_commit(prepared, batch, events).await,
+                        Err(why) => Err(why),
+                    };
+                    RefOutcome { dst: command.dst, result }
+                })
+                .buffered(REFS_IN_FLIGHT)
+                .collect()
+                .await
+        };
+        if !batch.dry_run
+            && let Err(e) = self.set_head_if_missing(&batch, &outcomes).await
+        {
+            tracing::warn!(error = %e, "could not set the remote's HEAD");
         }
-        let batch = &batch;
-        futures::stream::iter(batch.commands.clone())
-            .map(|command| async move {
-                let result = match self.prepare(&command, batch).await {
-                    Ok(prepared) => self.write_and_commit(prepared, batch, events).await,
-                    Err(why) => Err(why),
-                };
-                RefOutcome { dst: command.dst, result }
-            })
-            .buffered(REFS_IN_FLIGHT)
-            .collect()
-            .await
+        outcomes
+    }
+
+    /// A remote without HEAD gets one once the batch is done (refs of a batch are pushed in
+    /// parallel, so "the first push" would be a race): the pusher's current branch if it was
+    /// pushed, else main, else master, else the batch's first branch.
+    async fn set_head_if_missing(&self, batch: &PushBatch, outcomes: &[RefOutcome]) -> Result<(), StoreError> {
+        let pushed: Vec<&str> = batch
+            .commands
+            .iter()
+            .zip(outcomes)
+            .filter(|(c, o)| !c.src.is_empty() && o.result.is_ok() && c.dst.starts_with("refs/heads/"))
+            .map(|(c, _)| c.dst.as_str())
+            .collect();
+        if pushed.is_empty() || self.bucket.head(&self.layout.head()).await?.is_some() {
+            return Ok(());
+        }
+        let current = self.git.run(&["symbolic-ref", "-q", "HEAD"]).await.ok();
+        let Some(choice) = current
+            .as_deref()
+            .filter(|branch| pushed.contains(branch))
+            .or_else(|| ["refs/heads/main", "refs/heads/master"].into_iter().find(|b| pushed.contains(b)))
+            .or_else(|| pushed.first().copied())
+        else {
+            return Ok(());
+        };
+        let options = PutOptions { if_none_match_any: true, ..Default::default() };
+        self.bucket.put_bytes(&self.layout.head(), choice.as_bytes().to_vec(), options).await?;
+        Ok(())
     }
 
     async fn write_and_commit(&self, prepared: Prepared, batch: &PushBatch, events: &Events) -> Result<bool, String> {
@@ -574,8 +609,8 @@ impl BundleRepo {
         Ok(scratch)
     }
 
-    /// Makes the uploaded bundle the ref's value: removes the old bundles, sets HEAD if the
-    /// remote has none, publishes the zip of `s3+zip://` remotes, and releases the lock.
+    /// Makes the uploaded bundle the ref's value: removes the old bundles, publishes the zip of
+    /// `s3+zip://` remotes, and releases the lock.
     async fn commit(&self, prepared: Prepared) -> Result<bool, String> {
         let result = self.commit_under_lock(&prepared).await;
         release(prepared.lock).await;
@@ -593,10 +628,6 @@ impl BundleRepo {
         };
         if prepared.unchanged {
             return Ok(());
-        }
-        if dst.starts_with("refs/heads/") && self.bucket.head(&self.layout.head()).await?.is_none() {
-            let options = PutOptions { if_none_match_any: true, ..Default::default() };
-            self.bucket.put_bytes(&self.layout.head(), dst.as_bytes().to_vec(), options).await?;
         }
         for old in prepared.state.bundles.iter().filter(|b| &b.oid != new_oid) {
             self.bucket.delete(&old.key).await?;

@@ -593,3 +593,23 @@ fn protection_set_by_either_tool_is_honoured_by_the_other() {
     let original = env.ls_remote(&work, "origin").into_iter().find(|(_, n)| n == "refs/heads/release").map(|(o, _)| o);
     assert_ne!(original, Some(env.rev_parse(&work, "HEAD")));
 }
+
+#[test]
+fn a_new_remote_head_follows_the_pushers_current_branch() {
+    let env = TestEnv::new();
+    let work = env.new_repo("work");
+    for branch in ["alpha", "beta"] {
+        env.git_ok(&work, &["branch", branch]);
+    }
+    env.git_ok(&work, &["checkout", "-q", "beta"]);
+    env.git_ok(&work, &["push", "--all", &env.url("current")]);
+    assert_eq!(env.server.get(&env.bucket, "current/HEAD"), b"refs/heads/beta");
+
+    // The current branch was not pushed: main it is, whatever order the batch ran in.
+    env.git_ok(&work, &["checkout", "-q", "-b", "unpushed"]);
+    env.git_ok(&work, &["push", &env.url("fallback"), "alpha", "main", "beta"]);
+    assert_eq!(env.server.get(&env.bucket, "fallback/HEAD"), b"refs/heads/main");
+    let clone = env.path("clone");
+    env.git_ok(&env.path(""), &["clone", "-q", &env.url("fallback"), clone.to_str().unwrap()]);
+    assert_eq!(env.git_ok(&clone, &["symbolic-ref", "HEAD"]).trim(), "refs/heads/main");
+}
