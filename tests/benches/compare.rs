@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use git_s3_tests::{ServerKind, TestEnv, bin_dir, incompressible_bytes, peak_rss_kib, tools_dir};
+use git_s3_tests::{ServerKind, TestEnv, bin_dir, incompressible_bytes, peak_rss_kib};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -94,7 +94,6 @@ impl Row {
 struct Bench {
     env: TestEnv,
     server: &'static str,
-    python_path: String,
 }
 
 impl Bench {
@@ -107,20 +106,16 @@ impl Bench {
             env.set_env("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required");
             env.set_env("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required");
         }
-        let python_bin = tools_dir().join("python-git-remote-s3/bin");
-        let python_path =
-            format!("{}:{}:{}", python_bin.display(), bin_dir().display(), std::env::var("PATH").unwrap_or_default());
         let server = if kind == ServerKind::S3sFs { "s3s-fs" } else { "moto" };
         env.enable_lfs();
-        Self { env, server, python_path }
+        Self { env, server }
     }
 
     fn command(&self, tool: Tool, program: &str) -> Command {
-        let mut command = self.env.command(program);
-        if tool == Tool::Python {
-            command.env("PATH", &self.python_path);
+        match tool {
+            Tool::Ours => self.env.command(program),
+            Tool::Python => self.env.python_tool_command(program),
         }
-        command
     }
 
     fn git(&self, tool: Tool, dir: &Path, args: &[&str]) {

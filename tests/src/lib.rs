@@ -161,6 +161,17 @@ impl TestEnv {
         command
     }
 
+    /// Like `command`, but the Python git-remote-s3's programs (`git-remote-s3`, `git-lfs-s3`,
+    /// `git-s3`) are found before ours, as for a user who installed that tool.
+    pub fn python_tool_command(&self, program: &str) -> Command {
+        let python_bin = tools_dir().join("python-git-remote-s3/bin");
+        let path =
+            format!("{}:{}:{}", python_bin.display(), bin_dir().display(), std::env::var("PATH").unwrap_or_default());
+        let mut command = self.command(program);
+        command.env("PATH", path);
+        command
+    }
+
     pub fn run(&self, mut command: Command) -> Output {
         command.output().expect("spawn")
     }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use git_s3_tests::{ServerKind, TestEnv, bin_dir, incompressible_bytes, peak_rss_kib, tools_dir, wait_for};
+use git_s3_tests::{ServerKind, TestEnv, bin_dir, incompressible_bytes, peak_rss_kib, wait_for};
 
 fn sha256_hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
@@ -206,12 +206,10 @@ fn lfs_only_mode_keeps_objects_in_s3_while_the_code_lives_elsewhere() {
 fn objects_pushed_by_the_python_agent_are_read_by_ours_and_the_other_way_round() {
     let env = TestEnv::new();
     let url = env.url("mixed");
-    let python_bin = tools_dir().join("python-git-remote-s3/bin");
-    let python_path = format!("{}:{}", python_bin.display(), std::env::var("PATH").unwrap_or_default());
     let python_git = |dir: &Path, args: &[&str]| {
-        let mut command = env.command("git");
+        let mut command = env.python_tool_command("git");
         // The Python tool needs its install step before LFS content can be checked out.
-        command.env("PATH", &python_path).env("GIT_LFS_SKIP_SMUDGE", "1").current_dir(dir).args(args);
+        command.env("GIT_LFS_SKIP_SMUDGE", "1").current_dir(dir).args(args);
         let output = env.run(command);
         assert!(output.status.success(), "python: git {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
     };
@@ -232,8 +230,8 @@ fn objects_pushed_by_the_python_agent_are_read_by_ours_and_the_other_way_round()
     // ...which the Python tool's agent downloads.
     let python_clone = env.path("python-clone");
     python_git(&env.path(""), &["clone", "-q", &url, python_clone.to_str().unwrap()]);
-    let mut install = env.command(python_bin.join("git-lfs-s3"));
-    install.env("PATH", &python_path).args(["install", "--remote", "origin"]).current_dir(&python_clone);
+    let mut install = env.python_tool_command("git-lfs-s3");
+    install.args(["install", "--remote", "origin"]).current_dir(&python_clone);
     assert!(env.run(install).status.success());
     python_git(&python_clone, &["lfs", "pull"]);
     assert_eq!(std::fs::read(python_clone.join("two.bin")).unwrap(), second);

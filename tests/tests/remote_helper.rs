@@ -411,15 +411,10 @@ fn atomic_push_writes_nothing_when_one_ref_is_refused() {
     assert!(bundle_keys(&env, "atomic", "refs/heads/feature").is_empty(), "nothing written for the other ref");
 }
 
-fn python_tool_bin() -> std::path::PathBuf {
-    git_s3_tests::tools_dir().join("python-git-remote-s3/bin")
-}
-
-/// A command that finds the Python tool's git-remote-s3 before ours.
+/// git, finding the Python tool's git-remote-s3 before ours.
 fn with_python_tool(env: &TestEnv, dir: &Path, args: &[&str]) -> std::process::Output {
-    let mut command = env.command("git");
-    let path = format!("{}:{}", python_tool_bin().display(), std::env::var("PATH").unwrap_or_default());
-    command.env("PATH", path).current_dir(dir).args(args);
+    let mut command = env.python_tool_command("git");
+    command.current_dir(dir).args(args);
     env.run(command)
 }
 
@@ -575,9 +570,8 @@ fn protection_set_by_either_tool_is_honoured_by_the_other() {
     env.git_ok(&work, &["push", "origin", "main", "main:refs/heads/release"]);
 
     // The Python tool protects main; our force push is refused.
-    let mut protect = env.command(python_tool_bin().join("git-s3"));
-    let path = format!("{}:{}", python_tool_bin().display(), std::env::var("PATH").unwrap_or_default());
-    protect.env("PATH", &path).args(["protect", "origin", "main"]).current_dir(&work);
+    let mut protect = env.python_tool_command("git-s3");
+    protect.args(["protect", "origin", "main"]).current_dir(&work);
     let output = env.run(protect);
     assert!(output.status.success(), "python git-s3 protect: {}", String::from_utf8_lossy(&output.stderr));
     env.git_ok(&work, &["commit", "-q", "--amend", "-m", "rewritten"]);
