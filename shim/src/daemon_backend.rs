@@ -3,10 +3,10 @@
 
 use git_s3_proto::endpoint::Endpoint;
 use git_s3_proto::{
-    FetchDone, FetchRequest, ListRefsReply, ListRefsRequest, PushDone, Remote, RemoteRef, Verbosity, fetch_event,
-    push_event,
+    FetchDone, FetchEvent, FetchRequest, ListRefsReply, ListRefsRequest, Progress, PushDone, PushEvent, Remote,
+    RemoteRef, Verbosity, fetch_event, push_event,
 };
-use tonic::{Code, Status};
+use tonic::{Code, Status, Streaming};
 
 use crate::caller;
 use crate::daemon_client::{Client, connect_or_start};
@@ -35,13 +35,60 @@ impl DaemonBackend {
         Ok(client)
     }
 
-    fn show(&mut self, verbosity: &Verbosity, progress: Option<git_s3_proto::Progress>, message: Option<String>) {
-        if let Some(progress) = progress.filter(|_| verbosity.progress) {
-            self.display.update(&progress);
+    /// Shows an operation's progress and messages until its result arrives. `cut_short` is what
+    /// to tell the user when the stream ends without one.
+    async fn relay<E: OperationEvent>(
+        &mut self,
+        mut events: Streaming<E>,
+        verbosity: &Verbosity,
+        cut_short: &str,
+    ) -> Result<E::Done, String> {
+        loop {
+            let event = events.message().await.map_err(|s| describe(&s, &self.endpoint))?;
+            match event.and_then(OperationEvent::step) {
+                Some(Step::Progress(progress)) if verbosity.progress => self.display.update(&progress),
+                Some(Step::Message(message)) if verbosity.level > 0 => eprintln!("{message}"),
+                Some(Step::Progress(_) | Step::Message(_)) => {}
+                Some(Step::Done(done)) => return Ok(done),
+                None => return Err(cut_short.to_string()),
+            }
         }
-        if let Some(message) = message.filter(|_| verbosity.level > 0) {
-            eprintln!("{message}");
-        }
+    }
+}
+
+/// What one event of a streamed operation means to the client.
+enum Step<D> {
+    Progress(Progress),
+    Message(String),
+    Done(D),
+}
+
+trait OperationEvent {
+    type Done;
+    /// `None` when the event carries nothing (an empty oneof), which ends the relay like the
+    /// stream ending would.
+    fn step(self) -> Option<Step<Self::Done>>;
+}
+
+impl OperationEvent for FetchEvent {
+    type Done = FetchDone;
+    fn step(self) -> Option<Step<FetchDone>> {
+        Some(match self.event? {
+            fetch_event::Event::Progress(p) => Step::Progress(p),
+            fetch_event::Event::Message(m) => Step::Message(m),
+            fetch_event::Event::Done(done) => Step::Done(done),
+        })
+    }
+}
+
+impl OperationEvent for PushEvent {
+    type Done = PushDone;
+    fn step(self) -> Option<Step<PushDone>> {
+        Some(match self.event? {
+            push_event::Event::Progress(p) => Step::Progress(p),
+            push_event::Event::Message(m) => Step::Message(m),
+            push_event::Event::Done(done) => Step::Done(done),
+        })
     }
 }
 
@@ -76,16 +123,8 @@ impl Backend for DaemonBackend {
             verbosity: Some(verbosity),
             cloning: options.cloning,
         };
-        let mut events = client.fetch(request).await.map_err(|s| describe(&s, &self.endpoint))?.into_inner();
-        loop {
-            let event = events.message().await.map_err(|s| describe(&s, &self.endpoint))?;
-            match event.and_then(|e| e.event) {
-                Some(fetch_event::Event::Progress(p)) => self.show(&verbosity, Some(p), None),
-                Some(fetch_event::Event::Message(m)) => self.show(&verbosity, None, Some(m)),
-                Some(fetch_event::Event::Done(done)) => return Ok(done),
-                None => return Err("git-s3d stopped before the fetch finished; fetch again".into()),
-            }
-        }
+        let events = client.fetch(request).await.map_err(|s| describe(&s, &self.endpoint))?.into_inner();
+        self.relay(events, &verbosity, "git-s3d stopped before the fetch finished; fetch again").await
     }
 
     async fn push(&mut self, request: PushRequest) -> Result<PushDone, String> {
@@ -101,18 +140,9 @@ impl Backend for DaemonBackend {
             atomic: request.options.atomic,
             verbosity: Some(verbosity),
         };
-        let mut events = client.push(request).await.map_err(|s| describe(&s, &self.endpoint))?.into_inner();
-        loop {
-            let event = events.message().await.map_err(|s| describe(&s, &self.endpoint))?;
-            match event.and_then(|e| e.event) {
-                Some(push_event::Event::Progress(p)) => self.show(&verbosity, Some(p), None),
-                Some(push_event::Event::Message(m)) => self.show(&verbosity, None, Some(m)),
-                Some(push_event::Event::Done(done)) => return Ok(done),
-                None => return Err(
-                    "git-s3d stopped before the push finished; check the remote with 'git ls-remote' and push again"
-                        .into(),
-                ),
-            }
-        }
+        let events = client.push(request).await.map_err(|s| describe(&s, &self.endpoint))?.into_inner();
+        let cut_short =
+            "git-s3d stopped before the push finished; check the remote with 'git ls-remote' and push again";
+        self.relay(events, &verbosity, cut_short).await
     }
 }
