@@ -58,10 +58,6 @@ pub fn age_s(then: Option<SystemTime>) -> u64 {
 }
 
 impl BundleRepo {
-    pub async fn inspect(&self) -> Result<Listing, StoreError> {
-        self.list(true).await
-    }
-
     pub async fn set_protection(&self, branch: &str, protect: bool) -> Result<(String, bool), ManageError> {
         let refname = branch_ref(branch)?;
         let key = self.layout.protected(&refname);

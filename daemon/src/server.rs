@@ -249,7 +249,7 @@ impl Daemon for Service {
         let request = request.into_inner();
         let opened = self.open(request.caller, request.remote).await?;
         let _activity = self.state.begin("inspect", &opened.label);
-        let listing = opened.repo.inspect().await.map_err(|e| Status::aborted(e.to_string()))?;
+        let listing = opened.repo.list(true).await.map_err(|e| Status::aborted(e.to_string()))?;
         let refs = listing
             .refs
             .iter()
