@@ -87,15 +87,22 @@ impl Listing {
     }
 }
 
-/// The branch a remote's HEAD should name: `main`, else `master`, else the first branch.
+/// The branch a remote's HEAD should name, among `branches`: `preferred` if it is one of them,
+/// else `main`, else `master`, else the first.
+pub fn choose_head<'a>(branches: &[&'a str], preferred: Option<&str>) -> Option<&'a str> {
+    let find = |wanted: &str| branches.iter().copied().find(|b| *b == wanted);
+    preferred
+        .and_then(find)
+        .or_else(|| find("refs/heads/main"))
+        .or_else(|| find("refs/heads/master"))
+        .or_else(|| branches.first().copied())
+}
+
+/// The branch HEAD should name among the listed branches other than `excluding`.
 pub fn default_branch<'a>(listing: &'a Listing, excluding: &str) -> Option<&'a str> {
     let branches: Vec<&str> =
         listing.values().map(|(name, _)| name).filter(|n| n.starts_with("refs/heads/") && *n != excluding).collect();
-    ["refs/heads/main", "refs/heads/master"]
-        .into_iter()
-        .find(|preferred| branches.contains(preferred))
-        .and_then(|preferred| branches.iter().copied().find(|b| *b == preferred))
-        .or_else(|| branches.first().copied())
+    choose_head(&branches, None)
 }
 
 pub fn parse_listing(layout: &Layout, objects: Vec<ObjectInfo>) -> BTreeMap<String, RefState> {
@@ -373,12 +380,7 @@ impl BundleRepo {
             return Ok(());
         }
         let current = self.git.run(&["symbolic-ref", "-q", "HEAD"]).await.ok();
-        let Some(choice) = current
-            .as_deref()
-            .filter(|branch| pushed.contains(branch))
-            .or_else(|| ["refs/heads/main", "refs/heads/master"].into_iter().find(|b| pushed.contains(b)))
-            .or_else(|| pushed.first().copied())
-        else {
+        let Some(choice) = choose_head(&pushed, current.as_deref()) else {
             return Ok(());
         };
         let options = PutOptions { if_none_match_any: true, ..Default::default() };
@@ -702,6 +704,16 @@ mod tests {
 
     const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    #[test]
+    fn head_prefers_the_named_branch_then_main_then_master() {
+        let branches = ["refs/heads/a", "refs/heads/master", "refs/heads/main"];
+        assert_eq!(choose_head(&branches, Some("refs/heads/a")), Some("refs/heads/a"));
+        assert_eq!(choose_head(&branches, Some("refs/heads/gone")), Some("refs/heads/main"));
+        assert_eq!(choose_head(&branches[..2], None), Some("refs/heads/master"));
+        assert_eq!(choose_head(&branches[..1], None), Some("refs/heads/a"));
+        assert_eq!(choose_head(&[], None), None);
+    }
 
     #[test]
     fn newest_bundle_is_the_value() {
