@@ -63,6 +63,14 @@ pub enum Conditional {
     },
 }
 
+/// A multipart upload that was started and neither completed nor aborted.
+#[derive(Debug, Clone)]
+pub struct OpenUpload {
+    pub key: String,
+    pub upload_id: String,
+    pub initiated: Option<SystemTime>,
+}
+
 #[derive(Debug, Default)]
 pub struct PutOptions {
     pub if_none_match_any: bool,
@@ -204,6 +212,73 @@ impl Bucket {
             .await
             .map_err(|e| self.classify("CopyObject", from, e))?;
         Ok(())
+    }
+
+    /// Multipart uploads in progress under `prefix`, all pages.
+    pub async fn open_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>, S3Error> {
+        let mut uploads = Vec::new();
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.name)
+                .prefix(prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(|e| self.classify("ListMultipartUploads", prefix, e))?;
+            for upload in page.uploads() {
+                let (Some(key), Some(upload_id)) = (upload.key(), upload.upload_id()) else { continue };
+                uploads.push(OpenUpload {
+                    key: key.to_string(),
+                    upload_id: upload_id.to_string(),
+                    initiated: upload.initiated().and_then(|t| SystemTime::try_from(*t).ok()),
+                });
+            }
+            if page.is_truncated() != Some(true) || page.next_key_marker().is_none() {
+                return Ok(uploads);
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            id_marker = page.next_upload_id_marker().map(str::to_string);
+        }
+    }
+
+    /// When an upload last made progress: its newest part, or its start when it has none.
+    pub async fn last_activity(&self, upload: &OpenUpload) -> Result<Option<SystemTime>, S3Error> {
+        let mut latest = upload.initiated;
+        let mut marker = None::<String>;
+        loop {
+            let page = self
+                .client
+                .list_parts()
+                .bucket(&self.name)
+                .key(&upload.key)
+                .upload_id(&upload.upload_id)
+                .set_part_number_marker(marker.take())
+                .send()
+                .await
+                .map_err(|e| self.classify("ListParts", &upload.key, e))?;
+            for part in page.parts() {
+                let modified = part.last_modified().and_then(|t| SystemTime::try_from(*t).ok());
+                latest = latest.max(modified);
+            }
+            if page.is_truncated() != Some(true) || page.next_part_number_marker().is_none() {
+                return Ok(latest);
+            }
+            marker = page.next_part_number_marker().map(str::to_string);
+        }
+    }
+
+    /// Aborts a multipart upload; one that is already gone counts as aborted.
+    pub async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), S3Error> {
+        let result = self.client.abort_multipart_upload().bucket(&self.name).key(key).upload_id(upload_id).send().await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => Ok(()),
+            Err(e) => Err(self.classify("AbortMultipartUpload", key, e)),
+        }
     }
 
     /// Deletes `key`; deleting what is already gone succeeds.

@@ -621,6 +621,7 @@ impl BundleRepo {
 
     async fn commit_under_lock(&self, prepared: &Prepared) -> Result<(), StoreError> {
         let dst = &prepared.command.dst;
+        self.abort_orphan_uploads(dst).await;
         let Some(new_oid) = &prepared.new_oid else {
             for bundle in &prepared.state.bundles {
                 self.bucket.delete(&bundle.key).await?;
@@ -638,6 +639,24 @@ impl BundleRepo {
             self.publish_zip(dst, new_oid).await?;
         }
         Ok(())
+    }
+
+    /// Aborts bundle uploads of `refname` that pushes killed mid-upload left open. Only a lock
+    /// holder uploads bundles, and we hold the lock with our own upload done: any open one is dead.
+    async fn abort_orphan_uploads(&self, refname: &str) {
+        let uploads = match self.bucket.open_uploads(&self.layout.ref_dir(refname)).await {
+            Ok(uploads) => uploads,
+            Err(e) => return tracing::debug!(error = %e, "cannot list open uploads"),
+        };
+        for upload in uploads {
+            if !matches!(self.layout.classify(&upload.key), RefKey::Bundle { refname: r, .. } if r == refname) {
+                continue;
+            }
+            tracing::info!(key = %upload.key, "aborting an upload a killed push left open");
+            if let Err(e) = self.bucket.abort_upload(&upload.key, &upload.upload_id).await {
+                tracing::warn!(error = %e, "could not abort an orphaned upload");
+            }
+        }
     }
 
     async fn remove_uploaded(&self, prepared: &Prepared) {

@@ -44,6 +44,11 @@ impl Layout {
         format!("{}/{HEAD_FILE}", self.prefix)
     }
 
+    /// Everything the remote stores is under this.
+    pub fn root(&self) -> String {
+        format!("{}/", self.prefix)
+    }
+
     /// Lists every ref folder (and nothing of LFS).
     pub fn refs_prefix(&self) -> String {
         format!("{}/refs/", self.prefix)

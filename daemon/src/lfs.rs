@@ -49,6 +49,8 @@ pub enum LfsError {
     Git(#[from] GitError),
     #[error(transparent)]
     Transfer(#[from] TransferError),
+    #[error(transparent)]
+    Invalid(#[from] crate::requests::InvalidRequest),
 }
 
 /// A repository's LFS objects in the bucket, and where its LFS files live locally.
@@ -170,7 +172,7 @@ impl LfsStore {
             completed.push(join_part(&mut tasks).await?);
             sent.store(shared_sent.load(Ordering::Relaxed), Ordering::Relaxed);
         }
-        upload.complete(completed).await?;
+        upload.complete(completed, size).await?;
         Ok(())
     }
 

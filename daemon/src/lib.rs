@@ -17,6 +17,7 @@ pub mod lock;
 pub mod manage;
 pub mod progress;
 pub mod repository;
+pub mod requests;
 pub mod scheduler;
 pub mod server;
 pub mod state;

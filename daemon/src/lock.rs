@@ -50,6 +50,11 @@ impl RefLock {
                     let Some(existing) = bucket.head(key).await? else {
                         continue; // released in between: try again
                     };
+                    if existing.metadata.get(OWNER_METADATA) == Some(&token) {
+                        // Our own write went through but its answer was lost, and the retry was
+                        // refused (awslabs/git-remote-s3#66): the lock is ours.
+                        return Ok(Self::held(bucket, key, refname, token, ttl));
+                    }
                     let now = server_time.unwrap_or_else(SystemTime::now);
                     let age = existing.last_modified.and_then(|m| now.duration_since(m).ok()).unwrap_or_default();
                     if age <= ttl {

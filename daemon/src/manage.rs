@@ -3,9 +3,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::bucket::{PutOptions, S3Error};
+use crate::bucket::{OpenUpload, PutOptions, S3Error};
 use crate::bundles::{BundleRepo, Listing, StoreError, default_branch, release};
-use crate::layout::check_refname;
+use crate::layout::{RefKey, check_refname};
 use crate::lock::{LockError, RefLock};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,14 +35,19 @@ pub fn branch_ref(branch: &str) -> Result<String, ManageError> {
     Ok(refname)
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DoctorOptions {
     pub delete_bundles: bool,
     pub keep: String,
     pub delete_stale_locks: bool,
     pub lock_ttl: Option<Duration>,
+    /// An upload that is not a push's (LFS objects) counts as abandoned after this long without a new part.
+    pub upload_idle: Duration,
     pub dry_run: bool,
 }
+
+/// S3 keeps the parts of an unfinished upload (and bills them) until someone aborts it.
+pub const DEFAULT_UPLOAD_IDLE: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
@@ -102,6 +107,14 @@ impl BundleRepo {
 
     /// Finds what is wrong with the remote and, unless `dry_run`, repairs what the options allow.
     pub async fn doctor(&self, options: &DoctorOptions) -> Result<Vec<Finding>, StoreError> {
+        // Uploads first: one whose ref is unlocked in the listing taken after it is dead.
+        let uploads = match self.bucket.open_uploads(&self.layout.root()).await {
+            Ok(uploads) => uploads,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list open uploads");
+                Vec::new()
+            }
+        };
         let listing = self.list(true).await?;
         let ttl = options.lock_ttl.unwrap_or(self.config.lock_ttl);
         let mut findings = Vec::new();
@@ -126,7 +139,45 @@ impl BundleRepo {
             }
         }
         findings.extend(self.repair_head(&listing, options.dry_run).await?);
+        for upload in &uploads {
+            findings.extend(self.repair_upload(upload, &listing, options).await?);
+        }
         Ok(findings)
+    }
+
+    /// Aborts an unfinished upload nobody will finish: a bundle upload of a ref no push holds
+    /// the lock of (only lock holders upload bundles), or any other upload idle for too long.
+    async fn repair_upload(
+        &self,
+        upload: &OpenUpload,
+        listing: &Listing,
+        options: &DoctorOptions,
+    ) -> Result<Option<Finding>, StoreError> {
+        let (subject, abandoned) = match self.layout.classify(&upload.key) {
+            RefKey::Bundle { refname, .. } => {
+                let ttl = options.lock_ttl.unwrap_or(self.config.lock_ttl).as_secs();
+                let locked = listing
+                    .refs
+                    .get(&refname)
+                    .and_then(|state| state.lock.as_ref())
+                    .is_some_and(|lock| age_s(lock.last_modified) <= ttl);
+                (refname, !locked)
+            }
+            _ => {
+                let idle = age_s(self.bucket.last_activity(upload).await?);
+                let subject = upload.key.strip_prefix(&self.layout.root()).unwrap_or(&upload.key).to_string();
+                (subject, idle >= options.upload_idle.as_secs())
+            }
+        };
+        if !abandoned {
+            return Ok(None);
+        }
+        let problem = format!("unfinished upload started {}s ago", age_s(upload.initiated));
+        if options.dry_run {
+            return Ok(Some(Finding { subject, problem, action: "would abort it".into(), fixed: false }));
+        }
+        self.bucket.abort_upload(&upload.key, &upload.upload_id).await?;
+        Ok(Some(Finding { subject, problem, action: "aborted it".into(), fixed: true }))
     }
 
     /// Keeps one bundle (the newest, or `--keep`) and moves every other one to a branch of

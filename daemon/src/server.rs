@@ -1,7 +1,6 @@
 //! The gRPC service: turns requests into calls on a repository and errors into statuses. Thin
 //! by design; the work lives in `repository` and below.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use git_s3_proto as proto;
@@ -15,9 +14,9 @@ use std::time::Duration;
 
 use crate::listing_cache::ListingKey;
 use crate::progress::{Event, Events};
-use crate::repository::{self, CallerContext, PushBatch, PushCommand, Repository, TRANSFER_ERROR_CODE};
+use crate::repository::{self, Repository, TRANSFER_ERROR_CODE};
 use crate::state::DaemonState;
-use crate::{lfs, manage};
+use crate::{lfs, manage, requests};
 
 pub struct Service {
     state: Arc<DaemonState>,
@@ -29,10 +28,8 @@ impl Service {
     }
 
     async fn open(&self, caller: Option<proto::Caller>, remote: Option<proto::Remote>) -> Result<Opened, Status> {
-        let caller = caller.ok_or_else(|| Status::invalid_argument("the request names no caller"))?;
-        let remote = remote.ok_or_else(|| Status::invalid_argument("the request names no remote"))?;
-        let session = caller.session_id.clone();
-        let context = caller_context(caller)?;
+        let session = caller.as_ref().map(|c| c.session_id.clone()).unwrap_or_default();
+        let (context, remote) = requests::caller_and_remote(caller, remote)?;
         let repo = repository::open(&self.state.clients, &context, &remote.name, &remote.url)
             .await
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -140,8 +137,8 @@ impl Daemon for Service {
         let remote_name = request.remote.as_ref().map(|r| r.name.clone()).unwrap_or_default();
         let cloning = request.cloning;
         let progress = request.verbosity.is_some_and(|v| v.progress);
+        let wanted = requests::fetch_wanted(request.wanted)?;
         let Opened { repo, label, .. } = self.open(request.caller, request.remote).await?;
-        let wanted: Vec<(String, String)> = request.wanted.into_iter().map(|r| (r.name, r.oid)).collect();
         let stream = stream_operation(
             self.state.clone(),
             "fetch",
@@ -185,23 +182,13 @@ impl Daemon for Service {
     type PushStream = EventStream<proto::PushEvent>;
 
     async fn push(&self, request: Request<proto::PushRequest>) -> Result<Response<Self::PushStream>, Status> {
-        let request = request.into_inner();
+        let mut request = request.into_inner();
+        let batch = requests::push_batch(&mut request)?;
         let Opened { repo, label, listing_key } = self.open(request.caller, request.remote).await?;
         let state = self.state.clone();
         let progress = request.verbosity.is_some_and(|v| v.progress);
         // What this session listed is about to change.
         self.state.listings.forget(&listing_key);
-        let batch = PushBatch {
-            commands: request
-                .commands
-                .into_iter()
-                .map(|c| PushCommand { src: c.src, dst: c.dst, force: c.force })
-                .collect(),
-            advertised: request.advertised.into_iter().map(|r| (r.name, r.oid)).collect::<HashMap<_, _>>(),
-            leases: request.leases.into_iter().map(|l| (l.dst, l.expected_oid)).collect(),
-            dry_run: request.dry_run,
-            atomic: request.atomic,
-        };
         let stream = stream_operation(
             self.state.clone(),
             "push",
@@ -308,6 +295,7 @@ impl Daemon for Service {
             keep: request.keep,
             delete_stale_locks: request.delete_stale_locks,
             lock_ttl: (request.lock_ttl_s > 0).then(|| Duration::from_secs(request.lock_ttl_s)),
+            upload_idle: request.upload_idle_s.map_or(manage::DEFAULT_UPLOAD_IDLE, Duration::from_secs),
             dry_run: request.dry_run,
         };
         let findings = opened.repo.doctor(&options).await.map_err(|e| Status::aborted(e.to_string()))?;
@@ -327,13 +315,6 @@ fn manage_status(e: manage::ManageError) -> Status {
         }
         _ => Status::aborted(e.to_string()),
     }
-}
-
-fn caller_context(caller: proto::Caller) -> Result<CallerContext, Status> {
-    if !caller.cwd.starts_with('/') {
-        return Err(Status::invalid_argument("the caller's working directory must be an absolute path"));
-    }
-    Ok(CallerContext { cwd: caller.cwd.into(), env: Arc::new(caller.env) })
 }
 
 /// How often a running LFS transfer reports progress.
@@ -357,7 +338,7 @@ async fn serve_lfs(
     let Some(R::Init(init)) = inbound.message().await?.and_then(|m| m.request) else {
         return Err(Status::invalid_argument("an LFS session starts with init"));
     };
-    let caller = caller_context(init.caller.ok_or_else(|| Status::invalid_argument("init names no caller"))?)?;
+    let caller = requests::caller_context(init.caller)?;
     let (store, config) =
         match repository::open_lfs(&state.clients, state.scheduler.clone(), &caller, &init.remote).await {
             Ok(opened) => opened,
@@ -378,6 +359,7 @@ async fn serve_lfs(
         let activity = state.begin(what, &format!("{label} {}", transfer.oid));
         let moved = activity.bytes();
         let work = async {
+            requests::lfs_transfer(&transfer, upload)?;
             if upload {
                 store
                     .upload(&transfer.oid, transfer.size, std::path::Path::new(&transfer.path), &moved)

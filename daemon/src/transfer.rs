@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -70,10 +71,13 @@ impl MultipartUpload {
         self.parts.clone()
     }
 
-    pub async fn complete(mut self, mut parts: Vec<CompletedPart>) -> Result<(), S3Error> {
+    /// Makes the object visible. `size` is the sum of the parts: when a retried completion finds
+    /// the upload gone because the first attempt went through, an object of that size under this
+    /// content-addressed key is ours.
+    pub async fn complete(mut self, mut parts: Vec<CompletedPart>, size: u64) -> Result<(), S3Error> {
         parts.sort_by_key(|p| p.part_number());
         let PartUploader { bucket, key, upload_id } = &self.parts;
-        bucket
+        let result = bucket
             .client()
             .complete_multipart_upload()
             .bucket(bucket.name())
@@ -81,10 +85,19 @@ impl MultipartUpload {
             .upload_id(upload_id)
             .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
             .send()
-            .await
-            .map_err(|e| bucket.classify("CompleteMultipartUpload", key, e))?;
+            .await;
         self.finished = true;
-        Ok(())
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("NoSuchUpload") => match bucket.head(key).await? {
+                Some(meta) if meta.size == size => Ok(()),
+                _ => Err(bucket.classify("CompleteMultipartUpload", key, e)),
+            },
+            Err(e) => {
+                self.finished = false;
+                Err(bucket.classify("CompleteMultipartUpload", key, e))
+            }
+        }
     }
 
     pub async fn abort(mut self) {
@@ -127,17 +140,8 @@ impl PartUploader {
     }
 
     async fn abort(&self) {
-        let result = self
-            .bucket
-            .client()
-            .abort_multipart_upload()
-            .bucket(self.bucket.name())
-            .key(&self.key)
-            .upload_id(&self.upload_id)
-            .send()
-            .await;
-        if let Err(e) = result {
-            tracing::warn!(key = %self.key, error = %self.bucket.classify("AbortMultipartUpload", &self.key, e), "could not abort an unfinished upload");
+        if let Err(e) = self.bucket.abort_upload(&self.key, &self.upload_id).await {
+            tracing::warn!(key = %self.key, error = %e, "could not abort an unfinished upload");
         }
     }
 }
@@ -203,7 +207,7 @@ where
         upload.abort().await;
         return Err(TransferError::Refused(why));
     }
-    upload.complete(completed).await?;
+    upload.complete(completed, total).await?;
     Ok(total)
 }
 

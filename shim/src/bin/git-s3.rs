@@ -47,6 +47,9 @@ enum TopCommand {
         /// When a lock counts as stale [default: the remote's TTL, 60]
         #[arg(long, value_name = "SECONDS")]
         lock_ttl: Option<u64>,
+        /// Abort LFS uploads that added no part for this long [default: 3600]
+        #[arg(long, value_name = "SECONDS")]
+        upload_idle: Option<u64>,
         /// Report only; change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -182,7 +185,7 @@ async fn run(command: TopCommand, endpoint: &Endpoint) -> Result<ExitCode, Strin
             }
             ok
         }
-        TopCommand::Doctor { remote, delete_bundle, keep, delete_stale_locks, lock_ttl, dry_run, yes } => {
+        TopCommand::Doctor { remote, delete_bundle, keep, delete_stale_locks, lock_ttl, upload_idle, dry_run, yes } => {
             let mut client = connect(endpoint).await?;
             let request = |dry_run| -> Result<DoctorRequest, String> {
                 Ok(DoctorRequest {
@@ -192,6 +195,7 @@ async fn run(command: TopCommand, endpoint: &Endpoint) -> Result<ExitCode, Strin
                     keep: keep.clone().unwrap_or_default(),
                     delete_stale_locks,
                     lock_ttl_s: lock_ttl.unwrap_or(0),
+                    upload_idle_s: upload_idle,
                     dry_run,
                 })
             };
