@@ -63,6 +63,14 @@ pub enum Conditional {
     },
 }
 
+/// An object's body being received.
+pub struct Body {
+    pub body: ByteStream,
+    /// Bytes this answer carries.
+    pub len: u64,
+    pub etag: Option<String>,
+}
+
 /// A multipart upload that was started and neither completed nor aborted.
 #[derive(Debug, Clone)]
 pub struct OpenUpload {
@@ -165,10 +173,21 @@ impl Bucket {
 
     /// A streaming body and its length, or `None` when the object does not exist.
     pub async fn get_stream(&self, key: &str) -> Result<Option<(ByteStream, u64)>, S3Error> {
-        match self.client.get_object().bucket(&self.name).key(key).send().await {
+        Ok(self.get_from(key, 0, None).await?.map(|object| (object.body, object.len)))
+    }
+
+    /// The object from byte `start` on; with `if_match`, only while it is still that version
+    /// (a changed object is an error, not a silently different body).
+    pub async fn get_from(&self, key: &str, start: u64, if_match: Option<&str>) -> Result<Option<Body>, S3Error> {
+        let mut request =
+            self.client.get_object().bucket(&self.name).key(key).set_if_match(if_match.map(str::to_string));
+        if start > 0 {
+            request = request.range(format!("bytes={start}-"));
+        }
+        match request.send().await {
             Ok(out) => {
                 let len = out.content_length().unwrap_or(0).max(0) as u64;
-                Ok(Some((out.body, len)))
+                Ok(Some(Body { etag: out.e_tag().map(str::to_string), body: out.body, len }))
             }
             Err(e) if status_of(&e) == Some(404) => Ok(None),
             Err(e) => Err(self.classify("GetObject", key, e)),

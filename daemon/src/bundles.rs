@@ -12,7 +12,9 @@ use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
 
-use crate::bucket::{Bucket, ObjectInfo, PutOptions, S3Error};
+use aws_sdk_s3::primitives::ByteStream;
+
+use crate::bucket::{Body, Bucket, ObjectInfo, PutOptions, S3Error};
 use crate::bundle::{self, BundleHeader};
 use crate::config::RemoteConfig;
 use crate::git::{Git, GitError, last_line};
@@ -241,11 +243,12 @@ impl BundleRepo {
         let key = self.layout.bundle(refname, oid);
         let corrupt = |why: String| StoreError::CorruptBundle { refname: refname.into(), key: key.clone(), why };
         let download = |why: String| StoreError::Download { key: key.clone(), why };
-        let (mut body, size) = self
+        let Body { body, len: size, etag } = self
             .bucket
-            .get_stream(&key)
+            .get_from(&key, 0, None)
             .await?
             .ok_or_else(|| StoreError::MissingBundle { refname: refname.into(), key: key.clone() })?;
+        let mut body = ResumingBody { bucket: &self.bucket, key: &key, etag, body, received: 0, resumes: 0 };
         let meter = events.meter(format!("Receiving {refname}"), size);
 
         let mut buf = Vec::new();
@@ -256,12 +259,12 @@ impl BundleRepo {
                 Err(e) => return Err(corrupt(e.to_string())),
             }
             match body.next().await {
-                Some(Ok(chunk)) => {
+                Ok(Some(chunk)) => {
                     meter.add(chunk.len() as u64);
                     buf.extend_from_slice(&chunk);
                 }
-                Some(Err(e)) => return Err(download(e.to_string())),
-                None => return Err(corrupt("it ends inside its header".into())),
+                Err(e) => return Err(download(e)),
+                Ok(None) => return Err(corrupt("it ends inside its header".into())),
             }
         };
         self.check_header(&header, oid).await.map_err(corrupt)?;
@@ -288,8 +291,7 @@ impl BundleRepo {
         }
         let feed = async {
             stdin.write_all(&buf[header_len..]).await?;
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(std::io::Error::other)?;
+            while let Some(chunk) = body.next().await.map_err(std::io::Error::other)? {
                 meter.add(chunk.len() as u64);
                 stdin.write_all(&chunk).await?;
             }
@@ -703,6 +705,46 @@ impl BundleRepo {
         };
         self.bucket.put_bytes(&self.layout.zip(dst), zip, options).await?;
         Ok(())
+    }
+}
+
+/// Times one download picks up where a broken connection left it.
+const DOWNLOAD_RESUMES: u32 = 3;
+
+/// An object's body that survives broken connections: it asks again for the rest (of the same
+/// version, by ETag) and goes on from there.
+struct ResumingBody<'a> {
+    bucket: &'a Bucket,
+    key: &'a str,
+    etag: Option<String>,
+    body: ByteStream,
+    received: u64,
+    resumes: u32,
+}
+
+impl ResumingBody<'_> {
+    async fn next(&mut self) -> Result<Option<bytes::Bytes>, String> {
+        loop {
+            match self.body.next().await {
+                Some(Ok(chunk)) => {
+                    self.received += chunk.len() as u64;
+                    return Ok(Some(chunk));
+                }
+                None => return Ok(None),
+                Some(Err(e)) if self.resumes < DOWNLOAD_RESUMES && self.etag.is_some() => {
+                    self.resumes += 1;
+                    tracing::info!(key = %self.key, at = self.received, error = %e, "download broke off; resuming");
+                    let rest = self
+                        .bucket
+                        .get_from(self.key, self.received, self.etag.as_deref())
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .ok_or("the object disappeared during the download")?;
+                    self.body = rest.body;
+                }
+                Some(Err(e)) => return Err(e.to_string()),
+            }
+        }
     }
 }
 

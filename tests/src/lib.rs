@@ -3,6 +3,7 @@
 //! `git` with the freshly built shims first on PATH, and stops everything it started when dropped,
 //! also when the test fails.
 
+pub mod fault_proxy;
 pub mod s3_server;
 
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub use fault_proxy::{Fault, FaultProxy, Rule};
 pub use s3_server::{S3Server, ServerKind};
 
 /// Where the workspace's binaries are built.
@@ -95,6 +97,14 @@ impl TestEnv {
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.extra_env.retain(|(k, _)| k != key);
         self.extra_env.push((key.to_string(), Some(value.to_string())));
+    }
+
+    /// Sends the daemon's S3 traffic through a fault-injecting proxy in front of the server.
+    pub fn route_through_proxy(&mut self) -> FaultProxy {
+        let proxy = FaultProxy::start(&self.server.endpoint);
+        self.set_env("AWS_ENDPOINT_URL_S3", &proxy.endpoint);
+        self.set_env("AWS_ENDPOINT_URL", &proxy.endpoint);
+        proxy
     }
 
     /// Removes a variable this environment would otherwise set.
@@ -224,6 +234,31 @@ impl TestEnv {
         Some(serde_json::from_slice(&output.stdout).expect("status --json is JSON"))
     }
 
+    /// A repository tracking `*.bin` with git-lfs, holding `files`, its remote `origin` set to
+    /// `url` with our agent.
+    pub fn lfs_repo(&self, name: &str, url: &str, files: &[(&str, Vec<u8>)]) -> PathBuf {
+        self.enable_lfs();
+        let repo = self.new_repo(name);
+        self.git_ok(&repo, &["lfs", "track", "*.bin"]);
+        for (file, content) in files {
+            std::fs::write(repo.join(file), content).expect("write an LFS file");
+        }
+        self.git_ok(&repo, &["add", "."]);
+        self.git_ok(&repo, &["commit", "-q", "-m", "large files"]);
+        self.git_ok(&repo, &["remote", "add", "origin", url]);
+        self.lfs_agent(&repo, &["install", "--remote", "origin"]);
+        repo
+    }
+
+    /// Runs our `git-lfs-s3` in `dir`; returns its stdout, failing the test on an error.
+    pub fn lfs_agent(&self, dir: &Path, args: &[&str]) -> String {
+        let mut command = self.command(bin_dir().join("git-lfs-s3"));
+        command.args(args).current_dir(dir);
+        let output = self.run(command);
+        assert!(output.status.success(), "git-lfs-s3 {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     /// A new repository with one commit of `file`.
     pub fn new_repo(&self, name: &str) -> PathBuf {
         let dir = self.path(name);
@@ -304,6 +339,12 @@ pub fn peak_rss_kib(pid: u64) -> u64 {
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// SHA-256 of `bytes` in hex: a git-lfs object id.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `n` bytes that do not compress, the same for the same seed.

@@ -1,50 +1,11 @@
 //! Large files with git-lfs: objects at `<prefix>/lfs/<oid>`, moved by git-lfs-s3 through the
 //! daemon, against moto (and the large transfers against s3s-fs).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use git_s3_tests::{ServerKind, TestEnv, bin_dir, incompressible_bytes, peak_rss_kib, wait_for};
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let digest = std::process::Command::new("sha256sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().map(
-        |mut child| {
-            use std::io::Write as _;
-            child.stdin.take().expect("stdin").write_all(bytes).expect("hash input");
-            child.wait_with_output().expect("sha256sum")
-        },
-    );
-    let out = digest.expect("sha256sum runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut hex = String::new();
-    write!(hex, "{}", text.split_whitespace().next().unwrap_or_default()).unwrap();
-    hex
-}
-
-/// A repository tracking `*.bin` with git-lfs, its remote set to `url` with our agent.
-fn lfs_repo(env: &TestEnv, name: &str, url: &str, files: &[(&str, Vec<u8>)]) -> PathBuf {
-    env.enable_lfs();
-    let repo = env.new_repo(name);
-    env.git_ok(&repo, &["lfs", "track", "*.bin"]);
-    for (file, content) in files {
-        std::fs::write(repo.join(file), content).unwrap();
-    }
-    env.git_ok(&repo, &["add", "."]);
-    env.git_ok(&repo, &["commit", "-q", "-m", "large files"]);
-    env.git_ok(&repo, &["remote", "add", "origin", url]);
-    agent(env, &repo, &["install", "--remote", "origin"]);
-    repo
-}
-
-fn agent(env: &TestEnv, dir: &Path, args: &[&str]) -> String {
-    let mut command = env.command(bin_dir().join("git-lfs-s3"));
-    command.args(args).current_dir(dir);
-    let output = env.run(command);
-    assert!(output.status.success(), "git-lfs-s3 {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
+use git_s3_tests::{ServerKind, TestEnv, bin_dir, incompressible_bytes, peak_rss_kib, sha256_hex, wait_for};
 
 fn lfs_keys(env: &TestEnv, prefix: &str) -> Vec<String> {
     env.keys(&format!("{prefix}/lfs/"))
@@ -56,7 +17,7 @@ fn lfs_files_are_pushed_and_a_clone_checks_out_their_content_with_no_extra_step(
     let url = env.url("lfs");
     let small = b"small file\n".to_vec();
     let large = incompressible_bytes(20 * 1024 * 1024, 1);
-    let repo = lfs_repo(&env, "work", &url, &[("small.bin", small.clone()), ("large.bin", large.clone())]);
+    let repo = env.lfs_repo("work", &url, &[("small.bin", small.clone()), ("large.bin", large.clone())]);
     env.git_ok(&repo, &["push", "origin", "main"]);
     let keys = lfs_keys(&env, "lfs");
     assert_eq!(keys, {
@@ -76,7 +37,7 @@ fn a_second_push_uploads_nothing() {
     let env = TestEnv::new();
     let url = env.url("again");
     let repo =
-        lfs_repo(&env, "work", &url, &[("a.bin", b"aaa\n".to_vec()), ("b.bin", incompressible_bytes(1024 * 1024, 2))]);
+        env.lfs_repo("work", &url, &[("a.bin", b"aaa\n".to_vec()), ("b.bin", incompressible_bytes(1024 * 1024, 2))]);
     env.git_ok(&repo, &["push", "origin", "main"]);
     let stamps = |env: &TestEnv| {
         lfs_keys(env, "again").iter().map(|k| env.server.head(&env.bucket, k).expect("object").1).collect::<Vec<_>>()
@@ -93,7 +54,7 @@ fn a_corrupted_object_never_reaches_the_working_tree() {
     let url = env.url("bad");
     let content = incompressible_bytes(4096, 3);
     let oid = sha256_hex(&content);
-    let repo = lfs_repo(&env, "work", &url, &[("data.bin", content)]);
+    let repo = env.lfs_repo("work", &url, &[("data.bin", content)]);
     env.git_ok(&repo, &["push", "origin", "main"]);
     env.server.put(&env.bucket, &format!("bad/lfs/{oid}"), b"evil bytes".to_vec());
 
@@ -118,7 +79,7 @@ fn eight_agents_at_once() {
     let files: Vec<(String, Vec<u8>)> =
         (0..24).map(|i| (format!("f{i:02}.bin"), incompressible_bytes(256 * 1024 + i, i as u64))).collect();
     let file_refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, c)| (n.as_str(), c.clone())).collect();
-    let repo = lfs_repo(&env, "work", &url, &file_refs);
+    let repo = env.lfs_repo("work", &url, &file_refs);
     env.git_ok(&repo, &["config", "lfs.concurrenttransfers", "8"]);
     env.git_ok(&repo, &["push", "origin", "main"]);
     assert_eq!(lfs_keys(&env, "many").len(), 24);
@@ -136,7 +97,7 @@ fn a_300_mib_file_goes_up_in_parts_and_down_in_ranges_with_bounded_memory() {
     let url = env.url("huge");
     let content = incompressible_bytes(300 * 1024 * 1024, 4);
     let oid = sha256_hex(&content);
-    let repo = lfs_repo(&env, "work", &url, &[("huge.bin", content)]);
+    let repo = env.lfs_repo("work", &url, &[("huge.bin", content)]);
     drop(std::fs::read(repo.join("huge.bin")));
     env.git_ok(&repo, &["push", "origin", "main"]);
     let object = env.server.data_dir.as_ref().expect("s3s-fs data").join(&env.bucket).join(format!("huge/lfs/{oid}"));
@@ -160,7 +121,7 @@ fn killing_a_push_mid_upload_leaves_no_object_and_no_open_upload() {
     let url = env.url("killed");
     let content = incompressible_bytes(200 * 1024 * 1024, 5);
     let oid = sha256_hex(&content);
-    let repo = lfs_repo(&env, "work", &url, &[("big.bin", content)]);
+    let repo = env.lfs_repo("work", &url, &[("big.bin", content)]);
     let mut push = env.command("git");
     push.args(["push", "origin", "main"]).current_dir(&repo).stdout(Stdio::null()).stderr(Stdio::null());
     std::os::unix::process::CommandExt::process_group(&mut push, 0);
@@ -191,13 +152,13 @@ fn lfs_only_mode_keeps_objects_in_s3_while_the_code_lives_elsewhere() {
     env.git_ok(&repo, &["commit", "-q", "-m", "asset"]);
     let code_url = format!("file://{}", code_remote.display());
     env.git_ok(&repo, &["remote", "add", "origin", &code_url]);
-    agent(&env, &repo, &["install", "--url", &env.url("assets")]);
+    env.lfs_agent(&repo, &["install", "--url", &env.url("assets")]);
     env.git_ok(&repo, &["push", "origin", "main"]);
     assert_eq!(lfs_keys(&env, "assets"), vec![format!("assets/lfs/{}", sha256_hex(&content))]);
 
     let clone = env.path("clone");
     env.git_ok(&env.path(""), &["-c", "lfs.fetchexclude=*", "clone", "-q", &code_url, clone.to_str().unwrap()]);
-    agent(&env, &clone, &["install", "--url", &env.url("assets")]);
+    env.lfs_agent(&clone, &["install", "--url", &env.url("assets")]);
     env.git_ok(&clone, &["-c", "lfs.fetchexclude=", "lfs", "pull"]);
     assert_eq!(std::fs::read(clone.join("asset.bin")).unwrap(), content);
 }
@@ -214,7 +175,7 @@ fn objects_pushed_by_the_python_agent_are_read_by_ours_and_the_other_way_round()
         assert!(output.status.success(), "python: git {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
     };
     let first = incompressible_bytes(100 * 1024, 7);
-    let repo = lfs_repo(&env, "work", &url, &[("one.bin", first.clone())]);
+    let repo = env.lfs_repo("work", &url, &[("one.bin", first.clone())]);
     // The Python tool pushes the first object...
     python_git(&repo, &["push", "origin", "main"]);
     assert_eq!(lfs_keys(&env, "mixed"), vec![format!("mixed/lfs/{}", sha256_hex(&first))]);
@@ -243,7 +204,7 @@ fn the_agent_refuses_bad_requests_object_by_object_and_goes_on() {
     let url = env.url("refuse");
     let content = b"fine\n".to_vec();
     let oid = sha256_hex(&content);
-    let repo = lfs_repo(&env, "work", &url, &[("ok.bin", content)]);
+    let repo = env.lfs_repo("work", &url, &[("ok.bin", content)]);
     let stored = repo.join(format!(".git/lfs/objects/{}/{}/{oid}", &oid[..2], &oid[2..4]));
     assert!(stored.exists());
     let secret = env.path("outside.txt");

@@ -1,0 +1,343 @@
+//! A fault-injecting HTTP/1.1 proxy on loopback, between the daemon and the S3 server. Tests give
+//! it rules ("the 2nd PUT of a key containing LOCK: answer 503 SlowDown"); every request that no
+//! rule claims is passed through untouched. It records what it saw, so a test can tell that a
+//! fault really happened.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// What to do to a request a rule claims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer with this HTTP status and S3 error code; the server never sees the request.
+    Status(u16, &'static str),
+    /// Let the server do the work, then answer with this status and code instead of its answer:
+    /// the client believes a request failed that actually succeeded.
+    AfterSuccess(u16, &'static str),
+    /// Let the server do the work, then cut the connection without any answer.
+    DropAnswer,
+    /// Send the head and half the body of the server's answer, then reset the connection.
+    ResetMidBody,
+    /// Hold the server's answer back for this long.
+    Delay(Duration),
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub method: &'static str,
+    /// A substring of the request's path (the key, with the bucket).
+    pub path_contains: String,
+    /// A substring of the query string (`uploadId`, `partNumber=2`), or empty.
+    pub query_contains: String,
+    /// Matching requests let through before the fault starts.
+    pub skip: usize,
+    /// Matching requests faulted; then the rule is spent.
+    pub times: usize,
+    pub fault: Fault,
+}
+
+impl Rule {
+    pub fn new(method: &'static str, path_contains: &str, fault: Fault) -> Self {
+        Self { method, path_contains: path_contains.into(), query_contains: String::new(), skip: 0, times: 1, fault }
+    }
+
+    pub fn query(mut self, contains: &str) -> Self {
+        self.query_contains = contains.into();
+        self
+    }
+
+    pub fn skip(mut self, n: usize) -> Self {
+        self.skip = n;
+        self
+    }
+
+    pub fn times(mut self, n: usize) -> Self {
+        self.times = n;
+        self
+    }
+
+    fn matches(&self, method: &str, path: &str, query: &str) -> bool {
+        (self.method.is_empty() || self.method == method)
+            && path.contains(&self.path_contains)
+            && query.contains(&self.query_contains)
+    }
+}
+
+/// One request as the proxy saw it, and the fault it got, if any.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub fault: Option<Fault>,
+}
+
+#[derive(Default)]
+struct Shared {
+    rules: Mutex<Vec<Rule>>,
+    seen: Mutex<Vec<Seen>>,
+    stopping: AtomicBool,
+}
+
+impl Shared {
+    /// The fault for this request, consuming one use of the first rule that claims it.
+    fn fault_for(&self, method: &str, path: &str, query: &str) -> Option<Fault> {
+        let mut rules = self.rules.lock().ok()?;
+        let rule = rules.iter_mut().find(|r| r.times > 0 && r.matches(method, path, query))?;
+        if rule.skip > 0 {
+            rule.skip -= 1;
+            return None;
+        }
+        rule.times -= 1;
+        Some(rule.fault.clone())
+    }
+}
+
+pub struct FaultProxy {
+    pub endpoint: String,
+    port: u16,
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl FaultProxy {
+    pub fn start(upstream: &str) -> Self {
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fault proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let shared = Arc::new(Shared::default());
+        let acceptor = {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                for client in listener.incoming() {
+                    if shared.stopping.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(client) = client else { continue };
+                    let (shared, upstream) = (shared.clone(), upstream.clone());
+                    std::thread::spawn(move || {
+                        let _ = serve_connection(client, &upstream, &shared);
+                    });
+                }
+            })
+        };
+        Self { endpoint: format!("http://127.0.0.1:{port}"), port, shared, acceptor: Some(acceptor) }
+    }
+
+    pub fn add(&self, rule: Rule) {
+        self.shared.rules.lock().expect("rules").push(rule);
+    }
+
+    /// Every request seen so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.shared.seen.lock().expect("seen").clone()
+    }
+
+    /// The requests that got a fault.
+    pub fn faulted(&self) -> Vec<Seen> {
+        self.seen().into_iter().filter(|s| s.fault.is_some()).collect()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port)); // wakes the acceptor
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+    }
+}
+
+/// A request or answer head and its body, as raw bytes.
+struct Message {
+    head: Vec<u8>,
+    body: Vec<u8>,
+}
+
+fn serve_connection(client: TcpStream, upstream: &str, shared: &Shared) -> std::io::Result<()> {
+    let mut reader = BufReader::new(client.try_clone()?);
+    let mut writer = client;
+    let mut server: Option<(BufReader<TcpStream>, TcpStream)> = None;
+    loop {
+        let Some(head) = read_head(&mut reader)? else { return Ok(()) };
+        let (method, target, mut headers) = parse_request_head(&head)?;
+        let expects_continue =
+            take_header(&mut headers, "expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+        if expects_continue {
+            writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        }
+        let body = read_body(&mut reader, &headers, false)?;
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let fault = shared.fault_for(&method, path, query);
+        if let Ok(mut seen) = shared.seen.lock() {
+            seen.push(Seen { method: method.clone(), path: path.into(), query: query.into(), fault: fault.clone() });
+        }
+        if let Some(Fault::Status(status, code)) = &fault {
+            writer.write_all(&error_answer(*status, code))?;
+            continue;
+        }
+        let request = Message { head: build_head(&head_line(&head), &headers), body };
+        if server.is_none() {
+            let stream = TcpStream::connect(upstream)?;
+            server = Some((BufReader::new(stream.try_clone()?), stream));
+        }
+        let Some((server_reader, server_writer)) = server.as_mut() else { return Ok(()) };
+        server_writer.write_all(&request.head)?;
+        server_writer.write_all(&request.body)?;
+        let answer = read_answer(server_reader, method == "HEAD")?;
+        match fault {
+            None => {
+                writer.write_all(&answer.head)?;
+                writer.write_all(&answer.body)?;
+            }
+            Some(Fault::AfterSuccess(status, code)) => writer.write_all(&error_answer(status, code))?,
+            Some(Fault::DropAnswer) => return reset(writer),
+            Some(Fault::ResetMidBody) => {
+                writer.write_all(&answer.head)?;
+                writer.write_all(&answer.body[..answer.body.len() / 2])?;
+                writer.flush()?;
+                return reset(writer);
+            }
+            Some(Fault::Delay(pause)) => {
+                std::thread::sleep(pause);
+                writer.write_all(&answer.head)?;
+                writer.write_all(&answer.body)?;
+            }
+            Some(Fault::Status(..)) => unreachable!("answered above"),
+        }
+    }
+}
+
+/// Closes with a TCP reset, as a dying server or middlebox would.
+fn reset(stream: TcpStream) -> std::io::Result<()> {
+    rustix::net::sockopt::set_socket_linger(&stream, Some(Duration::ZERO))?;
+    let _ = stream.shutdown(Shutdown::Read);
+    drop(stream);
+    Ok(())
+}
+
+fn error_answer(status: u16, code: &str) -> Vec<u8> {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>injected by the test proxy</Message></Error>"
+    );
+    format!(
+        "HTTP/1.1 {status} {code}\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nx-amz-request-id: fault\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Reads up to and including the blank line; `None` at a clean end of the connection.
+fn read_head(reader: &mut impl BufRead) -> std::io::Result<Option<Vec<u8>>> {
+    let mut head = Vec::new();
+    loop {
+        let before = head.len();
+        if reader.read_until(b'\n', &mut head)? == 0 {
+            return if head.is_empty() { Ok(None) } else { Err(std::io::ErrorKind::UnexpectedEof.into()) };
+        }
+        if head[before..] == *b"\r\n" {
+            return Ok(Some(head));
+        }
+    }
+}
+
+fn head_line(head: &[u8]) -> String {
+    let text = String::from_utf8_lossy(head);
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+type Headers = Vec<(String, String)>;
+
+fn parse_request_head(head: &[u8]) -> std::io::Result<(String, String, Headers)> {
+    let mut storage = [httparse::EMPTY_HEADER; 64];
+    let mut request = httparse::Request::new(&mut storage);
+    request.parse(head).map_err(std::io::Error::other)?;
+    let method = request.method.unwrap_or_default().to_string();
+    let target = request.path.unwrap_or_default().to_string();
+    Ok((method, target, owned(request.headers)))
+}
+
+fn owned(headers: &[httparse::Header]) -> Headers {
+    headers.iter().map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned())).collect()
+}
+
+fn header<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+}
+
+fn take_header(headers: &mut Headers, name: &str) -> Option<String> {
+    let i = headers.iter().position(|(k, _)| k.eq_ignore_ascii_case(name))?;
+    Some(headers.remove(i).1)
+}
+
+fn build_head(first_line: &str, headers: &Headers) -> Vec<u8> {
+    let mut head = format!("{first_line}\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    head.into_bytes()
+}
+
+fn read_answer(reader: &mut BufReader<TcpStream>, to_head: bool) -> std::io::Result<Message> {
+    loop {
+        let head = read_head(reader)?.ok_or(std::io::ErrorKind::UnexpectedEof)?;
+        let mut storage = [httparse::EMPTY_HEADER; 64];
+        let mut answer = httparse::Response::new(&mut storage);
+        answer.parse(&head).map_err(std::io::Error::other)?;
+        let status = answer.code.unwrap_or(0);
+        if status == 100 {
+            continue;
+        }
+        let headers = owned(answer.headers);
+        let no_body = to_head || status == 204 || status == 304;
+        let body = if no_body { Vec::new() } else { read_body(reader, &headers, true)? };
+        return Ok(Message { head, body });
+    }
+}
+
+/// The body as it was framed (chunked bodies stay chunked). An answer without length runs to
+/// the end of the connection.
+fn read_body(reader: &mut impl BufRead, headers: &Headers, is_answer: bool) -> std::io::Result<Vec<u8>> {
+    if header(headers, "transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+        let mut raw = Vec::new();
+        loop {
+            let start = raw.len();
+            reader.read_until(b'\n', &mut raw)?;
+            let line = String::from_utf8_lossy(&raw[start..]).trim().to_string();
+            let size =
+                usize::from_str_radix(line.split(';').next().unwrap_or("0"), 16).map_err(std::io::Error::other)?;
+            if size == 0 {
+                // Trailers, then the blank line.
+                loop {
+                    let at = raw.len();
+                    if reader.read_until(b'\n', &mut raw)? == 0 || raw[at..] == *b"\r\n" {
+                        return Ok(raw);
+                    }
+                }
+            }
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk)?;
+            raw.extend_from_slice(&chunk);
+        }
+    }
+    match header(headers, "content-length") {
+        Some(len) => {
+            let len: usize = len.trim().parse().map_err(std::io::Error::other)?;
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body)?;
+            Ok(body)
+        }
+        None if is_answer => {
+            let mut body = Vec::new();
+            reader.read_to_end(&mut body)?;
+            Ok(body)
+        }
+        None => Ok(Vec::new()),
+    }
+}

@@ -1,0 +1,177 @@
+//! S3 misbehaving between the daemon and the server, through the fault-injecting proxy: errors,
+//! throttling, answers lost after the work was done (awslabs/git-remote-s3#66), connections cut
+//! mid-body, slow answers. Every operation either lands through retries or fails with a clear
+//! message, and the remote is never left half-written.
+
+use std::path::PathBuf;
+
+use git_s3_tests::{Fault, FaultProxy, Rule, TestEnv, incompressible_bytes, sha256_hex, wait_for};
+use std::time::Duration;
+
+const URL_PREFIX: &str = "faulty";
+
+/// A repository with one commit, `origin` set to the test remote (nothing pushed yet).
+fn work_repo(env: &TestEnv) -> PathBuf {
+    let work = env.new_repo("work");
+    env.git_ok(&work, &["remote", "add", "origin", &env.url(URL_PREFIX)]);
+    work
+}
+
+/// Adds a commit with `size` bytes of incompressible data (8 MiB and more go up in parts).
+fn commit_data(env: &TestEnv, repo: &std::path::Path, size: usize, seed: u64) -> String {
+    std::fs::write(repo.join(format!("data-{seed}.bin")), incompressible_bytes(size, seed)).expect("write data");
+    env.git_ok(repo, &["add", "."]);
+    env.git_ok(repo, &["commit", "-q", "-m", &format!("data {seed}")]);
+    env.rev_parse(repo, "HEAD")
+}
+
+/// The remote holds exactly one bundle for main, for `oid`, and no lock.
+fn assert_clean_remote(env: &TestEnv, oid: &str) {
+    let keys = env.keys(&format!("{URL_PREFIX}/refs/heads/main/"));
+    assert_eq!(keys, vec![format!("{URL_PREFIX}/refs/heads/main/{oid}.bundle")], "exactly the new bundle, no lock");
+    wait_for("no open multipart upload", Duration::from_secs(30), || {
+        (env.server.open_multipart_uploads(&env.bucket) == 0).then_some(())
+    });
+}
+
+fn assert_clone_has(env: &TestEnv, name: &str, oid: &str) {
+    let clone = env.path(name);
+    env.git_ok(&env.path(""), &["clone", "-q", &env.url(URL_PREFIX), clone.to_str().expect("utf-8 path")]);
+    assert_eq!(env.rev_parse(&clone, "HEAD"), oid);
+    env.git_ok(&clone, &["fsck", "--no-progress"]);
+}
+
+fn faults_seen(proxy: &FaultProxy) -> usize {
+    proxy.faulted().len()
+}
+
+#[test]
+fn server_errors_and_throttling_are_retried_until_the_push_and_clone_land() {
+    let mut env = TestEnv::new();
+    let proxy = env.route_through_proxy();
+    proxy.add(Rule::new("PUT", ".bundle", Fault::Status(500, "InternalError")).times(2));
+    proxy.add(Rule::new("PUT", "LOCK", Fault::Status(503, "SlowDown")));
+    proxy.add(Rule::new("GET", "", Fault::Status(500, "InternalError")).query("list-type"));
+    proxy.add(Rule::new("GET", ".bundle", Fault::Status(503, "SlowDown")));
+    let work = work_repo(&env);
+    env.git_ok(&work, &["push", "origin", "main"]);
+    let head = env.rev_parse(&work, "HEAD");
+    assert_clone_has(&env, "clone", &head);
+    assert_eq!(faults_seen(&proxy), 5, "every rule fired: {:?}", proxy.faulted());
+    assert_clean_remote(&env, &head);
+}
+
+#[test]
+fn a_lock_write_that_went_through_but_looked_refused_is_still_ours() {
+    // awslabs/git-remote-s3#66: the conditional PUT succeeded, its answer was lost or replaced,
+    // and the retry (or the answer) says 412/409. The lock is ours; the push must go on.
+    let mut env = TestEnv::new();
+    let proxy = env.route_through_proxy();
+    let work = work_repo(&env);
+    proxy.add(Rule::new("PUT", "LOCK", Fault::AfterSuccess(412, "PreconditionFailed")));
+    env.git_ok(&work, &["push", "origin", "main"]);
+
+    let second = env.commit(&work, "b", "b\n", "second");
+    proxy.add(Rule::new("PUT", "LOCK", Fault::DropAnswer));
+    env.git_ok(&work, &["push", "origin", "main"]);
+
+    let third = env.commit(&work, "c", "c\n", "third");
+    proxy.add(Rule::new("PUT", "LOCK", Fault::AfterSuccess(409, "ConditionalRequestConflict")));
+    env.git_ok(&work, &["push", "origin", "main"]);
+
+    assert_eq!(faults_seen(&proxy), 3);
+    assert_ne!(second, third);
+    assert_clean_remote(&env, &third);
+    assert_clone_has(&env, "clone", &third);
+}
+
+#[test]
+fn a_multipart_completion_whose_answer_was_lost_still_counts() {
+    let mut env = TestEnv::new();
+    let proxy = env.route_through_proxy();
+    let work = work_repo(&env);
+    let head = commit_data(&env, &work, 20 * 1024 * 1024, 1);
+    proxy.add(Rule::new("POST", ".bundle", Fault::DropAnswer).query("uploadId"));
+    env.git_ok(&work, &["push", "origin", "main"]);
+    assert_eq!(faults_seen(&proxy), 1);
+    assert_clean_remote(&env, &head);
+    assert_clone_has(&env, "clone", &head);
+}
+
+#[test]
+fn a_download_cut_off_mid_body_resumes_where_it_broke() {
+    let mut env = TestEnv::new();
+    let proxy = env.route_through_proxy();
+    let work = work_repo(&env);
+    let head = commit_data(&env, &work, 12 * 1024 * 1024, 2);
+    env.git_ok(&work, &["push", "origin", "main"]);
+    proxy.add(Rule::new("GET", ".bundle", Fault::ResetMidBody).times(2));
+    assert_clone_has(&env, "clone", &head);
+    let bundle_gets = proxy.seen().iter().filter(|s| s.method == "GET" && s.path.ends_with(".bundle")).count();
+    assert_eq!(bundle_gets, 3, "one download and two resumptions");
+}
+
+#[test]
+fn slow_answers_only_make_things_slower() {
+    let mut env = TestEnv::new();
+    let proxy = env.route_through_proxy();
+    let pause = Duration::from_millis(1500);
+    proxy.add(Rule::new("PUT", ".bundle", Fault::Delay(pause)));
+    proxy.add(Rule::new("GET", "", Fault::Delay(pause)).query("list-type").times(3));
+    proxy.add(Rule::new("GET", ".bundle", Fault::Delay(pause)));
+    let work = work_repo(&env);
+    env.git_ok(&work, &["push", "origin", "main"]);
+    let head = env.rev_parse(&work, "HEAD");
+    assert_clone_has(&env, "clone", &head);
+    assert_eq!(faults_seen(&proxy), 5);
+}
+
+#[test]
+fn a_push_that_keeps_failing_says_why_and_leaves_the_remote_as_it_was() {
+    let mut env = TestEnv::new();
+    let proxy = env.route_through_proxy();
+    let work = work_repo(&env);
+    env.git_ok(&work, &["push", "origin", "main"]);
+    let before = env.rev_parse(&work, "HEAD");
+
+    // A small bundle: one PUT, failing every time.
+    env.commit(&work, "b", "b\n", "second");
+    proxy.add(Rule::new("PUT", ".bundle", Fault::Status(500, "InternalError")).times(1000));
+    let stderr = env.git_fails(&work, &["push", "origin", "main"]);
+    assert!(stderr.contains("InternalError"), "the error says what S3 answered: {stderr}");
+    assert_clean_remote(&env, &before);
+
+    // A large one: the second part keeps failing; the upload is aborted, nothing appears.
+    commit_data(&env, &work, 20 * 1024 * 1024, 3);
+    proxy.add(Rule::new("PUT", ".bundle", Fault::Status(500, "InternalError")).query("partNumber=2").times(1000));
+    let stderr = env.git_fails(&work, &["push", "origin", "main"]);
+    assert!(stderr.contains("InternalError"), "{stderr}");
+    assert_clean_remote(&env, &before);
+    assert_clone_has(&env, "clone", &before);
+}
+
+#[test]
+fn lfs_transfers_survive_throttling_and_cut_off_downloads() {
+    let mut env = TestEnv::new();
+    let proxy = env.route_through_proxy();
+    let small = incompressible_bytes(1024 * 1024, 4);
+    let large = incompressible_bytes(20 * 1024 * 1024, 5);
+    let repo =
+        env.lfs_repo("work", &env.url(URL_PREFIX), &[("small.bin", small.clone()), ("large.bin", large.clone())]);
+    proxy.add(Rule::new("PUT", "/lfs/", Fault::Status(503, "SlowDown")).times(2));
+    proxy.add(Rule::new("PUT", "/lfs/", Fault::Status(500, "InternalError")).query("partNumber=2"));
+    env.git_ok(&repo, &["push", "origin", "main"]);
+    assert_eq!(faults_seen(&proxy), 3);
+    for content in [&small, &large] {
+        let key = format!("{URL_PREFIX}/lfs/{}", sha256_hex(content));
+        assert_eq!(env.server.get(&env.bucket, &key), *content);
+    }
+
+    proxy.add(Rule::new("GET", "/lfs/", Fault::ResetMidBody).times(2));
+    let clone = env.path("clone");
+    env.git_ok(&env.path(""), &["clone", "-q", &env.url(URL_PREFIX), clone.to_str().expect("utf-8 path")]);
+    assert_eq!(faults_seen(&proxy), 5);
+    assert_eq!(std::fs::read(clone.join("small.bin")).expect("small.bin"), small);
+    assert_eq!(std::fs::read(clone.join("large.bin")).expect("large.bin"), large);
+    assert_eq!(env.server.open_multipart_uploads(&env.bucket), 0);
+}
