@@ -138,9 +138,15 @@ impl S3Server {
     }
 
     pub fn open_multipart_uploads(&self, bucket: &str) -> usize {
+        self.open_uploads(bucket, "").len()
+    }
+
+    /// Keys of the multipart uploads in progress under `prefix`.
+    pub fn open_uploads(&self, bucket: &str, prefix: &str) -> Vec<String> {
         self.runtime.block_on(async {
-            let out = self.client.list_multipart_uploads().bucket(bucket).send().await.expect("list uploads");
-            out.uploads().len()
+            let out =
+                self.client.list_multipart_uploads().bucket(bucket).prefix(prefix).send().await.expect("list uploads");
+            out.uploads().iter().filter_map(|u| u.key().map(str::to_string)).collect()
         })
     }
 }

@@ -73,7 +73,9 @@ fn race(python_pushers: usize) {
         }
     }
 
-    eprintln!("race: {ROUNDS} rounds of {PUSHERS} pushers, {python_pushers} of them Python: one winner each round, Python won {python_wins}");
+    eprintln!(
+        "race: {ROUNDS} rounds of {PUSHERS} pushers, {python_pushers} of them Python: one winner each round, Python won {python_wins}"
+    );
     let fresh = env.path("fresh");
     env.git_ok(&env.path(""), &["clone", "-q", &url, fresh.to_str().expect("utf-8 path")]);
     for commit in &accepted {

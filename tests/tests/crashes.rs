@@ -1,0 +1,253 @@
+//! `kill -9` at seeded random moments: of the daemon, of the shim (git-remote-s3 or git-lfs-s3)
+//! and of git itself, during plain pushes and pushes with LFS objects. After every trial the ref
+//! holds exactly the old or the new commit, every LFS object in the bucket is whole, the next
+//! push repairs what was left (a second bundle, a lock once its TTL has passed, an open bundle
+//! upload), and at the end `git s3 doctor` aborts the LFS uploads nobody will finish.
+//!
+//! `CRASH_TRIALS` (default 54) and `CRASH_SEED` (default fixed) replay or extend the run.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use git_s3_tests::{TestEnv, finish_within, incompressible_bytes, sha256_hex, wait_for};
+use rustix::process::{Pid, Signal};
+
+const PREFIX: &str = "crash";
+const LOCK_TTL_S: u64 = 3;
+const BOUND: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Victim {
+    Daemon,
+    Shim,
+    Git,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Workload {
+    Push,
+    LfsPush,
+}
+
+/// What a trial found right after the kill, before any repair.
+#[derive(Debug, Default)]
+struct Tally {
+    trials: usize,
+    killed: usize,
+    kept_old: usize,
+    took_new: usize,
+    second_bundle: usize,
+    lock_left: usize,
+    open_bundle_uploads: usize,
+    longest_recovery: Duration,
+}
+
+fn crash_env() -> TestEnv {
+    let mut env = TestEnv::new();
+    env.set_env("GIT_REMOTE_S3_LOCK_TTL_SECONDS", &LOCK_TTL_S.to_string());
+    env
+}
+
+fn ref_dir() -> String {
+    format!("{PREFIX}/refs/heads/main/")
+}
+
+/// Oids of the bundles main has in the bucket.
+fn bundle_oids(env: &TestEnv) -> Vec<String> {
+    env.keys(&ref_dir())
+        .iter()
+        .filter_map(|k| k.strip_prefix(&ref_dir())?.strip_suffix(".bundle").map(str::to_string))
+        .collect()
+}
+
+/// Processes of a process group, with their command names.
+fn group_members(group: Pid) -> Vec<(Pid, String)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| {
+            let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // pid (comm) state ppid pgrp …; comm may hold spaces, so split after the last ')'.
+            let (head, rest) = stat.rsplit_once(')')?;
+            let comm = head.split_once('(')?.1.to_string();
+            let pgrp: i32 = rest.split_whitespace().nth(2)?.parse().ok()?;
+            (pgrp == group.as_raw_nonzero().get()).then(|| Some((Pid::from_raw(pid)?, comm))).flatten()
+        })
+        .collect()
+}
+
+/// Sends SIGKILL and waits until the process is gone (or a zombie nobody has reaped yet).
+fn kill(pid: Pid) -> bool {
+    if rustix::process::kill_process(pid, Signal::KILL).is_err() {
+        return false;
+    }
+    wait_for("a killed process to die", BOUND, || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())).unwrap_or_default();
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_string));
+        matches!(state.as_deref(), None | Some("Z" | "X")).then_some(())
+    });
+    true
+}
+
+fn spawn_push(env: &TestEnv, repo: &Path) -> Child {
+    let mut push = env.command("git");
+    push.args(["push", "origin", "main"]).current_dir(repo).stdout(Stdio::null()).stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut push, 0);
+    push.spawn().expect("spawn git push")
+}
+
+/// Adds a commit: a plain file, or an LFS-tracked `.bin`, of `size` incompressible bytes.
+fn next_commit(env: &TestEnv, repo: &Path, workload: Workload, trial: usize, size: usize) -> (String, Option<String>) {
+    let content = incompressible_bytes(size, trial as u64 + 1000);
+    let (file, lfs_oid) = match workload {
+        Workload::Push => (format!("data-{trial}.dat"), None),
+        Workload::LfsPush => (format!("asset-{trial}.bin"), Some(sha256_hex(&content))),
+    };
+    std::fs::write(repo.join(&file), content).expect("write");
+    env.git_ok(repo, &["add", &file]);
+    env.git_ok(repo, &["commit", "-q", "-m", &format!("trial {trial}")]);
+    (env.rev_parse(repo, "HEAD"), lfs_oid)
+}
+
+/// Pushes until it succeeds: a lock left by a killed daemon blocks for at most its TTL.
+fn push_until_accepted(env: &TestEnv, repo: &Path) -> Duration {
+    let started = Instant::now();
+    let limit = Duration::from_secs(LOCK_TTL_S * 4 + 60);
+    wait_for("a push to be accepted after a crash", limit, || {
+        let output = finish_within(spawn_push(env, repo), BOUND, "a repair push");
+        output.status.success().then_some(())
+    });
+    started.elapsed()
+}
+
+/// How long a clean push of `size` bytes takes here: the window kills are drawn from.
+fn calibrate(env: &TestEnv, repo: &Path, workload: Workload, size: usize, trial: usize) -> Duration {
+    next_commit(env, repo, workload, trial, size);
+    let started = Instant::now();
+    let output = finish_within(spawn_push(env, repo), BOUND, "a calibration push");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    started.elapsed()
+}
+
+#[test]
+fn kill_9_at_random_moments_never_leaves_a_ref_between_old_and_new() {
+    let trials: usize = std::env::var("CRASH_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(54);
+    let seed: u64 = std::env::var("CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed_0006);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let env = crash_env();
+    let repo = env.lfs_repo("work", &env.url(PREFIX), &[("first.bin", b"first\n".to_vec())]);
+    env.git_ok(&repo, &["push", "origin", "main"]);
+    const MAX_SIZE: usize = 16 * 1024 * 1024;
+    let windows: BTreeMap<Workload, Duration> = [Workload::Push, Workload::LfsPush]
+        .into_iter()
+        .enumerate()
+        .map(|(i, w)| (w, calibrate(&env, &repo, w, MAX_SIZE, 100_000 + i) * 3 / 2))
+        .collect();
+    let mut tallies: BTreeMap<(Victim, Workload), Tally> = BTreeMap::new();
+    let mut old = env.rev_parse(&repo, "HEAD");
+
+    for trial in 0..trials {
+        let victim = [Victim::Daemon, Victim::Shim, Victim::Git][trial % 3];
+        let workload = [Workload::Push, Workload::LfsPush][(trial / 3) % 2];
+        let size = rng.usize(64 * 1024..MAX_SIZE);
+        let (new, lfs_oid) = next_commit(&env, &repo, workload, trial, size);
+        env.git_ok(&repo, &["ls-remote", "origin"]); // the daemon runs before the clock starts
+        let daemon = env.daemon_status().and_then(|s| Pid::from_raw(s["pid"].as_i64().unwrap_or(0) as i32));
+        let delay = Duration::from_millis(rng.u64(0..windows[&workload].as_millis() as u64));
+
+        let push = spawn_push(&env, &repo);
+        let group = Pid::from_raw(push.id() as i32).expect("pid");
+        std::thread::sleep(delay); // the seeded random moment of the crash, not a synchronisation
+        let shim_name = if workload == Workload::LfsPush { "git-lfs-s3" } else { "git-remote-s3" };
+        let target = match victim {
+            Victim::Daemon => daemon,
+            Victim::Git => Some(group),
+            Victim::Shim => group_members(group).into_iter().find(|(_, comm)| comm == shim_name).map(|(pid, _)| pid),
+        };
+        let killed = target.is_some_and(kill);
+        finish_within(push, BOUND, &format!("trial {trial}: git push"));
+        // Orphans of a killed git (git-lfs, the shim) finish on their own; wait for them.
+        wait_for("the push's processes to end", BOUND, || group_members(group).is_empty().then_some(()));
+        if env.daemon_status().is_some() {
+            wait_for("the daemon to finish what the push started", BOUND, || {
+                let status = env.daemon_status()?;
+                status["activities"].as_array().is_none_or(|a| a.is_empty()).then_some(())
+            });
+        }
+
+        // Exactly the old or the new state.
+        let bundles = bundle_oids(&env);
+        let tally = tallies.entry((victim, workload)).or_default();
+        tally.trials += 1;
+        tally.killed += usize::from(killed);
+        assert!(!bundles.is_empty(), "trial {trial}: main lost its bundle");
+        assert!(
+            bundles.iter().all(|b| *b == old || *b == new),
+            "trial {trial} ({victim:?}, {workload:?}): bundles {bundles:?} are neither old {old} nor new {new}"
+        );
+        let listed = env.ls_remote(&repo, "origin");
+        let value = listed.iter().find(|(_, r)| r == "refs/heads/main").map(|(o, _)| o.clone());
+        assert!(value == Some(old.clone()) || value == Some(new.clone()), "trial {trial}: main is {value:?}");
+        let took_new = value.as_deref() == Some(new.as_str());
+        tally.took_new += usize::from(took_new);
+        tally.kept_old += usize::from(!took_new);
+        tally.second_bundle += usize::from(bundles.len() > 1);
+        tally.lock_left += usize::from(env.keys(&format!("{}LOCK#.lock", ref_dir())).len());
+        tally.open_bundle_uploads += env.server.open_uploads(&env.bucket, &ref_dir()).len();
+        if let Some(oid) = &lfs_oid {
+            let key = format!("{PREFIX}/lfs/{oid}");
+            if env.server.size(&env.bucket, &key).is_some() {
+                assert_eq!(sha256_hex(&env.server.get(&env.bucket, &key)), *oid, "trial {trial}: a partial LFS object");
+            } else {
+                assert!(!took_new, "trial {trial}: main moved before its LFS object was stored");
+            }
+        }
+
+        // The next push repairs what the crash left, and the remote is clean again.
+        let recovery = push_until_accepted(&env, &repo);
+        tally.longest_recovery = tally.longest_recovery.max(recovery);
+        eprintln!("trial {trial}: {victim:?} {workload:?} killed={killed} after {delay:?}; recovered in {recovery:?}");
+        assert_eq!(bundle_oids(&env), vec![new.clone()], "trial {trial}: one bundle after the repair push");
+        assert!(env.keys(&format!("{}LOCK#.lock", ref_dir())).is_empty(), "trial {trial}: lock left");
+        assert!(env.server.open_uploads(&env.bucket, &ref_dir()).is_empty(), "trial {trial}: open bundle upload");
+        old = new;
+    }
+
+    // Doctor aborts the LFS uploads that killed agents or daemons left open.
+    let orphans = env.server.open_uploads(&env.bucket, &format!("{PREFIX}/"));
+    let doctor = env.git_s3(&["doctor", &env.url(PREFIX), "--yes", "--upload-idle", "0"]);
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    assert!(doctor.status.success(), "doctor: {report}{}", String::from_utf8_lossy(&doctor.stderr));
+    assert_eq!(report.matches("aborted it").count(), orphans.len(), "{report}");
+    assert_eq!(env.server.open_multipart_uploads(&env.bucket), 0);
+
+    // Every commit pushed is in a fresh clone, whole, with its LFS files.
+    let clone = env.path("clone");
+    env.git_ok(&env.path(""), &["clone", "-q", &env.url(PREFIX), clone.to_str().expect("utf-8 path")]);
+    assert_eq!(env.rev_parse(&clone, "HEAD"), old);
+    env.git_ok(&clone, &["fsck", "--no-progress"]);
+    env.git_ok(&clone, &["lfs", "fsck"]);
+
+    eprintln!(
+        "crash trials (seed {seed:#x}, lock TTL {LOCK_TTL_S}s, orphaned LFS uploads aborted by doctor: {}):",
+        orphans.len()
+    );
+    eprintln!(
+        "| victim | workload | trials | killed mid-push | kept old | took new | 2nd bundle | lock left | open bundle upload | longest recovery |"
+    );
+    for ((victim, workload), t) in &tallies {
+        eprintln!(
+            "| {victim:?} | {workload:?} | {} | {} | {} | {} | {} | {} | {} | {:.1}s |",
+            t.trials,
+            t.killed,
+            t.kept_old,
+            t.took_new,
+            t.second_bundle,
+            t.lock_left,
+            t.open_bundle_uploads,
+            t.longest_recovery.as_secs_f64()
+        );
+    }
+}
