@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use git_s3_proto::daemon_server::DaemonServer;
-use git_s3_proto::endpoint::{Endpoint, EndpointError};
+use git_s3_proto::endpoint::{DRAIN_LIMIT, Endpoint, EndpointError};
 use rustix::fs::{FlockOperation, flock};
 use tokio::net::UnixListener;
 
@@ -17,10 +17,10 @@ use crate::scheduler::Scheduler;
 use crate::server::Service;
 use crate::state::DaemonState;
 
+/// Attempts at the instance lock, 20 ms apart.
+const INSTANCE_LOCK_TRIES: u32 = 10;
 /// How often the idle watcher looks.
 const IDLE_CHECK_PERIOD: Duration = Duration::from_secs(1);
-/// How long shutdown waits for pushes and fetches in flight.
-const DRAIN_LIMIT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -97,9 +97,14 @@ fn lock_instance(endpoint: &Endpoint) -> Result<File, DaemonError> {
         .write(true)
         .open(&path)
         .map_err(|source| DaemonError::Io { what: "open", path: path.clone(), source })?;
-    flock(&file, FlockOperation::NonBlockingLockExclusive)
-        .map_err(|_| DaemonError::AlreadyRunning(endpoint.socket.clone()))?;
-    Ok(file)
+    // Clients probe the lock for a moment (`Endpoint::daemon_alive`); a few tries ride that out.
+    for _ in 0..INSTANCE_LOCK_TRIES {
+        if flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok() {
+            return Ok(file);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(DaemonError::AlreadyRunning(endpoint.socket.clone()))
 }
 
 /// The listening socket passed by systemd (`LISTEN_FDS`), if any. Reads and clears the

@@ -6,6 +6,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|line: &str| {
     if let Ok(Command::Fetch { oid, .. }) = parse_line(line) {
-        assert_eq!(oid.len(), 40, "a fetch line yields a full object id");
+        assert!(matches!(oid.len(), 40 | 64), "a fetch line yields a full sha1 or sha256 object id");
+        assert!(oid.bytes().all(|b| b.is_ascii_hexdigit()));
     }
 });

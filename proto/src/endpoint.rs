@@ -13,6 +13,8 @@ pub const STATE_DIR_ENV: &str = "GIT_REMOTE_S3_STATE_DIR";
 
 const APP_DIR: &str = "git-remote-s3";
 const SOCKET_FILE: &str = "daemon.sock";
+/// How long a stopping daemon finishes the pushes and fetches in flight before it exits anyway.
+pub const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 /// Unix socket paths longer than this do not fit in `sockaddr_un`.
 pub const MAX_SOCKET_PATH_BYTES: usize = 107;
 
@@ -79,6 +81,16 @@ impl Endpoint {
     /// Held by the running daemon for its whole life: at most one daemon per socket.
     pub fn instance_lock_file(&self) -> PathBuf {
         self.socket.with_extension("lock")
+    }
+
+    /// Whether a daemon process for this socket is alive (serving or still draining): it
+    /// holds the instance lock for its whole life.
+    pub fn daemon_alive(&self) -> bool {
+        let Ok(file) = fs::OpenOptions::new().create(true).truncate(false).write(true).open(self.instance_lock_file())
+        else {
+            return false;
+        };
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockShared).is_err()
     }
 }
 

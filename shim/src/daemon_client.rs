@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use git_s3_proto::daemon_client::DaemonClient;
-use git_s3_proto::endpoint::{Endpoint, EndpointError};
+use git_s3_proto::endpoint::{DRAIN_LIMIT, Endpoint, EndpointError};
 use git_s3_proto::{BUILD_VERSION, PROTOCOL_VERSION, StatusReply, StatusRequest, StopRequest};
 use rustix::fs::{FlockOperation, flock};
 use tonic::transport::Channel;
@@ -38,6 +38,8 @@ pub enum ConnectError {
     StaleDaemon { socket: PathBuf, found: String },
     #[error("cannot use {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("the stopping git-s3d did not exit within {}s; see its log at {log}", (DRAIN_LIMIT + START_TIMEOUT).as_secs())]
+    StillDraining { log: PathBuf },
     #[error("git-s3d refused the connection: {0}")]
     Refused(String),
 }
@@ -53,6 +55,7 @@ pub async fn connect_or_start(endpoint: &Endpoint) -> Result<Client, ConnectErro
     if let Some(client) = connect_current(endpoint).await? {
         return Ok(client);
     }
+    wait_until_gone(endpoint).await?;
     spawn_daemon(endpoint)?;
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
@@ -95,6 +98,24 @@ async fn connect_current(endpoint: &Endpoint) -> Result<Option<Client>, ConnectE
         tokio::time::sleep(POLL_PERIOD).await;
     }
     Ok(None)
+}
+
+/// Waits while a daemon that no longer answers is still finishing its work (a stop drains
+/// pushes and fetches in flight): a new one could not start before it exits.
+pub async fn wait_until_gone(endpoint: &Endpoint) -> Result<(), ConnectError> {
+    let started = Instant::now();
+    let mut told = false;
+    while endpoint.daemon_alive() {
+        if started.elapsed() > DRAIN_LIMIT + START_TIMEOUT {
+            return Err(ConnectError::StillDraining { log: endpoint.log_file() });
+        }
+        if !told && started.elapsed() > Duration::from_secs(1) {
+            eprintln!("git-s3d: waiting for the stopping daemon to finish the work in flight");
+            told = true;
+        }
+        tokio::time::sleep(POLL_PERIOD).await;
+    }
+    Ok(())
 }
 
 fn is_current(status: &StatusReply) -> bool {

@@ -25,7 +25,8 @@ pub struct S3Server {
     pub port: u16,
     /// s3s-fs's data folder (buckets are folders, objects files).
     pub data_dir: Option<PathBuf>,
-    child: Child,
+    scratch: PathBuf,
+    child: Option<Child>,
     runtime: tokio::runtime::Runtime,
     client: aws_sdk_s3::Client,
 }
@@ -33,51 +34,48 @@ pub struct S3Server {
 impl S3Server {
     pub fn start(kind: ServerKind, scratch: &Path) -> Self {
         let port = free_port();
-        let log = std::fs::File::create(scratch.join(format!("{kind:?}.log"))).expect("server log");
-        let log_err = log.try_clone().expect("server log");
-        let (mut command, data_dir) = match kind {
-            ServerKind::Moto => {
-                let program = find_tool("moto/bin/moto_server", "moto_server");
-                let mut command = Command::new(program);
-                command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
-                (command, None)
-            }
-            ServerKind::S3sFs => {
-                let data = scratch.join("s3s-data");
-                std::fs::create_dir_all(&data).expect("s3s data dir");
-                let mut command = Command::new(find_tool("bin/s3s-fs", "s3s-fs"));
-                command
-                    .args([
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        &port.to_string(),
-                        "--access-key",
-                        ACCESS_KEY,
-                        "--secret-key",
-                        SECRET_KEY,
-                    ])
-                    .arg(&data);
-                (command, Some(data))
-            }
-        };
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {kind:?} ({e}); run scripts/install-test-deps.sh"));
+        let (child, data_dir) = spawn(kind, port, scratch);
         let endpoint = format!("http://127.0.0.1:{port}");
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let client = runtime.block_on(test_client(&endpoint));
-        let mut server = Self { kind, endpoint, port, data_dir, child, runtime, client };
+        let mut server = Self {
+            kind,
+            endpoint,
+            port,
+            data_dir,
+            scratch: scratch.to_path_buf(),
+            child: Some(child),
+            runtime,
+            client,
+        };
+        server.wait_until_listening();
+        server
+    }
+
+    /// Stops the server as a crash would (s3s-fs keeps its data on disk; moto loses it).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Some(spawn(self.kind, self.port, &self.scratch).0);
+        self.wait_until_listening();
+    }
+
+    fn wait_until_listening(&mut self) {
+        let (kind, port) = (self.kind, self.port);
+        let scratch = self.scratch.clone();
         crate::wait_for(&format!("{kind:?} to listen on port {port}"), START_LIMIT, || {
-            if let Ok(Some(status)) = server.child.try_wait() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 panic!("{kind:?} exited at start-up with {status}; see {}", scratch.display());
             }
             TcpStream::connect(("127.0.0.1", port)).ok()
         });
-        server
     }
 
     pub fn create_bucket(&self, bucket: &str) {
@@ -153,9 +151,51 @@ impl S3Server {
 
 impl Drop for S3Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
+}
+
+/// Starts `kind` on `port`, logging into `scratch` (appending, so restarts keep the history).
+fn spawn(kind: ServerKind, port: u16, scratch: &Path) -> (Child, Option<PathBuf>) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(scratch.join(format!("{kind:?}.log")))
+        .expect("server log");
+    let log_err = log.try_clone().expect("server log");
+    let (mut command, data_dir) = match kind {
+        ServerKind::Moto => {
+            let program = find_tool("moto/bin/moto_server", "moto_server");
+            let mut command = Command::new(program);
+            command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+            (command, None)
+        }
+        ServerKind::S3sFs => {
+            let data = scratch.join("s3s-data");
+            std::fs::create_dir_all(&data).expect("s3s data dir");
+            let mut command = Command::new(find_tool("bin/s3s-fs", "s3s-fs"));
+            command
+                .args([
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    &port.to_string(),
+                    "--access-key",
+                    ACCESS_KEY,
+                    "--secret-key",
+                    SECRET_KEY,
+                ])
+                .arg(&data);
+            (command, Some(data))
+        }
+    };
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {kind:?} ({e}); run scripts/install-test-deps.sh"));
+    (child, data_dir)
 }
 
 async fn test_client(endpoint: &str) -> aws_sdk_s3::Client {

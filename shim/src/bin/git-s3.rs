@@ -376,6 +376,7 @@ async fn stop(endpoint: &Endpoint) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    daemon_client::wait_until_gone(endpoint).await.map_err(|e| e.to_string())?;
     println!("git-s3d stopped");
     Ok(())
 }
