@@ -139,6 +139,26 @@ impl S3Server {
         self.open_uploads(bucket, "").len()
     }
 
+    /// Starts a multipart upload and uploads one part, as a push killed mid-upload leaves it.
+    pub fn abandoned_upload(&self, bucket: &str, key: &str) {
+        self.runtime.block_on(async {
+            let created =
+                self.client.create_multipart_upload().bucket(bucket).key(key).send().await.expect("create upload");
+            let id = created.upload_id().expect("upload id");
+            let part = ByteStream::from(vec![0u8; 1024]);
+            self.client
+                .upload_part()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(id)
+                .part_number(1)
+                .body(part)
+                .send()
+                .await
+                .expect("upload part");
+        })
+    }
+
     /// Keys of the multipart uploads in progress under `prefix`.
     pub fn open_uploads(&self, bucket: &str, prefix: &str) -> Vec<String> {
         self.runtime.block_on(async {

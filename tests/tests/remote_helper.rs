@@ -194,45 +194,6 @@ fn protected_branch_refuses_force_and_delete() {
 }
 
 #[test]
-fn six_concurrent_pushers_exactly_one_wins() {
-    let env = TestEnv::new();
-    let url = env.url("race");
-    let base = env.new_repo("base");
-    env.git_ok(&base, &["push", &url, "main"]);
-    let pushers: Vec<_> = (0..6)
-        .map(|i| {
-            let dir = env.path(&format!("pusher{i}"));
-            env.git_ok(&env.path(""), &["clone", "-q", &url, dir.to_str().unwrap()]);
-            let oid = env.commit(&dir, &format!("file{i}"), &format!("{i}\n"), &format!("pusher {i}"));
-            (dir, oid)
-        })
-        .collect();
-    let children: Vec<_> = pushers
-        .iter()
-        .map(|(dir, _)| {
-            let mut command = env.command("git");
-            command.args(["push", "origin", "main"]).current_dir(dir).stdout(Stdio::null()).stderr(Stdio::piped());
-            command.spawn().expect("spawn push")
-        })
-        .collect();
-    let results: Vec<_> = children.into_iter().map(|c| c.wait_with_output().expect("wait")).collect();
-    let winners: Vec<usize> = (0..6).filter(|&i| results[i].status.success()).collect();
-    assert_eq!(
-        winners.len(),
-        1,
-        "exactly one push wins: {:?}",
-        results.iter().map(|r| String::from_utf8_lossy(&r.stderr).into_owned()).collect::<Vec<_>>()
-    );
-    for (i, result) in results.iter().enumerate().filter(|(i, _)| *i != winners[0]) {
-        let stderr = String::from_utf8_lossy(&result.stderr);
-        assert!(stderr.contains("fetch first") || stderr.contains("holds the lock"), "loser {i} says why: {stderr}");
-    }
-    let winner_oid = &pushers[winners[0]].1;
-    assert_eq!(bundle_keys(&env, "race", "refs/heads/main"), vec![format!("race/refs/heads/main/{winner_oid}.bundle")]);
-    assert!(env.keys("race/refs/heads/main/LOCK#.lock").is_empty(), "no lock left behind");
-}
-
-#[test]
 fn a_fresh_lock_blocks_a_push_and_a_stale_one_is_taken_over() {
     let mut env = TestEnv::new();
     let url = env.url("locked");

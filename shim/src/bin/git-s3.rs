@@ -316,17 +316,20 @@ fn human_age(secs: u64) -> String {
 async fn daemon(command: DaemonCommand, endpoint: &Endpoint) -> Result<ExitCode, String> {
     match command {
         DaemonCommand::Status { json } => match daemon_client::connect_existing(endpoint).await {
-            Ok(mut client) => {
-                let reply = client.status(StatusRequest {}).await.map_err(|s| s.message().to_string())?;
-                print_status(&reply.into_inner(), json);
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(ConnectError::NotRunning(socket)) => {
-                if json {
-                    println!("{}", serde_json::json!({ "running": false, "socket": socket.display().to_string() }));
-                } else {
-                    println!("git-s3d is not running (socket {})", socket.display());
+            Ok(mut client) => match client.status(StatusRequest {}).await {
+                Ok(reply) => {
+                    print_status(&reply.into_inner(), json);
+                    Ok(ExitCode::SUCCESS)
                 }
+                // The connection broke: the daemon is going away.
+                Err(status) if status.code() == tonic::Code::Unavailable => {
+                    not_running(&endpoint.socket, json);
+                    Ok(ExitCode::from(EXIT_NOT_RUNNING))
+                }
+                Err(status) => Err(status.message().to_string()),
+            },
+            Err(ConnectError::NotRunning(socket)) => {
+                not_running(&socket, json);
                 Ok(ExitCode::from(EXIT_NOT_RUNNING))
             }
             Err(e) => Err(e.to_string()),
@@ -379,6 +382,14 @@ async fn stop(endpoint: &Endpoint) -> Result<(), String> {
     daemon_client::wait_until_gone(endpoint).await.map_err(|e| e.to_string())?;
     println!("git-s3d stopped");
     Ok(())
+}
+
+fn not_running(socket: &std::path::Path, json: bool) {
+    if json {
+        println!("{}", serde_json::json!({ "running": false, "socket": socket.display().to_string() }));
+    } else {
+        println!("git-s3d is not running (socket {})", socket.display());
+    }
 }
 
 async fn logs(endpoint: &Endpoint, lines: usize, follow: bool) -> Result<ExitCode, String> {
