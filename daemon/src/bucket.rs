@@ -264,9 +264,20 @@ impl Bucket {
         }
     }
 
-    /// When an upload last made progress: its newest part, or its start when it has none.
-    pub async fn last_activity(&self, upload: &OpenUpload) -> Result<Option<SystemTime>, S3Error> {
-        let mut latest = upload.initiated;
+    /// When an upload last made progress: its newest part, or its start when it has none (or
+    /// when the server cannot list the parts).
+    pub async fn last_activity(&self, upload: &OpenUpload) -> Option<SystemTime> {
+        match self.newest_part(upload).await {
+            Ok(newest) => newest.max(upload.initiated),
+            Err(e) => {
+                tracing::debug!(key = %upload.key, error = %e, "cannot list the parts of an upload");
+                upload.initiated
+            }
+        }
+    }
+
+    async fn newest_part(&self, upload: &OpenUpload) -> Result<Option<SystemTime>, S3Error> {
+        let mut latest = None;
         let mut marker = None::<String>;
         loop {
             let page = self

@@ -164,7 +164,7 @@ impl BundleRepo {
                 (refname, !locked)
             }
             _ => {
-                let idle = age_s(self.bucket.last_activity(upload).await?);
+                let idle = age_s(self.bucket.last_activity(upload).await);
                 let subject = upload.key.strip_prefix(&self.layout.root()).unwrap_or(&upload.key).to_string();
                 (subject, idle >= options.upload_idle.as_secs())
             }

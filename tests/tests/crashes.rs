@@ -206,7 +206,7 @@ fn kill_9_at_random_moments_never_leaves_a_ref_between_old_and_new() {
         tally.took_new += usize::from(took_new);
         tally.kept_old += usize::from(!took_new);
         tally.second_bundle += usize::from(bundles.len() > 1);
-        tally.lock_left += usize::from(env.keys(&format!("{}LOCK#.lock", ref_dir())).len());
+        tally.lock_left += env.keys(&format!("{}LOCK#.lock", ref_dir())).len();
         tally.open_bundle_uploads += env.server.open_uploads(&env.bucket, &ref_dir()).len();
         if let Some(oid) = &lfs_oid {
             let key = format!("{PREFIX}/lfs/{oid}");

@@ -25,7 +25,7 @@ fn race(python_pushers: usize) {
         })
         .collect();
     // Pushers 0, 2, 4 … run the Python tool, up to `python_pushers` of them.
-    let is_python = |i: usize| i % 2 == 0 && i / 2 < python_pushers;
+    let is_python = |i: usize| i.is_multiple_of(2) && i / 2 < python_pushers;
     let mut accepted = Vec::new();
     let mut python_wins = 0;
     for round in 0..ROUNDS {
