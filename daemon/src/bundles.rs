@@ -248,7 +248,7 @@ impl BundleRepo {
             .get_from(&key, 0, None)
             .await?
             .ok_or_else(|| StoreError::MissingBundle { refname: refname.into(), key: key.clone() })?;
-        let mut body = ResumingBody { bucket: &self.bucket, key: &key, etag, body, received: 0, resumes: 0 };
+        let mut body = ResumingBody { bucket: &self.bucket, key: &key, etag, body, size, received: 0, resumes: 0 };
         let meter = events.meter(format!("Receiving {refname}"), size);
 
         let mut buf = Vec::new();
@@ -718,6 +718,7 @@ struct ResumingBody<'a> {
     key: &'a str,
     etag: Option<String>,
     body: ByteStream,
+    size: u64,
     received: u64,
     resumes: u32,
 }
@@ -740,6 +741,9 @@ impl ResumingBody<'_> {
                         .await
                         .map_err(|e| e.to_string())?
                         .ok_or("the object disappeared during the download")?;
+                    if rest.len != self.size - self.received.min(self.size) {
+                        return Err(format!("{e} (and the server did not resume at byte {})", self.received));
+                    }
                     self.body = rest.body;
                 }
                 Some(Err(e)) => return Err(e.to_string()),
