@@ -19,7 +19,7 @@ use crate::bundle::{self, BundleHeader};
 use crate::config::RemoteConfig;
 use crate::git::{Git, GitError, last_line};
 use crate::layout::{Layout, RefKey, check_refname};
-use crate::lock::RefLock;
+use crate::lock::{LockError, RefLock};
 use crate::progress::Events;
 use crate::transfer::{TransferError, upload_stream};
 
@@ -47,6 +47,8 @@ pub enum StoreError {
     Download { key: String, why: String },
     #[error("the fetch did not bring {oid} ({refname})")]
     NotFetched { refname: String, oid: String },
+    #[error(transparent)]
+    Lock(#[from] LockError),
     #[error("cannot create a temporary repository: {0}")]
     TempDir(#[source] std::io::Error),
 }
@@ -584,7 +586,7 @@ impl BundleRepo {
                 let stderr = stderr_task.await.unwrap_or_default();
                 return Err(format!("git bundle create failed: {}", last_line(&stderr)));
             }
-            prepared.lock.ensure_held().map_err(|e| e.to_string())
+            prepared.lock.confirm().await.map_err(|e| e.to_string())
         })
         .await;
         match result {
@@ -625,6 +627,7 @@ impl BundleRepo {
         let dst = &prepared.command.dst;
         self.abort_orphan_uploads(dst).await;
         let Some(new_oid) = &prepared.new_oid else {
+            prepared.lock.confirm().await?;
             for bundle in &prepared.state.bundles {
                 self.bucket.delete(&bundle.key).await?;
             }

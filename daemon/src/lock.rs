@@ -96,6 +96,19 @@ impl RefLock {
         Ok(())
     }
 
+    /// Checks, right before a write that commits, that the lock object still carries our token.
+    /// Where conditional writes are not atomic (moto, some S3-compatible stores), two creators
+    /// can both be told they won; only the last writer's token survives, and every other one
+    /// stops here. The one that passes this check before the other's write landed has uploaded
+    /// already, so the other sees the new value when it reads the ref, and refuses.
+    pub async fn confirm(&self) -> Result<(), LockError> {
+        self.ensure_held()?;
+        match self.bucket.head(&self.key).await? {
+            Some(meta) if meta.metadata.get(OWNER_METADATA) == Some(&self.token) => Ok(()),
+            _ => Err(LockError::Lost { refname: self.refname.clone() }),
+        }
+    }
+
     /// Deletes the lock if it is still ours.
     pub async fn release(self) -> Result<(), S3Error> {
         self.renewer.abort();

@@ -1,12 +1,13 @@
 //! Many pushers, one ref: in every round exactly one push wins, every accepted commit can be
 //! fetched afterwards, and no round leaves a second bundle or a lock behind, whether all
-//! pushers run our tool or half of them run the Python tool (0.4.2) against the same bucket.
+//! pushers run our tool or half of them run the Python tool (0.4.2) against the same bucket
+//! (then in every other round a Python pusher holds the lock while ours try).
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use git_s3_tests::{TestEnv, finish_within};
+use git_s3_tests::{TestEnv, finish_within, wait_for};
 
 const PUSHERS: usize = 8;
 const ROUNDS: usize = 20;
@@ -34,18 +35,24 @@ fn race(python_pushers: usize) {
             .enumerate()
             .map(|(i, clone)| env.commit(clone, &format!("pusher-{i}"), &format!("round {round}\n"), "race"))
             .collect();
-        let pushes: Vec<_> = clones
-            .iter()
-            .enumerate()
-            .map(|(i, clone)| {
-                let mut push = if is_python(i) { env.python_tool_command("git") } else { env.command("git") };
-                push.args(["push", "origin", "main"]).current_dir(clone).stdout(Stdio::null()).stderr(Stdio::piped());
-                push.spawn().expect("spawn git push")
-            })
-            .collect();
+        let spawn = |i: usize| {
+            let mut push = if is_python(i) { env.python_tool_command("git") } else { env.command("git") };
+            push.args(["push", "origin", "main"]).current_dir(&clones[i]).stdout(Stdio::null()).stderr(Stdio::piped());
+            (i, push.spawn().expect("spawn git push"))
+        };
+        // The Python tool starts slower and would never hold the lock while ours try: in odd
+        // rounds its pushers go first, and ours start once one of them has taken the lock.
+        let python_first = python_pushers > 0 && round % 2 == 1;
+        let mut pushes: Vec<_> = (0..PUSHERS).filter(|&i| python_first && is_python(i)).map(spawn).collect();
+        if python_first {
+            wait_for("a Python pusher to take the lock", PUSH_LIMIT, || {
+                (!env.keys("race/refs/heads/main/LOCK#.lock").is_empty()).then_some(())
+            });
+        }
+        pushes.extend((0..PUSHERS).filter(|&i| !(python_first && is_python(i))).map(spawn));
+        pushes.sort_by_key(|(i, _)| *i);
         let outputs: Vec<_> = pushes
             .into_iter()
-            .enumerate()
             .map(|(i, push)| finish_within(push, PUSH_LIMIT, &format!("round {round}, pusher {i}")))
             .collect();
         let winners: Vec<usize> = (0..PUSHERS).filter(|&i| outputs[i].status.success()).collect();
