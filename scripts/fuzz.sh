@@ -49,7 +49,7 @@ for target in "${targets[@]}"; do
     execs=$(grep -oP 'stat::number_of_executed_units:\s*\K[0-9]+' "$log" | tail -1 || true)
     cov=$(grep -oP '#[0-9]+\s+(DONE|pulse|NEW|REDUCE).*?cov: \K[0-9]+' "$log" | tail -1 || true)
     corpus=$(find "corpus/$target" -type f | wc -l)
-    row="| $target | $(date -u +%Y-%m-%d) | $(rustup run "$toolchain" rustc --version | cut -d' ' -f2-3) | $ran | ${execs:-?} | ${cov:-?} | $corpus | $result |"
+    row="| $target | $(date -u +%Y-%m-%d) | $(rustup run "$toolchain" rustc --version | cut -d' ' -f2) | $ran | ${execs:-?} | ${cov:-?} | $corpus | $result |"
     grep -v "^| $target |" "$results" > "$results.tmp" || true
     echo "$row" >> "$results.tmp"
     mv "$results.tmp" "$results"
