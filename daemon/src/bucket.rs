@@ -160,10 +160,10 @@ impl Bucket {
 
     /// The body of a small object, or `None` when it does not exist.
     pub async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, S3Error> {
-        let Some((body, _)) = self.get_stream(key).await? else {
+        let Some(object) = self.get_from(key, 0, None).await? else {
             return Ok(None);
         };
-        let bytes = body.collect().await.map_err(|e| S3Error::Other {
+        let bytes = object.body.collect().await.map_err(|e| S3Error::Other {
             op: "GetObject",
             key: key.to_string(),
             detail: e.to_string(),
@@ -171,12 +171,8 @@ impl Bucket {
         Ok(Some(bytes.to_vec()))
     }
 
-    /// A streaming body and its length, or `None` when the object does not exist.
-    pub async fn get_stream(&self, key: &str) -> Result<Option<(ByteStream, u64)>, S3Error> {
-        Ok(self.get_from(key, 0, None).await?.map(|object| (object.body, object.len)))
-    }
-
-    /// The object from byte `start` on; with `if_match`, only while it is still that version
+    /// The object from byte `start` on (a streaming body), or `None` when it does not exist;
+    /// with `if_match`, only while it is still that version
     /// (a changed object is an error, not a silently different body).
     pub async fn get_from(&self, key: &str, start: u64, if_match: Option<&str>) -> Result<Option<Body>, S3Error> {
         let mut request =

@@ -103,21 +103,22 @@ impl RefLock {
     /// already, so the other sees the new value when it reads the ref, and refuses.
     pub async fn confirm(&self) -> Result<(), LockError> {
         self.ensure_held()?;
-        match self.bucket.head(&self.key).await? {
-            Some(meta) if meta.metadata.get(OWNER_METADATA) == Some(&self.token) => Ok(()),
-            _ => Err(LockError::Lost { refname: self.refname.clone() }),
-        }
+        if self.still_ours().await? { Ok(()) } else { Err(LockError::Lost { refname: self.refname.clone() }) }
+    }
+
+    /// Whether the lock object exists and carries our token.
+    async fn still_ours(&self) -> Result<bool, S3Error> {
+        let meta = self.bucket.head(&self.key).await?;
+        Ok(meta.is_some_and(|meta| meta.metadata.get(OWNER_METADATA) == Some(&self.token)))
     }
 
     /// Deletes the lock if it is still ours.
     pub async fn release(self) -> Result<(), S3Error> {
         self.renewer.abort();
-        if let Some(meta) = self.bucket.head(&self.key).await? {
-            if meta.metadata.get(OWNER_METADATA) == Some(&self.token) {
-                self.bucket.delete(&self.key).await?;
-            } else {
-                tracing::warn!(refname = %self.refname, "the lock was no longer ours at release; left it alone");
-            }
+        if self.still_ours().await? {
+            self.bucket.delete(&self.key).await?;
+        } else {
+            tracing::warn!(refname = %self.refname, "the lock was no longer ours at release; left it alone");
         }
         Ok(())
     }

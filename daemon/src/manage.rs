@@ -140,7 +140,7 @@ impl BundleRepo {
         }
         findings.extend(self.repair_head(&listing, options.dry_run).await?);
         for upload in &uploads {
-            findings.extend(self.repair_upload(upload, &listing, options).await?);
+            findings.extend(self.repair_upload(upload, &listing, ttl, options).await?);
         }
         Ok(findings)
     }
@@ -151,16 +151,16 @@ impl BundleRepo {
         &self,
         upload: &OpenUpload,
         listing: &Listing,
+        ttl: Duration,
         options: &DoctorOptions,
     ) -> Result<Option<Finding>, StoreError> {
         let (subject, abandoned) = match self.layout.classify(&upload.key) {
             RefKey::Bundle { refname, .. } => {
-                let ttl = options.lock_ttl.unwrap_or(self.config.lock_ttl).as_secs();
                 let locked = listing
                     .refs
                     .get(&refname)
                     .and_then(|state| state.lock.as_ref())
-                    .is_some_and(|lock| age_s(lock.last_modified) <= ttl);
+                    .is_some_and(|lock| age_s(lock.last_modified) <= ttl.as_secs());
                 (refname, !locked)
             }
             _ => {

@@ -289,7 +289,7 @@ fn large_history(bench: &Bench, rows: &mut Vec<Row>, notes: &mut Vec<String>) {
         env.commit(
             &repo,
             "CHANGELOG",
-            &format!("change {run} by {}\n", if tool == Tool::Ours { "ours" } else { "python" }),
+            format!("change {run} by {}\n", if tool == Tool::Ours { "ours" } else { "python" }),
             "one-line change",
         );
         let took = bench.time(tool, &repo, &["push", "-f", &env.url(prefix(tool)), "HEAD:refs/heads/main"]);

@@ -264,12 +264,12 @@ impl TestEnv {
         let dir = self.path(name);
         std::fs::create_dir_all(&dir).expect("repo dir");
         self.git_ok(&dir, &["init", "-q"]);
-        self.commit(&dir, "README", &format!("{name}\n"), "first commit");
+        self.commit(&dir, "README", format!("{name}\n"), "first commit");
         dir
     }
 
     /// Writes `file` and commits it; returns the new commit id.
-    pub fn commit(&self, repo: &Path, file: &str, content: &str, message: &str) -> String {
+    pub fn commit(&self, repo: &Path, file: &str, content: impl AsRef<[u8]>, message: &str) -> String {
         let path = repo.join(file);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).expect("dirs");
@@ -282,6 +282,30 @@ impl TestEnv {
 
     pub fn rev_parse(&self, repo: &Path, rev: &str) -> String {
         self.git_ok(repo, &["rev-parse", rev]).trim().to_string()
+    }
+
+    /// `git clone -q url` into the scratch folder `name`; returns the clone's path.
+    pub fn clone_repo(&self, url: &str, name: &str) -> PathBuf {
+        let clone = self.path(name);
+        self.git_ok(&self.path(""), &["clone", "-q", url, &clone.to_string_lossy()]);
+        clone
+    }
+
+    /// Our `git-remote-s3` for `url`, run in `dir` as git would, every stream piped.
+    pub fn spawn_remote_helper(&self, dir: &Path, url: &str) -> std::process::Child {
+        let mut helper = self.command(bin_dir().join("git-remote-s3"));
+        helper
+            .args(["origin", url])
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        helper.spawn().expect("spawn git-remote-s3")
+    }
+
+    /// Keys of the bundles `refname` has under `prefix`.
+    pub fn bundle_keys(&self, prefix: &str, refname: &str) -> Vec<String> {
+        self.keys(&format!("{prefix}/{refname}/")).into_iter().filter(|k| k.ends_with(".bundle")).collect()
     }
 
     /// `(oid, ref)` pairs of `git ls-remote`.

@@ -13,9 +13,7 @@ const BOUND: Duration = Duration::from_secs(60);
 
 /// Feeds `input` to git-remote-s3 in `repo`; returns (stdout, stderr, success).
 fn helper_session(env: &TestEnv, repo: &Path, url: &str, input: &str) -> (String, String, bool) {
-    let mut helper = env.command(bin_dir().join("git-remote-s3"));
-    helper.args(["origin", url]).current_dir(repo).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut helper = helper.spawn().expect("spawn git-remote-s3");
+    let mut helper = env.spawn_remote_helper(repo, url);
     let mut stdin = helper.stdin.take().expect("stdin");
     let _ = stdin.write_all(input.as_bytes());
     drop(stdin);

@@ -55,12 +55,33 @@ fn ref_dir() -> String {
     format!("{PREFIX}/refs/heads/main/")
 }
 
+fn lock_key() -> String {
+    format!("{}LOCK#.lock", ref_dir())
+}
+
 /// Oids of the bundles main has in the bucket.
 fn bundle_oids(env: &TestEnv) -> Vec<String> {
-    env.keys(&ref_dir())
+    env.bundle_keys(PREFIX, "refs/heads/main")
         .iter()
         .filter_map(|k| k.strip_prefix(&ref_dir())?.strip_suffix(".bundle").map(str::to_string))
         .collect()
+}
+
+/// What `/proc/<pid>/stat` says of a live process: its command name, state and process group.
+struct ProcStat {
+    comm: String,
+    state: String,
+    group: i32,
+}
+
+fn proc_stat(pid: i32) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid pgrp …; comm may hold spaces, so split after the last ')'.
+    let (head, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.to_string();
+    let group = fields.nth(1)?.parse().ok()?;
+    Some(ProcStat { comm: head.split_once('(')?.1.to_string(), state, group })
 }
 
 /// Processes of a process group, with their command names.
@@ -69,12 +90,8 @@ fn group_members(group: Pid) -> Vec<(Pid, String)> {
     entries
         .filter_map(|e| {
             let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // pid (comm) state ppid pgrp …; comm may hold spaces, so split after the last ')'.
-            let (head, rest) = stat.rsplit_once(')')?;
-            let comm = head.split_once('(')?.1.to_string();
-            let pgrp: i32 = rest.split_whitespace().nth(2)?.parse().ok()?;
-            (pgrp == group.as_raw_nonzero().get()).then(|| Some((Pid::from_raw(pid)?, comm))).flatten()
+            let stat = proc_stat(pid)?;
+            (stat.group == group.as_raw_nonzero().get()).then(|| Some((Pid::from_raw(pid)?, stat.comm))).flatten()
         })
         .collect()
 }
@@ -85,8 +102,7 @@ fn kill(pid: Pid) -> bool {
         return false;
     }
     wait_for("a killed process to die", BOUND, || {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())).unwrap_or_default();
-        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_string));
+        let state = proc_stat(pid.as_raw_nonzero().get()).map(|s| s.state);
         matches!(state.as_deref(), None | Some("Z" | "X")).then_some(())
     });
     true
@@ -206,7 +222,7 @@ fn kill_9_at_random_moments_never_leaves_a_ref_between_old_and_new() {
         tally.took_new += usize::from(took_new);
         tally.kept_old += usize::from(!took_new);
         tally.second_bundle += usize::from(bundles.len() > 1);
-        tally.lock_left += env.keys(&format!("{}LOCK#.lock", ref_dir())).len();
+        tally.lock_left += env.keys(&lock_key()).len();
         tally.open_bundle_uploads += env.server.open_uploads(&env.bucket, &ref_dir()).len();
         if let Some(oid) = &lfs_oid {
             let key = format!("{PREFIX}/lfs/{oid}");
@@ -221,8 +237,7 @@ fn kill_9_at_random_moments_never_leaves_a_ref_between_old_and_new() {
         let recovery = push_until_accepted(&env, &repo);
         tally.longest_recovery = tally.longest_recovery.max(recovery);
         eprintln!("trial {trial}: {victim:?} {workload:?} killed={killed} after {delay:?}; recovered in {recovery:?}");
-        let lock_key = format!("{}LOCK#.lock", ref_dir());
-        let clean = || bundle_oids(&env) == vec![new.clone()] && env.keys(&lock_key).is_empty();
+        let clean = || bundle_oids(&env) == vec![new.clone()] && env.keys(&lock_key()).is_empty();
         if !clean() {
             // A daemon killed after its push committed but before it tidied up: the value is new,
             // so git had nothing to push. Doctor removes the second bundle and, once stale, the lock.
@@ -247,8 +262,7 @@ fn kill_9_at_random_moments_never_leaves_a_ref_between_old_and_new() {
     assert_eq!(env.server.open_multipart_uploads(&env.bucket), 0);
 
     // Every commit pushed is in a fresh clone, whole, with its LFS files.
-    let clone = env.path("clone");
-    env.git_ok(&env.path(""), &["clone", "-q", &env.url(PREFIX), clone.to_str().expect("utf-8 path")]);
+    let clone = env.clone_repo(&env.url(PREFIX), "clone");
     assert_eq!(env.rev_parse(&clone, "HEAD"), old);
     env.git_ok(&clone, &["fsck", "--no-progress"]);
     env.git_ok(&clone, &["lfs", "fsck"]);

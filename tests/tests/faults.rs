@@ -19,10 +19,7 @@ fn work_repo(env: &TestEnv) -> PathBuf {
 
 /// Adds a commit with `size` bytes of incompressible data (8 MiB and more go up in parts).
 fn commit_data(env: &TestEnv, repo: &std::path::Path, size: usize, seed: u64) -> String {
-    std::fs::write(repo.join(format!("data-{seed}.bin")), incompressible_bytes(size, seed)).expect("write data");
-    env.git_ok(repo, &["add", "."]);
-    env.git_ok(repo, &["commit", "-q", "-m", &format!("data {seed}")]);
-    env.rev_parse(repo, "HEAD")
+    env.commit(repo, &format!("data-{seed}.bin"), incompressible_bytes(size, seed), &format!("data {seed}"))
 }
 
 /// The remote holds exactly one bundle for main, for `oid`, and no lock.
@@ -35,8 +32,7 @@ fn assert_clean_remote(env: &TestEnv, oid: &str) {
 }
 
 fn assert_clone_has(env: &TestEnv, name: &str, oid: &str) {
-    let clone = env.path(name);
-    env.git_ok(&env.path(""), &["clone", "-q", &env.url(URL_PREFIX), clone.to_str().expect("utf-8 path")]);
+    let clone = env.clone_repo(&env.url(URL_PREFIX), name);
     assert_eq!(env.rev_parse(&clone, "HEAD"), oid);
     env.git_ok(&clone, &["fsck", "--no-progress"]);
 }
@@ -168,8 +164,7 @@ fn lfs_transfers_survive_throttling_and_cut_off_downloads() {
     }
 
     proxy.add(Rule::new("GET", "/lfs/", Fault::ResetMidBody).times(2));
-    let clone = env.path("clone");
-    env.git_ok(&env.path(""), &["clone", "-q", &env.url(URL_PREFIX), clone.to_str().expect("utf-8 path")]);
+    let clone = env.clone_repo(&env.url(URL_PREFIX), "clone");
     assert_eq!(faults_seen(&proxy), 5);
     assert_eq!(std::fs::read(clone.join("small.bin")).expect("small.bin"), small);
     assert_eq!(std::fs::read(clone.join("large.bin")).expect("large.bin"), large);

@@ -26,8 +26,7 @@ fn lfs_files_are_pushed_and_a_clone_checks_out_their_content_with_no_extra_step(
         expected
     });
 
-    let clone = env.path("clone");
-    env.git_ok(&env.path(""), &["clone", "-q", &url, clone.to_str().unwrap()]);
+    let clone = env.clone_repo(&url, "clone");
     assert_eq!(std::fs::read(clone.join("small.bin")).unwrap(), small);
     assert_eq!(std::fs::read(clone.join("large.bin")).unwrap(), large, "real content, not a pointer");
 }
@@ -103,8 +102,7 @@ fn a_300_mib_file_goes_up_in_parts_and_down_in_ranges_with_bounded_memory() {
     let object = env.server.data_dir.as_ref().expect("s3s-fs data").join(&env.bucket).join(format!("huge/lfs/{oid}"));
     assert_eq!(std::fs::metadata(&object).expect("object on disk").len(), 300 * 1024 * 1024);
 
-    let clone = env.path("clone");
-    env.git_ok(&env.path(""), &["clone", "-q", &url, clone.to_str().unwrap()]);
+    let clone = env.clone_repo(&url, "clone");
     let downloaded = std::fs::read(clone.join("huge.bin")).unwrap();
     assert_eq!(downloaded.len(), 300 * 1024 * 1024);
     assert_eq!(sha256_hex(&downloaded), oid);
@@ -180,8 +178,7 @@ fn objects_pushed_by_the_python_agent_are_read_by_ours_and_the_other_way_round()
     python_git(&repo, &["push", "origin", "main"]);
     assert_eq!(lfs_keys(&env, "mixed"), vec![format!("mixed/lfs/{}", sha256_hex(&first))]);
     // ...ours clones it and pushes a second one...
-    let clone = env.path("clone");
-    env.git_ok(&env.path(""), &["clone", "-q", &url, clone.to_str().unwrap()]);
+    let clone = env.clone_repo(&url, "clone");
     assert_eq!(std::fs::read(clone.join("one.bin")).unwrap(), first);
     let second = incompressible_bytes(50 * 1024, 8);
     std::fs::write(clone.join("two.bin"), &second).unwrap();

@@ -42,10 +42,6 @@ fn damaged_remote(env: &TestEnv, prefix: &str) -> (String, String) {
     (older, newer)
 }
 
-fn bundles(env: &TestEnv, prefix: &str, refname: &str) -> Vec<String> {
-    env.keys(&format!("{prefix}/{refname}/")).into_iter().filter(|k| k.ends_with(".bundle")).collect()
-}
-
 #[test]
 fn doctor_reports_then_repairs_with_each_flag() {
     let env = TestEnv::new();
@@ -72,9 +68,9 @@ fn doctor_reports_then_repairs_with_each_flag() {
     // Defaults (no terminal): the extra bundle becomes a branch, HEAD is fixed; the lock stays.
     let output = env.git_s3(&["doctor", &url, "--lock-ttl", "1"]);
     assert_eq!(output.status.code(), Some(1), "a problem remains: {}", stdout(&output));
-    assert_eq!(bundles(&env, "sick", "refs/heads/main"), vec![format!("sick/refs/heads/main/{newer}.bundle")]);
+    assert_eq!(env.bundle_keys("sick", "refs/heads/main"), vec![format!("sick/refs/heads/main/{newer}.bundle")]);
     let branch = format!("refs/heads/main_{}", &older[..8]);
-    assert_eq!(bundles(&env, "sick", &branch), vec![format!("sick/{branch}/{older}.bundle")]);
+    assert_eq!(env.bundle_keys("sick", &branch), vec![format!("sick/{branch}/{older}.bundle")]);
     assert_eq!(env.server.get(&env.bucket, "sick/HEAD"), b"refs/heads/main");
     assert!(!env.keys("sick/refs/heads/feature/LOCK#.lock").is_empty());
 
@@ -96,7 +92,7 @@ fn doctor_can_delete_extra_bundles_and_keep_a_chosen_one() {
     let (older, _newer) = damaged_remote(&env, "pick");
     let output = env.git_s3(&["doctor", &env.url("pick"), "--delete-bundle", "--keep", &older[..10], "--yes"]);
     assert!(stdout(&output).contains("delete bundle"), "{}", stdout(&output));
-    assert_eq!(bundles(&env, "pick", "refs/heads/main"), vec![format!("pick/refs/heads/main/{older}.bundle")]);
+    assert_eq!(env.bundle_keys("pick", "refs/heads/main"), vec![format!("pick/refs/heads/main/{older}.bundle")]);
     assert!(env.keys("pick/refs/heads/main_").is_empty(), "nothing was moved to a branch");
 }
 
@@ -171,7 +167,7 @@ fn protect_is_seen_by_pushes_and_delete_branch_respects_it() {
     let output = git_s3_in(&env, &work, &["delete-branch", "origin", "main", "--yes"]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout(&output).contains("HEAD now points at refs/heads/release"), "{}", stdout(&output));
-    assert!(bundles(&env, "guarded", "refs/heads/main").is_empty());
+    assert!(env.bundle_keys("guarded", "refs/heads/main").is_empty());
 
     // --force deletes a protected branch, protection included.
     git_s3_in(&env, &work, &["protect", &url, "release"]);

@@ -18,13 +18,7 @@ fn race(python_pushers: usize) {
     let url = env.url("race");
     let seed = env.new_repo("seed");
     env.git_ok(&seed, &["push", &url, "main"]);
-    let clones: Vec<PathBuf> = (0..PUSHERS)
-        .map(|i| {
-            let clone = env.path(&format!("pusher-{i}"));
-            env.git_ok(&env.path(""), &["clone", "-q", &url, clone.to_str().expect("utf-8 path")]);
-            clone
-        })
-        .collect();
+    let clones: Vec<PathBuf> = (0..PUSHERS).map(|i| env.clone_repo(&url, &format!("pusher-{i}"))).collect();
     // Pushers 0, 2, 4 … run the Python tool, up to `python_pushers` of them.
     let is_python = |i: usize| i.is_multiple_of(2) && i / 2 < python_pushers;
     let mut accepted = Vec::new();
@@ -33,7 +27,7 @@ fn race(python_pushers: usize) {
         let commits: Vec<String> = clones
             .iter()
             .enumerate()
-            .map(|(i, clone)| env.commit(clone, &format!("pusher-{i}"), &format!("round {round}\n"), "race"))
+            .map(|(i, clone)| env.commit(clone, &format!("pusher-{i}"), format!("round {round}\n"), "race"))
             .collect();
         let spawn = |i: usize| {
             let mut push = if is_python(i) { env.python_tool_command("git") } else { env.command("git") };
@@ -83,8 +77,7 @@ fn race(python_pushers: usize) {
     eprintln!(
         "race: {ROUNDS} rounds of {PUSHERS} pushers, {python_pushers} of them Python: one winner each round, Python won {python_wins}"
     );
-    let fresh = env.path("fresh");
-    env.git_ok(&env.path(""), &["clone", "-q", &url, fresh.to_str().expect("utf-8 path")]);
+    let fresh = env.clone_repo(&url, "fresh");
     for commit in &accepted {
         env.git_ok(&fresh, &["merge-base", "--is-ancestor", commit, "HEAD"]);
     }

@@ -7,10 +7,6 @@ use std::time::Duration;
 
 use git_s3_tests::{ServerKind, TestEnv, incompressible_bytes, peak_rss_kib, wait_for};
 
-fn bundle_keys(env: &TestEnv, prefix: &str, refname: &str) -> Vec<String> {
-    env.keys(&format!("{prefix}/{refname}/")).into_iter().filter(|k| k.ends_with(".bundle")).collect()
-}
-
 #[test]
 fn clone_of_an_empty_prefix_is_an_empty_repository() {
     let env = TestEnv::new();
@@ -36,7 +32,7 @@ fn push_clone_fetch_round_trip(env: &TestEnv) {
     env.git_ok(&clone, &["pull", "-q"]);
     assert_eq!(env.rev_parse(&clone, "HEAD"), second);
     assert_eq!(
-        bundle_keys(env, "team/repo", "refs/heads/main"),
+        env.bundle_keys("team/repo", "refs/heads/main"),
         vec![format!("team/repo/refs/heads/main/{second}.bundle")]
     );
 
@@ -124,7 +120,7 @@ fn deleting_the_default_branch_moves_head() {
     env.git_ok(&work, &["push", "origin", "main"]);
     env.git_ok(&work, &["push", "origin", "main:refs/heads/master"]);
     env.git_ok(&work, &["push", "origin", "--delete", "main"]);
-    assert!(bundle_keys(&env, "delete", "refs/heads/main").is_empty());
+    assert!(env.bundle_keys("delete", "refs/heads/main").is_empty());
     assert_eq!(env.server.get(&env.bucket, "delete/HEAD"), b"refs/heads/master");
     let clone = env.path("clone");
     env.git_ok(&env.path(""), &["clone", &url, clone.to_str().unwrap()]);
@@ -147,7 +143,7 @@ fn non_fast_forward_is_refused_with_gits_hint_and_force_overwrites() {
     let output = env.git(&work, &["push", "--force", "origin", "main"]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(String::from_utf8_lossy(&output.stderr).contains("(forced update)"));
-    assert_eq!(bundle_keys(&env, "nff", "refs/heads/main"), vec![format!("nff/refs/heads/main/{rewritten}.bundle")]);
+    assert_eq!(env.bundle_keys("nff", "refs/heads/main"), vec![format!("nff/refs/heads/main/{rewritten}.bundle")]);
 }
 
 #[test]
@@ -157,8 +153,7 @@ fn force_with_lease_holds_only_while_the_remote_is_as_expected() {
     let alice = env.new_repo("alice");
     env.git_ok(&alice, &["remote", "add", "origin", &url]);
     env.git_ok(&alice, &["push", "origin", "main"]);
-    let bob = env.path("bob");
-    env.git_ok(&env.path(""), &["clone", "-q", &url, bob.to_str().unwrap()]);
+    let bob = env.clone_repo(&url, "bob");
 
     // Bob rewrites with a lease on what he fetched: nobody moved, so it goes through.
     env.git_ok(&bob, &["commit", "-q", "--amend", "-m", "bob's rewrite"]);
@@ -190,7 +185,7 @@ fn protected_branch_refuses_force_and_delete() {
     assert!(stderr.contains("protected branch"), "{stderr}");
     let stderr = env.git_fails(&work, &["push", "origin", "--delete", "main"]);
     assert!(stderr.contains("protected branch"), "{stderr}");
-    assert_eq!(bundle_keys(&env, "protected", "refs/heads/main").len(), 1);
+    assert_eq!(env.bundle_keys("protected", "refs/heads/main").len(), 1);
 }
 
 #[test]
@@ -209,7 +204,7 @@ fn a_fresh_lock_blocks_a_push_and_a_stale_one_is_taken_over() {
     wait_for("the lock to go stale and the push to take it over", Duration::from_secs(20), || {
         env.git(&work, &["push", "origin", "main"]).status.success().then_some(())
     });
-    assert_eq!(bundle_keys(&env, "locked", "refs/heads/main"), vec![format!("locked/refs/heads/main/{next}.bundle")]);
+    assert_eq!(env.bundle_keys("locked", "refs/heads/main"), vec![format!("locked/refs/heads/main/{next}.bundle")]);
     assert!(env.keys("locked/refs/heads/main/LOCK#.lock").is_empty());
 }
 
@@ -219,7 +214,7 @@ fn a_corrupted_bundle_makes_clone_and_fetch_fail() {
     let url = env.url("corrupt");
     let work = env.new_repo("work");
     env.git_ok(&work, &["push", &url, "main"]);
-    let key = bundle_keys(&env, "corrupt", "refs/heads/main").remove(0);
+    let key = env.bundle_keys("corrupt", "refs/heads/main").remove(0);
     let mut bytes = env.server.get(&env.bucket, &key);
     let middle = bytes.len() - 30;
     bytes[middle] ^= 0xff;
@@ -247,8 +242,7 @@ fn more_than_a_thousand_refs_are_all_listed() {
     }
     let refs = env.ls_remote(&work, &env.url("many"));
     assert_eq!(refs.iter().filter(|(_, n)| n.starts_with("refs/heads/b")).count(), 1100);
-    let clone = env.path("clone");
-    env.git_ok(&env.path(""), &["clone", "-q", &env.url("many"), clone.to_str().unwrap()]);
+    let clone = env.clone_repo(&env.url("many"), "clone");
     assert_eq!(env.git_ok(&clone, &["branch", "-r"]).lines().count(), 1102, "1,100 + main + HEAD");
 }
 
@@ -300,8 +294,7 @@ fn a_large_bundle_goes_up_in_parts_and_the_lock_outlives_its_ttl() {
 
     let status = env.daemon_status().expect("daemon");
     let pid = status["pid"].as_u64().expect("pid");
-    let clone = env.path("clone");
-    env.git_ok(&env.path(""), &["clone", "-q", &url, clone.to_str().unwrap()]);
+    let clone = env.clone_repo(&url, "clone");
     assert_eq!(std::fs::read(clone.join("big.bin")).unwrap(), std::fs::read(work.join("big.bin")).unwrap());
     let peak_kib = peak_rss_kib(pid);
     assert!(peak_kib < 200 * 1024, "daemon memory stays bounded with a 105 MiB bundle: peak {peak_kib} KiB");
@@ -369,7 +362,7 @@ fn atomic_push_writes_nothing_when_one_ref_is_refused() {
     env.git_ok(&work, &["branch", "feature"]);
     let stderr = env.git_fails(&work, &["push", "--atomic", "origin", "main", "feature"]);
     assert!(stderr.contains("holds the lock"), "{stderr}");
-    assert!(bundle_keys(&env, "atomic", "refs/heads/feature").is_empty(), "nothing written for the other ref");
+    assert!(env.bundle_keys("atomic", "refs/heads/feature").is_empty(), "nothing written for the other ref");
 }
 
 /// git, finding the Python tool's git-remote-s3 before ours.
@@ -397,8 +390,7 @@ fn python_tool_and_ours_share_a_bucket_both_ways() {
     // Python pushes, we clone.
     let py = env.new_repo("py");
     python_ok(&env, &py, &["push", &url, "main"]);
-    let ours = env.path("ours");
-    env.git_ok(&env.path(""), &["clone", "-q", &url, ours.to_str().unwrap()]);
+    let ours = env.clone_repo(&url, "ours");
     assert_eq!(env.rev_parse(&ours, "HEAD"), env.rev_parse(&py, "HEAD"));
 
     // We push on top, Python fetches it.
@@ -415,7 +407,7 @@ fn python_tool_and_ours_share_a_bucket_both_ways() {
     let py_clone = env.path("py-clone");
     python_ok(&env, &env.path(""), &["clone", "-q", &url, py_clone.to_str().unwrap()]);
     assert_eq!(env.rev_parse(&py_clone, "HEAD"), py_commit);
-    assert_eq!(bundle_keys(&env, "shared", "refs/heads/main").len(), 1);
+    assert_eq!(env.bundle_keys("shared", "refs/heads/main").len(), 1);
 }
 
 #[test]
@@ -429,7 +421,7 @@ fn python_tool_and_ours_honour_the_same_lock_and_protection() {
     let output = with_python_tool(&env, &work, &["push", &url, "main"]);
     assert!(!output.status.success(), "the Python tool must respect a fresh lock");
     env.git_fails(&work, &["push", &url, "main"]);
-    assert_eq!(bundle_keys(&env, "shared-lock", "refs/heads/main").len(), 1);
+    assert_eq!(env.bundle_keys("shared-lock", "refs/heads/main").len(), 1);
 }
 
 #[test]
@@ -439,14 +431,11 @@ fn listings_are_cached_within_one_command_but_never_hide_a_push() {
     let alice = env.new_repo("alice");
     env.git_ok(&alice, &["remote", "add", "origin", &url]);
     env.git_ok(&alice, &["push", "origin", "main"]);
-    let bob = env.path("bob");
-    env.git_ok(&env.path(""), &["clone", "-q", &url, bob.to_str().unwrap()]);
+    let bob = env.clone_repo(&url, "bob");
 
     // One helper session asked twice: the second answer comes from the session's cache.
     let hits_before = env.daemon_status().expect("daemon")["listing_cache"]["hits"].as_u64().expect("hits");
-    let mut helper = env.command(git_s3_tests::bin_dir().join("git-remote-s3"));
-    helper.args(["origin", &url]).current_dir(&bob).stdin(Stdio::piped()).stdout(Stdio::piped());
-    let mut helper = helper.spawn().expect("helper");
+    let mut helper = env.spawn_remote_helper(&bob, &url);
     {
         use std::io::Write;
         let mut stdin = helper.stdin.take().expect("stdin");
@@ -461,7 +450,7 @@ fn listings_are_cached_within_one_command_but_never_hide_a_push() {
 
     // Across commands nothing is cached: Bob sees Alice's push at once.
     for round in 0..3 {
-        let pushed = env.commit(&alice, "round", &format!("{round}\n"), "another round");
+        let pushed = env.commit(&alice, "round", format!("{round}\n"), "another round");
         env.git_ok(&alice, &["push", "origin", "main"]);
         assert_eq!(
             env.ls_remote(&bob, "origin").iter().find(|(_, n)| n == "refs/heads/main").map(|(o, _)| o.clone()),
@@ -479,14 +468,11 @@ fn a_push_that_lost_the_race_after_listing_is_told_to_fetch_first() {
     let url = env.url("lost-race");
     let alice = env.new_repo("alice");
     env.git_ok(&alice, &["push", &url, "main"]);
-    let bob = env.path("bob");
-    env.git_ok(&env.path(""), &["clone", "-q", &url, bob.to_str().unwrap()]);
+    let bob = env.clone_repo(&url, "bob");
     env.commit(&bob, "bob", "bob\n", "bob's work");
 
     // Bob's helper lists the remote as git does before a push...
-    let mut helper = env.command(git_s3_tests::bin_dir().join("git-remote-s3"));
-    helper.args(["origin", &url]).current_dir(&bob).stdin(Stdio::piped()).stdout(Stdio::piped());
-    let mut helper = helper.spawn().expect("helper");
+    let mut helper = env.spawn_remote_helper(&bob, &url);
     let mut stdin = helper.stdin.take().expect("stdin");
     let mut stdout = BufReader::new(helper.stdout.take().expect("stdout"));
     let mut read_block = || {
@@ -513,7 +499,7 @@ fn a_push_that_lost_the_race_after_listing_is_told_to_fetch_first() {
     drop(stdin);
     assert!(helper.wait().expect("helper exit").success());
     assert_eq!(
-        bundle_keys(&env, "lost-race", "refs/heads/main"),
+        env.bundle_keys("lost-race", "refs/heads/main"),
         vec![format!("lost-race/refs/heads/main/{}.bundle", env.rev_parse(&alice, "HEAD"))]
     );
 
@@ -564,7 +550,6 @@ fn a_new_remote_head_follows_the_pushers_current_branch() {
     env.git_ok(&work, &["checkout", "-q", "-b", "unpushed"]);
     env.git_ok(&work, &["push", &env.url("fallback"), "alpha", "main", "beta"]);
     assert_eq!(env.server.get(&env.bucket, "fallback/HEAD"), b"refs/heads/main");
-    let clone = env.path("clone");
-    env.git_ok(&env.path(""), &["clone", "-q", &env.url("fallback"), clone.to_str().unwrap()]);
+    let clone = env.clone_repo(&env.url("fallback"), "clone");
     assert_eq!(env.git_ok(&clone, &["symbolic-ref", "HEAD"]).trim(), "refs/heads/main");
 }

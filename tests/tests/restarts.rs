@@ -8,12 +8,21 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use git_s3_tests::{ServerKind, TestEnv, bin_dir, finish_within, incompressible_bytes, wait_for};
+use git_s3_tests::{ServerKind, TestEnv, finish_within, incompressible_bytes, wait_for};
 
 const BOUND: Duration = Duration::from_secs(120);
 
 fn daemon_pid(env: &TestEnv) -> Option<i64> {
     env.daemon_status().and_then(|s| s["pid"].as_i64())
+}
+
+/// Polls until the daemon reports an activity `what` ("fetch", "push"); returns its pid.
+fn wait_until_daemon_is(env: &TestEnv, what: &str) -> i64 {
+    wait_for(&format!("the daemon to be doing a {what}"), BOUND, || {
+        let status = env.daemon_status()?;
+        let busy = status["activities"].as_array()?.iter().any(|a| a["what"] == what);
+        busy.then(|| status["pid"].as_i64()).flatten()
+    })
 }
 
 /// Exactly one `fatal:` line, saying what is wrong.
@@ -50,8 +59,7 @@ fn s3s_fs_stopped_and_restarted_between_operations() {
     );
     assert!(env.keys("persistent/refs/heads/main/").iter().all(|k| k.ends_with(".bundle")), "no lock left");
     env.git_ok(&work, &["push", "origin", "main"]);
-    let clone = env.path("clone");
-    env.git_ok(&env.path(""), &["clone", "-q", &url, clone.to_str().expect("utf-8 path")]);
+    let clone = env.clone_repo(&url, "clone");
     assert_eq!(env.rev_parse(&clone, "HEAD"), env.rev_parse(&work, "HEAD"));
 }
 
@@ -65,14 +73,7 @@ fn a_daemon_restarted_between_list_and_fetch_of_one_helper_session() {
     std::fs::create_dir_all(&reader).expect("reader dir");
     env.git_ok(&reader, &["init", "-q"]);
 
-    let mut helper = env.command(bin_dir().join("git-remote-s3"));
-    helper
-        .args(["origin", &url])
-        .current_dir(&reader)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut helper = helper.spawn().expect("spawn git-remote-s3");
+    let mut helper = env.spawn_remote_helper(&reader, &url);
     let mut stdin = helper.stdin.take().expect("stdin");
     let stdout = helper.stdout.take().expect("stdout");
     let (lines_tx, lines) = mpsc::channel();
@@ -121,9 +122,7 @@ fn a_daemon_killed_mid_clone_fails_the_clone_clearly_and_the_next_one_works() {
     let env = TestEnv::new();
     let url = env.url("big");
     let work = env.new_repo("work");
-    std::fs::write(work.join("big.dat"), incompressible_bytes(48 * 1024 * 1024, 9)).expect("write");
-    env.git_ok(&work, &["add", "."]);
-    env.git_ok(&work, &["commit", "-q", "-m", "big"]);
+    env.commit(&work, "big.dat", incompressible_bytes(48 * 1024 * 1024, 9), "big");
     env.git_ok(&work, &["push", &url, "main"]);
 
     let clone = env.path("clone");
@@ -131,11 +130,7 @@ fn a_daemon_killed_mid_clone_fails_the_clone_clearly_and_the_next_one_works() {
     command.args(["clone", "-q", &url, clone.to_str().expect("utf-8 path")]).current_dir(env.path(""));
     command.stdout(Stdio::null()).stderr(Stdio::piped());
     let child = command.spawn().expect("spawn clone");
-    let pid = wait_for("the daemon to be fetching", BOUND, || {
-        let status = env.daemon_status()?;
-        let fetching = status["activities"].as_array()?.iter().any(|a| a["what"] == "fetch");
-        fetching.then(|| status["pid"].as_i64()).flatten()
-    });
+    let pid = wait_until_daemon_is(&env, "fetch");
     let pid = rustix::process::Pid::from_raw(pid as i32).expect("pid");
     rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill the daemon");
     let output = finish_within(child, BOUND, "git clone with its daemon killed");
@@ -144,8 +139,7 @@ fn a_daemon_killed_mid_clone_fails_the_clone_clearly_and_the_next_one_works() {
         assert!(!clone.exists(), "git removes a failed clone");
     }
 
-    let again = env.path("again");
-    env.git_ok(&env.path(""), &["clone", "-q", &url, again.to_str().expect("utf-8 path")]);
+    let again = env.clone_repo(&url, "again");
     assert_eq!(env.rev_parse(&again, "HEAD"), env.rev_parse(&work, "HEAD"));
 }
 
@@ -156,18 +150,12 @@ fn a_daemon_restarted_mid_push_finishes_it_or_refuses_it_cleanly() {
     let work = env.new_repo("work");
     env.git_ok(&work, &["push", &url, "main"]);
     let old = env.rev_parse(&work, "HEAD");
-    std::fs::write(work.join("big.dat"), incompressible_bytes(48 * 1024 * 1024, 10)).expect("write");
-    env.git_ok(&work, &["add", "."]);
-    env.git_ok(&work, &["commit", "-q", "-m", "big"]);
-    let new = env.rev_parse(&work, "HEAD");
+    let new = env.commit(&work, "big.dat", incompressible_bytes(48 * 1024 * 1024, 10), "big");
 
     let mut command = env.command("git");
     command.args(["push", &url, "main"]).current_dir(&work).stdout(Stdio::null()).stderr(Stdio::piped());
     let child = command.spawn().expect("spawn push");
-    wait_for("the daemon to be pushing", BOUND, || {
-        let status = env.daemon_status()?;
-        status["activities"].as_array()?.iter().any(|a| a["what"] == "push").then_some(())
-    });
+    wait_until_daemon_is(&env, "push");
     let restart = env.git_s3(&["daemon", "restart"]);
     assert!(restart.status.success(), "{}", String::from_utf8_lossy(&restart.stderr));
     let output = finish_within(child, BOUND, "git push across a daemon restart");
