@@ -49,7 +49,25 @@ pub struct PartUploader {
 }
 
 impl MultipartUpload {
+    /// Starts an upload. Safe to cancel: the request runs in a task of its own, and when the
+    /// caller is gone by the time S3 answers (its client was killed), the new upload is dropped
+    /// there, which aborts it, instead of being left open with nobody knowing its id.
     pub async fn create(bucket: &Bucket, key: &str) -> Result<Self, S3Error> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (task_bucket, task_key) = (bucket.clone(), key.to_string());
+        tokio::spawn(async move {
+            let _ = tx.send(Self::start(&task_bucket, &task_key).await);
+        });
+        rx.await.unwrap_or_else(|_| {
+            Err(S3Error::Other {
+                op: "CreateMultipartUpload",
+                key: key.into(),
+                detail: "the request was cancelled".into(),
+            })
+        })
+    }
+
+    async fn start(bucket: &Bucket, key: &str) -> Result<Self, S3Error> {
         let mut request = bucket.client().create_multipart_upload().bucket(bucket.name()).key(key);
         if bucket.checksums() == ChecksumMode::WhenSupported {
             // The SDK checksums every part with CRC32; the upload must say so to be completed.
