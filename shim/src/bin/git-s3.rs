@@ -321,8 +321,8 @@ async fn daemon(command: DaemonCommand, endpoint: &Endpoint) -> Result<ExitCode,
                     print_status(&reply.into_inner(), json);
                     Ok(ExitCode::SUCCESS)
                 }
-                // The connection broke: the daemon is going away.
-                Err(status) if status.code() == tonic::Code::Unavailable => {
+                // The connection broke (not an answer of the daemon's): it is going away.
+                Err(status) if connection_broke(&status) => {
                     not_running(&endpoint.socket, json);
                     Ok(ExitCode::from(EXIT_NOT_RUNNING))
                 }
@@ -382,6 +382,14 @@ async fn stop(endpoint: &Endpoint) -> Result<(), String> {
     daemon_client::wait_until_gone(endpoint).await.map_err(|e| e.to_string())?;
     println!("git-s3d stopped");
     Ok(())
+}
+
+/// Whether a failed call failed in the transport (tonic reports those as Unavailable, or as
+/// Unknown carrying the transport error) rather than with the daemon's own status.
+fn connection_broke(status: &tonic::Status) -> bool {
+    let from_transport = std::error::Error::source(status)
+        .is_some_and(|source| source.downcast_ref::<tonic::transport::Error>().is_some());
+    status.code() == tonic::Code::Unavailable || from_transport
 }
 
 fn not_running(socket: &std::path::Path, json: bool) {
