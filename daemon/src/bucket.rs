@@ -31,6 +31,8 @@ pub enum S3Error {
     Unreachable { endpoint: String, detail: String },
     #[error("S3 is throttling requests (SlowDown) and retries did not help; try again in a minute")]
     Throttled,
+    #[error("this S3 store does not implement {op}")]
+    NotImplemented { op: &'static str },
     #[error("S3 {op} of '{key}' failed: {detail}")]
     Other { op: &'static str, key: String, detail: String },
 }
@@ -190,6 +192,34 @@ impl Bucket {
         }
     }
 
+    /// The bytes of `range` of an object, or `None` when it does not exist; with `if_match`, only
+    /// while it is still that version.
+    pub async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+        if_match: Option<&str>,
+    ) -> Result<Option<Vec<u8>>, S3Error> {
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.name)
+            .key(key)
+            .set_if_match(if_match.map(str::to_string))
+            .range(format!("bytes={}-{}", range.start, range.end.saturating_sub(1)));
+        let out = match request.send().await {
+            Ok(out) => out,
+            Err(e) if status_of(&e) == Some(404) => return Ok(None),
+            Err(e) => return Err(self.classify("GetObject", key, e)),
+        };
+        let bytes = out.body.collect().await.map_err(|e| S3Error::Other {
+            op: "GetObject",
+            key: key.to_string(),
+            detail: e.to_string(),
+        })?;
+        Ok(Some(bytes.to_vec()))
+    }
+
     pub async fn put_bytes(&self, key: &str, body: Vec<u8>, options: PutOptions) -> Result<Conditional, S3Error> {
         let mut request = self.client.put_object().bucket(&self.name).key(key).body(ByteStream::from(body));
         if options.if_none_match_any {
@@ -222,11 +252,16 @@ impl Bucket {
             .copy_object()
             .bucket(&self.name)
             .key(to)
-            .copy_source(format!("{}/{}", self.name, percent_encode_key(from)))
+            .copy_source(self.copy_source(from))
             .send()
             .await
             .map_err(|e| self.classify("CopyObject", from, e))?;
         Ok(())
+    }
+
+    /// `x-amz-copy-source` naming `key` in this bucket.
+    pub fn copy_source(&self, key: &str) -> String {
+        format!("{}/{}", self.name, percent_encode_key(key))
     }
 
     /// Multipart uploads in progress under `prefix`, all pages.
@@ -343,6 +378,7 @@ impl Bucket {
                 ),
                 _,
             ) => S3Error::BadCredentials { code: code.to_string() },
+            (_, Some("NotImplemented"), _) | (_, _, Some(501)) => S3Error::NotImplemented { op },
             (_, Some("SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded"), _)
             | (_, _, Some(503)) => S3Error::Throttled,
             (SdkError::TimeoutError(_), _, _) => {

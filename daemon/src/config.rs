@@ -30,6 +30,17 @@ pub enum ChecksumMode {
     WhenRequired,
 }
 
+/// How a push builds a ref's new bundle (`remote.<name>.s3compose`, `s3.compose`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ComposeMode {
+    /// From an old bundle's bytes where that pays, copying them inside S3.
+    Auto,
+    /// The same, with every part but the last of one size, as Cloudflare R2 demands.
+    EqualParts,
+    /// Always upload whole bundles.
+    Off,
+}
+
 /// Everything that selects an S3 client. Two callers with equal settings share a client; any
 /// difference (including credentials in the environment) gets its own.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -62,6 +73,7 @@ pub struct RemoteConfig {
     pub url: S3Url,
     pub s3: S3Settings,
     pub lock_ttl: Duration,
+    pub compose: ComposeMode,
 }
 
 /// Reads git config in the caller's repository and combines it with the URL and environment.
@@ -114,6 +126,22 @@ fn resolve_from(
             return Err(ConfigError::BadValue { key, value, why: "use when-supported or when-required" });
         }
     };
+    let compose = match lookup("compose") {
+        None => ComposeMode::Auto,
+        Some((_, v)) if v.eq_ignore_ascii_case("auto") => ComposeMode::Auto,
+        Some((_, v)) if v.eq_ignore_ascii_case("equal-parts") => ComposeMode::EqualParts,
+        Some((_, v)) if v.eq_ignore_ascii_case("off") => ComposeMode::Off,
+        Some((key, value)) => {
+            return Err(ConfigError::BadValue { key, value, why: "use auto, equal-parts or off" });
+        }
+    };
+    // R2 refuses uploads whose parts differ in size (all but the last).
+    let compose = match (compose, endpoint.as_deref()) {
+        (ComposeMode::Auto, Some(endpoint)) if endpoint.contains(".r2.cloudflarestorage.com") => {
+            ComposeMode::EqualParts
+        }
+        (mode, _) => mode,
+    };
     let lock_ttl = match non_empty_env(LOCK_TTL_ENV) {
         None => DEFAULT_LOCK_TTL,
         Some(value) => match value.parse::<u64>() {
@@ -134,7 +162,12 @@ fn resolve_from(
         .collect();
     aws_env.sort();
     let profile = url.profile.clone().or_else(|| non_empty_env("AWS_PROFILE"));
-    Ok(RemoteConfig { s3: S3Settings { profile, region, endpoint, path_style, checksums, aws_env }, url, lock_ttl })
+    Ok(RemoteConfig {
+        s3: S3Settings { profile, region, endpoint, path_style, checksums, aws_env },
+        url,
+        lock_ttl,
+        compose,
+    })
 }
 
 fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
@@ -187,6 +220,16 @@ mod tests {
         assert_eq!(config.s3.endpoint.as_deref(), Some("https://mine.example"));
         assert!(!config.s3.path_style);
         assert_eq!(config.s3.checksums, ChecksumMode::WhenRequired);
+    }
+
+    #[test]
+    fn composed_pushes_use_equal_parts_on_r2() {
+        assert_eq!(resolve_with(&[], &[]).unwrap().compose, ComposeMode::Auto);
+        let r2 = [("s3.endpoint", "https://acct.r2.cloudflarestorage.com")];
+        assert_eq!(resolve_with(&[], &r2).unwrap().compose, ComposeMode::EqualParts);
+        assert_eq!(resolve_with(&[], &[("s3.compose", "off")]).unwrap().compose, ComposeMode::Off);
+        let err = resolve_with(&[], &[("remote.origin.s3compose", "sometimes")]).unwrap_err().to_string();
+        assert!(err.contains("remote.origin.s3compose") && err.contains("equal-parts"), "{err}");
     }
 
     #[test]

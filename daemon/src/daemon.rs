@@ -16,6 +16,7 @@ use crate::listener;
 use crate::scheduler::Scheduler;
 use crate::server::Service;
 use crate::state::DaemonState;
+use crate::store::bundles::{Composer, PackCache};
 
 /// Attempts at the instance lock, 20 ms apart.
 const INSTANCE_LOCK_TRIES: u32 = 10;
@@ -45,6 +46,9 @@ pub struct DaemonOptions {
     pub max_inflight_bytes: u64,
     /// Run by a service manager (systemd, launchd): never exit when idle.
     pub managed: bool,
+    /// Where composed pushes keep local copies of packs, and how many bytes at most.
+    pub pack_cache_dir: PathBuf,
+    pub pack_cache_bytes: u64,
     /// The listening socket systemd passed (see `inherited_listener`).
     pub inherited: Option<std::os::unix::net::UnixListener>,
 }
@@ -62,7 +66,17 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     let managed = options.managed || activated;
     let idle_timeout = if managed { None } else { options.idle_timeout };
     let scheduler = Scheduler::new(options.max_requests, options.max_inflight_bytes);
-    let state = Arc::new(DaemonState::new(endpoint.socket.clone(), options.version, idle_timeout, scheduler, managed));
+    let packs = PackCache::open(options.pack_cache_dir.clone(), options.pack_cache_bytes).map_err(|source| {
+        DaemonError::Io { what: "open the pack cache in", path: options.pack_cache_dir.clone(), source }
+    })?;
+    let state = Arc::new(DaemonState::new(
+        endpoint.socket.clone(),
+        options.version,
+        idle_timeout,
+        scheduler,
+        Composer::new(packs),
+        managed,
+    ));
     tracing::info!(socket = %endpoint.socket.display(), pid = std::process::id(), idle_timeout = ?idle_timeout, activated, "git-s3d ready");
 
     tokio::spawn(watch_idle(state.clone()));

@@ -108,7 +108,7 @@ impl LfsStore {
             path: path.to_path_buf(),
             source: std::io::Error::other(e),
         })?;
-        let digest = hex_to_bytes(oid).ok_or_else(|| LfsError::BadOid(oid.to_string()))?;
+        let digest = hex::decode(oid).map_err(|_| LfsError::BadOid(oid.to_string()))?;
         let result = self
             .bucket
             .client()
@@ -133,7 +133,7 @@ impl LfsStore {
 
     async fn upload_parts(&self, key: &str, path: &Path, size: u64, sent: &AtomicU64) -> Result<(), LfsError> {
         let part_size = part_size_for(size);
-        let upload = MultipartUpload::create(&self.bucket, key).await?;
+        let upload = MultipartUpload::create(&self.bucket, key, Vec::new()).await?;
         let mut tasks: JoinSet<Result<aws_sdk_s3::types::CompletedPart, S3Error>> = JoinSet::new();
         let mut completed = Vec::new();
         let shared_sent = Arc::new(AtomicU64::new(0));
@@ -193,7 +193,7 @@ impl LfsStore {
             // One stream, hashed as it arrives.
             let mut hasher = Sha256::new();
             self.download_range(oid, &key, &path, 0, None, received, Some(&mut hasher)).await?;
-            hex(&hasher.finalize())
+            hex::encode(hasher.finalize())
         } else {
             self.download_ranges(oid, &key, &path, size, received).await?
         };
@@ -339,14 +339,6 @@ fn check_oid(oid: &str) -> Result<(), LfsError> {
     if is_lfs_oid(oid) { Ok(()) } else { Err(LfsError::BadOid(oid.to_string())) }
 }
 
-fn hex(digest: &[u8]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn hex_to_bytes(hex: &str) -> Option<Vec<u8>> {
-    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
-}
-
 /// Hashes `path` range by range, each as soon as it and all before it are complete.
 async fn hash_in_order(
     path: &Path,
@@ -376,7 +368,7 @@ async fn hash_in_order(
             next += 1;
         }
     }
-    Ok(hex(&hasher.finalize()))
+    Ok(hex::encode(hasher.finalize()))
 }
 
 #[cfg(test)]
@@ -386,7 +378,7 @@ async fn sha256_of(path: &Path) -> std::io::Result<String> {
         let mut file = std::fs::File::open(path)?;
         let mut hasher = Sha256::new();
         std::io::copy(&mut file, &mut hasher)?;
-        Ok(hex(&hasher.finalize()))
+        Ok(hex::encode(hasher.finalize()))
     })
     .await
     .map_err(std::io::Error::other)?
@@ -395,12 +387,6 @@ async fn sha256_of(path: &Path) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hex_decodes() {
-        assert_eq!(hex_to_bytes("00ff10"), Some(vec![0, 255, 16]));
-        assert_eq!(hex_to_bytes("zz"), None);
-    }
 
     #[tokio::test]
     async fn hashes_files() {

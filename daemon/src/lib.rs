@@ -3,8 +3,6 @@
 //! Unix socket.
 
 pub mod bucket;
-pub mod bundle;
-pub mod bundles;
 pub mod clients;
 pub mod config;
 pub mod daemon;
@@ -21,4 +19,5 @@ pub mod requests;
 pub mod scheduler;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod transfer;

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::bundles::Listing;
+use crate::store::bundles::Listing;
 
 /// Sessions are one git command; this only bounds memory if a client never says goodbye.
 const ENTRY_LIFETIME: Duration = Duration::from_secs(10 * 60);

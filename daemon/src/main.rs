@@ -33,6 +33,9 @@ struct Args {
     /// Most MiB carried by transfers in flight at once.
     #[arg(long, env = "GIT_REMOTE_S3_MAX_INFLIGHT_MIB", default_value_t = git_s3d::scheduler::DEFAULT_MAX_INFLIGHT_BYTES / (1024 * 1024))]
     max_inflight_mib: u64,
+    /// Most MiB the cache of packs (for composed pushes) keeps on disk.
+    #[arg(long, env = "GIT_REMOTE_S3_PACK_CACHE_MIB", default_value_t = git_s3d::store::bundles::DEFAULT_PACK_CACHE_BYTES / (1024 * 1024))]
+    pack_cache_mib: u64,
     /// Report another version in the handshake (for testing upgrades).
     #[arg(long, hide = true)]
     report_version: Option<String>,
@@ -91,12 +94,14 @@ async fn serve(args: Args, inherited: Option<std::os::unix::net::UnixListener>) 
         }
     };
     let options = DaemonOptions {
-        endpoint,
+        endpoint: endpoint.clone(),
         idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
         version: args.report_version.unwrap_or_else(|| git_s3_proto::BUILD_VERSION.to_string()),
         max_requests: args.max_requests,
         max_inflight_bytes: args.max_inflight_mib.saturating_mul(1024 * 1024),
         managed: args.managed,
+        pack_cache_dir: endpoint.cache_dir.join("packs"),
+        pack_cache_bytes: args.pack_cache_mib.saturating_mul(1024 * 1024),
         inherited,
     };
     match daemon::run(options).await {

@@ -4,9 +4,9 @@
 use std::time::{Duration, SystemTime};
 
 use crate::bucket::{OpenUpload, PutOptions, S3Error};
-use crate::bundles::{BundleRepo, Listing, StoreError, default_branch, release};
 use crate::layout::{RefKey, check_refname};
 use crate::lock::{LockError, RefLock};
+use crate::store::bundles::{BundleRepo, Listing, StoreError, default_branch, release};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManageError {
@@ -185,7 +185,7 @@ impl BundleRepo {
     async fn repair_bundles(
         &self,
         refname: &str,
-        state: &crate::bundles::RefState,
+        state: &crate::store::bundles::RefState,
         options: &DoctorOptions,
     ) -> Result<Vec<Finding>, StoreError> {
         let chosen = (!options.keep.is_empty())

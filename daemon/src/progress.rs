@@ -39,9 +39,18 @@ impl Events {
 
     /// Starts counting bytes for one transfer; reports until finished or dropped.
     pub fn meter(&self, title: impl Into<String>, total_bytes: u64) -> Meter {
+        self.meter_into(title.into(), total_bytes, self.total.clone())
+    }
+
+    /// A meter whose bytes the user sees but the operation's total leaves out: a transfer in the
+    /// other direction (a push that first downloads what it builds on).
+    pub fn side_meter(&self, title: impl Into<String>, total_bytes: u64) -> Meter {
+        self.meter_into(title.into(), total_bytes, Arc::new(AtomicU64::new(0)))
+    }
+
+    fn meter_into(&self, title: String, total_bytes: u64, total: Arc<AtomicU64>) -> Meter {
         let bytes = Arc::new(AtomicU64::new(0));
-        let counted = Counted { bytes: bytes.clone(), added: Arc::new(AtomicU64::new(0)), total: self.total.clone() };
-        let title = title.into();
+        let counted = Counted { bytes: bytes.clone(), added: Arc::new(AtomicU64::new(0)), total };
         let ticker = tokio::spawn(tick(self.tx.clone(), title.clone(), counted.clone(), total_bytes, self.progress));
         Meter { bytes, counted, ticker, title, total_bytes, tx: self.tx.clone(), progress: self.progress }
     }

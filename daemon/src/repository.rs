@@ -8,16 +8,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::bucket::Bucket;
-use crate::bundles::BundleRepo;
 use crate::clients::ClientCache;
 use crate::config::{self, ConfigError, RemoteConfig};
 use crate::git::{Git, GitError};
 use crate::layout::Layout;
 use crate::lfs::{LfsError, LfsStore};
 use crate::scheduler::Scheduler;
+use crate::store::bundles::{BundleRepo, Composer};
 
-pub use crate::bundles::{Listing, PushBatch, PushCommand, RefOutcome, StoreError};
 pub use crate::lfs::TRANSFER_ERROR_CODE;
+pub use crate::store::bundles::{Listing, PushBatch, PushCommand, RefOutcome, StoreError};
 
 /// The caller on whose behalf the daemon acts.
 pub struct CallerContext {
@@ -45,6 +45,7 @@ pub enum OpenLfsError {
 
 pub async fn open(
     clients: &ClientCache,
+    composer: &Arc<Composer>,
     caller: &CallerContext,
     remote_name: &str,
     url: &str,
@@ -61,7 +62,7 @@ pub async fn open(
     let client = clients.get(&config.s3).await;
     let bucket = Bucket::new(client, &config.url.bucket, config.s3.endpoint.as_deref(), config.s3.checksums);
     let layout = Layout::new(&config.url.prefix);
-    Ok(BundleRepo { bucket, layout, config, git })
+    Ok(BundleRepo { bucket, layout, config, git, composer: composer.clone() })
 }
 
 /// The LFS store for what git-lfs calls `remote` (a remote's name or a URL). An `s3.lfsurl` in

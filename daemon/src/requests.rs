@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use git_s3_proto as proto;
 
-use crate::bundles::{PushBatch, PushCommand};
 use crate::layout::{check_refname, is_lfs_oid, is_sha1_hex};
 use crate::repository::CallerContext;
+use crate::store::bundles::{PushBatch, PushCommand};
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidRequest {

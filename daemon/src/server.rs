@@ -30,7 +30,7 @@ impl Service {
     async fn open(&self, caller: Option<proto::Caller>, remote: Option<proto::Remote>) -> Result<Opened, Status> {
         let session = caller.as_ref().map(|c| c.session_id.clone()).unwrap_or_default();
         let (context, remote) = requests::caller_and_remote(caller, remote)?;
-        let repo = repository::open(&self.state.clients, &context, &remote.name, &remote.url)
+        let repo = repository::open(&self.state.clients, &self.state.composer, &context, &remote.name, &remote.url)
             .await
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let label = repo.config.url.to_string();
@@ -90,6 +90,8 @@ impl Daemon for Service {
             transfer_requests: state.scheduler.requests_in_flight() as u32,
             max_transfer_requests: state.scheduler.max_requests() as u32,
             managed: state.managed,
+            pushed_bytes: state.transferred_bytes().0,
+            fetched_bytes: state.transferred_bytes().1,
         }))
     }
 

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::clients::ClientCache;
 use crate::listing_cache::ListingCache;
 use crate::scheduler::Scheduler;
+use crate::store::bundles::Composer;
 
 pub struct DaemonState {
     pub started: Instant,
@@ -23,6 +24,7 @@ pub struct DaemonState {
     pub clients: ClientCache,
     pub listings: ListingCache,
     pub scheduler: Arc<Scheduler>,
+    pub composer: Arc<Composer>,
     /// Work that must finish even if its client goes away (a push half-way must complete or
     /// roll back, not be dropped). Waited for at shutdown.
     pub tasks: TaskTracker,
@@ -33,6 +35,9 @@ pub struct DaemonState {
     activities: Mutex<HashMap<u64, Activity>>,
     recent_errors: Mutex<VecDeque<RecentError>>,
     last_busy: Mutex<Instant>,
+    /// Bytes pushes sent to S3 and fetches received from it, since the daemon started.
+    pushed_bytes: AtomicU64,
+    fetched_bytes: AtomicU64,
     /// Started by a service manager: it decides when the daemon runs.
     pub managed: bool,
 }
@@ -62,6 +67,7 @@ impl DaemonState {
         version: String,
         idle_timeout: Option<Duration>,
         scheduler: Scheduler,
+        composer: Composer,
         managed: bool,
     ) -> Self {
         Self {
@@ -72,6 +78,7 @@ impl DaemonState {
             clients: ClientCache::default(),
             listings: ListingCache::default(),
             scheduler: Arc::new(scheduler),
+            composer: Arc::new(composer),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             connections: AtomicUsize::new(0),
@@ -80,6 +87,8 @@ impl DaemonState {
             activities: Mutex::new(HashMap::new()),
             recent_errors: Mutex::new(VecDeque::new()),
             last_busy: Mutex::new(Instant::now()),
+            pushed_bytes: AtomicU64::new(0),
+            fetched_bytes: AtomicU64::new(0),
             managed,
         }
     }
@@ -111,6 +120,11 @@ impl DaemonState {
         }
         self.touch();
         ActivityGuard { state: self.clone(), id }
+    }
+
+    /// Bytes sent by pushes and received by fetches since the daemon started.
+    pub fn transferred_bytes(&self) -> (u64, u64) {
+        (self.pushed_bytes.load(Ordering::Relaxed), self.fetched_bytes.load(Ordering::Relaxed))
     }
 
     pub fn record_error(&self, what: &str, message: &str) {
@@ -168,8 +182,15 @@ impl ActivityGuard {
 
 impl Drop for ActivityGuard {
     fn drop(&mut self) {
-        if let Ok(mut activities) = self.state.activities.lock() {
-            activities.remove(&self.id);
+        if let Ok(mut activities) = self.state.activities.lock()
+            && let Some(done) = activities.remove(&self.id)
+        {
+            let total = match done.what.as_str() {
+                "push" => &self.state.pushed_bytes,
+                "fetch" => &self.state.fetched_bytes,
+                _ => return self.state.touch(),
+            };
+            total.fetch_add(done.bytes.load(Ordering::Relaxed), Ordering::Relaxed);
         }
         self.state.touch();
     }

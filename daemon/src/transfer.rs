@@ -52,11 +52,12 @@ impl MultipartUpload {
     /// Starts an upload. Safe to cancel: the request runs in a task of its own, and when the
     /// caller is gone by the time S3 answers (its client was killed), the new upload is dropped
     /// there, which aborts it, instead of being left open with nobody knowing its id.
-    pub async fn create(bucket: &Bucket, key: &str) -> Result<Self, S3Error> {
+    /// `metadata` becomes the object's user metadata.
+    pub async fn create(bucket: &Bucket, key: &str, metadata: Vec<(String, String)>) -> Result<Self, S3Error> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (task_bucket, task_key) = (bucket.clone(), key.to_string());
         tokio::spawn(async move {
-            let _ = tx.send(Self::start(&task_bucket, &task_key).await);
+            let _ = tx.send(Self::start(&task_bucket, &task_key, metadata).await);
         });
         rx.await.unwrap_or_else(|_| {
             Err(S3Error::Other {
@@ -67,8 +68,11 @@ impl MultipartUpload {
         })
     }
 
-    async fn start(bucket: &Bucket, key: &str) -> Result<Self, S3Error> {
+    async fn start(bucket: &Bucket, key: &str, metadata: Vec<(String, String)>) -> Result<Self, S3Error> {
         let mut request = bucket.client().create_multipart_upload().bucket(bucket.name()).key(key);
+        for (k, v) in metadata {
+            request = request.metadata(k, v);
+        }
         if bucket.checksums() == ChecksumMode::WhenSupported {
             // The SDK checksums every part with CRC32; the upload must say so to be completed.
             request = request.checksum_algorithm(ChecksumAlgorithm::Crc32);
@@ -157,6 +161,36 @@ impl PartUploader {
             .build())
     }
 
+    /// Copies `range` of `source` (while it is still version `if_match`) inside S3 as a part.
+    pub async fn copy(
+        &self,
+        part_number: i32,
+        source: &str,
+        range: std::ops::Range<u64>,
+        if_match: &str,
+    ) -> Result<CompletedPart, S3Error> {
+        let out = self
+            .bucket
+            .client()
+            .upload_part_copy()
+            .bucket(self.bucket.name())
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .part_number(part_number)
+            .copy_source(self.bucket.copy_source(source))
+            .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1))
+            .copy_source_if_match(if_match)
+            .send()
+            .await
+            .map_err(|e| self.bucket.classify("UploadPartCopy", &self.key, e))?;
+        let result = out.copy_part_result();
+        Ok(CompletedPart::builder()
+            .part_number(part_number)
+            .set_e_tag(result.and_then(|r| r.e_tag()).map(str::to_string))
+            .set_checksum_crc32(result.and_then(|r| r.checksum_crc32()).map(str::to_string))
+            .build())
+    }
+
     async fn abort(&self) {
         if let Err(e) = self.bucket.abort_upload(&self.key, &self.upload_id).await {
             tracing::warn!(key = %self.key, error = %e, "could not abort an unfinished upload");
@@ -192,7 +226,7 @@ where
         uploaded.fetch_add(len, Ordering::Relaxed);
         return Ok(len);
     }
-    let upload = MultipartUpload::create(bucket, key).await?;
+    let upload = MultipartUpload::create(bucket, key, Vec::new()).await?;
     let parts = upload.parts();
     let mut in_flight: JoinSet<Result<CompletedPart, S3Error>> = JoinSet::new();
     let mut completed = Vec::new();

@@ -2,7 +2,7 @@
 //! accepts ends inside the input.
 #![no_main]
 
-use git_s3d::bundle::parse_header;
+use git_s3d::store::bundles::header::parse_header;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

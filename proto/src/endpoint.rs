@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 pub const SOCKET_ENV: &str = "GIT_REMOTE_S3_SOCKET";
 /// Overrides the folder for the daemon's log and state.
 pub const STATE_DIR_ENV: &str = "GIT_REMOTE_S3_STATE_DIR";
+pub const CACHE_DIR_ENV: &str = "GIT_REMOTE_S3_CACHE_DIR";
 
 const APP_DIR: &str = "git-remote-s3";
 const SOCKET_FILE: &str = "daemon.sock";
@@ -38,6 +39,8 @@ pub struct Endpoint {
     pub socket: PathBuf,
     /// Holds the daemon's log.
     pub state_dir: PathBuf,
+    /// Holds what the daemon caches on disk (packs of composed pushes).
+    pub cache_dir: PathBuf,
 }
 
 impl Endpoint {
@@ -54,7 +57,11 @@ impl Endpoint {
             Some(dir) => PathBuf::from(dir),
             None => default_state_dir()?,
         };
-        Ok(Self { socket, state_dir })
+        let cache_dir = match env(CACHE_DIR_ENV).filter(|s| !s.is_empty()) {
+            Some(dir) => PathBuf::from(dir),
+            None => default_cache_dir()?,
+        };
+        Ok(Self { socket, state_dir, cache_dir })
     }
 
     pub fn from_process_env() -> Result<Self, EndpointError> {
@@ -111,6 +118,11 @@ fn default_socket_dir(env: &impl Fn(&str) -> Option<String>) -> Result<PathBuf, 
 fn default_state_dir() -> Result<PathBuf, EndpointError> {
     let dirs = directories::ProjectDirs::from("", "", APP_DIR).ok_or(EndpointError::NoStateDir)?;
     Ok(dirs.state_dir().map(Path::to_path_buf).unwrap_or_else(|| dirs.data_local_dir().to_path_buf()))
+}
+
+fn default_cache_dir() -> Result<PathBuf, EndpointError> {
+    let dirs = directories::ProjectDirs::from("", "", APP_DIR).ok_or(EndpointError::NoStateDir)?;
+    Ok(dirs.cache_dir().to_path_buf())
 }
 
 /// Creates `dir` with mode 0700 when missing; refuses one owned by another user or writable by

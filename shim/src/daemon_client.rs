@@ -153,7 +153,8 @@ fn spawn_daemon(endpoint: &Endpoint) -> Result<(), ConnectError> {
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err)
-        .env(git_s3_proto::endpoint::STATE_DIR_ENV, &endpoint.state_dir);
+        .env(git_s3_proto::endpoint::STATE_DIR_ENV, &endpoint.state_dir)
+        .env(git_s3_proto::endpoint::CACHE_DIR_ENV, &endpoint.cache_dir);
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("AWS_") {
             command.env_remove(key);

@@ -217,6 +217,35 @@ impl TestEnv {
         String::from_utf8_lossy(&output.stderr).into_owned()
     }
 
+    /// git, finding the Python tool's git-remote-s3 before ours.
+    pub fn python_git(&self, dir: &Path, args: &[&str]) -> Output {
+        let mut command = self.python_tool_command("git");
+        command.current_dir(dir).args(args);
+        self.run(command)
+    }
+
+    /// Like `git_ok`, with the Python tool's git-remote-s3.
+    pub fn python_git_ok(&self, dir: &Path, args: &[&str]) -> String {
+        let output = self.python_git(dir, args);
+        assert!(
+            output.status.success(),
+            "python git-remote-s3: git {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Bytes the daemon's pushes have sent to S3 so far (0 when it is not running).
+    pub fn pushed_bytes(&self) -> u64 {
+        self.daemon_status().and_then(|s| s["transferred"]["pushed_bytes"].as_u64()).unwrap_or(0)
+    }
+
+    /// Bytes the daemon's fetches have received from S3 so far (0 when it is not running).
+    pub fn fetched_bytes(&self) -> u64 {
+        self.daemon_status().and_then(|s| s["transferred"]["fetched_bytes"].as_u64()).unwrap_or(0)
+    }
+
     /// `git s3 …` with this world's environment.
     pub fn git_s3(&self, args: &[&str]) -> Output {
         let mut command = self.command(bin_dir().join("git-s3"));

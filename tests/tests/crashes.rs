@@ -1,10 +1,11 @@
 //! `kill -9` at seeded random moments: of the daemon, of the shim (git-remote-s3 or git-lfs-s3)
-//! and of git itself, during plain pushes and pushes with LFS objects. After every trial the ref
+//! and of git itself, during plain pushes, pushes with LFS objects and composed pushes (a small
+//! change on a large history, its bundle built from the old one inside S3). After every trial the ref
 //! holds exactly the old or the new commit, every LFS object in the bucket is whole, the next
 //! push repairs what was left (a second bundle, a lock once its TTL has passed, an open bundle
 //! upload), and at the end `git s3 doctor` aborts the LFS uploads nobody will finish.
 //!
-//! `CRASH_TRIALS` (default 54) and `CRASH_SEED` (default fixed) replay or extend the run.
+//! `CRASH_TRIALS` (default 72) and `CRASH_SEED` (default fixed) replay or extend the run.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,6 +16,9 @@ use git_s3_tests::{TestEnv, finish_within, incompressible_bytes, sha256_hex, wai
 use rustix::process::{Pid, Signal};
 
 const PREFIX: &str = "crash";
+/// Where composed pushes go: a ref whose history is large enough to compose from.
+const COMPOSED_PREFIX: &str = "crash-composed";
+const COMPOSED_HISTORY_BYTES: usize = 20 * 1024 * 1024;
 const LOCK_TTL_S: u64 = 3;
 const BOUND: Duration = Duration::from_secs(120);
 
@@ -29,6 +33,13 @@ enum Victim {
 enum Workload {
     Push,
     LfsPush,
+    ComposedPush,
+}
+
+impl Workload {
+    fn prefix(self) -> &'static str {
+        if self == Workload::ComposedPush { COMPOSED_PREFIX } else { PREFIX }
+    }
 }
 
 /// What a trial found right after the kill, before any repair.
@@ -51,19 +62,19 @@ fn crash_env() -> TestEnv {
     env
 }
 
-fn ref_dir() -> String {
-    format!("{PREFIX}/refs/heads/main/")
+fn ref_dir(prefix: &str) -> String {
+    format!("{prefix}/refs/heads/main/")
 }
 
-fn lock_key() -> String {
-    format!("{}LOCK#.lock", ref_dir())
+fn lock_key(prefix: &str) -> String {
+    format!("{}LOCK#.lock", ref_dir(prefix))
 }
 
-/// Oids of the bundles main has in the bucket.
-fn bundle_oids(env: &TestEnv) -> Vec<String> {
-    env.bundle_keys(PREFIX, "refs/heads/main")
+/// Oids of the bundles main has in the bucket under `prefix`.
+fn bundle_oids(env: &TestEnv, prefix: &str) -> Vec<String> {
+    env.bundle_keys(prefix, "refs/heads/main")
         .iter()
-        .filter_map(|k| k.strip_prefix(&ref_dir())?.strip_suffix(".bundle").map(str::to_string))
+        .filter_map(|k| k.strip_prefix(&ref_dir(prefix))?.strip_suffix(".bundle").map(str::to_string))
         .collect()
 }
 
@@ -120,11 +131,16 @@ fn spawn_push(env: &TestEnv, repo: &Path) -> Child {
 /// layout stores a ref's whole history in its bundle), so trials cost the same throughout;
 /// pushes are forced.
 fn next_commit(env: &TestEnv, repo: &Path, workload: Workload, trial: usize, size: usize) -> (String, Option<String>) {
+    if workload == Workload::ComposedPush {
+        // A small change on top of the large history: the push composes its bundle.
+        let oid = env.commit(repo, "change.txt", format!("trial {trial}\n"), &format!("trial {trial}"));
+        return (oid, None);
+    }
     let content = incompressible_bytes(size, trial as u64 + 1000);
     env.git_ok(repo, &["checkout", "-q", "--orphan", "next"]);
     env.git_ok(repo, &["rm", "-rfq", "."]);
     let (file, lfs_oid) = match workload {
-        Workload::Push => (format!("data-{trial}.dat"), None),
+        Workload::Push | Workload::ComposedPush => (format!("data-{trial}.dat"), None),
         Workload::LfsPush => {
             std::fs::write(repo.join(".gitattributes"), "*.bin filter=lfs diff=lfs merge=lfs -text\n").expect("write");
             (format!("asset-{trial}.bin"), Some(sha256_hex(&content)))
@@ -159,33 +175,43 @@ fn calibrate(env: &TestEnv, repo: &Path, workload: Workload, size: usize, trial:
 
 #[test]
 fn kill_9_at_random_moments_never_leaves_a_ref_between_old_and_new() {
-    let trials: usize = std::env::var("CRASH_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(54);
+    let trials: usize = std::env::var("CRASH_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(72);
     let seed: u64 = std::env::var("CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed_0006);
     let mut rng = fastrand::Rng::with_seed(seed);
     let env = crash_env();
-    let repo = env.lfs_repo("work", &env.url(PREFIX), &[("first.bin", b"first\n".to_vec())]);
-    env.git_ok(&repo, &["push", "origin", "main"]);
+    let plain = env.lfs_repo("work", &env.url(PREFIX), &[("first.bin", b"first\n".to_vec())]);
+    env.git_ok(&plain, &["push", "origin", "main"]);
+    let composed = env.new_repo("composed");
+    env.commit(&composed, "history.dat", incompressible_bytes(COMPOSED_HISTORY_BYTES, 7), "large history");
+    env.git_ok(&composed, &["remote", "add", "origin", &env.url(COMPOSED_PREFIX)]);
+    env.git_ok(&composed, &["push", "-q", "origin", "main"]);
+    let repo_for = |workload| if workload == Workload::ComposedPush { &composed } else { &plain };
     const MAX_SIZE: usize = 12 * 1024 * 1024;
-    let windows: BTreeMap<Workload, Duration> = [Workload::Push, Workload::LfsPush]
+    let workloads = [Workload::Push, Workload::LfsPush, Workload::ComposedPush];
+    let windows: BTreeMap<Workload, Duration> = workloads
         .into_iter()
         .enumerate()
-        .map(|(i, w)| (w, calibrate(&env, &repo, w, MAX_SIZE, 100_000 + i) * 3 / 2))
+        .map(|(i, w)| (w, calibrate(&env, repo_for(w), w, MAX_SIZE, 100_000 + i) * 3 / 2))
         .collect();
     let mut tallies: BTreeMap<(Victim, Workload), Tally> = BTreeMap::new();
-    let mut old = env.rev_parse(&repo, "HEAD");
+    let mut olds: BTreeMap<&str, String> =
+        [(PREFIX, env.rev_parse(&plain, "HEAD")), (COMPOSED_PREFIX, env.rev_parse(&composed, "HEAD"))].into();
 
     for trial in 0..trials {
         let victim = [Victim::Daemon, Victim::Shim, Victim::Git][trial % 3];
-        let workload = [Workload::Push, Workload::LfsPush][(trial / 3) % 2];
+        let workload = workloads[(trial / 3) % workloads.len()];
+        let (repo, prefix) = (repo_for(workload), workload.prefix());
+        let old = olds[prefix].clone();
         let size = rng.usize(64 * 1024..MAX_SIZE);
-        let (new, lfs_oid) = next_commit(&env, &repo, workload, trial, size);
+        let (new, lfs_oid) = next_commit(&env, repo, workload, trial, size);
         env.git_ok(&repo, &["ls-remote", "origin"]); // the daemon runs before the clock starts
         let daemon = env.daemon_status().and_then(|s| Pid::from_raw(s["pid"].as_i64().unwrap_or(0) as i32));
         // Kills fall anywhere in the push of this size (and a little after it).
-        let window = windows[&workload].mul_f64((size as f64 / MAX_SIZE as f64).max(0.25));
+        let share = if workload == Workload::ComposedPush { 1.0 } else { (size as f64 / MAX_SIZE as f64).max(0.25) };
+        let window = windows[&workload].mul_f64(share);
         let delay = Duration::from_millis(rng.u64(0..window.as_millis().max(1) as u64));
 
-        let push = spawn_push(&env, &repo);
+        let push = spawn_push(&env, repo);
         let group = Pid::from_raw(push.id() as i32).expect("pid");
         std::thread::sleep(delay); // the seeded random moment of the crash, not a synchronisation
         let shim_name = if workload == Workload::LfsPush { "git-lfs-s3" } else { "git-remote-s3" };
@@ -206,7 +232,7 @@ fn kill_9_at_random_moments_never_leaves_a_ref_between_old_and_new() {
         }
 
         // Exactly the old or the new state.
-        let bundles = bundle_oids(&env);
+        let bundles = bundle_oids(&env, prefix);
         let tally = tallies.entry((victim, workload)).or_default();
         tally.trials += 1;
         tally.killed += usize::from(killed);
@@ -215,15 +241,15 @@ fn kill_9_at_random_moments_never_leaves_a_ref_between_old_and_new() {
             bundles.iter().all(|b| *b == old || *b == new),
             "trial {trial} ({victim:?}, {workload:?}): bundles {bundles:?} are neither old {old} nor new {new}"
         );
-        let listed = env.ls_remote(&repo, "origin");
+        let listed = env.ls_remote(repo, "origin");
         let value = listed.iter().find(|(_, r)| r == "refs/heads/main").map(|(o, _)| o.clone());
         assert!(value == Some(old.clone()) || value == Some(new.clone()), "trial {trial}: main is {value:?}");
         let took_new = value.as_deref() == Some(new.as_str());
         tally.took_new += usize::from(took_new);
         tally.kept_old += usize::from(!took_new);
         tally.second_bundle += usize::from(bundles.len() > 1);
-        tally.lock_left += env.keys(&lock_key()).len();
-        tally.open_bundle_uploads += env.server.open_uploads(&env.bucket, &ref_dir()).len();
+        tally.lock_left += env.keys(&lock_key(prefix)).len();
+        tally.open_bundle_uploads += env.server.open_uploads(&env.bucket, &ref_dir(prefix)).len();
         if let Some(oid) = &lfs_oid {
             let key = format!("{PREFIX}/lfs/{oid}");
             if env.server.size(&env.bucket, &key).is_some() {
@@ -234,23 +260,23 @@ fn kill_9_at_random_moments_never_leaves_a_ref_between_old_and_new() {
         }
 
         // The next push repairs what the crash left, and the remote is clean again.
-        let recovery = push_until_accepted(&env, &repo);
+        let recovery = push_until_accepted(&env, repo);
         tally.longest_recovery = tally.longest_recovery.max(recovery);
         eprintln!("trial {trial}: {victim:?} {workload:?} killed={killed} after {delay:?}; recovered in {recovery:?}");
-        let clean = || bundle_oids(&env) == vec![new.clone()] && env.keys(&lock_key()).is_empty();
+        let clean = || bundle_oids(&env, prefix) == vec![new.clone()] && env.keys(&lock_key(prefix)).is_empty();
         if !clean() {
             // A daemon killed after its push committed but before it tidied up: the value is new,
             // so git had nothing to push. Doctor removes the second bundle and, once stale, the lock.
             tally.repaired_by_doctor += 1;
             let limit = Duration::from_secs(LOCK_TTL_S * 4 + 30);
             wait_for("doctor to repair what the killed daemon left", limit, || {
-                let url = env.url(PREFIX);
+                let url = env.url(prefix);
                 env.git_s3(&["doctor", &url, "--yes", "--delete-stale-locks", "--delete-bundle"]);
                 clean().then_some(())
             });
         }
-        assert!(env.server.open_uploads(&env.bucket, &ref_dir()).is_empty(), "trial {trial}: open bundle upload");
-        old = new;
+        assert!(env.server.open_uploads(&env.bucket, &ref_dir(prefix)).is_empty(), "trial {trial}: open bundle upload");
+        olds.insert(prefix, new);
     }
 
     // Doctor aborts the LFS uploads that killed agents or daemons left open.
@@ -263,12 +289,22 @@ fn kill_9_at_random_moments_never_leaves_a_ref_between_old_and_new() {
 
     // Every commit pushed is in a fresh clone, whole, with its LFS files.
     let clone = env.clone_repo(&env.url(PREFIX), "clone");
-    assert_eq!(env.rev_parse(&clone, "HEAD"), old);
+    assert_eq!(env.rev_parse(&clone, "HEAD"), olds[PREFIX]);
     env.git_ok(&clone, &["fsck", "--no-progress"]);
     env.git_ok(&clone, &["lfs", "fsck"]);
+    // The composed bundle after all those kills: the Python tool and we clone it whole.
+    let clone = env.clone_repo(&env.url(COMPOSED_PREFIX), "clone-composed");
+    assert_eq!(env.rev_parse(&clone, "HEAD"), olds[COMPOSED_PREFIX]);
+    env.git_ok(&clone, &["fsck", "--strict", "--no-progress"]);
+    let python_clone = env.path("python-clone-composed");
+    env.python_git_ok(&env.path(""), &["clone", "-q", &env.url(COMPOSED_PREFIX), &python_clone.to_string_lossy()]);
+    assert_eq!(env.rev_parse(&python_clone, "HEAD"), olds[COMPOSED_PREFIX]);
+    env.git_ok(&python_clone, &["fsck", "--strict", "--no-progress"]);
+    let composed_pushes = env.daemon_log().matches("composed the new bundle from the old one").count();
+    assert!(composed_pushes >= trials / 3, "only {composed_pushes} pushes were composed");
 
     eprintln!(
-        "crash trials (seed {seed:#x}, lock TTL {LOCK_TTL_S}s, orphaned LFS uploads aborted by doctor: {}):",
+        "crash trials (seed {seed:#x}, lock TTL {LOCK_TTL_S}s, orphaned LFS uploads aborted by doctor: {}, composed pushes: {composed_pushes}):",
         orphans.len()
     );
     eprintln!(

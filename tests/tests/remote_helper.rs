@@ -1,7 +1,6 @@
 //! git push / fetch / clone / ls-remote through s3:// remotes, as a user does them, against moto
 //! (and the core flows against s3s-fs, which checks signatures and keeps data on disk).
 
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -365,47 +364,29 @@ fn atomic_push_writes_nothing_when_one_ref_is_refused() {
     assert!(env.bundle_keys("atomic", "refs/heads/feature").is_empty(), "nothing written for the other ref");
 }
 
-/// git, finding the Python tool's git-remote-s3 before ours.
-fn with_python_tool(env: &TestEnv, dir: &Path, args: &[&str]) -> std::process::Output {
-    let mut command = env.python_tool_command("git");
-    command.current_dir(dir).args(args);
-    env.run(command)
-}
-
-fn python_ok(env: &TestEnv, dir: &Path, args: &[&str]) -> String {
-    let output = with_python_tool(env, dir, args);
-    assert!(
-        output.status.success(),
-        "python git-remote-s3: git {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 #[test]
 fn python_tool_and_ours_share_a_bucket_both_ways() {
     let env = TestEnv::new();
     let url = env.url("shared");
     // Python pushes, we clone.
     let py = env.new_repo("py");
-    python_ok(&env, &py, &["push", &url, "main"]);
+    env.python_git_ok(&py, &["push", &url, "main"]);
     let ours = env.clone_repo(&url, "ours");
     assert_eq!(env.rev_parse(&ours, "HEAD"), env.rev_parse(&py, "HEAD"));
 
     // We push on top, Python fetches it.
     let ours_commit = env.commit(&ours, "ours.txt", "ours\n", "from rust");
     env.git_ok(&ours, &["push", "origin", "main"]);
-    python_ok(&env, &py, &["pull", "-q", &url, "main"]);
+    env.python_git_ok(&py, &["pull", "-q", &url, "main"]);
     assert_eq!(env.rev_parse(&py, "HEAD"), ours_commit);
 
     // Python pushes again; we fetch. Python clones what we pushed.
     let py_commit = env.commit(&py, "py.txt", "py\n", "from python");
-    python_ok(&env, &py, &["push", &url, "main"]);
+    env.python_git_ok(&py, &["push", &url, "main"]);
     env.git_ok(&ours, &["pull", "-q"]);
     assert_eq!(env.rev_parse(&ours, "HEAD"), py_commit);
     let py_clone = env.path("py-clone");
-    python_ok(&env, &env.path(""), &["clone", "-q", &url, py_clone.to_str().unwrap()]);
+    env.python_git_ok(&env.path(""), &["clone", "-q", &url, py_clone.to_str().unwrap()]);
     assert_eq!(env.rev_parse(&py_clone, "HEAD"), py_commit);
     assert_eq!(env.bundle_keys("shared", "refs/heads/main").len(), 1);
 }
@@ -418,7 +399,7 @@ fn python_tool_and_ours_honour_the_same_lock_and_protection() {
     env.git_ok(&work, &["push", &url, "main"]);
     env.server.put(&env.bucket, "shared-lock/refs/heads/main/LOCK#.lock", Vec::new());
     env.commit(&work, "n", "n\n", "next");
-    let output = with_python_tool(&env, &work, &["push", &url, "main"]);
+    let output = env.python_git(&work, &["push", &url, "main"]);
     assert!(!output.status.success(), "the Python tool must respect a fresh lock");
     env.git_fails(&work, &["push", &url, "main"]);
     assert_eq!(env.bundle_keys("shared-lock", "refs/heads/main").len(), 1);
@@ -529,7 +510,7 @@ fn protection_set_by_either_tool_is_honoured_by_the_other() {
     let mut ours = env.command(git_s3_tests::bin_dir().join("git-s3"));
     ours.args(["protect", "origin", "release"]).current_dir(&work);
     assert!(env.run(ours).status.success());
-    let output = with_python_tool(&env, &work, &["push", "--force", "origin", "HEAD:release"]);
+    let output = env.python_git(&work, &["push", "--force", "origin", "HEAD:release"]);
     assert!(!output.status.success(), "the Python tool must not overwrite a branch we protected");
     let original = env.ls_remote(&work, "origin").into_iter().find(|(_, n)| n == "refs/heads/release").map(|(o, _)| o);
     assert_ne!(original, Some(env.rev_parse(&work, "HEAD")));

@@ -528,6 +528,7 @@ fn print_status(status: &StatusReply, json: bool) {
             "activities": activities,
             "transfer_requests": { "in_flight": status.transfer_requests, "max": status.max_transfer_requests },
             "listing_cache": { "hits": status.listing_cache_hits, "misses": status.listing_cache_misses },
+            "transferred": { "pushed_bytes": status.pushed_bytes, "fetched_bytes": status.fetched_bytes },
             "recent_errors": errors,
         });
         println!("{value}");
@@ -547,6 +548,11 @@ fn print_status(status: &StatusReply, json: bool) {
         println!("ref listings from cache: {} of {lookups}", status.listing_cache_hits);
     }
     println!("S3 transfer requests in flight: {} of {}", status.transfer_requests, status.max_transfer_requests);
+    println!(
+        "sent by pushes: {}   received by fetches: {}",
+        human_bytes(status.pushed_bytes as f64),
+        human_bytes(status.fetched_bytes as f64)
+    );
     if status.activities.is_empty() {
         println!("working on: nothing");
     } else {

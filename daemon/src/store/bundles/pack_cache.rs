@@ -1,0 +1,406 @@
+//! A bounded on-disk cache of the packs of bundles this daemon composed from, named by their
+//! SHA-1 trailer, so the next composed push hashes and uploads from local bytes instead of
+//! downloading the history. A pack is kept as a chain of immutable object files: a composed
+//! push adds one small file for what it appended and shares the rest with the pack it built on,
+//! so neither a push nor a new branch copies the history. The least recently used packs go first
+//! past the cap, and a file goes with the last pack that uses it.
+//!
+//! Files: `<trailer>.entry` (the pack's object count and its chain), `<stem>.objects` (object
+//! bytes; a pack file taken whole, of which the entry uses a range), `<stem>.oids` (the ids of
+//! the objects in that range, 20 bytes each); `tmp/` holds what is being written.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use super::pack::{PACK_HEADER_BYTES, PackHeader, pack_body};
+
+/// The cache's size when the user sets none.
+pub const DEFAULT_PACK_CACHE_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+pub const OID_BYTES: usize = 20;
+pub type Oid = [u8; OID_BYTES];
+
+const ENTRY_SUFFIX: &str = ".entry";
+const OBJECTS_SUFFIX: &str = ".objects";
+const OIDS_SUFFIX: &str = ".oids";
+
+pub struct PackCache {
+    dir: PathBuf,
+    max_bytes: u64,
+    /// Packs in use, by trailer: neither they nor their files are evicted while held.
+    readers: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One link of a cached pack: object bytes at `range` of `objects`, whose ids are in `oids`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub objects: PathBuf,
+    pub range: Range<u64>,
+    pub oids: PathBuf,
+}
+
+/// A cached pack, held: its files stay until it is dropped.
+pub struct CachedPack {
+    pub trailer: String,
+    /// Objects in the pack.
+    pub objects: u32,
+    /// The pack's object bytes (between its header and trailer), in order.
+    pub chain: Vec<Link>,
+    readers: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// The ids of every object in a chain.
+pub fn oids_of(chain: &[Link]) -> io::Result<HashSet<Oid>> {
+    let mut all = HashSet::new();
+    for link in chain {
+        let bytes = fs::read(&link.oids)?;
+        all.extend(bytes.chunks_exact(OID_BYTES).filter_map(|c| Oid::try_from(c).ok()));
+    }
+    Ok(all)
+}
+
+impl Drop for CachedPack {
+    fn drop(&mut self) {
+        if let Ok(mut readers) = self.readers.lock()
+            && let Some(n) = readers.get_mut(&self.trailer)
+        {
+            *n -= 1;
+            if *n == 0 {
+                readers.remove(&self.trailer);
+            }
+        }
+    }
+}
+
+/// What a new pack adds to the one it was built on: the objects in `file` (a pack that
+/// `git pack-objects` wrote, taken into the cache), their ids, and the new pack's trailer.
+pub struct Appended<'a> {
+    pub file: &'a Path,
+    pub objects: u32,
+    pub oids: &'a [Oid],
+    pub trailer: &'a str,
+}
+
+impl PackCache {
+    /// Opens the cache in `dir`, clearing what an earlier life left half-written.
+    pub fn open(dir: PathBuf, max_bytes: u64) -> io::Result<Self> {
+        let tmp = dir.join("tmp");
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp)?;
+        }
+        fs::create_dir_all(&tmp)?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+        Ok(Self { dir, max_bytes, readers: Arc::default() })
+    }
+
+    /// A fresh path for a file being written, on the cache's file system.
+    pub fn temp_path(&self, what: &str) -> PathBuf {
+        self.dir.join("tmp").join(format!("{what}-{}", new_stem()))
+    }
+
+    fn entry_path(&self, trailer: &str) -> PathBuf {
+        self.dir.join(format!("{trailer}{ENTRY_SUFFIX}"))
+    }
+
+    /// The cached pack with this trailer, if its object bytes add up to `pack_len`.
+    pub fn get(&self, trailer: &str, pack_len: u64) -> Option<CachedPack> {
+        // Held before the entry is read, so eviction cannot take its files in between.
+        let mut held = self.hold(trailer, 0, Vec::new());
+        let entry = self.entry_path(trailer);
+        let (objects, chain) = self.read_entry(&entry).ok()?;
+        let body = pack_body(pack_len).ok()?;
+        let len: u64 = chain.iter().map(|l| l.range.end - l.range.start).sum();
+        let present = chain.iter().all(|l| l.objects.is_file() && l.oids.is_file());
+        if len != body.end - body.start || !present {
+            return None;
+        }
+        // Recently used: eviction takes the oldest first.
+        let _ = File::options().write(true).open(&entry).and_then(|f| f.set_modified(SystemTime::now()));
+        held.objects = objects;
+        held.chain = chain;
+        Some(held)
+    }
+
+    /// Takes the pack that starts at `pack_start` of `file` (a pack, or a bundle) into the cache:
+    /// the file itself when it is one of ours under `tmp/`, a copy of it with `copy`.
+    pub fn insert_pack(
+        &self,
+        trailer: &str,
+        file: &Path,
+        pack_start: u64,
+        oids: &[Oid],
+        copy: bool,
+    ) -> io::Result<CachedPack> {
+        let stem = new_stem();
+        let objects_path = self.dir.join(format!("{stem}{OBJECTS_SUFFIX}"));
+        let oids_path = self.dir.join(format!("{stem}{OIDS_SUFFIX}"));
+        let header = read_pack_header(file, pack_start)?;
+        let len = fs::metadata(file)?.len();
+        let body = pack_body(len.saturating_sub(pack_start)).map_err(io::Error::other)?;
+        let body = pack_start + body.start..pack_start + body.end;
+        let pack = file;
+        write_oids(&self.temp_path("oids"), &oids_path, oids)?;
+        if copy {
+            let tmp = self.temp_path("objects");
+            fs::copy(pack, &tmp)?;
+            fs::rename(&tmp, &objects_path)?;
+        } else {
+            fs::rename(pack, &objects_path)?;
+        }
+        let chain = vec![Link { objects: objects_path, range: body, oids: oids_path }];
+        self.write_entry(trailer, header.objects, &chain)?;
+        let held = self.hold(trailer, header.objects, chain);
+        self.evict();
+        Ok(held)
+    }
+
+    /// Caches the pack made of `base` and `appended`, sharing `base`'s files.
+    pub fn extend(&self, base: &CachedPack, appended: &Appended) -> io::Result<()> {
+        let stem = new_stem();
+        let objects_path = self.dir.join(format!("{stem}{OBJECTS_SUFFIX}"));
+        let oids_path = self.dir.join(format!("{stem}{OIDS_SUFFIX}"));
+        let body = pack_body(fs::metadata(appended.file)?.len()).map_err(io::Error::other)?;
+        write_oids(&self.temp_path("oids"), &oids_path, appended.oids)?;
+        fs::rename(appended.file, &objects_path)?;
+        let mut chain = base.chain.clone();
+        chain.push(Link { objects: objects_path, range: body, oids: oids_path });
+        let objects = base
+            .objects
+            .checked_add(appended.objects)
+            .ok_or_else(|| io::Error::other("more objects than a pack can count"))?;
+        self.write_entry(appended.trailer, objects, &chain)?;
+        self.evict();
+        Ok(())
+    }
+
+    fn hold(&self, trailer: &str, objects: u32, chain: Vec<Link>) -> CachedPack {
+        if let Ok(mut readers) = self.readers.lock() {
+            *readers.entry(trailer.to_string()).or_default() += 1;
+        }
+        CachedPack { trailer: trailer.to_string(), objects, chain, readers: self.readers.clone() }
+    }
+
+    /// `objects <n>` then one `link <stem> <start> <end>` line per link.
+    fn write_entry(&self, trailer: &str, objects: u32, chain: &[Link]) -> io::Result<()> {
+        let mut text = format!("objects {objects}\n");
+        for link in chain {
+            let stem = link.objects.file_stem().and_then(|s| s.to_str()).ok_or_else(|| io::Error::other("bad link"))?;
+            text.push_str(&format!("link {stem} {} {}\n", link.range.start, link.range.end));
+        }
+        let tmp = self.temp_path("entry");
+        fs::write(&tmp, text)?;
+        fs::rename(tmp, self.entry_path(trailer))
+    }
+
+    fn read_entry(&self, path: &Path) -> io::Result<(u32, Vec<Link>)> {
+        let text = fs::read_to_string(path)?;
+        let bad = || io::Error::other(format!("{} is malformed", path.display()));
+        let mut lines = text.lines();
+        let objects =
+            lines.next().and_then(|l| l.strip_prefix("objects ")).and_then(|n| n.parse().ok()).ok_or_else(bad)?;
+        let mut chain = Vec::new();
+        for line in lines {
+            let mut words = line.strip_prefix("link ").ok_or_else(bad)?.split(' ');
+            let (Some(stem), Some(start), Some(end)) = (words.next(), words.next(), words.next()) else {
+                return Err(bad());
+            };
+            if stem.is_empty() || !stem.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                return Err(bad());
+            }
+            let (start, end): (u64, u64) = (start.parse().map_err(|_| bad())?, end.parse().map_err(|_| bad())?);
+            chain.push(Link {
+                objects: self.dir.join(format!("{stem}{OBJECTS_SUFFIX}")),
+                range: start..end,
+                oids: self.dir.join(format!("{stem}{OIDS_SUFFIX}")),
+            });
+        }
+        Ok((objects, chain))
+    }
+
+    /// Drops the least recently used packs until the files still in use fit the cap; packs being
+    /// read stay. Files no remaining pack uses are removed.
+    fn evict(&self) {
+        let Ok(dir) = fs::read_dir(&self.dir) else { return };
+        let mut entries: Vec<(SystemTime, String, Vec<Link>)> = dir
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let trailer = name.strip_suffix(ENTRY_SUFFIX)?.to_string();
+                let modified = e.metadata().ok()?.modified().ok()?;
+                let (_, chain) = self.read_entry(&e.path()).ok()?;
+                Some((modified, trailer, chain))
+            })
+            .collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let busy: HashSet<String> = self.readers.lock().map(|r| r.keys().cloned().collect()).unwrap_or_default();
+        let size_of = |entries: &[(SystemTime, String, Vec<Link>)]| -> u64 {
+            let files: HashSet<&PathBuf> =
+                entries.iter().flat_map(|(_, _, chain)| chain.iter().map(|l| &l.objects)).collect();
+            files.iter().filter_map(|f| fs::metadata(f).ok()).map(|m| m.len()).sum()
+        };
+        let mut kept = entries;
+        let mut i = 0;
+        while size_of(&kept) > self.max_bytes && i < kept.len() {
+            if busy.contains(&kept[i].1) {
+                i += 1;
+                continue;
+            }
+            let (_, trailer, _) = kept.remove(i);
+            tracing::debug!(%trailer, "pack cache: dropped the least recently used pack");
+            let _ = fs::remove_file(self.entry_path(&trailer));
+        }
+        let used: HashSet<PathBuf> = kept
+            .iter()
+            .flat_map(|(_, _, chain)| chain.iter().flat_map(|l| [l.objects.clone(), l.oids.clone()]))
+            .collect();
+        let Ok(dir) = fs::read_dir(&self.dir) else { return };
+        for file in dir.filter_map(Result::ok).map(|e| e.path()) {
+            let name = file.to_string_lossy();
+            if (name.ends_with(OBJECTS_SUFFIX) || name.ends_with(OIDS_SUFFIX)) && !used.contains(&file) {
+                let _ = fs::remove_file(&file);
+            }
+        }
+    }
+}
+
+fn new_stem() -> String {
+    format!("{:016x}{:08x}", fastrand::u64(..), std::process::id())
+}
+
+fn read_pack_header(path: &Path, at: u64) -> io::Result<PackHeader> {
+    let mut head = [0u8; PACK_HEADER_BYTES as usize];
+    File::open(path)?.read_exact_at(&mut head, at)?;
+    PackHeader::parse(&head).map_err(io::Error::other)
+}
+
+fn write_oids(tmp: &Path, path: &Path, oids: &[Oid]) -> io::Result<()> {
+    fs::write(tmp, oids.concat())?;
+    fs::rename(tmp, path)
+}
+
+/// A 40-hex object id or trailer as bytes.
+pub fn parse_hex(text: &str) -> Option<Oid> {
+    let mut out = [0u8; OID_BYTES];
+    hex::decode_to_slice(text, &mut out).ok()?;
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha1::{Digest, Sha1};
+    use std::io::{Read, Seek, SeekFrom};
+
+    use super::super::pack::TRAILER_BYTES;
+
+    /// A pack-shaped file: header, `body`, and the SHA-1 trailer git would write.
+    fn pack_of(objects: u32, body: &[u8]) -> Vec<u8> {
+        let mut bytes = PackHeader { version: 2, objects }.to_bytes().to_vec();
+        bytes.extend_from_slice(body);
+        let trailer = Sha1::digest(&bytes);
+        bytes.extend_from_slice(&trailer);
+        bytes
+    }
+
+    /// The trailer a pack file ends with, in hex.
+    fn trailer_of(path: &Path) -> io::Result<String> {
+        let mut file = File::open(path)?;
+        file.seek(SeekFrom::End(-(TRAILER_BYTES as i64)))?;
+        let mut end = [0u8; TRAILER_BYTES as usize];
+        file.read_exact(&mut end)?;
+        Ok(hex::encode(end))
+    }
+
+    fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = dir.join(name);
+        fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    fn body_bytes(pack: &CachedPack) -> Vec<u8> {
+        let mut out = Vec::new();
+        for link in &pack.chain {
+            let bytes = fs::read(&link.objects).unwrap();
+            out.extend_from_slice(&bytes[link.range.start as usize..link.range.end as usize]);
+        }
+        out
+    }
+
+    #[test]
+    fn a_pack_is_found_by_trailer_and_length_and_extended_without_copying() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = PackCache::open(dir.path().join("packs"), 1 << 30).unwrap();
+        let old = pack_of(2, b"objects-one");
+        let source = write(dir.path(), "source.pack", &old);
+        let old_trailer = trailer_of(&source).unwrap();
+        drop(cache.insert_pack(&old_trailer, &source, 0, &[[1; 20], [2; 20]], true).unwrap());
+        assert!(source.exists(), "a copied pack stays where it was");
+        assert!(cache.get(&old_trailer, old.len() as u64 + 1).is_none(), "a wrong length is a miss");
+        let base = cache.get(&old_trailer, old.len() as u64).expect("cached");
+        assert_eq!(base.objects, 2);
+        assert_eq!(body_bytes(&base), b"objects-one");
+
+        let appended = write(dir.path(), "appended.pack", &pack_of(1, b"more"));
+        let new_trailer = hex::encode(Sha1::digest(b"anything"));
+        cache
+            .extend(&base, &Appended { file: &appended, objects: 1, oids: &[[3; 20]], trailer: &new_trailer })
+            .unwrap();
+        let new_len = (PACK_HEADER_BYTES + TRAILER_BYTES) as usize + b"objects-onemore".len();
+        let extended = cache.get(&new_trailer, new_len as u64).expect("the new pack is cached");
+        assert_eq!(extended.objects, 3);
+        assert_eq!(body_bytes(&extended), b"objects-onemore");
+        assert_eq!(oids_of(&extended.chain).unwrap(), HashSet::from([[1; 20], [2; 20], [3; 20]]));
+        assert_eq!(extended.chain[0], base.chain[0], "the base's file is shared, not copied");
+        assert!(cache.get(&old_trailer, old.len() as u64).is_some(), "the base stays usable");
+    }
+
+    #[test]
+    fn the_least_recently_used_pack_goes_past_the_cap_with_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = PackCache::open(dir.path().join("packs"), 100).unwrap();
+        let mut packs = Vec::new();
+        for i in 0..3u8 {
+            let bytes = pack_of(1, &[i; 40]);
+            let source = write(dir.path(), &format!("p{i}"), &bytes);
+            let trailer = trailer_of(&source).unwrap();
+            drop(cache.insert_pack(&trailer, &source, 0, &[[i; 20]], false).unwrap());
+            // Distinct ages, oldest first.
+            let when = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000 + u64::from(i));
+            File::options().write(true).open(cache.entry_path(&trailer)).unwrap().set_modified(when).unwrap();
+            packs.push((trailer, bytes.len() as u64));
+        }
+        // Each pack file is 72 bytes: only the newest fits under 100.
+        cache.evict();
+        assert!(cache.get(&packs[0].0, packs[0].1).is_none());
+        assert!(cache.get(&packs[1].0, packs[1].1).is_none());
+        assert!(cache.get(&packs[2].0, packs[2].1).is_some());
+        let files = fs::read_dir(&cache.dir).unwrap().filter_map(Result::ok).filter(|e| e.path().is_file()).count();
+        assert_eq!(files, 3, "one entry, its objects and its ids are left");
+    }
+
+    #[test]
+    fn a_pack_being_read_is_not_evicted() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = PackCache::open(dir.path().join("packs"), 10).unwrap();
+        let bytes = pack_of(1, &[9; 40]);
+        let source = write(dir.path(), "p", &bytes);
+        let trailer = trailer_of(&source).unwrap();
+        let held = cache.insert_pack(&trailer, &source, 0, &[[9; 20]], false).unwrap();
+        cache.evict();
+        assert!(cache.get(&trailer, bytes.len() as u64).is_some());
+        drop(held);
+    }
+
+    #[test]
+    fn object_ids_parse_from_hex() {
+        let oid = parse_hex("00ff10aa00ff10aa00ff10aa00ff10aa00ff10aa").unwrap();
+        assert_eq!(hex::encode(oid), "00ff10aa00ff10aa00ff10aa00ff10aa00ff10aa");
+        assert!(parse_hex("xyz").is_none());
+    }
+}
