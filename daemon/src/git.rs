@@ -1,11 +1,12 @@
 //! Runs the `git` binary for git's own work (rev-parse, bundles, index-pack), always inside the
 //! caller's environment and working directory, as if the caller had run it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 
+use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +103,41 @@ impl Git {
 
     pub async fn has_object(&self, oid: &str) -> Result<bool, GitError> {
         self.succeeds(&["cat-file", "-e", oid]).await
+    }
+
+    /// Which of `oids` this repository has (one `git cat-file --batch-check` for all of them).
+    pub async fn present(&self, oids: &[&str]) -> Result<HashSet<String>, GitError> {
+        if oids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let mut child = self
+            .command(["cat-file", "--batch-check=%(objectname)"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(GitError::Spawn)?;
+        let mut stdin = child.stdin.take().ok_or_else(|| GitError::Spawn(std::io::Error::other("no stdin")))?;
+        let input: String = oids.iter().map(|oid| format!("{oid}\n")).collect();
+        let feed = async move {
+            stdin.write_all(input.as_bytes()).await?;
+            stdin.shutdown().await
+        };
+        let (fed, output) = tokio::join!(feed, child.wait_with_output());
+        let output = output.map_err(GitError::Spawn)?;
+        fed.map_err(GitError::Spawn)?;
+        if !output.status.success() {
+            return Err(GitError::Failed {
+                command: "cat-file --batch-check".into(),
+                stderr: last_line(&output.stderr),
+            });
+        }
+        // Missing objects print "<name> missing"; present ones their full name alone.
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|line| !line.ends_with(" missing"))
+            .map(str::to_string)
+            .collect())
     }
 
     pub async fn is_ancestor(&self, ancestor: &str, descendant: &str) -> Result<bool, GitError> {

@@ -129,7 +129,27 @@ pub trait Backend {
 }
 
 /// Serves one helper session until git closes it.
-pub async fn run<R, W, B>(input: R, mut output: W, backend: &mut B) -> Result<(), HelperError>
+pub async fn run<R, W, B>(input: R, output: W, backend: &mut B) -> Result<(), HelperError>
+where
+    R: AsyncBufRead + Unpin,
+    W: AsyncWrite + Unpin,
+    B: Backend,
+{
+    let mut extra_locks = Vec::new();
+    let result = serve(input, output, backend, &mut extra_locks).await;
+    // git lets us go only after it has updated its refs (or given up): the packs need no keep.
+    for lock in extra_locks {
+        let _ = tokio::fs::remove_file(lock).await;
+    }
+    result
+}
+
+async fn serve<R, W, B>(
+    input: R,
+    mut output: W,
+    backend: &mut B,
+    extra_locks: &mut Vec<String>,
+) -> Result<(), HelperError>
 where
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -164,8 +184,11 @@ where
             }
             Command::Blank if !fetches.is_empty() => {
                 let done = backend.fetch(std::mem::take(&mut fetches), &options).await.map_err(HelperError::Remote)?;
-                // git takes one lock line; it deletes that .keep once its refs are updated.
-                let lock = done.pack_locks.first().map(|path| format!("lock {path}\n")).unwrap_or_default();
+                // git takes one lock line and deletes that .keep once its refs are updated; the
+                // others are ours to delete when git lets us go.
+                let mut locks = done.pack_locks.into_iter();
+                let lock = locks.next().map(|path| format!("lock {path}\n")).unwrap_or_default();
+                extra_locks.extend(locks);
                 lock + "\n"
             }
             Command::Blank if !pushes.is_empty() => {
@@ -231,6 +254,8 @@ mod tests {
         refs: Vec<RemoteRef>,
         fetched: Vec<Vec<RemoteRef>>,
         pushed: Vec<PushRequest>,
+        /// The keep files a fetch reports; one made-up path when empty.
+        locks: Vec<String>,
     }
 
     impl Backend for FakeRemote {
@@ -240,7 +265,12 @@ mod tests {
 
         async fn fetch(&mut self, wanted: Vec<RemoteRef>, _options: &Options) -> Result<FetchDone, String> {
             self.fetched.push(wanted);
-            Ok(FetchDone { pack_locks: vec!["/repo/.git/objects/pack/pack-1.keep".into()] })
+            let locks = if self.locks.is_empty() {
+                vec!["/repo/.git/objects/pack/pack-1.keep".into()]
+            } else {
+                self.locks.clone()
+            };
+            Ok(FetchDone { pack_locks: locks })
         }
 
         async fn push(&mut self, request: PushRequest) -> Result<PushDone, String> {
@@ -282,6 +312,27 @@ mod tests {
             )
         );
         assert_eq!(remote.fetched, vec![vec![RemoteRef { name: "refs/heads/main".into(), oid: A.into() }]]);
+    }
+
+    #[tokio::test]
+    async fn git_gets_one_lock_and_the_other_keep_files_go_when_git_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks: Vec<String> = (1..=3)
+            .map(|i| {
+                let path = dir.path().join(format!("pack-{i}.keep"));
+                std::fs::write(&path, "git-remote-s3 fetch").unwrap();
+                path.display().to_string()
+            })
+            .collect();
+        let mut remote = FakeRemote {
+            refs: vec![RemoteRef { name: "refs/heads/main".into(), oid: A.into() }],
+            locks: locks.clone(),
+            ..Default::default()
+        };
+        let out = session(&format!("list\nfetch {A} refs/heads/main\n\n\n"), &mut remote).await;
+        assert!(out.ends_with(&format!("lock {}\n\n", locks[0])), "{out}");
+        assert!(std::path::Path::new(&locks[0]).exists(), "git removes the lock it was given");
+        assert!(locks[1..].iter().all(|l| !std::path::Path::new(l).exists()), "the others are removed");
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 //! also when the test fails.
 
 pub mod fault_proxy;
+pub mod history;
 pub mod s3_server;
 
 use std::path::{Path, PathBuf};

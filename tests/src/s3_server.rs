@@ -135,6 +135,24 @@ impl S3Server {
             .expect("copy object");
     }
 
+    /// The user metadata of an object (`x-amz-meta-*`, without the prefix).
+    pub fn metadata(&self, bucket: &str, key: &str) -> std::collections::HashMap<String, String> {
+        self.runtime.block_on(async {
+            let out = self.client.head_object().bucket(bucket).key(key).send().await.expect("head object");
+            out.metadata().cloned().unwrap_or_default()
+        })
+    }
+
+    /// Writes an object again with other user metadata, as another client could.
+    pub fn replace_metadata(&self, bucket: &str, key: &str, metadata: &[(&str, &str)]) {
+        let body = self.get(bucket, key);
+        let mut put = self.client.put_object().bucket(bucket).key(key).body(ByteStream::from(body));
+        for (k, v) in metadata {
+            put = put.metadata(*k, *v);
+        }
+        self.runtime.block_on(put.send()).expect("put object");
+    }
+
     pub fn open_multipart_uploads(&self, bucket: &str) -> usize {
         self.open_uploads(bucket, "").len()
     }

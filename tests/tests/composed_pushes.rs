@@ -2,41 +2,15 @@
 //! an old bundle's bytes. Each story checks what a user relies on: the bytes sent, and that the
 //! Python tool and we both clone every ref whole (`git fsck --strict`) after every push.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use git_s3_tests::fault_proxy::{Fault, Rule};
-use git_s3_tests::{ServerKind, TestEnv, incompressible_bytes, tail, wait_for};
+use git_s3_tests::history::{HISTORY_BYTES, MIB, commit_notes, large_repository, our_log};
+use git_s3_tests::{ServerKind, TestEnv, wait_for};
 
-const MIB: u64 = 1024 * 1024;
-/// History large enough to be worth composing from (the threshold is 16 MiB).
-const HISTORY_BYTES: usize = 20 * 1024 * 1024;
 /// What a composed push of a small change may send: S3's 5 MiB smallest first part, the change.
 const COMPOSED_PUSH_MAX_BYTES: u64 = 6 * MIB;
-
-/// A repository whose history is `HISTORY_BYTES` of data that does not compress, plus a text
-/// file that later commits change a line of, pushed to `url` as `origin`.
-fn large_repository(env: &TestEnv, name: &str, url: &str) -> PathBuf {
-    let work = env.new_repo(name);
-    std::fs::write(work.join("assets.bin"), incompressible_bytes(HISTORY_BYTES, 7)).expect("write assets");
-    std::fs::write(work.join("notes.txt"), notes(0)).expect("write notes");
-    std::fs::write(work.join("setting.txt"), "setting = 1\n").expect("write setting");
-    env.git_ok(&work, &["add", "."]);
-    env.git_ok(&work, &["commit", "-q", "-m", "large history"]);
-    env.git_ok(&work, &["remote", "add", "origin", url]);
-    work
-}
-
-/// A text file of a few hundred lines; `version` changes one of them.
-fn notes(version: usize) -> String {
-    (0..400)
-        .map(|i| if i == version % 400 { format!("line {i} version {version}\n") } else { format!("line {i}\n") })
-        .collect()
-}
-
-fn commit_notes(env: &TestEnv, work: &Path, version: usize) -> String {
-    env.commit(work, "notes.txt", notes(version), &format!("notes {version}"))
-}
 
 /// Pushes and returns the bytes the push sent.
 fn push(env: &TestEnv, work: &Path, args: &[&str]) -> u64 {
@@ -45,13 +19,6 @@ fn push(env: &TestEnv, work: &Path, args: &[&str]) -> u64 {
     full.extend_from_slice(args);
     env.git_ok(work, &full);
     env.pushed_bytes() - before
-}
-
-/// The daemon's own lines of its log (not the SDK's), the latest ones.
-fn our_log(env: &TestEnv) -> String {
-    let log = env.daemon_log();
-    let ours: Vec<&str> = log.lines().filter(|l| l.contains(" git_s3d")).collect();
-    tail(&ours.join("\n"), 15)
 }
 
 fn composed_pushes(env: &TestEnv) -> usize {

@@ -12,13 +12,13 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use git_s3_tests::history::large_repository;
 use git_s3_tests::{TestEnv, finish_within, incompressible_bytes, sha256_hex, wait_for};
 use rustix::process::{Pid, Signal};
 
 const PREFIX: &str = "crash";
 /// Where composed pushes go: a ref whose history is large enough to compose from.
 const COMPOSED_PREFIX: &str = "crash-composed";
-const COMPOSED_HISTORY_BYTES: usize = 20 * 1024 * 1024;
 const LOCK_TTL_S: u64 = 3;
 const BOUND: Duration = Duration::from_secs(120);
 
@@ -181,9 +181,7 @@ fn kill_9_at_random_moments_never_leaves_a_ref_between_old_and_new() {
     let env = crash_env();
     let plain = env.lfs_repo("work", &env.url(PREFIX), &[("first.bin", b"first\n".to_vec())]);
     env.git_ok(&plain, &["push", "origin", "main"]);
-    let composed = env.new_repo("composed");
-    env.commit(&composed, "history.dat", incompressible_bytes(COMPOSED_HISTORY_BYTES, 7), "large history");
-    env.git_ok(&composed, &["remote", "add", "origin", &env.url(COMPOSED_PREFIX)]);
+    let composed = large_repository(&env, "composed", &env.url(COMPOSED_PREFIX));
     env.git_ok(&composed, &["push", "-q", "origin", "main"]);
     let repo_for = |workload| if workload == Workload::ComposedPush { &composed } else { &plain };
     const MAX_SIZE: usize = 12 * 1024 * 1024;

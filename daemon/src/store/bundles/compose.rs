@@ -233,6 +233,7 @@ impl BundleRepo {
             base: base.tip.clone(),
             offset: header_len + PACK_HEADER_BYTES + body_len,
             objects: new_objects.objects,
+            base_trailer: base.trailer.clone(),
         };
         let record = base.record.appended_to(header_len as i64 - base.header_len as i64, segment, garbage);
         let mut pieces = vec![Piece::Bytes(bundle_header), Piece::Bytes(pack_header.to_bytes().to_vec())];

@@ -1,13 +1,16 @@
 //! Fetch: streams a ref's bundle from S3 straight into `git index-pack`, never holding it whole.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use aws_sdk_s3::primitives::ByteStream;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
+use tokio::process::{Child, ChildStdin};
 
 use super::header::{self, BundleHeader};
+use super::pack::{BUILD_METADATA_KEY, BuildRecord};
+use super::tail::NoTail;
 use super::{BundleRepo, StoreError};
 use crate::bucket::{Body, Bucket};
 use crate::git::{GitError, last_line};
@@ -17,25 +20,46 @@ use crate::progress::Events;
 const INDEX_PACK_PIPE_BYTES: usize = 1024 * 1024;
 /// Bundles downloaded at once by one fetch.
 const BUNDLES_IN_FLIGHT: usize = 4;
+/// Bundles looked at (HEAD) at once by one fetch.
+const LOOKS_IN_FLIGHT: usize = 16;
+
+/// A wanted ref's bundle as S3 holds it now: its size, version and build record.
+pub(super) struct RemoteBundle {
+    pub refname: String,
+    pub oid: String,
+    pub key: String,
+    pub size: u64,
+    pub etag: Option<String>,
+    pub record: BuildRecord,
+}
 
 impl BundleRepo {
-    // ----- fetch -----
-
     /// Brings the objects of `wanted` into the caller's repository. Returns the `.keep` files that
     /// protect the new packs until git has updated its refs.
     pub async fn fetch(&self, wanted: Vec<(String, String)>, events: &Events) -> Result<Vec<PathBuf>, StoreError> {
         let pack_dir = self.git.git_path("objects/pack").await?;
+        let oids: Vec<&str> = wanted.iter().map(|(_, oid)| oid.as_str()).collect();
+        let present = self.git.present(&oids).await?;
+        let mut bundles: Vec<RemoteBundle> =
+            futures::stream::iter(wanted.into_iter().filter(|(_, oid)| !present.contains(oid)))
+                .map(|(refname, oid)| async move { self.look_at(refname, oid).await })
+                .buffer_unordered(LOOKS_IN_FLIGHT)
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<Result<_, _>>()?;
+        // The bundle with the most history first, alone: the others often need only what they
+        // add to it (their recorded segments), or nothing at all.
+        bundles.sort_by_key(|b| std::cmp::Reverse(b.size));
+        let mut bundles = bundles.into_iter();
         let mut keeps = Vec::new();
-        let mut wanted = wanted.into_iter();
-        // The first bundle usually carries most of the others' history: fetch it alone, then
-        // skip every ref whose objects it brought.
-        if let Some((refname, oid)) = wanted.next() {
-            keeps.extend(self.fetch_ref(&refname, &oid, &pack_dir, events).await?);
+        if let Some(first) = bundles.next() {
+            keeps.extend(self.fetch_ref(&first, &pack_dir, events).await?);
         }
         let pack_dir = &pack_dir;
         // Owned items: closures over borrowed ones trip the compiler's Send check.
-        let results: Vec<_> = futures::stream::iter(wanted)
-            .map(|(refname, oid)| async move { self.fetch_ref(&refname, &oid, pack_dir, events).await })
+        let results: Vec<_> = futures::stream::iter(bundles)
+            .map(|bundle| async move { self.fetch_ref(&bundle, pack_dir, events).await })
             .buffer_unordered(BUNDLES_IN_FLIGHT)
             .collect()
             .await;
@@ -45,19 +69,45 @@ impl BundleRepo {
         Ok(keeps)
     }
 
+    /// What S3 holds for a wanted ref: one HEAD request.
+    async fn look_at(&self, refname: String, oid: String) -> Result<RemoteBundle, StoreError> {
+        let key = self.layout.bundle(&refname, &oid);
+        let meta = self
+            .bucket
+            .head(&key)
+            .await?
+            .ok_or_else(|| StoreError::MissingBundle { refname: refname.clone(), key: key.clone() })?;
+        let record = match meta.metadata.get(BUILD_METADATA_KEY).map(|text| BuildRecord::decode(text)) {
+            None => BuildRecord::default(),
+            Some(Ok(record)) => record,
+            Some(Err(e)) => {
+                tracing::debug!(%key, error = %e, "ignoring the bundle's build record");
+                BuildRecord::default()
+            }
+        };
+        Ok(RemoteBundle { refname, oid, key, size: meta.size, etag: meta.etag, record })
+    }
+
     async fn fetch_ref(
         &self,
-        refname: &str,
-        oid: &str,
-        pack_dir: &std::path::Path,
+        bundle: &RemoteBundle,
+        pack_dir: &Path,
         events: &Events,
     ) -> Result<Option<PathBuf>, StoreError> {
+        let (refname, oid) = (&bundle.refname, &bundle.oid);
         if self.git.has_object(oid).await? {
+            tracing::debug!(%refname, "an earlier bundle of this fetch brought it");
             return Ok(None);
         }
-        let keep = self.unbundle(refname, oid, pack_dir, events).await?;
+        let keep = match self.fetch_tail(bundle, pack_dir, events).await {
+            Ok(keep) => keep,
+            Err(NoTail(why)) => {
+                tracing::debug!(%refname, %why, "fetching the whole bundle");
+                self.unbundle(refname, oid, pack_dir, events).await?
+            }
+        };
         if !self.git.has_object(oid).await? {
-            return Err(StoreError::NotFetched { refname: refname.into(), oid: oid.into() });
+            return Err(StoreError::NotFetched { refname: refname.clone(), oid: oid.clone() });
         }
         Ok(keep)
     }
@@ -67,7 +117,7 @@ impl BundleRepo {
         &self,
         refname: &str,
         oid: &str,
-        pack_dir: &std::path::Path,
+        pack_dir: &Path,
         events: &Events,
     ) -> Result<Option<PathBuf>, StoreError> {
         let key = self.layout.bundle(refname, oid);
@@ -112,13 +162,7 @@ impl BundleRepo {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(GitError::Spawn)?;
-        let Some(mut stdin) = child.stdin.take() else {
-            return Err(StoreError::Git(GitError::Spawn(std::io::Error::other("git index-pack has no stdin"))));
-        };
-        // index-pack reads in small pieces; a larger pipe means far fewer wake-ups of both sides.
-        if let Err(e) = rustix::pipe::fcntl_setpipe_size(&stdin, INDEX_PACK_PIPE_BYTES) {
-            tracing::debug!(error = %e, "could not enlarge the pipe to index-pack");
-        }
+        let mut stdin = pipe_to_index_pack(&mut child)?;
         let feed = async {
             stdin.write_all(&buf[header_len..]).await?;
             while let Some(chunk) = body.next().await.map_err(std::io::Error::other)? {
@@ -138,12 +182,7 @@ impl BundleRepo {
             return Err(download(e.to_string()));
         }
         meter.finish();
-        // index-pack prints "keep\t<hash>" when it left a .keep file.
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        Ok(stdout
-            .lines()
-            .find_map(|line| line.strip_prefix("keep\t"))
-            .map(|hash| pack_dir.join(format!("pack-{}.keep", hash.trim()))))
+        Ok(keep_file(&output.stdout, pack_dir).0)
     }
 
     async fn check_header(&self, header: &BundleHeader, oid: &str) -> Result<(), String> {
@@ -162,6 +201,24 @@ impl BundleRepo {
         }
         Ok(())
     }
+}
+
+/// The stdin of a `git index-pack --stdin`, its pipe enlarged.
+pub(super) fn pipe_to_index_pack(child: &mut Child) -> Result<ChildStdin, GitError> {
+    let stdin =
+        child.stdin.take().ok_or_else(|| GitError::Spawn(std::io::Error::other("git index-pack has no stdin")))?;
+    // index-pack reads in small pieces; a larger pipe means far fewer wake-ups of both sides.
+    if let Err(e) = rustix::pipe::fcntl_setpipe_size(&stdin, INDEX_PACK_PIPE_BYTES) {
+        tracing::debug!(error = %e, "could not enlarge the pipe to index-pack");
+    }
+    Ok(stdin)
+}
+
+/// The `.keep` file `git index-pack --keep` left (it prints `keep\t<hash>`), and the pack's hash.
+pub(super) fn keep_file(stdout: &[u8], pack_dir: &Path) -> (Option<PathBuf>, Option<String>) {
+    let stdout = String::from_utf8_lossy(stdout);
+    let hash = stdout.lines().find_map(|line| line.strip_prefix("keep\t")).map(|h| h.trim().to_string());
+    (hash.as_ref().map(|h| pack_dir.join(format!("pack-{h}.keep"))), hash)
 }
 
 /// Times one download picks up where a broken connection left it.
@@ -188,7 +245,8 @@ impl ResumingBody<'_> {
                     return Ok(Some(chunk));
                 }
                 None => return Ok(None),
-                Some(Err(e)) if self.resumes < DOWNLOAD_RESUMES && self.etag.is_some() => {
+                // Past the last byte there is nothing to resume (a checksum that did not match).
+                Some(Err(e)) if self.resumes < DOWNLOAD_RESUMES && self.etag.is_some() && self.received < self.size => {
                     self.resumes += 1;
                     tracing::info!(key = %self.key, at = self.received, error = %e, "download broke off; resuming");
                     let rest = self

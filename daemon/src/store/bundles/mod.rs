@@ -10,6 +10,7 @@ mod listing;
 mod pack;
 mod pack_cache;
 mod push;
+mod tail;
 
 use std::sync::Arc;
 

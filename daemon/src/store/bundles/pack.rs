@@ -160,13 +160,15 @@ pub fn plan_parts(
 }
 
 /// Objects appended to a bundle by one push: they start at `offset` in the bundle object, there
-/// are `objects` of them, and everything before them is the closure of `base` (the tip they were
-/// appended to). A reader that has `base` needs only the bytes from `offset` on.
+/// are `objects` of them, and what lies before them is the pack of the bundle they were appended
+/// to: its tip `base` and its trailer `base_trailer`. A reader that has `base` needs only the
+/// bytes from `offset` on; one that also has that pack can rebuild the whole new one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Segment {
     pub base: String,
     pub offset: u64,
     pub objects: u32,
+    pub base_trailer: String,
 }
 
 /// How a bundle object was built, from its user metadata. A bundle without one (the Python
@@ -187,13 +189,15 @@ pub struct BuildRecord {
 pub struct RecordError(String);
 
 impl BuildRecord {
-    /// `v1 appended=3 garbage=0 segments=<base>@<offset>+<objects>,…`, dropping the oldest
-    /// segments until it fits the metadata budget.
+    /// `v1 appended=3 garbage=0 segments=<base>:<offset>:<objects>:<base trailer>,…`, dropping
+    /// the oldest segments until it fits the metadata budget.
     pub fn encode(&self) -> String {
         let mut skip = 0;
         loop {
-            let segments: Vec<String> =
-                self.segments[skip..].iter().map(|s| format!("{}@{}+{}", s.base, s.offset, s.objects)).collect();
+            let segments: Vec<String> = self.segments[skip..]
+                .iter()
+                .map(|s| format!("{}:{}:{}:{}", s.base, s.offset, s.objects, s.base_trailer))
+                .collect();
             let text =
                 format!("v1 appended={} garbage={} segments={}", self.appended, self.garbage, segments.join(","));
             if text.len() <= BUILD_METADATA_BUDGET_BYTES || skip == self.segments.len() {
@@ -218,15 +222,20 @@ impl BuildRecord {
                 "segments" if value.is_empty() => {}
                 "segments" => {
                     for segment in value.split(',') {
-                        let (base, rest) = segment.split_once('@').ok_or_else(bad)?;
-                        let (offset, objects) = rest.split_once('+').ok_or_else(bad)?;
-                        if !(base.len() == 40 || base.len() == 64) || !base.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        let mut fields = segment.split(':');
+                        let (Some(base), Some(offset), Some(objects), Some(base_trailer), None) =
+                            (fields.next(), fields.next(), fields.next(), fields.next(), fields.next())
+                        else {
+                            return Err(bad());
+                        };
+                        if !is_hex_id(base) || !is_hex_id(base_trailer) {
                             return Err(bad());
                         }
                         record.segments.push(Segment {
                             base: base.to_string(),
                             offset: offset.parse().map_err(|_| bad())?,
                             objects: objects.parse().map_err(|_| bad())?,
+                            base_trailer: base_trailer.to_string(),
                         });
                     }
                 }
@@ -251,6 +260,10 @@ impl BuildRecord {
         segments.push(added);
         Self { appended: self.appended + 1, garbage: self.garbage + garbage, segments }
     }
+}
+
+fn is_hex_id(text: &str) -> bool {
+    (text.len() == 40 || text.len() == 64) && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 #[cfg(test)]
@@ -343,12 +356,13 @@ mod tests {
             appended: 2,
             garbage: 7,
             segments: vec![
-                Segment { base: A.into(), offset: 1000, objects: 3 },
-                Segment { base: B.into(), offset: 2000, objects: 4 },
+                Segment { base: A.into(), offset: 1000, objects: 3, base_trailer: B.into() },
+                Segment { base: B.into(), offset: 2000, objects: 4, base_trailer: A.into() },
             ],
         };
         assert_eq!(BuildRecord::decode(&record.encode()), Ok(record.clone()));
-        let shifted = record.appended_to(-10, Segment { base: B.into(), offset: 5000, objects: 1 }, 5);
+        let added = Segment { base: B.into(), offset: 5000, objects: 1, base_trailer: A.into() };
+        let shifted = record.appended_to(-10, added, 5);
         assert_eq!(shifted.appended, 3);
         assert_eq!(shifted.garbage, 12);
         assert_eq!(shifted.segments.iter().map(|s| s.offset).collect::<Vec<_>>(), vec![990, 1990, 5000]);
@@ -356,20 +370,23 @@ mod tests {
         let many = BuildRecord {
             appended: 100,
             garbage: 0,
-            segments: (0..100).map(|i| Segment { base: A.into(), offset: i * 1_000_000, objects: 9 }).collect(),
+            segments: (0..100)
+                .map(|i| Segment { base: A.into(), offset: i * 1_000_000, objects: 9, base_trailer: B.into() })
+                .collect(),
         };
         let text = many.encode();
         assert!(text.len() <= BUILD_METADATA_BUDGET_BYTES);
         let decoded = BuildRecord::decode(&text).unwrap();
         assert_eq!(decoded.segments.last(), many.segments.last(), "the newest segment is kept");
-        assert!(decoded.segments.len() > 20);
+        assert!(decoded.segments.len() > 15);
     }
 
     #[test]
     fn malformed_records_are_refused() {
         assert!(BuildRecord::decode("v2 appended=1").is_err());
         assert!(BuildRecord::decode("v1 appended=x").is_err());
-        assert!(BuildRecord::decode("v1 segments=zz@1+2").is_err());
+        assert!(BuildRecord::decode("v1 segments=zz:1:2:zz").is_err());
+        assert!(BuildRecord::decode(&format!("v1 segments={A}:1:2")).is_err());
         assert_eq!(
             BuildRecord::decode("v1 appended=1 future=yes"),
             Ok(BuildRecord { appended: 1, ..Default::default() })
