@@ -140,6 +140,32 @@ impl Git {
             .collect())
     }
 
+    /// The object ids a pack index lists (`git show-index`).
+    pub async fn index_object_ids(&self, index: &Path) -> Result<Vec<String>, GitError> {
+        let input = std::fs::File::open(index).map_err(GitError::Spawn)?;
+        let output = self
+            .command(["show-index"])
+            .stdin(Stdio::from(input))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .await
+            .map_err(GitError::Spawn)?;
+        if !output.status.success() {
+            return Err(GitError::Failed { command: "show-index".into(), stderr: last_line(&output.stderr) });
+        }
+        // "<offset> <object id> (<crc>)" per object.
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|line| {
+                line.split(' ').nth(1).map(str::to_string).ok_or_else(|| GitError::Unexpected {
+                    command: "show-index".into(),
+                    output: line.chars().take(80).collect(),
+                })
+            })
+            .collect()
+    }
+
     pub async fn is_ancestor(&self, ancestor: &str, descendant: &str) -> Result<bool, GitError> {
         self.succeeds(&["merge-base", "--is-ancestor", ancestor, descendant]).await
     }

@@ -132,9 +132,14 @@ impl Bench {
     }
 
     /// Warm-up then `runs()` measurements of each tool, alternating.
-    fn compare(&self, mut measure: impl FnMut(Tool, usize) -> Duration) -> (Stats, Stats) {
+    fn compare(&self, measure: impl FnMut(Tool, usize) -> Duration) -> (Stats, Stats) {
+        self.compare_n(runs(), measure)
+    }
+
+    /// Warm-up then `n` measurements of each tool, alternating.
+    fn compare_n(&self, n: usize, mut measure: impl FnMut(Tool, usize) -> Duration) -> (Stats, Stats) {
         let (mut ours, mut python) = (Stats::default(), Stats::default());
-        for run in 0..=runs() {
+        for run in 0..=n {
             let a = measure(Tool::Ours, run);
             let b = measure(Tool::Python, run);
             if run > 0 {
@@ -150,10 +155,64 @@ impl Bench {
     }
 }
 
-/// `BENCH_ONLY=lfs` (or `small`, `shim`, `history`) runs one group, for profiling; the results
+/// `BENCH_ONLY=lfs` (or `small`, `shim`, `history`, `branches`) runs one group, for profiling; the results
 /// file is written only by a full run.
 fn selected(group: &str) -> bool {
     std::env::var("BENCH_ONLY").map_or(true, |only| only == group)
+}
+
+/// A clone of a repository with 200 branches, each a small change off main, all pushed by us
+/// (the Python tool reads the same layout). 20 MB of history, not 200: the Python tool downloads
+/// every branch's whole bundle, 40 GB per clone at 200 MB.
+fn many_branches(bench: &Bench, rows: &mut Vec<Row>) {
+    let env = &bench.env;
+    let repo = env.new_repo("branches");
+    std::fs::write(repo.join("assets.dat"), incompressible_bytes(20 * MIB as usize, 9)).expect("write");
+    env.git_ok(&repo, &["add", "."]);
+    env.git_ok(&repo, &["commit", "-q", "-m", "history"]);
+    let url = env.url("branches");
+    bench.git(Tool::Ours, &repo, &["push", "-q", &url, "main"]);
+    for i in 0..200 {
+        env.git_ok(&repo, &["checkout", "-q", "-b", &format!("topic-{i:03}"), "main"]);
+        env.commit(&repo, "topic.txt", format!("topic {i}\n"), "a topic");
+    }
+    env.git_ok(&repo, &["checkout", "-q", "main"]);
+    bench.git(Tool::Ours, &repo, &["push", "-q", &url, "--all"]);
+    let mut got: Vec<u64> = Vec::new();
+    let (ours, python) = bench.compare_n(runs().min(3), |tool, run| {
+        let dest = env.path(&format!("clone-branches-{run}-{}", usize::from(tool == Tool::Python)));
+        let before = env.fetched_bytes();
+        let took = bench.time(tool, &env.path(""), &["clone", "-q", &url, dest.to_str().unwrap()]);
+        let bytes = match tool {
+            Tool::Ours => env.fetched_bytes() - before,
+            Tool::Python => 0,
+        };
+        let _ = std::fs::remove_dir_all(&dest);
+        if tool == Tool::Ours {
+            got.push(bytes);
+        }
+        took
+    });
+    let main = env.rev_parse(&repo, "main");
+    let bundle = env.server.size(&env.bucket, &format!("branches/refs/heads/main/{main}.bundle")).unwrap_or(0);
+    let mut sorted = got.get(1..).unwrap_or_default().to_vec();
+    sorted.sort();
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or_default();
+    rows.push(Row {
+        scenario: "clone of 200 branches, 20 MB history, pushed by us".into(),
+        server: bench.server,
+        ours,
+        baseline: python,
+        baseline_name: "Python",
+        goal: "≤ 1/5",
+        max_ratio: Some(0.2),
+        note: format!(
+            "ours received {:.1} MiB, {:.2}× one bundle ({:.1} MiB); Python downloads all 201 bundles",
+            median as f64 / MIB as f64,
+            median as f64 / bundle.max(1) as f64,
+            bundle as f64 / MIB as f64
+        ),
+    });
 }
 
 fn main() {
@@ -173,6 +232,10 @@ fn main() {
     if selected("history") {
         eprintln!("bench: 200 MB history");
         large_history(&bench, &mut rows, &mut notes);
+    }
+    if selected("branches") {
+        eprintln!("bench: a clone of 200 branches");
+        many_branches(&bench, &mut rows);
     }
     if selected("lfs") {
         eprintln!("bench: LFS");
@@ -337,6 +400,44 @@ fn large_history(bench: &Bench, rows: &mut Vec<Row>, notes: &mut Vec<String>) {
         goal: "≤ 6 MiB sent",
         max_ratio: None,
         note: bytes_note("bytes sent per push", &sent),
+    });
+
+    // A reader of each tool, cloned once; each run the writer pushes a one-line change with that
+    // tool and the reader fetches it.
+    let readers: Vec<PathBuf> = [Tool::Ours, Tool::Python]
+        .into_iter()
+        .map(|tool| {
+            let reader = env.path(&format!("reader-{}", prefix(tool)));
+            bench.git(tool, &env.path(""), &["clone", "-q", &env.url(prefix(tool)), reader.to_str().unwrap()]);
+            reader
+        })
+        .collect();
+    let mut got = (Vec::new(), Vec::new());
+    let (ours, python) = bench.compare(|tool, run| {
+        env.commit(&repo, "CHANGELOG", format!("fetched change {run}\n"), "one-line change");
+        bench.git(tool, &repo, &["push", "-q", "-f", &env.url(prefix(tool)), "HEAD:refs/heads/main"]);
+        let head = env.rev_parse(&repo, "HEAD");
+        let reader = &readers[usize::from(tool == Tool::Python)];
+        let before = env.fetched_bytes();
+        let took = bench.time(tool, reader, &["fetch", "-q", "origin"]);
+        let bytes = match tool {
+            Tool::Ours => env.fetched_bytes() - before,
+            Tool::Python => {
+                env.server.size(&env.bucket, &format!("{}/refs/heads/main/{head}.bundle", prefix(tool))).unwrap_or(0)
+            }
+        };
+        record(tool, bytes, &mut got);
+        took
+    });
+    rows.push(Row {
+        scenario: "fetch of a one-line change, 200 MB history".into(),
+        server: bench.server,
+        ours,
+        baseline: python,
+        baseline_name: "Python",
+        goal: "≤ 1/10, ≤ 1 MiB received",
+        max_ratio: Some(0.1),
+        note: bytes_note("bytes received per fetch", &got),
     });
 
     // A fresh clone, and for ours a daemon whose pack cache is empty: the push composes from the

@@ -212,3 +212,32 @@ fn a_clone_of_many_branches_and_tags_fetches_shared_history_once() {
     assert_eq!(env.rev_parse(&clone, "refs/remotes/origin/topic-123"), env.rev_parse(&writer, "topic-123"));
     assert_eq!(env.rev_parse(&clone, "refs/tags/v7"), env.rev_parse(&writer, "refs/tags/v7"));
 }
+
+/// A reader that fetched only the change still has the whole new pack for its next push: the
+/// pack it cloned and the fetched tail make it, so the push composes without downloading.
+#[test]
+fn a_push_after_a_fetch_of_the_change_composes_without_downloading() {
+    let mut env = TestEnv::new();
+    let url = env.url("after-fetch");
+    let writer = large_repository(&env, "writer", &url);
+    env.git_ok(&writer, &["push", "-q", "origin", "main"]);
+    let reader = env.clone_repo(&url, "reader");
+    commit_notes(&env, &writer, 1);
+    env.git_ok(&writer, &["push", "-q", "origin", "main"]);
+    // The reader's daemon knows nothing of the writer's pushes.
+    env.set_env("GIT_REMOTE_S3_CACHE_DIR", &env.path("reader-cache").to_string_lossy());
+    env.git_s3(&["daemon", "restart"]);
+    let bytes = received(&env, &reader, &["pull", "-q", "--ff-only", "origin", "main"]);
+    assert!(bytes <= TAIL_FETCH_MAX_BYTES, "received {bytes}");
+    let tip = commit_notes(&env, &reader, 2);
+    let before = env.pushed_bytes();
+    env.git_ok(&reader, &["push", "-q", "origin", "main"]);
+    let sent = env.pushed_bytes() - before;
+    let log = env.daemon_log();
+    assert!(log.contains("the old pack is in the daemon's pack cache"), "{}", our_log(&env));
+    assert!(!log.contains("downloading it once"), "{}", our_log(&env));
+    assert!(sent <= 6 * MIB, "sent {sent}");
+    let check = env.clone_repo(&url, "check");
+    assert_eq!(env.rev_parse(&check, "HEAD"), tip);
+    env.git_ok(&check, &["fsck", "--strict", "--no-dangling"]);
+}

@@ -33,7 +33,7 @@ use super::pack_cache::{Appended, CachedPack, Oid, PackCache, oids_of, parse_hex
 use super::push::Prepared;
 use crate::bucket::{Body, S3Error};
 use crate::config::ComposeMode;
-use crate::git::{GitError, last_line};
+use crate::git::{Git, GitError, last_line};
 use crate::progress::Events;
 use crate::transfer::{MultipartUpload, join_part};
 
@@ -69,7 +69,7 @@ impl Composer {
         Self { packs, without_part_copy: Mutex::default(), bringing: Mutex::default() }
     }
 
-    fn bringing(&self, trailer: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(super) fn bringing(&self, trailer: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut bringing = self.bringing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         bringing.retain(|_, lock| Arc::strong_count(lock) > 1);
         bringing.entry(trailer.to_string()).or_default().clone()
@@ -93,11 +93,19 @@ pub(super) enum Composed {
     WholeBundle(String),
 }
 
-enum Failure {
+pub(super) enum Failure {
     /// Composing does not pay or cannot be done: write a whole bundle instead.
     Skip(String),
     /// The push must stop (its lock is lost).
     Refused(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Skip(why) | Failure::Refused(why) => f.write_str(why),
+        }
+    }
 }
 
 fn skip(why: impl std::fmt::Display) -> Failure {
@@ -240,6 +248,7 @@ impl BundleRepo {
         pieces.extend(
             local.chain.iter().map(|link| Piece::File { path: link.objects.clone(), range: link.range.clone() }),
         );
+        let new_body_range = new_body.clone();
         pieces.push(Piece::File { path: new_objects.file.clone(), range: new_body });
         let object = Assembly { pieces };
         let uploaded = plan.uploaded_bytes(header_len, appended_len);
@@ -260,7 +269,7 @@ impl BundleRepo {
             appended_objects = new_objects.objects, appended_pushes = record.appended,
             "composed the new bundle from the old one"
         );
-        self.remember_pack(local, &new_objects, &trailer).await;
+        self.remember_pack(local, &new_objects, new_body_range, &trailer).await;
         Ok(())
     }
 
@@ -369,20 +378,8 @@ impl BundleRepo {
             tracing::debug!(pack = %base.trailer, "another push brought the old pack into the cache");
             return Ok(hit);
         }
-        let pack_dir = self.git.git_path("objects/pack").await?;
-        let theirs = pack_dir.join(format!("pack-{}.pack", base.trailer));
-        let index = theirs.with_extension("idx");
-        let len = tokio::fs::metadata(&theirs).await.map(|m| m.len()).ok();
-        if len == Some(base.pack_len()) && index.is_file() {
-            tracing::debug!(pack = %theirs.display(), "copying the old pack from this repository into the pack cache");
-            let oids = self.index_oids(&index).await?;
-            let composer = self.composer.clone();
-            let trailer = base.trailer.clone();
-            return Ok(tokio::task::spawn_blocking(move || {
-                composer.packs.insert_pack(&trailer, &theirs, 0, &oids, true)
-            })
-            .await
-            .map_err(skip)??);
+        if let Some(theirs) = pack_from_repository(&self.git, &self.composer, &base.trailer, base.pack_len()).await? {
+            return Ok(theirs);
         }
         tracing::info!(key = %base.key, "no local copy of the old pack; downloading it once");
         self.download_pack(base, events).await
@@ -434,34 +431,11 @@ impl BundleRepo {
         let (path_str, index_str) = (path.to_string_lossy(), index.to_string_lossy());
         let indexed = self.git.run(&["index-pack", "--no-rev-index", "-o", &index_str, &path_str]).await;
         let oids = match indexed {
-            Ok(_) => self.index_oids(&index).await,
+            Ok(_) => index_oids(&self.git, &index).await,
             Err(e) => Err(e.into()),
         };
         let _ = tokio::fs::remove_file(&index).await;
         oids
-    }
-
-    /// The object ids a pack index lists.
-    async fn index_oids(&self, index: &Path) -> Result<Vec<Oid>, Failure> {
-        let input = std::fs::File::open(index)?;
-        let output = self
-            .git
-            .command(["show-index"])
-            .stdin(Stdio::from(input))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .await
-            .map_err(GitError::Spawn)?;
-        if !output.status.success() {
-            return Err(skip(format!("git show-index: {}", last_line(&output.stderr))));
-        }
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .map(|line| {
-                line.split(' ').nth(1).and_then(parse_hex).ok_or_else(|| skip("git show-index: unexpected output"))
-            })
-            .collect()
     }
 
     /// Packs what `new_oid` needs beyond `base_tip`, leaving out every object the old pack
@@ -586,12 +560,14 @@ impl BundleRepo {
     }
 
     /// Keeps the new pack in the cache for the next push of this ref, sharing the old one's files.
-    async fn remember_pack(&self, base: CachedPack, new_objects: &NewObjects, trailer: &str) {
+    async fn remember_pack(&self, base: CachedPack, new_objects: &NewObjects, body: Range<u64>, trailer: &str) {
         let composer = self.composer.clone();
         let (file, oids, trailer) = (new_objects.file.clone(), new_objects.oids.clone(), trailer.to_string());
         let objects = new_objects.objects;
         let result = tokio::task::spawn_blocking(move || {
-            composer.packs.extend(&base, &Appended { file: &file, objects, oids: &oids, trailer: &trailer })
+            composer
+                .packs
+                .extend(&base, &Appended { file: &file, range: body, objects, oids: &oids, trailer: &trailer })
         })
         .await
         .map_err(std::io::Error::other)
@@ -687,6 +663,43 @@ impl<R: AsyncRead + Unpin> AsyncRead for Teed<R> {
     }
 }
 
+/// The caller's own copy of a pack, taken into the cache: a clone or fetch by us keeps a
+/// bundle's pack byte for byte as `pack-<trailer>.pack`.
+pub(super) async fn pack_from_repository(
+    git: &Git,
+    composer: &Arc<Composer>,
+    trailer: &str,
+    pack_len: u64,
+) -> Result<Option<CachedPack>, Failure> {
+    let Some(theirs) = repository_pack(git, trailer, pack_len).await? else {
+        return Ok(None);
+    };
+    tracing::debug!(pack = %theirs.display(), "copying the old pack from this repository into the pack cache");
+    let oids = index_oids(git, &theirs.with_extension("idx")).await?;
+    let composer = composer.clone();
+    let trailer = trailer.to_string();
+    let cached = tokio::task::spawn_blocking(move || composer.packs.insert_pack(&trailer, &theirs, 0, &oids, true))
+        .await
+        .map_err(skip)??;
+    Ok(Some(cached))
+}
+
+/// `pack-<trailer>.pack` of the caller's repository, when it is there whole and indexed.
+pub(super) async fn repository_pack(git: &Git, trailer: &str, pack_len: u64) -> Result<Option<PathBuf>, Failure> {
+    let pack = git.git_path("objects/pack").await?.join(format!("pack-{trailer}.pack"));
+    let len = tokio::fs::metadata(&pack).await.map(|m| m.len()).ok();
+    Ok((len == Some(pack_len) && pack.with_extension("idx").is_file()).then_some(pack))
+}
+
+/// The object ids a pack index lists.
+async fn index_oids(git: &Git, index: &Path) -> Result<Vec<Oid>, Failure> {
+    git.index_object_ids(index)
+        .await?
+        .iter()
+        .map(|oid| parse_hex(oid).ok_or_else(|| skip("git show-index: unexpected output")))
+        .collect()
+}
+
 fn spawn_upload(
     in_flight: &mut JoinSet<Result<CompletedPart, S3Error>>,
     parts: &crate::transfer::PartUploader,
@@ -710,7 +723,7 @@ fn spawn_upload(
 
 /// A piece of the object being composed.
 #[derive(Clone)]
-enum Piece {
+pub(super) enum Piece {
     Bytes(Vec<u8>),
     File { path: PathBuf, range: Range<u64> },
 }
@@ -726,12 +739,12 @@ impl Piece {
 
 /// The composed object as a sequence of pieces, read by range without ever being whole.
 #[derive(Clone)]
-struct Assembly {
-    pieces: Vec<Piece>,
+pub(super) struct Assembly {
+    pub(super) pieces: Vec<Piece>,
 }
 
 impl Assembly {
-    fn len(&self) -> u64 {
+    pub(super) fn len(&self) -> u64 {
         self.pieces.iter().map(Piece::len).sum()
     }
 
@@ -772,7 +785,7 @@ impl Assembly {
         Ok(out)
     }
 
-    fn hash(&self, range: Range<u64>) -> std::io::Result<[u8; 20]> {
+    pub(super) fn hash(&self, range: Range<u64>) -> std::io::Result<[u8; 20]> {
         let mut hasher = Sha1::new();
         self.visit(range, |bytes| hasher.update(bytes))?;
         Ok(hasher.finalize().into())

@@ -78,10 +78,11 @@ impl Drop for CachedPack {
     }
 }
 
-/// What a new pack adds to the one it was built on: the objects in `file` (a pack that
-/// `git pack-objects` wrote, taken into the cache), their ids, and the new pack's trailer.
+/// What a new pack adds to the one it was built on: the object bytes at `range` of `file`
+/// (taken into the cache), their ids, and the new pack's trailer.
 pub struct Appended<'a> {
     pub file: &'a Path,
+    pub range: Range<u64>,
     pub objects: u32,
     pub oids: &'a [Oid],
     pub trailer: &'a str,
@@ -165,11 +166,10 @@ impl PackCache {
         let stem = new_stem();
         let objects_path = self.dir.join(format!("{stem}{OBJECTS_SUFFIX}"));
         let oids_path = self.dir.join(format!("{stem}{OIDS_SUFFIX}"));
-        let body = pack_body(fs::metadata(appended.file)?.len()).map_err(io::Error::other)?;
         write_oids(&self.temp_path("oids"), &oids_path, appended.oids)?;
         fs::rename(appended.file, &objects_path)?;
         let mut chain = base.chain.clone();
-        chain.push(Link { objects: objects_path, range: body, oids: oids_path });
+        chain.push(Link { objects: objects_path, range: appended.range.clone(), oids: oids_path });
         let objects = base
             .objects
             .checked_add(appended.objects)
@@ -349,7 +349,10 @@ mod tests {
         let appended = write(dir.path(), "appended.pack", &pack_of(1, b"more"));
         let new_trailer = hex::encode(Sha1::digest(b"anything"));
         cache
-            .extend(&base, &Appended { file: &appended, objects: 1, oids: &[[3; 20]], trailer: &new_trailer })
+            .extend(
+                &base,
+                &Appended { file: &appended, range: 12..16, objects: 1, oids: &[[3; 20]], trailer: &new_trailer },
+            )
             .unwrap();
         let new_len = (PACK_HEADER_BYTES + TRAILER_BYTES) as usize + b"objects-onemore".len();
         let extended = cache.get(&new_trailer, new_len as u64).expect("the new pack is cached");

@@ -4,17 +4,21 @@
 //! with their object count, a SHA-1 trailer) and lets `git index-pack --fix-thin` resolve their
 //! deltas against objects it already has. Whatever does not add up falls back to the whole bundle.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 
 use sha1::{Digest, Sha1};
 use tokio::io::AsyncWriteExt;
 
 use super::BundleRepo;
+use super::compose::{Assembly, Composer, Piece, pack_from_repository, repository_pack};
 use super::fetch::{RemoteBundle, keep_file, pipe_to_index_pack};
-use super::pack::{PackHeader, TRAILER_BYTES};
+use super::pack::{self, PackHeader, Segment, TRAILER_BYTES};
+use super::pack_cache::{Appended, CachedPack, Oid, oids_of, parse_hex};
 use crate::bucket::Body;
-use crate::git::{GitError, last_line};
+use crate::git::{Git, GitError, last_line};
 use crate::progress::Events;
 
 /// Why the change alone could not be fetched (the whole bundle is, then).
@@ -53,6 +57,12 @@ impl BundleRepo {
         let (Some(objects), true) = (objects, start < end) else {
             return Err(NoTail("the bundle's record does not fit its size".into()));
         };
+        // With the pack this bundle was built on at hand, the tail completes a copy of the new
+        // pack for the pack cache: the next push composes without downloading anything.
+        let prefix = self.local_prefix(bundle, &segments[from]).await;
+        let tail_copy = prefix.as_ref().map(|_| self.composer.packs.temp_path("tail"));
+        let mut copy = tail_copy.as_ref().and_then(|path| std::fs::File::create(path).ok());
+        let mut trailer = Vec::with_capacity(TRAILER_BYTES as usize);
         let Body { mut body, len, .. } = self
             .bucket
             .get_from(&bundle.key, start, bundle.etag.as_deref())
@@ -90,6 +100,13 @@ impl BundleRepo {
                 left -= take as u64;
                 hasher.update(&chunk[..take]);
                 stdin.write_all(&chunk[..take]).await?;
+                trailer.extend_from_slice(&chunk[take..]);
+                // Page-cache writes of what just arrived: brief enough to do here.
+                if let Some(file) = &mut copy
+                    && file.write_all(&chunk[..take]).is_err()
+                {
+                    copy = None;
+                }
             }
             if left > 0 {
                 return Err(std::io::Error::other("the download ended early"));
@@ -100,11 +117,22 @@ impl BundleRepo {
             Ok::<(), std::io::Error>(())
         };
         let (fed, output) = tokio::join!(feed, child.wait_with_output());
+        let copied = copy.is_some();
+        drop(copy);
+        let remove_copy = |copy: &Option<PathBuf>| {
+            if let Some(path) = copy {
+                let _ = std::fs::remove_file(path);
+            }
+        };
         let output = output.map_err(GitError::Spawn)?;
         if !output.status.success() {
+            remove_copy(&tail_copy);
             return Err(NoTail(format!("git index-pack: {}", last_line(&output.stderr))));
         }
-        fed?;
+        if let Err(e) = fed {
+            remove_copy(&tail_copy);
+            return Err(e.into());
+        }
         meter.finish();
         let (keep, pack) = keep_file(&output.stdout, pack_dir);
         // Everything the wanted tip reaches must be here now, or the pack is of no use.
@@ -113,13 +141,122 @@ impl BundleRepo {
             .succeeds(&["rev-list", "--objects", "--quiet", &bundle.oid, "--not", &segments[from].base])
             .await?;
         if !connected {
+            remove_copy(&tail_copy);
             if let Some(pack) = pack {
                 remove_pack(pack_dir, &pack).await;
             }
             return Err(NoTail("the appended objects need objects this repository lacks".into()));
         }
+        match (prefix, tail_copy, pack, copied) {
+            (Some(prefix), Some(tail), Some(pack), true) => {
+                let tail = TailCopy {
+                    file: tail,
+                    objects,
+                    trailer: hex::encode(&trailer),
+                    index: pack_dir.join(format!("pack-{pack}.idx")),
+                };
+                self.cache_tail(prefix, tail).await;
+            }
+            (_, tail_copy, _, _) => remove_copy(&tail_copy),
+        }
         Ok(keep)
     }
+
+    /// Where the pack `segment` was appended to is at hand: the pack cache, or this repository.
+    async fn local_prefix(&self, bundle: &RemoteBundle, segment: &Segment) -> Option<Prefix> {
+        // Composed bundles carry the header `git bundle create` writes for one ref.
+        let header_len = pack::bundle_header(&bundle.oid, &bundle.refname).len() as u64;
+        let pack_len = segment.offset.checked_sub(header_len)? + TRAILER_BYTES;
+        if let Some(hit) = self.composer.packs.get(&segment.base_trailer, pack_len) {
+            return Some(Prefix::Cached(hit));
+        }
+        match repository_pack(&self.git, &segment.base_trailer, pack_len).await {
+            Ok(Some(_)) => Some(Prefix::InRepository { trailer: segment.base_trailer.clone(), pack_len }),
+            _ => None,
+        }
+    }
+
+    /// Completes the copy of the new pack in the background (the fetch does not wait): checks
+    /// that the pack it was built on and the tail hash to the bundle's trailer, then caches it. A
+    /// push that wants it meanwhile waits for it.
+    async fn cache_tail(&self, prefix: Prefix, tail: TailCopy) {
+        let bringing = self.composer.bringing(&tail.trailer).lock_owned().await;
+        let (composer, git) = (self.composer.clone(), self.git.clone());
+        tokio::spawn(async move {
+            let _bringing = bringing;
+            let file = tail.file.clone();
+            if let Err(why) = remember_tail(&composer, &git, prefix, tail).await {
+                tracing::debug!(%why, "the fetched pack is not cached");
+                let _ = tokio::fs::remove_file(file).await;
+            }
+        });
+    }
+}
+
+/// The objects of a tail fetch, copied as they arrived, and what they make of the pack.
+struct TailCopy {
+    file: PathBuf,
+    objects: u32,
+    /// The whole new pack's trailer (the bundle's last 20 bytes).
+    trailer: String,
+    /// The index git wrote for the fetched objects (with the delta bases `--fix-thin` added).
+    index: PathBuf,
+}
+
+/// The pack a tail was appended to, at hand.
+enum Prefix {
+    Cached(CachedPack),
+    /// The caller's `pack-<trailer>.pack`, taken into the cache when the tail is.
+    InRepository {
+        trailer: String,
+        pack_len: u64,
+    },
+}
+
+async fn remember_tail(composer: &Arc<Composer>, git: &Git, prefix: Prefix, tail: TailCopy) -> Result<(), String> {
+    let prefix = match prefix {
+        Prefix::Cached(cached) => cached,
+        Prefix::InRepository { trailer, pack_len } => pack_from_repository(git, composer, &trailer, pack_len)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the pack it was built on is gone from the repository")?,
+    };
+    let chain = prefix.chain.clone();
+    let in_prefix = tokio::task::spawn_blocking(move || oids_of(&chain))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    // The index also lists the delta bases --fix-thin copied in: those are in the prefix.
+    let oids: Vec<Oid> = git
+        .index_object_ids(&tail.index)
+        .await
+        .map_err(|e| e.to_string())?
+        .iter()
+        .filter_map(|oid| parse_hex(oid))
+        .filter(|oid| !in_prefix.contains(oid))
+        .collect();
+    if oids.len() != tail.objects as usize {
+        return Err(format!("the fetched pack holds {} new objects, the record says {}", oids.len(), tail.objects));
+    }
+    let objects = prefix.objects.checked_add(tail.objects).ok_or("more objects than a pack can count")?;
+    let len = tokio::fs::metadata(&tail.file).await.map_err(|e| e.to_string())?.len();
+    let mut pieces = vec![Piece::Bytes(PackHeader { version: 2, objects }.to_bytes().to_vec())];
+    pieces.extend(prefix.chain.iter().map(|l| Piece::File { path: l.objects.clone(), range: l.range.clone() }));
+    pieces.push(Piece::File { path: tail.file.clone(), range: 0..len });
+    let whole = Assembly { pieces };
+    let composer = composer.clone();
+    tokio::task::spawn_blocking(move || {
+        // Only bytes that are the bundle's pack, to the last bit, may be composed from later.
+        let hash = whole.hash(0..whole.len()).map_err(|e| e.to_string())?;
+        if hex::encode(hash) != tail.trailer {
+            return Err("the pack it was built on and the tail do not make the bundle's pack".to_string());
+        }
+        let appended =
+            Appended { file: &tail.file, range: 0..len, objects: tail.objects, oids: &oids, trailer: &tail.trailer };
+        composer.packs.extend(&prefix, &appended).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 /// Removes a pack this fetch made and could not use (with its index and keep file).
