@@ -18,6 +18,27 @@ use crate::server::Service;
 use crate::state::DaemonState;
 use crate::store::bundles::{Composer, PackCache};
 
+/// The pack cache in `dir`; when that cannot be written (a HOME of another user, a read-only
+/// one), a private one under the temp dir: a cache is worth having, not worth refusing to run.
+fn open_pack_cache(dir: &std::path::Path, max_bytes: u64) -> Result<PackCache, DaemonError> {
+    match PackCache::open(dir.to_path_buf(), max_bytes) {
+        Ok(packs) => Ok(packs),
+        Err(e) => {
+            let uid = rustix::process::getuid().as_raw();
+            let private = std::env::temp_dir().join(format!("git-remote-s3-{uid}-cache"));
+            // Ours alone, or another user could read or plant packs.
+            git_s3_proto::endpoint::ensure_private_dir(&private)?;
+            let fallback = private.join("packs");
+            tracing::warn!(dir = %dir.display(), error = %e, fallback = %fallback.display(), "cannot use the pack cache; using a temporary one");
+            PackCache::open(fallback.clone(), max_bytes).map_err(|source| DaemonError::Io {
+                what: "open the pack cache in",
+                path: fallback,
+                source,
+            })
+        }
+    }
+}
+
 /// Attempts at the instance lock, 20 ms apart.
 const INSTANCE_LOCK_TRIES: u32 = 10;
 /// How often the idle watcher looks.
@@ -66,9 +87,7 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     let managed = options.managed || activated;
     let idle_timeout = if managed { None } else { options.idle_timeout };
     let scheduler = Scheduler::new(options.max_requests, options.max_inflight_bytes);
-    let packs = PackCache::open(options.pack_cache_dir.clone(), options.pack_cache_bytes).map_err(|source| {
-        DaemonError::Io { what: "open the pack cache in", path: options.pack_cache_dir.clone(), source }
-    })?;
+    let packs = open_pack_cache(&options.pack_cache_dir, options.pack_cache_bytes)?;
     let state = Arc::new(DaemonState::new(
         endpoint.socket.clone(),
         options.version,

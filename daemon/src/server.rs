@@ -54,6 +54,7 @@ impl Daemon for Service {
     async fn status(&self, request: Request<proto::StatusRequest>) -> Result<Response<proto::StatusReply>, Status> {
         let _ = request;
         let state = &self.state;
+        let (cache_packs, cache_bytes) = state.composer.packs.usage();
         let activities = state
             .activities()
             .into_iter()
@@ -92,6 +93,10 @@ impl Daemon for Service {
             managed: state.managed,
             pushed_bytes: state.transferred_bytes().0,
             fetched_bytes: state.transferred_bytes().1,
+            pack_cache_dir: state.composer.packs.dir().display().to_string(),
+            pack_cache_packs: cache_packs as u32,
+            pack_cache_bytes: cache_bytes,
+            pack_cache_max_bytes: state.composer.packs.max_bytes(),
         }))
     }
 

@@ -199,19 +199,20 @@ fn many_branches(bench: &Bench, rows: &mut Vec<Row>) {
     sorted.sort();
     let median = sorted.get(sorted.len() / 2).copied().unwrap_or_default();
     rows.push(Row {
-        scenario: "clone of 200 branches, 20 MB history, pushed by us".into(),
-        server: bench.server,
-        ours,
-        baseline: python,
-        baseline_name: "Python",
-        goal: "≤ 1/5",
-        max_ratio: Some(0.2),
         note: format!(
             "ours received {:.1} MiB, {:.2}× one bundle ({:.1} MiB); Python downloads all 201 bundles",
             median as f64 / MIB as f64,
             median as f64 / bundle.max(1) as f64,
             bundle as f64 / MIB as f64
         ),
+        ..Row::versus_python(
+            "clone of 200 branches, 20 MB history, pushed by us",
+            bench.server,
+            ours,
+            python,
+            "≤ 1/5",
+            Some(0.2),
+        )
     });
 }
 
@@ -372,14 +373,15 @@ fn large_history(bench: &Bench, rows: &mut Vec<Row>, notes: &mut Vec<String>) {
         took
     });
     rows.push(Row {
-        scenario: "push of a one-line change, 200 MB history".into(),
-        server: bench.server,
-        ours,
-        baseline: python,
-        baseline_name: "Python",
-        goal: "≤ 1/10, ≤ 6 MiB sent",
-        max_ratio: Some(0.1),
         note: bytes_note("bytes sent per push", &sent),
+        ..Row::versus_python(
+            "push of a one-line change, 200 MB history",
+            bench.server,
+            ours,
+            python,
+            "≤ 1/10, ≤ 6 MiB sent",
+            Some(0.1),
+        )
     });
 
     let mut sent = (Vec::new(), Vec::new());
@@ -392,14 +394,8 @@ fn large_history(bench: &Bench, rows: &mut Vec<Row>, notes: &mut Vec<String>) {
         took
     });
     rows.push(Row {
-        scenario: "push of a new branch, 200 MB history".into(),
-        server: bench.server,
-        ours,
-        baseline: python,
-        baseline_name: "Python",
-        goal: "≤ 6 MiB sent",
-        max_ratio: None,
         note: bytes_note("bytes sent per push", &sent),
+        ..Row::versus_python("push of a new branch, 200 MB history", bench.server, ours, python, "≤ 6 MiB sent", None)
     });
 
     // A reader of each tool, cloned once; each run the writer pushes a one-line change with that
@@ -430,14 +426,15 @@ fn large_history(bench: &Bench, rows: &mut Vec<Row>, notes: &mut Vec<String>) {
         took
     });
     rows.push(Row {
-        scenario: "fetch of a one-line change, 200 MB history".into(),
-        server: bench.server,
-        ours,
-        baseline: python,
-        baseline_name: "Python",
-        goal: "≤ 1/10, ≤ 1 MiB received",
-        max_ratio: Some(0.1),
         note: bytes_note("bytes received per fetch", &got),
+        ..Row::versus_python(
+            "fetch of a one-line change, 200 MB history",
+            bench.server,
+            ours,
+            python,
+            "≤ 1/10, ≤ 1 MiB received",
+            Some(0.1),
+        )
     });
 
     // A fresh clone, and for ours a daemon whose pack cache is empty: the push composes from the
@@ -460,14 +457,15 @@ fn large_history(bench: &Bench, rows: &mut Vec<Row>, notes: &mut Vec<String>) {
         took
     });
     rows.push(Row {
-        scenario: "push of a one-line change from a fresh clone (ours: empty daemon cache)".into(),
-        server: bench.server,
-        ours,
-        baseline: python,
-        baseline_name: "Python",
-        goal: "≤ 6 MiB sent",
-        max_ratio: None,
         note: bytes_note("bytes sent per push", &sent),
+        ..Row::versus_python(
+            "push of a one-line change from a fresh clone (ours: empty daemon cache)",
+            bench.server,
+            ours,
+            python,
+            "≤ 6 MiB sent",
+            None,
+        )
     });
     hundred_pushes(bench, &repo, notes);
 

@@ -39,5 +39,5 @@ pub fn commit_notes(env: &TestEnv, work: &Path, version: usize) -> String {
 pub fn our_log(env: &TestEnv) -> String {
     let log = env.daemon_log();
     let ours: Vec<&str> = log.lines().filter(|l| l.contains(" git_s3d")).collect();
-    crate::tail(&ours.join("\n"), 15)
+    crate::tail(&ours.join("\n"), 30)
 }

@@ -140,6 +140,11 @@ fn a_push_from_a_fresh_clone_composes_from_the_pack_the_clone_kept() {
     assert!(sent <= COMPOSED_PUSH_MAX_BYTES, "sent {sent} bytes:\n{}", our_log(&env));
     let log = env.daemon_log();
     assert!(log.contains("copying the old pack from this repository"), "{}", our_log(&env));
+    let status = env.daemon_status().expect("the daemon runs");
+    let cache = &status["pack_cache"];
+    assert!(cache["dir"].as_str().is_some_and(|d| d.ends_with("empty-cache/packs")), "{cache}");
+    assert!(cache["packs"].as_u64() >= Some(2), "the cloned pack and the composed one: {cache}");
+    assert!(cache["bytes"].as_u64() > Some(HISTORY_BYTES as u64), "{cache}");
     both_tools_clone(&env, &url, &[("refs/heads/main", &tip)], 1);
 }
 

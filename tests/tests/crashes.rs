@@ -202,7 +202,7 @@ fn kill_9_at_random_moments_never_leaves_a_ref_between_old_and_new() {
         let old = olds[prefix].clone();
         let size = rng.usize(64 * 1024..MAX_SIZE);
         let (new, lfs_oid) = next_commit(&env, repo, workload, trial, size);
-        env.git_ok(&repo, &["ls-remote", "origin"]); // the daemon runs before the clock starts
+        env.git_ok(repo, &["ls-remote", "origin"]); // the daemon runs before the clock starts
         let daemon = env.daemon_status().and_then(|s| Pid::from_raw(s["pid"].as_i64().unwrap_or(0) as i32));
         // Kills fall anywhere in the push of this size (and a little after it).
         let share = if workload == Workload::ComposedPush { 1.0 } else { (size as f64 / MAX_SIZE as f64).max(0.25) };

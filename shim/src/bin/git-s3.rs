@@ -529,6 +529,12 @@ fn print_status(status: &StatusReply, json: bool) {
             "transfer_requests": { "in_flight": status.transfer_requests, "max": status.max_transfer_requests },
             "listing_cache": { "hits": status.listing_cache_hits, "misses": status.listing_cache_misses },
             "transferred": { "pushed_bytes": status.pushed_bytes, "fetched_bytes": status.fetched_bytes },
+            "pack_cache": {
+                "dir": status.pack_cache_dir,
+                "packs": status.pack_cache_packs,
+                "bytes": status.pack_cache_bytes,
+                "max_bytes": status.pack_cache_max_bytes,
+            },
             "recent_errors": errors,
         });
         println!("{value}");
@@ -552,6 +558,13 @@ fn print_status(status: &StatusReply, json: bool) {
         "sent by pushes: {}   received by fetches: {}",
         human_bytes(status.pushed_bytes as f64),
         human_bytes(status.fetched_bytes as f64)
+    );
+    println!(
+        "pack cache: {} packs, {} of {} in {}",
+        status.pack_cache_packs,
+        human_bytes(status.pack_cache_bytes as f64),
+        human_bytes(status.pack_cache_max_bytes as f64),
+        status.pack_cache_dir
     );
     if status.activities.is_empty() {
         println!("working on: nothing");

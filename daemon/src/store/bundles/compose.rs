@@ -35,7 +35,7 @@ use crate::bucket::{Body, S3Error};
 use crate::config::ComposeMode;
 use crate::git::{Git, GitError, last_line};
 use crate::progress::Events;
-use crate::transfer::{MultipartUpload, join_part};
+use crate::transfer::{MultipartUpload, TransferError, join_part};
 
 /// Below this, a whole bundle costs little more than the ~5 MiB floor of a composed one.
 pub const COMPOSE_MIN_BUNDLE_BYTES: u64 = 16 * 1024 * 1024;
@@ -96,6 +96,8 @@ pub(super) enum Composed {
 pub(super) enum Failure {
     /// Composing does not pay or cannot be done: write a whole bundle instead.
     Skip(String),
+    /// The store refused UploadPartCopy as not implemented: whole bundles from now on.
+    NoPartCopy,
     /// The push must stop (its lock is lost).
     Refused(String),
 }
@@ -104,6 +106,7 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::Skip(why) | Failure::Refused(why) => f.write_str(why),
+            Failure::NoPartCopy => f.write_str("this S3 store does not implement UploadPartCopy"),
         }
     }
 }
@@ -173,8 +176,8 @@ impl BundleRepo {
     ) -> Result<Composed, String> {
         match self.try_compose(prepared, new_oid, events).await {
             Ok(()) => Ok(Composed::Uploaded),
-            Err(Failure::Skip(why)) => Ok(Composed::WholeBundle(why)),
             Err(Failure::Refused(why)) => Err(why),
+            Err(other) => Ok(Composed::WholeBundle(other.to_string())),
         }
     }
 
@@ -190,7 +193,7 @@ impl BundleRepo {
         }
         let store = self.store_id();
         if self.composer.lacks_part_copy(&store) {
-            return Err(skip("this S3 store does not implement UploadPartCopy"));
+            return Err(Failure::NoPartCopy);
         }
         let (refname, bundle) = self.choose_base(prepared, new_oid).await?;
         let base = self.inspect_base(refname, &bundle).await?;
@@ -256,9 +259,9 @@ impl BundleRepo {
         let key = self.layout.bundle(dst, new_oid);
         let trailer = match self.upload_composed(&key, &base, &plan, object, &record, prepared, meter.counter()).await {
             Ok(trailer) => trailer,
-            Err(Failure::Skip(why)) if why.contains("does not implement UploadPartCopy") => {
+            Err(Failure::NoPartCopy) => {
                 self.composer.mark_without_part_copy(&store);
-                return Err(Failure::Skip(why));
+                return Err(Failure::NoPartCopy);
             }
             Err(other) => return Err(other),
         };
@@ -526,7 +529,7 @@ impl BundleRepo {
             let (parts, source, range, etag) = (parts.clone(), base.key.clone(), range.clone(), base.etag.clone());
             in_flight.spawn(async move { parts.copy(part_number, &source, range, &etag).await });
             if in_flight.len() >= PARTS_IN_FLIGHT {
-                completed.push(join_part(&mut in_flight).await.map_err(skip)?);
+                completed.push(join_part(&mut in_flight).await.map_err(part_failure)?);
             }
         }
         let hashed = object.clone();
@@ -544,11 +547,11 @@ impl BundleRepo {
             start = range.end;
             spawn_upload(&mut in_flight, &parts, part_number, object.clone(), range, sent.clone());
             if in_flight.len() >= PARTS_IN_FLIGHT {
-                completed.push(join_part(&mut in_flight).await.map_err(skip)?);
+                completed.push(join_part(&mut in_flight).await.map_err(part_failure)?);
             }
         }
         while !in_flight.is_empty() {
-            completed.push(join_part(&mut in_flight).await.map_err(skip)?);
+            completed.push(join_part(&mut in_flight).await.map_err(part_failure)?);
         }
         // We may make it the ref's value only while we hold the lock.
         if let Err(e) = prepared.lock.confirm().await {
@@ -660,6 +663,13 @@ impl<R: AsyncRead + Unpin> AsyncRead for Teed<R> {
             self.copy = None;
         }
         poll
+    }
+}
+
+fn part_failure(e: TransferError) -> Failure {
+    match e {
+        TransferError::S3(S3Error::NotImplemented { op: "UploadPartCopy" }) => Failure::NoPartCopy,
+        other => skip(other),
     }
 }
 

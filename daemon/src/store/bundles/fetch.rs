@@ -149,20 +149,7 @@ impl BundleRepo {
         };
         self.check_header(&header, oid).await.map_err(corrupt)?;
 
-        let mut args =
-            vec!["index-pack".to_string(), "--stdin".into(), format!("--keep=git-remote-s3 fetch {refname}")];
-        if !header.prerequisites.is_empty() {
-            args.push("--fix-thin".into());
-        }
-        let mut child = self
-            .git
-            .command(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(GitError::Spawn)?;
-        let mut stdin = pipe_to_index_pack(&mut child)?;
+        let (child, mut stdin) = self.index_pack(refname, !header.prerequisites.is_empty())?;
         let feed = async {
             stdin.write_all(&buf[header_len..]).await?;
             while let Some(chunk) = body.next().await.map_err(std::io::Error::other)? {
@@ -203,15 +190,31 @@ impl BundleRepo {
     }
 }
 
-/// The stdin of a `git index-pack --stdin`, its pipe enlarged.
-pub(super) fn pipe_to_index_pack(child: &mut Child) -> Result<ChildStdin, GitError> {
-    let stdin =
-        child.stdin.take().ok_or_else(|| GitError::Spawn(std::io::Error::other("git index-pack has no stdin")))?;
-    // index-pack reads in small pieces; a larger pipe means far fewer wake-ups of both sides.
-    if let Err(e) = rustix::pipe::fcntl_setpipe_size(&stdin, INDEX_PACK_PIPE_BYTES) {
-        tracing::debug!(error = %e, "could not enlarge the pipe to index-pack");
+impl BundleRepo {
+    /// `git index-pack --stdin --keep` into the caller's repository (`fix_thin`: deltas may refer
+    /// to objects it already has), and its stdin with the pipe enlarged.
+    pub(super) fn index_pack(&self, refname: &str, fix_thin: bool) -> Result<(Child, ChildStdin), GitError> {
+        let keep = format!("--keep=git-remote-s3 fetch {refname}");
+        let mut args = vec!["index-pack", "--stdin", keep.as_str()];
+        if fix_thin {
+            args.push("--fix-thin");
+        }
+        let mut child = self
+            .git
+            .command(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(GitError::Spawn)?;
+        let stdin =
+            child.stdin.take().ok_or_else(|| GitError::Spawn(std::io::Error::other("git index-pack has no stdin")))?;
+        // index-pack reads in small pieces; a larger pipe means far fewer wake-ups of both sides.
+        if let Err(e) = rustix::pipe::fcntl_setpipe_size(&stdin, INDEX_PACK_PIPE_BYTES) {
+            tracing::debug!(error = %e, "could not enlarge the pipe to index-pack");
+        }
+        Ok((child, stdin))
     }
-    Ok(stdin)
 }
 
 /// The `.keep` file `git index-pack --keep` left (it prints `keep\t<hash>`), and the pack's hash.

@@ -33,8 +33,11 @@ const OIDS_SUFFIX: &str = ".oids";
 pub struct PackCache {
     dir: PathBuf,
     max_bytes: u64,
-    /// Packs in use, by trailer: neither they nor their files are evicted while held.
-    readers: Arc<Mutex<HashMap<String, usize>>>,
+    /// Files of the packs in use (their entries, objects and ids), counted: eviction leaves them.
+    held: Arc<Mutex<HashMap<PathBuf, usize>>>,
+    /// One change of the cache's files at a time: a file is written before the entry naming it,
+    /// and eviction must not see it in between.
+    writing: Mutex<()>,
 }
 
 /// One link of a cached pack: object bytes at `range` of `objects`, whose ids are in `oids`.
@@ -52,7 +55,8 @@ pub struct CachedPack {
     pub objects: u32,
     /// The pack's object bytes (between its header and trailer), in order.
     pub chain: Vec<Link>,
-    readers: Arc<Mutex<HashMap<String, usize>>>,
+    held_files: Vec<PathBuf>,
+    held: Arc<Mutex<HashMap<PathBuf, usize>>>,
 }
 
 /// The ids of every object in a chain.
@@ -67,12 +71,13 @@ pub fn oids_of(chain: &[Link]) -> io::Result<HashSet<Oid>> {
 
 impl Drop for CachedPack {
     fn drop(&mut self) {
-        if let Ok(mut readers) = self.readers.lock()
-            && let Some(n) = readers.get_mut(&self.trailer)
-        {
-            *n -= 1;
-            if *n == 0 {
-                readers.remove(&self.trailer);
+        let mut held = self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for file in &self.held_files {
+            if let Some(n) = held.get_mut(file) {
+                *n -= 1;
+                if *n == 0 {
+                    held.remove(file);
+                }
             }
         }
     }
@@ -97,7 +102,31 @@ impl PackCache {
         }
         fs::create_dir_all(&tmp)?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
-        Ok(Self { dir, max_bytes, readers: Arc::default() })
+        Ok(Self { dir, max_bytes, held: Arc::default(), writing: Mutex::new(()) })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// How many packs the cache holds, and the bytes of their files.
+    pub fn usage(&self) -> (usize, u64) {
+        let Ok(dir) = fs::read_dir(&self.dir) else { return (0, 0) };
+        let (mut packs, mut bytes) = (0, 0);
+        for entry in dir.filter_map(Result::ok) {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(ENTRY_SUFFIX) {
+                packs += 1;
+            } else if name.ends_with(OBJECTS_SUFFIX) || name.ends_with(OIDS_SUFFIX) {
+                bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+        (packs, bytes)
     }
 
     /// A fresh path for a file being written, on the cache's file system.
@@ -111,20 +140,19 @@ impl PackCache {
 
     /// The cached pack with this trailer, if its object bytes add up to `pack_len`.
     pub fn get(&self, trailer: &str, pack_len: u64) -> Option<CachedPack> {
-        // Held before the entry is read, so eviction cannot take its files in between.
-        let mut held = self.hold(trailer, 0, Vec::new());
         let entry = self.entry_path(trailer);
         let (objects, chain) = self.read_entry(&entry).ok()?;
+        // Held before its files are checked: eviction may have taken one since the entry was
+        // read, but none goes from now on.
+        let held = self.hold(trailer, objects, chain);
         let body = pack_body(pack_len).ok()?;
-        let len: u64 = chain.iter().map(|l| l.range.end - l.range.start).sum();
-        let present = chain.iter().all(|l| l.objects.is_file() && l.oids.is_file());
+        let len: u64 = held.chain.iter().map(|l| l.range.end - l.range.start).sum();
+        let present = held.chain.iter().all(|l| l.objects.is_file() && l.oids.is_file());
         if len != body.end - body.start || !present {
             return None;
         }
         // Recently used: eviction takes the oldest first.
         let _ = File::options().write(true).open(&entry).and_then(|f| f.set_modified(SystemTime::now()));
-        held.objects = objects;
-        held.chain = chain;
         Some(held)
     }
 
@@ -145,19 +173,19 @@ impl PackCache {
         let len = fs::metadata(file)?.len();
         let body = pack_body(len.saturating_sub(pack_start)).map_err(io::Error::other)?;
         let body = pack_start + body.start..pack_start + body.end;
-        let pack = file;
-        write_oids(&self.temp_path("oids"), &oids_path, oids)?;
+        let source = file;
         if copy {
             let tmp = self.temp_path("objects");
-            fs::copy(pack, &tmp)?;
-            fs::rename(&tmp, &objects_path)?;
-        } else {
-            fs::rename(pack, &objects_path)?;
+            fs::copy(source, &tmp)?;
+            return self.insert_pack(trailer, &tmp, pack_start, oids, false);
         }
-        let chain = vec![Link { objects: objects_path, range: body, oids: oids_path }];
-        self.write_entry(trailer, header.objects, &chain)?;
+        let chain = vec![Link { objects: objects_path.clone(), range: body, oids: oids_path.clone() }];
+        let _writing = self.writing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let held = self.hold(trailer, header.objects, chain);
-        self.evict();
+        write_oids(&self.temp_path("oids"), &oids_path, oids)?;
+        fs::rename(source, &objects_path)?;
+        self.write_entry(trailer, header.objects, &held.chain)?;
+        self.evict_unlocked();
         Ok(held)
     }
 
@@ -166,24 +194,29 @@ impl PackCache {
         let stem = new_stem();
         let objects_path = self.dir.join(format!("{stem}{OBJECTS_SUFFIX}"));
         let oids_path = self.dir.join(format!("{stem}{OIDS_SUFFIX}"));
-        write_oids(&self.temp_path("oids"), &oids_path, appended.oids)?;
-        fs::rename(appended.file, &objects_path)?;
         let mut chain = base.chain.clone();
-        chain.push(Link { objects: objects_path, range: appended.range.clone(), oids: oids_path });
+        chain.push(Link { objects: objects_path.clone(), range: appended.range.clone(), oids: oids_path.clone() });
         let objects = base
             .objects
             .checked_add(appended.objects)
             .ok_or_else(|| io::Error::other("more objects than a pack can count"))?;
-        self.write_entry(appended.trailer, objects, &chain)?;
-        self.evict();
+        let _writing = self.writing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let held = self.hold(appended.trailer, objects, chain);
+        write_oids(&self.temp_path("oids"), &oids_path, appended.oids)?;
+        fs::rename(appended.file, &objects_path)?;
+        self.write_entry(appended.trailer, objects, &held.chain)?;
+        self.evict_unlocked();
         Ok(())
     }
 
     fn hold(&self, trailer: &str, objects: u32, chain: Vec<Link>) -> CachedPack {
-        if let Ok(mut readers) = self.readers.lock() {
-            *readers.entry(trailer.to_string()).or_default() += 1;
+        let mut held_files = vec![self.entry_path(trailer)];
+        held_files.extend(chain.iter().flat_map(|l| [l.objects.clone(), l.oids.clone()]));
+        let mut held = self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for file in &held_files {
+            *held.entry(file.clone()).or_default() += 1;
         }
-        CachedPack { trailer: trailer.to_string(), objects, chain, readers: self.readers.clone() }
+        CachedPack { trailer: trailer.to_string(), objects, chain, held_files, held: self.held.clone() }
     }
 
     /// `objects <n>` then one `link <stem> <start> <end>` line per link.
@@ -225,7 +258,13 @@ impl PackCache {
 
     /// Drops the least recently used packs until the files still in use fit the cap; packs being
     /// read stay. Files no remaining pack uses are removed.
+    #[cfg(test)]
     fn evict(&self) {
+        let _writing = self.writing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.evict_unlocked();
+    }
+
+    fn evict_unlocked(&self) {
         let Ok(dir) = fs::read_dir(&self.dir) else { return };
         let mut entries: Vec<(SystemTime, String, Vec<Link>)> = dir
             .filter_map(Result::ok)
@@ -237,17 +276,28 @@ impl PackCache {
                 Some((modified, trailer, chain))
             })
             .collect();
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        let busy: HashSet<String> = self.readers.lock().map(|r| r.keys().cloned().collect()).unwrap_or_default();
-        let size_of = |entries: &[(SystemTime, String, Vec<Link>)]| -> u64 {
-            let files: HashSet<&PathBuf> =
-                entries.iter().flat_map(|(_, _, chain)| chain.iter().map(|l| &l.objects)).collect();
-            files.iter().filter_map(|f| fs::metadata(f).ok()).map(|m| m.len()).sum()
+        entries.sort_by_key(|e| e.0);
+        let held: HashSet<PathBuf> =
+            self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).keys().cloned().collect();
+        let in_use = |kept: &[(SystemTime, String, Vec<Link>)]| -> HashSet<PathBuf> {
+            let mut files = held.clone();
+            files.extend(
+                kept.iter().flat_map(|(_, _, chain)| chain.iter().flat_map(|l| [l.objects.clone(), l.oids.clone()])),
+            );
+            files
+        };
+        let size_of = |files: &HashSet<PathBuf>| -> u64 {
+            files
+                .iter()
+                .filter(|f| f.extension().is_some_and(|e| e == "objects"))
+                .filter_map(|f| fs::metadata(f).ok())
+                .map(|m| m.len())
+                .sum()
         };
         let mut kept = entries;
         let mut i = 0;
-        while size_of(&kept) > self.max_bytes && i < kept.len() {
-            if busy.contains(&kept[i].1) {
+        while size_of(&in_use(&kept)) > self.max_bytes && i < kept.len() {
+            if held.contains(&self.entry_path(&kept[i].1)) {
                 i += 1;
                 continue;
             }
@@ -255,10 +305,7 @@ impl PackCache {
             tracing::debug!(%trailer, "pack cache: dropped the least recently used pack");
             let _ = fs::remove_file(self.entry_path(&trailer));
         }
-        let used: HashSet<PathBuf> = kept
-            .iter()
-            .flat_map(|(_, _, chain)| chain.iter().flat_map(|l| [l.objects.clone(), l.oids.clone()]))
-            .collect();
+        let used = in_use(&kept);
         let Ok(dir) = fs::read_dir(&self.dir) else { return };
         for file in dir.filter_map(Result::ok).map(|e| e.path()) {
             let name = file.to_string_lossy();
@@ -398,6 +445,32 @@ mod tests {
         cache.evict();
         assert!(cache.get(&trailer, bytes.len() as u64).is_some());
         drop(held);
+    }
+
+    #[test]
+    fn files_of_a_pack_being_read_stay_when_its_entry_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = PackCache::open(dir.path().join("packs"), 1 << 30).unwrap();
+        let source = write(dir.path(), "base.pack", &pack_of(1, b"base"));
+        let base = cache.insert_pack(&trailer_of(&source).unwrap(), &source, 0, &[[1; 20]], true).unwrap();
+        let trailer = hex::encode(Sha1::digest(b"new"));
+        let new_len = (PACK_HEADER_BYTES + TRAILER_BYTES) as u64 + 8;
+        let first = write(dir.path(), "first.pack", &pack_of(1, b"more"));
+        cache
+            .extend(&base, &Appended { file: &first, range: 12..16, objects: 1, oids: &[[2; 20]], trailer: &trailer })
+            .unwrap();
+        let reader = cache.get(&trailer, new_len).expect("cached");
+        // Another push (or a fetch) writes the same pack again, from other files.
+        let second = write(dir.path(), "second.pack", &pack_of(1, b"more"));
+        cache
+            .extend(&base, &Appended { file: &second, range: 12..16, objects: 1, oids: &[[2; 20]], trailer: &trailer })
+            .unwrap();
+        let read_file = reader.chain[1].objects.clone();
+        assert!(read_file.exists(), "a file being read stays");
+        drop(reader);
+        cache.evict();
+        assert!(!read_file.exists(), "and goes once nobody reads it and no pack names it");
+        assert!(cache.get(&trailer, new_len).is_some());
     }
 
     #[test]

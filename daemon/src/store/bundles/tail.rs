@@ -6,7 +6,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 
 use sha1::{Digest, Sha1};
@@ -14,8 +13,8 @@ use tokio::io::AsyncWriteExt;
 
 use super::BundleRepo;
 use super::compose::{Assembly, Composer, Piece, pack_from_repository, repository_pack};
-use super::fetch::{RemoteBundle, keep_file, pipe_to_index_pack};
-use super::pack::{self, PackHeader, Segment, TRAILER_BYTES};
+use super::fetch::{RemoteBundle, keep_file};
+use super::pack::{self, PACK_HEADER_BYTES, PackHeader, Segment, TRAILER_BYTES};
 use super::pack_cache::{Appended, CachedPack, Oid, oids_of, parse_hex};
 use crate::bucket::Body;
 use crate::git::{Git, GitError, last_line};
@@ -76,15 +75,7 @@ impl BundleRepo {
             "fetching only the change: the segments after a tip this repository has"
         );
 
-        let mut child = self
-            .git
-            .command(["index-pack", "--stdin", "--fix-thin", &format!("--keep=git-remote-s3 fetch {}", bundle.refname)])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(GitError::Spawn)?;
-        let mut stdin = pipe_to_index_pack(&mut child)?;
+        let (child, mut stdin) = self.index_pack(&bundle.refname, true)?;
         let meter = events.meter(format!("Receiving {}", bundle.refname), end - start);
         let feed = async {
             let header = PackHeader { version: 2, objects }.to_bytes();
@@ -240,6 +231,12 @@ async fn remember_tail(composer: &Arc<Composer>, git: &Git, prefix: Prefix, tail
     }
     let objects = prefix.objects.checked_add(tail.objects).ok_or("more objects than a pack can count")?;
     let len = tokio::fs::metadata(&tail.file).await.map_err(|e| e.to_string())?.len();
+    let prefix_len: u64 = prefix.chain.iter().map(|l| l.range.end - l.range.start).sum();
+    if composer.packs.get(&tail.trailer, PACK_HEADER_BYTES + prefix_len + len + TRAILER_BYTES).is_some() {
+        // This daemon composed the bundle itself.
+        let _ = tokio::fs::remove_file(&tail.file).await;
+        return Ok(());
+    }
     let mut pieces = vec![Piece::Bytes(PackHeader { version: 2, objects }.to_bytes().to_vec())];
     pieces.extend(prefix.chain.iter().map(|l| Piece::File { path: l.objects.clone(), range: l.range.clone() }));
     pieces.push(Piece::File { path: tail.file.clone(), range: 0..len });
