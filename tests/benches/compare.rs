@@ -410,7 +410,8 @@ fn large_history(bench: &Bench, rows: &mut Vec<Row>, notes: &mut Vec<String>) {
         .collect();
     let mut got = (Vec::new(), Vec::new());
     let (ours, python) = bench.compare(|tool, run| {
-        env.commit(&repo, "CHANGELOG", format!("fetched change {run}\n"), "one-line change");
+        let by = if tool == Tool::Ours { "ours" } else { "python" };
+        env.commit(&repo, "CHANGELOG", format!("fetched change {run} by {by}\n"), "one-line change");
         bench.git(tool, &repo, &["push", "-q", "-f", &env.url(prefix(tool)), "HEAD:refs/heads/main"]);
         let head = env.rev_parse(&repo, "HEAD");
         let reader = &readers[usize::from(tool == Tool::Python)];

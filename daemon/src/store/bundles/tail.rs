@@ -56,12 +56,6 @@ impl BundleRepo {
         let (Some(objects), true) = (objects, start < end) else {
             return Err(NoTail("the bundle's record does not fit its size".into()));
         };
-        // With the pack this bundle was built on at hand, the tail completes a copy of the new
-        // pack for the pack cache: the next push composes without downloading anything.
-        let prefix = self.local_prefix(bundle, &segments[from]).await;
-        let tail_copy = prefix.as_ref().map(|_| self.composer.packs.temp_path("tail"));
-        let mut copy = tail_copy.as_ref().and_then(|path| std::fs::File::create(path).ok());
-        let mut trailer = Vec::with_capacity(TRAILER_BYTES as usize);
         let Body { mut body, len, .. } = self
             .bucket
             .get_from(&bundle.key, start, bundle.etag.as_deref())
@@ -70,6 +64,12 @@ impl BundleRepo {
         if len != bundle.size - start {
             return Err(NoTail(format!("S3 sent {len} bytes from {start}, not the rest of the bundle")));
         }
+        // With the pack this bundle was built on at hand, the tail completes a copy of the new
+        // pack for the pack cache: the next push composes without downloading anything.
+        let prefix = self.local_prefix(bundle, &segments[from]).await;
+        let tail_copy = prefix.as_ref().map(|_| self.composer.packs.temp_path("tail"));
+        let mut copy = tail_copy.as_ref().and_then(|path| std::fs::File::create(path).ok());
+        let mut trailer = Vec::with_capacity(TRAILER_BYTES as usize);
         tracing::debug!(
             refname = %bundle.refname, base = %segments[from].base, bytes = end - start, objects,
             "fetching only the change: the segments after a tip this repository has"
@@ -212,6 +212,13 @@ async fn remember_tail(composer: &Arc<Composer>, git: &Git, prefix: Prefix, tail
             .map_err(|e| e.to_string())?
             .ok_or("the pack it was built on is gone from the repository")?,
     };
+    let len = tokio::fs::metadata(&tail.file).await.map_err(|e| e.to_string())?.len();
+    let prefix_len: u64 = prefix.chain.iter().map(|l| l.range.end - l.range.start).sum();
+    if composer.packs.get(&tail.trailer, PACK_HEADER_BYTES + prefix_len + len + TRAILER_BYTES).is_some() {
+        // This daemon composed the bundle itself.
+        let _ = tokio::fs::remove_file(&tail.file).await;
+        return Ok(());
+    }
     let chain = prefix.chain.clone();
     let in_prefix = tokio::task::spawn_blocking(move || oids_of(&chain))
         .await
@@ -230,13 +237,6 @@ async fn remember_tail(composer: &Arc<Composer>, git: &Git, prefix: Prefix, tail
         return Err(format!("the fetched pack holds {} new objects, the record says {}", oids.len(), tail.objects));
     }
     let objects = prefix.objects.checked_add(tail.objects).ok_or("more objects than a pack can count")?;
-    let len = tokio::fs::metadata(&tail.file).await.map_err(|e| e.to_string())?.len();
-    let prefix_len: u64 = prefix.chain.iter().map(|l| l.range.end - l.range.start).sum();
-    if composer.packs.get(&tail.trailer, PACK_HEADER_BYTES + prefix_len + len + TRAILER_BYTES).is_some() {
-        // This daemon composed the bundle itself.
-        let _ = tokio::fs::remove_file(&tail.file).await;
-        return Ok(());
-    }
     let mut pieces = vec![Piece::Bytes(PackHeader { version: 2, objects }.to_bytes().to_vec())];
     pieces.extend(prefix.chain.iter().map(|l| Piece::File { path: l.objects.clone(), range: l.range.clone() }));
     pieces.push(Piece::File { path: tail.file.clone(), range: 0..len });
