@@ -52,7 +52,7 @@ const HEADER_PROBE_BYTES: u64 = 64 * 1024;
 /// Parts of one composed upload in flight at once.
 const PARTS_IN_FLIGHT: usize = 4;
 /// Bytes read at a time while hashing.
-const HASH_CHUNK_BYTES: usize = 8 * 1024 * 1024;
+const HASH_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// What composing keeps across pushes: the pack cache, and the stores found to lack
 /// UploadPartCopy (asked once per daemon life).
