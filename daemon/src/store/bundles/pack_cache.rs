@@ -454,7 +454,7 @@ mod tests {
         let source = write(dir.path(), "base.pack", &pack_of(1, b"base"));
         let base = cache.insert_pack(&trailer_of(&source).unwrap(), &source, 0, &[[1; 20]], true).unwrap();
         let trailer = hex::encode(Sha1::digest(b"new"));
-        let new_len = (PACK_HEADER_BYTES + TRAILER_BYTES) as u64 + 8;
+        let new_len = PACK_HEADER_BYTES + TRAILER_BYTES + 8;
         let first = write(dir.path(), "first.pack", &pack_of(1, b"more"));
         cache
             .extend(&base, &Appended { file: &first, range: 12..16, objects: 1, oids: &[[2; 20]], trailer: &trailer })
