@@ -162,34 +162,17 @@ impl Bucket {
 
     /// The body of a small object, or `None` when it does not exist.
     pub async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, S3Error> {
-        let Some(object) = self.get_from(key, 0, None).await? else {
-            return Ok(None);
-        };
-        let bytes = object.body.collect().await.map_err(|e| S3Error::Other {
-            op: "GetObject",
-            key: key.to_string(),
-            detail: e.to_string(),
-        })?;
-        Ok(Some(bytes.to_vec()))
+        match self.get(key, 0, None, None).await? {
+            Some(object) => self.collect(key, object.body).await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The object from byte `start` on (a streaming body), or `None` when it does not exist;
     /// with `if_match`, only while it is still that version
     /// (a changed object is an error, not a silently different body).
     pub async fn get_from(&self, key: &str, start: u64, if_match: Option<&str>) -> Result<Option<Body>, S3Error> {
-        let mut request =
-            self.client.get_object().bucket(&self.name).key(key).set_if_match(if_match.map(str::to_string));
-        if start > 0 {
-            request = request.range(format!("bytes={start}-"));
-        }
-        match request.send().await {
-            Ok(out) => {
-                let len = out.content_length().unwrap_or(0).max(0) as u64;
-                Ok(Some(Body { etag: out.e_tag().map(str::to_string), body: out.body, len }))
-            }
-            Err(e) if status_of(&e) == Some(404) => Ok(None),
-            Err(e) => Err(self.classify("GetObject", key, e)),
-        }
+        self.get(key, start, None, if_match).await
     }
 
     /// The bytes of `range` of an object, or `None` when it does not exist; with `if_match`, only
@@ -200,24 +183,49 @@ impl Bucket {
         range: std::ops::Range<u64>,
         if_match: Option<&str>,
     ) -> Result<Option<Vec<u8>>, S3Error> {
+        match self.get(key, range.start, Some(range.end), if_match).await? {
+            Some(object) => self.collect(key, object.body).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// GetObject of bytes `start..end` (`end` absent: to the last byte).
+    async fn get(
+        &self,
+        key: &str,
+        start: u64,
+        end: Option<u64>,
+        if_match: Option<&str>,
+    ) -> Result<Option<Body>, S3Error> {
+        let range = match (start, end) {
+            (0, None) => None,
+            (start, None) => Some(format!("bytes={start}-")),
+            (start, Some(end)) => Some(format!("bytes={start}-{}", end.saturating_sub(1))),
+        };
         let request = self
             .client
             .get_object()
             .bucket(&self.name)
             .key(key)
             .set_if_match(if_match.map(str::to_string))
-            .range(format!("bytes={}-{}", range.start, range.end.saturating_sub(1)));
-        let out = match request.send().await {
-            Ok(out) => out,
-            Err(e) if status_of(&e) == Some(404) => return Ok(None),
-            Err(e) => return Err(self.classify("GetObject", key, e)),
-        };
-        let bytes = out.body.collect().await.map_err(|e| S3Error::Other {
+            .set_range(range);
+        match request.send().await {
+            Ok(out) => {
+                let len = out.content_length().unwrap_or(0).max(0) as u64;
+                Ok(Some(Body { etag: out.e_tag().map(str::to_string), body: out.body, len }))
+            }
+            Err(e) if status_of(&e) == Some(404) => Ok(None),
+            Err(e) => Err(self.classify("GetObject", key, e)),
+        }
+    }
+
+    async fn collect(&self, key: &str, body: ByteStream) -> Result<Vec<u8>, S3Error> {
+        let bytes = body.collect().await.map_err(|e| S3Error::Other {
             op: "GetObject",
             key: key.to_string(),
             detail: e.to_string(),
         })?;
-        Ok(Some(bytes.to_vec()))
+        Ok(bytes.to_vec())
     }
 
     pub async fn put_bytes(&self, key: &str, body: Vec<u8>, options: PutOptions) -> Result<Conditional, S3Error> {

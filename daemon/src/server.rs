@@ -55,6 +55,7 @@ impl Daemon for Service {
         let _ = request;
         let state = &self.state;
         let (cache_packs, cache_bytes) = state.composer.packs.usage();
+        let (pushed_bytes, fetched_bytes) = state.transferred_bytes();
         let activities = state
             .activities()
             .into_iter()
@@ -91,8 +92,8 @@ impl Daemon for Service {
             transfer_requests: state.scheduler.requests_in_flight() as u32,
             max_transfer_requests: state.scheduler.max_requests() as u32,
             managed: state.managed,
-            pushed_bytes: state.transferred_bytes().0,
-            fetched_bytes: state.transferred_bytes().1,
+            pushed_bytes,
+            fetched_bytes,
             pack_cache_dir: state.composer.packs.dir().display().to_string(),
             pack_cache_packs: cache_packs as u32,
             pack_cache_bytes: cache_bytes,

@@ -186,11 +186,13 @@ impl Drop for ActivityGuard {
             && let Some(done) = activities.remove(&self.id)
         {
             let total = match done.what.as_str() {
-                "push" => &self.state.pushed_bytes,
-                "fetch" => &self.state.fetched_bytes,
-                _ => return self.state.touch(),
+                "push" => Some(&self.state.pushed_bytes),
+                "fetch" => Some(&self.state.fetched_bytes),
+                _ => None,
             };
-            total.fetch_add(done.bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+            if let Some(total) = total {
+                total.fetch_add(done.bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
         }
         self.state.touch();
     }

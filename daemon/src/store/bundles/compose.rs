@@ -319,10 +319,7 @@ impl BundleRepo {
         let key = bundle.key.clone();
         let meta = self.bucket.head(&key).await?.ok_or_else(|| skip(format!("{key} is gone")))?;
         let etag = meta.etag.clone().ok_or_else(|| skip(format!("{key} has no ETag")))?;
-        let record = match meta.metadata.get(BUILD_METADATA_KEY) {
-            None => BuildRecord::default(),
-            Some(text) => BuildRecord::decode(text).map_err(skip)?,
-        };
+        let record = BuildRecord::from_metadata(&meta.metadata).map_err(skip)?;
         let size = meta.size;
         if size < HEADER_PROBE_BYTES {
             return Err(skip(format!("{key} is small")));
@@ -364,7 +361,7 @@ impl BundleRepo {
     /// push leaves unreachable in the pack.
     async fn count_unreachable(&self, old_tip: &str, new_oid: &str) -> Result<u64, Failure> {
         let out = self.git.run_bytes(&["rev-list", "--objects", old_tip, &format!("^{new_oid}")]).await?;
-        Ok(out.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count() as u64)
+        Ok(listed_objects(&out).count() as u64)
     }
 
     /// A local copy of the old bundle's pack, byte for byte: from the daemon's cache, the caller's
@@ -451,13 +448,10 @@ impl BundleRepo {
         let listed = self.git.run_bytes(&["rev-list", "--objects", new_oid, &format!("^{base_tip}")]).await?;
         let mut revs = format!("{new_oid}\n^{base_tip}\n").into_bytes();
         let mut oids = Vec::new();
-        for line in listed.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let text = std::str::from_utf8(line.get(..40).unwrap_or(line)).unwrap_or("");
-            let oid = parse_hex(text).ok_or_else(|| skip("git rev-list: unexpected output"))?;
+        for oid in listed_objects(&listed) {
+            let oid = oid.ok_or_else(|| skip("git rev-list: unexpected output"))?;
             if in_base.contains(&oid) {
-                revs.push(b'^');
-                revs.extend_from_slice(text.as_bytes());
-                revs.push(b'\n');
+                revs.extend_from_slice(format!("^{}\n", hex::encode(oid)).as_bytes());
             } else {
                 oids.push(oid);
             }
@@ -617,12 +611,7 @@ impl BundleRepo {
         file.read_exact(&mut trailer).map_err(|e| e.to_string())?;
         // `git bundle create` packs exactly what the tip reaches.
         let listed = self.git.run_bytes(&["rev-list", "--objects", tip]).await.map_err(|e| e.to_string())?;
-        let oids: Vec<Oid> = listed
-            .split(|&b| b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(|l| std::str::from_utf8(l.get(..40).unwrap_or(l)).ok().and_then(parse_hex))
-            .collect::<Option<_>>()
-            .ok_or("git rev-list: unexpected output")?;
+        let oids: Vec<Oid> = listed_objects(&listed).collect::<Option<_>>().ok_or("git rev-list: unexpected output")?;
         if oids.len() != pack.objects as usize {
             return Err(format!("the pack counts {} objects, the tip reaches {}", pack.objects, oids.len()));
         }
@@ -664,6 +653,15 @@ impl<R: AsyncRead + Unpin> AsyncRead for Teed<R> {
         }
         poll
     }
+}
+
+/// The object ids `git rev-list --objects` printed (`<id>[ <path>]` a line); `None` for a line
+/// that does not start with one.
+fn listed_objects(stdout: &[u8]) -> impl Iterator<Item = Option<Oid>> + '_ {
+    stdout
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| std::str::from_utf8(line.get(..40)?).ok().and_then(parse_hex))
 }
 
 fn part_failure(e: TransferError) -> Failure {

@@ -9,7 +9,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin};
 
 use super::header::{self, BundleHeader};
-use super::pack::{BUILD_METADATA_KEY, BuildRecord};
+use super::pack::BuildRecord;
 use super::tail::NoTail;
 use super::{BundleRepo, StoreError};
 use crate::bucket::{Body, Bucket};
@@ -77,14 +77,10 @@ impl BundleRepo {
             .head(&key)
             .await?
             .ok_or_else(|| StoreError::MissingBundle { refname: refname.clone(), key: key.clone() })?;
-        let record = match meta.metadata.get(BUILD_METADATA_KEY).map(|text| BuildRecord::decode(text)) {
-            None => BuildRecord::default(),
-            Some(Ok(record)) => record,
-            Some(Err(e)) => {
-                tracing::debug!(%key, error = %e, "ignoring the bundle's build record");
-                BuildRecord::default()
-            }
-        };
+        let record = BuildRecord::from_metadata(&meta.metadata).unwrap_or_else(|e| {
+            tracing::debug!(%key, error = %e, "ignoring the bundle's build record");
+            BuildRecord::default()
+        });
         Ok(RemoteBundle { refname, oid, key, size: meta.size, etag: meta.etag, record })
     }
 

@@ -3,6 +3,7 @@
 //! object is cut into multipart parts (uploaded or copied server-side); and the record of how it
 //! was built, kept in the object's user metadata for readers that want only the change.
 
+use std::collections::HashMap;
 use std::ops::Range;
 
 /// `PACK`, version, object count.
@@ -205,6 +206,11 @@ impl BuildRecord {
             }
             skip += 1;
         }
+    }
+
+    /// The record in an object's user metadata; none there: a bundle built whole.
+    pub fn from_metadata(metadata: &HashMap<String, String>) -> Result<Self, RecordError> {
+        metadata.get(BUILD_METADATA_KEY).map_or(Ok(Self::default()), |text| Self::decode(text))
     }
 
     pub fn decode(text: &str) -> Result<Self, RecordError> {

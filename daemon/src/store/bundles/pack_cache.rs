@@ -166,47 +166,49 @@ impl PackCache {
         oids: &[Oid],
         copy: bool,
     ) -> io::Result<CachedPack> {
-        let stem = new_stem();
-        let objects_path = self.dir.join(format!("{stem}{OBJECTS_SUFFIX}"));
-        let oids_path = self.dir.join(format!("{stem}{OIDS_SUFFIX}"));
+        if copy {
+            let tmp = self.temp_path("objects");
+            fs::copy(file, &tmp)?;
+            return self.insert_pack(trailer, &tmp, pack_start, oids, false);
+        }
         let header = read_pack_header(file, pack_start)?;
         let len = fs::metadata(file)?.len();
         let body = pack_body(len.saturating_sub(pack_start)).map_err(io::Error::other)?;
-        let body = pack_start + body.start..pack_start + body.end;
-        let source = file;
-        if copy {
-            let tmp = self.temp_path("objects");
-            fs::copy(source, &tmp)?;
-            return self.insert_pack(trailer, &tmp, pack_start, oids, false);
-        }
-        let chain = vec![Link { objects: objects_path.clone(), range: body, oids: oids_path.clone() }];
-        let _writing = self.writing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let held = self.hold(trailer, header.objects, chain);
-        write_oids(&self.temp_path("oids"), &oids_path, oids)?;
-        fs::rename(source, &objects_path)?;
-        self.write_entry(trailer, header.objects, &held.chain)?;
-        self.evict_unlocked();
-        Ok(held)
+        let link = (file, pack_start + body.start..pack_start + body.end);
+        self.add(trailer, header.objects, Vec::new(), link, oids)
     }
 
     /// Caches the pack made of `base` and `appended`, sharing `base`'s files.
     pub fn extend(&self, base: &CachedPack, appended: &Appended) -> io::Result<()> {
-        let stem = new_stem();
-        let objects_path = self.dir.join(format!("{stem}{OBJECTS_SUFFIX}"));
-        let oids_path = self.dir.join(format!("{stem}{OIDS_SUFFIX}"));
-        let mut chain = base.chain.clone();
-        chain.push(Link { objects: objects_path.clone(), range: appended.range.clone(), oids: oids_path.clone() });
         let objects = base
             .objects
             .checked_add(appended.objects)
             .ok_or_else(|| io::Error::other("more objects than a pack can count"))?;
+        let link = (appended.file, appended.range.clone());
+        self.add(appended.trailer, objects, base.chain.clone(), link, appended.oids).map(drop)
+    }
+
+    /// Caches the pack `chain` + the object bytes at `range` of `file` (moved into the cache, its
+    /// object ids beside it), held.
+    fn add(
+        &self,
+        trailer: &str,
+        objects: u32,
+        mut chain: Vec<Link>,
+        (file, range): (&Path, Range<u64>),
+        oids: &[Oid],
+    ) -> io::Result<CachedPack> {
+        let stem = new_stem();
+        let objects_path = self.dir.join(format!("{stem}{OBJECTS_SUFFIX}"));
+        let oids_path = self.dir.join(format!("{stem}{OIDS_SUFFIX}"));
+        chain.push(Link { objects: objects_path.clone(), range, oids: oids_path.clone() });
         let _writing = self.writing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let held = self.hold(appended.trailer, objects, chain);
-        write_oids(&self.temp_path("oids"), &oids_path, appended.oids)?;
-        fs::rename(appended.file, &objects_path)?;
-        self.write_entry(appended.trailer, objects, &held.chain)?;
+        let held = self.hold(trailer, objects, chain);
+        write_oids(&self.temp_path("oids"), &oids_path, oids)?;
+        fs::rename(file, &objects_path)?;
+        self.write_entry(trailer, objects, &held.chain)?;
         self.evict_unlocked();
-        Ok(())
+        Ok(held)
     }
 
     fn hold(&self, trailer: &str, objects: u32, chain: Vec<Link>) -> CachedPack {
