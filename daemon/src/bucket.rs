@@ -7,8 +7,11 @@ use std::time::SystemTime;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::EncodingType;
 use aws_smithy_types::date_time::Format;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 
+use crate::clients::{MAX_ATTEMPTS, READ_TIMEOUT};
 use crate::config::ChecksumMode;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -33,8 +36,23 @@ pub enum S3Error {
     Throttled,
     #[error("this S3 store does not implement {op}")]
     NotImplemented { op: &'static str },
+    #[error(
+        "S3 cannot list {prefix} readably, even URL-encoded: a key there holds characters XML cannot carry{}; delete that key",
+        first.as_ref().map(|k| format!(" (it comes after '{}')", k.escape_debug())).unwrap_or_default()
+    )]
+    UnreadableListing { prefix: String, first: Option<String> },
+    #[error(
+        "'{key}' holds more than {limit} bytes, more than any such object of this layout; delete it or write it anew"
+    )]
+    TooLarge { key: String, limit: usize },
     #[error("S3 {op} of '{key}' failed: {detail}")]
     Other { op: &'static str, key: String, detail: String },
+}
+
+enum ListFailure {
+    /// S3 answered with a listing that cannot be parsed; the last key read before it, if any.
+    Unreadable(Option<String>),
+    S3(S3Error),
 }
 
 /// A listed object.
@@ -115,16 +133,44 @@ impl Bucket {
         &self.client
     }
 
-    /// Every key under `prefix`, all pages.
+    /// Every key under `prefix`, all pages. Keys are listed as they are; a listing S3 cannot send
+    /// as XML (a key holding a control character) is asked for again URL-encoded, as the Python
+    /// tool always asks, and decoded the way S3 encodes (`+` is a space, everything else `%XX`).
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, S3Error> {
-        let mut pages = self.client.list_objects_v2().bucket(&self.name).prefix(prefix).into_paginator().send();
+        match self.list_pages(prefix, false).await {
+            Err(ListFailure::Unreadable(first)) => {
+                tracing::warn!(%prefix, "a key under this prefix is not valid XML; listing it URL-encoded");
+                self.list_pages(prefix, true).await.map_err(|failure| match failure {
+                    ListFailure::Unreadable(_) => S3Error::UnreadableListing { prefix: prefix.to_string(), first },
+                    ListFailure::S3(e) => e,
+                })
+            }
+            Err(ListFailure::S3(e)) => Err(e),
+            Ok(objects) => Ok(objects),
+        }
+    }
+
+    async fn list_pages(&self, prefix: &str, url_encoded: bool) -> Result<Vec<ObjectInfo>, ListFailure> {
+        let mut request = self.client.list_objects_v2().bucket(&self.name).prefix(prefix);
+        if url_encoded {
+            request = request.encoding_type(EncodingType::Url);
+        }
+        let mut pages = request.into_paginator().send();
         let mut objects = Vec::new();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.classify("ListObjectsV2", prefix, e))?;
+            let page = match page {
+                Ok(page) => page,
+                // A 200 whose body could not be read.
+                Err(e) if status_of(&e) == Some(200) => {
+                    return Err(ListFailure::Unreadable(objects.last().map(|o: &ObjectInfo| o.key.clone())));
+                }
+                Err(e) => return Err(ListFailure::S3(self.classify("ListObjectsV2", prefix, e))),
+            };
+            let decode = page.encoding_type() == Some(&EncodingType::Url);
             for object in page.contents() {
                 let Some(key) = object.key() else { continue };
                 objects.push(ObjectInfo {
-                    key: key.to_string(),
+                    key: if decode { url_decode_key(key) } else { key.to_string() },
                     size: object.size().unwrap_or(0).max(0) as u64,
                     last_modified: object.last_modified().and_then(|t| SystemTime::try_from(*t).ok()),
                 });
@@ -160,12 +206,24 @@ impl Bucket {
         }
     }
 
-    /// The body of a small object, or `None` when it does not exist.
-    pub async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, S3Error> {
-        match self.get(key, 0, None, None).await? {
-            Some(object) => self.collect(key, object.body).await.map(Some),
-            None => Ok(None),
+    /// The body of a small object, or `None` when it does not exist. Whoever can write to the
+    /// bucket decides how large an object is: past `limit` bytes this stops reading and fails.
+    pub async fn get_small(&self, key: &str, limit: usize) -> Result<Option<Vec<u8>>, S3Error> {
+        let Some(mut object) = self.get(key, 0, None, None).await? else { return Ok(None) };
+        let too_large = || S3Error::TooLarge { key: key.to_string(), limit };
+        if object.len > limit as u64 {
+            return Err(too_large());
         }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = object.body.next().await {
+            let chunk =
+                chunk.map_err(|e| S3Error::Other { op: "GetObject", key: key.to_string(), detail: e.to_string() })?;
+            if bytes.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(Some(bytes))
     }
 
     /// The object from byte `start` on (a streaming body), or `None` when it does not exist;
@@ -229,6 +287,7 @@ impl Bucket {
     }
 
     pub async fn put_bytes(&self, key: &str, body: Vec<u8>, options: PutOptions) -> Result<Conditional, S3Error> {
+        let large = body.len() > 1024 * 1024;
         let mut request = self.client.put_object().bucket(&self.name).key(key).body(ByteStream::from(body));
         if options.if_none_match_any {
             request = request.if_none_match("*");
@@ -242,6 +301,8 @@ impl Bucket {
         if let Some(disposition) = options.content_disposition {
             request = request.content_disposition(disposition);
         }
+        let request = request.customize();
+        let request = if large { request.config_override(crate::clients::bulk_transfer()) } else { request };
         match request.send().await {
             Ok(_) => Ok(Conditional::Written),
             Err(e)
@@ -261,6 +322,8 @@ impl Bucket {
             .bucket(&self.name)
             .key(to)
             .copy_source(self.copy_source(from))
+            .customize()
+            .config_override(crate::clients::bulk_transfer())
             .send()
             .await
             .map_err(|e| self.classify("CopyObject", from, e))?;
@@ -359,6 +422,10 @@ impl Bucket {
         }
     }
 
+    fn unreachable(&self, detail: String) -> S3Error {
+        S3Error::Unreachable { endpoint: self.endpoint.clone(), detail }
+    }
+
     pub fn classify<E>(
         &self,
         op: &'static str,
@@ -389,17 +456,15 @@ impl Bucket {
             (_, Some("NotImplemented"), _) | (_, _, Some(501)) => S3Error::NotImplemented { op },
             (_, Some("SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded"), _)
             | (_, _, Some(503)) => S3Error::Throttled,
-            (SdkError::TimeoutError(_), _, _) => {
-                S3Error::Unreachable { endpoint: self.endpoint.clone(), detail: "timed out".into() }
-            }
+            (SdkError::TimeoutError(_), _, _) => self.unreachable(no_answer()),
             (SdkError::DispatchFailure(failure), _, _) => {
                 let detail = DisplayErrorContext(&err).to_string();
                 if detail.contains("credentials") || detail.contains("identity") {
                     S3Error::NoCredentials
                 } else if failure.is_timeout() {
-                    S3Error::Unreachable { endpoint: self.endpoint.clone(), detail: "timed out".into() }
+                    self.unreachable(no_answer())
                 } else {
-                    S3Error::Unreachable { endpoint: self.endpoint.clone(), detail: short_cause(&detail) }
+                    self.unreachable(innermost_cause(&err))
                 }
             }
             _ => {
@@ -413,7 +478,7 @@ impl Bucket {
                 let detail = match (code, status) {
                     (Some(code), _) => format!("{code}: {}", err.message().unwrap_or("")),
                     (None, Some(status)) => format!("HTTP {status}"),
-                    (None, None) => short_cause(&detail),
+                    (None, None) => innermost_cause(&err),
                 };
                 S3Error::Other { op, key: key.to_string(), detail }
             }
@@ -421,14 +486,18 @@ impl Bucket {
     }
 }
 
+/// Characters `x-amz-copy-source` carries as they are: RFC 3986's unreserved ones and `/`.
+const COPY_SOURCE_ESCAPED: &AsciiSet =
+    &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b'/');
+
 /// `x-amz-copy-source` is URL-encoded; keys here may hold `#` and other reserved characters.
 fn percent_encode_key(key: &str) -> String {
-    key.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    utf8_percent_encode(key, COPY_SOURCE_ESCAPED).to_string()
+}
+
+/// A key of a listing asked for with `encoding-type=url`.
+fn url_decode_key(key: &str) -> String {
+    percent_decode_str(&key.replace('+', " ")).decode_utf8_lossy().into_owned()
 }
 
 fn status_of<E>(err: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> Option<u16> {
@@ -441,8 +510,17 @@ fn server_time<E>(err: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> 
     SystemTime::try_from(parsed).ok()
 }
 
-/// The innermost cause of an SDK error chain: "Connection refused (os error 111)" rather than
-/// four nested wrappers.
-fn short_cause(detail: &str) -> String {
-    detail.rsplit(": ").next().unwrap_or(detail).trim().trim_end_matches(')').trim_start_matches('(').to_string()
+/// Why an endpoint that accepts no request or sends no answer was given up on.
+fn no_answer() -> String {
+    format!("no answer within {}s, {} attempts", READ_TIMEOUT.as_secs(), MAX_ATTEMPTS)
+}
+
+/// The innermost cause of an error chain: "Connection refused (os error 111)" rather than four
+/// nested wrappers.
+fn innermost_cause(err: &dyn std::error::Error) -> String {
+    let mut cause = err;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
 }

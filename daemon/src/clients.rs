@@ -17,10 +17,22 @@ use crate::config::{ChecksumMode, S3Settings};
 const FALLBACK_REGION: &str = "us-east-1";
 /// A client unused this long is dropped (with the credentials it cached).
 const CLIENT_IDLE_LIMIT: Duration = Duration::from_secs(30 * 60);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest wait for a response to start; bounds a request to an endpoint that never answers.
-const READ_TIMEOUT: Duration = Duration::from_secs(20);
-const MAX_ATTEMPTS: u32 = 4;
+/// Attempts at each request; with the timeouts below, an endpoint that never answers fails a
+/// command within about half a minute.
+pub const MAX_ATTEMPTS: u32 = 4;
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest wait from sending a small request to the start of its answer.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// The same for requests that carry a part or make S3 copy one: the wait includes sending the
+/// body (up to 64 MiB on a slow uplink) or S3 copying up to 5 GiB.
+const BULK_READ_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Overrides the client's timeouts for one request that moves a lot of bytes.
+pub fn bulk_transfer() -> aws_sdk_s3::config::Builder {
+    aws_sdk_s3::config::Builder::default().timeout_config(
+        TimeoutConfig::builder().connect_timeout(CONNECT_TIMEOUT).read_timeout(BULK_READ_TIMEOUT).build(),
+    )
+}
 
 struct CachedClient {
     client: aws_sdk_s3::Client,

@@ -20,7 +20,18 @@ pub enum ConfigError {
     UnknownRemote(String),
     #[error("{key} = '{value}' is not valid: {why}")]
     BadValue { key: String, value: String, why: &'static str },
+    #[error(
+        "AWS profile '{profile}' (named in the URL) is not in the AWS config or credentials files; fix the URL (s3://profile@bucket/prefix) or add that profile"
+    )]
+    UrlProfileNotFound { profile: String },
+    #[error(
+        "AWS profile '{profile}' (from AWS_PROFILE) is not in the AWS config or credentials files; set AWS_PROFILE to one that is, or unset it"
+    )]
+    EnvProfileNotFound { profile: String },
 }
+
+/// Credentials in the environment that would otherwise win over the profile a URL names.
+const ENV_CREDENTIALS: [&str; 3] = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"];
 
 /// Whether the SDK adds its default CRC checksums to every request, or only where S3 requires
 /// one. Some S3-compatible stores reject the trailers of the former.
@@ -85,7 +96,32 @@ pub async fn resolve(
 ) -> Result<RemoteConfig, ConfigError> {
     let url = S3Url::parse(url)?;
     let config = git.config_list().await.unwrap_or_default();
-    resolve_from(remote_name, url, env, &config)
+    let resolved = resolve_from(remote_name, url, env, &config)?;
+    if let Some(profile) = &resolved.s3.profile
+        && !profile_exists(profile, &resolved.s3.aws_env).await
+    {
+        return Err(match resolved.url.profile {
+            Some(_) => ConfigError::UrlProfileNotFound { profile: profile.clone() },
+            None => ConfigError::EnvProfileNotFound { profile: profile.clone() },
+        });
+    }
+    Ok(resolved)
+}
+
+/// Whether the AWS config or credentials files (as the caller's environment locates them)
+/// define `profile`.
+async fn profile_exists(profile: &str, aws_env: &[(String, String)]) -> bool {
+    let env: HashMap<String, String> = aws_env.iter().cloned().collect();
+    let env = aws_types::os_shim_internal::Env::from(env);
+    let fs = aws_types::os_shim_internal::Fs::real();
+    let files = aws_runtime::env_config::file::EnvConfigFiles::default();
+    match aws_config::profile::load(&fs, &env, &files, None).await {
+        Ok(profiles) => profiles.get_profile(profile).is_some(),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the AWS config files");
+            false
+        }
+    }
 }
 
 fn resolve_from(
@@ -155,9 +191,11 @@ fn resolve_from(
             }
         },
     };
+    // The profile a URL names is the user's explicit choice: it beats keys in the environment.
     let mut aws_env: Vec<(String, String)> = env
         .iter()
         .filter(|(k, _)| k.starts_with("AWS_") || *k == "HOME")
+        .filter(|(k, _)| url.profile.is_none() || !ENV_CREDENTIALS.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     aws_env.sort();

@@ -3,7 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,27 +14,29 @@ use tokio::net::UnixListener;
 
 use crate::listener;
 use crate::scheduler::Scheduler;
+use crate::scratch::Scratch;
 use crate::server::Service;
 use crate::state::DaemonState;
 use crate::store::bundles::{Composer, PackCache};
 
-/// The pack cache in `dir`; when that cannot be written (a HOME of another user, a read-only
-/// one), a private one under the temp dir: a cache is worth having, not worth refusing to run.
-fn open_pack_cache(dir: &std::path::Path, max_bytes: u64) -> Result<PackCache, DaemonError> {
-    match PackCache::open(dir.to_path_buf(), max_bytes) {
-        Ok(packs) => Ok(packs),
-        Err(e) => {
+/// The pack cache and the scratch space under `dir`; when that cannot be written (a HOME of
+/// another user, a read-only one), private ones under the temp dir: a cache is worth having, not
+/// worth refusing to run.
+fn open_disk_space(dir: &Path, socket: &Path, max_bytes: u64) -> Result<(PackCache, Scratch), DaemonError> {
+    let open = |dir: &Path| -> Result<(PackCache, Scratch), (PathBuf, std::io::Error)> {
+        let packs = PackCache::open(dir.join("packs"), max_bytes).map_err(|e| (dir.join("packs"), e))?;
+        let scratch = Scratch::open(dir, socket).map_err(|e| (dir.join("scratch"), e))?;
+        Ok((packs, scratch))
+    };
+    match open(dir) {
+        Ok(opened) => Ok(opened),
+        Err((path, e)) => {
             let uid = rustix::process::getuid().as_raw();
             let private = std::env::temp_dir().join(format!("git-remote-s3-{uid}-cache"));
             // Ours alone, or another user could read or plant packs.
             git_s3_proto::endpoint::ensure_private_dir(&private)?;
-            let fallback = private.join("packs");
-            tracing::warn!(dir = %dir.display(), error = %e, fallback = %fallback.display(), "cannot use the pack cache; using a temporary one");
-            PackCache::open(fallback.clone(), max_bytes).map_err(|source| DaemonError::Io {
-                what: "open the pack cache in",
-                path: fallback,
-                source,
-            })
+            tracing::warn!(dir = %path.display(), error = %e, fallback = %private.display(), "cannot use the cache directory; using a temporary one");
+            open(&private).map_err(|(path, source)| DaemonError::Io { what: "open the cache in", path, source })
         }
     }
 }
@@ -67,8 +69,9 @@ pub struct DaemonOptions {
     pub max_inflight_bytes: u64,
     /// Run by a service manager (systemd, launchd): never exit when idle.
     pub managed: bool,
-    /// Where composed pushes keep local copies of packs, and how many bytes at most.
-    pub pack_cache_dir: PathBuf,
+    /// Holds the packs composed pushes build on and the daemon's scratch space.
+    pub cache_dir: PathBuf,
+    /// How many bytes of packs the cache keeps at most.
     pub pack_cache_bytes: u64,
     /// The listening socket systemd passed (see `inherited_listener`).
     pub inherited: Option<std::os::unix::net::UnixListener>,
@@ -77,7 +80,9 @@ pub struct DaemonOptions {
 pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     let endpoint = options.endpoint;
     endpoint.ensure_socket_dir()?;
-    let _instance = lock_instance(&endpoint)?;
+    // Held until the process has exited (the kernel releases it then), so whoever waits for the
+    // daemon to be gone waits for the process, not for the end of this function.
+    std::mem::forget(lock_instance(&endpoint)?);
     // systemd socket activation hands us the listening socket; otherwise we bind our own.
     let activated = options.inherited.is_some();
     let listener = match options.inherited {
@@ -87,13 +92,14 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     let managed = options.managed || activated;
     let idle_timeout = if managed { None } else { options.idle_timeout };
     let scheduler = Scheduler::new(options.max_requests, options.max_inflight_bytes);
-    let packs = open_pack_cache(&options.pack_cache_dir, options.pack_cache_bytes)?;
+    let (packs, scratch) = open_disk_space(&options.cache_dir, &endpoint.socket, options.pack_cache_bytes)?;
     let state = Arc::new(DaemonState::new(
         endpoint.socket.clone(),
         options.version,
         idle_timeout,
         scheduler,
         Composer::new(packs),
+        scratch,
         managed,
     ));
     tracing::info!(socket = %endpoint.socket.display(), pid = std::process::id(), idle_timeout = ?idle_timeout, activated, "git-s3d ready");

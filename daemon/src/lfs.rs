@@ -117,6 +117,8 @@ impl LfsStore {
             .key(key)
             .body(body)
             .checksum_sha256(aws_smithy_types::base64::encode(digest))
+            .customize()
+            .config_override(crate::clients::bulk_transfer())
             .send()
             .await;
         match result {

@@ -17,6 +17,7 @@ pub mod progress;
 pub mod repository;
 pub mod requests;
 pub mod scheduler;
+pub mod scratch;
 pub mod server;
 pub mod state;
 pub mod store;

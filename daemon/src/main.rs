@@ -69,7 +69,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(serve(args, inherited))
+    let code = runtime.block_on(serve(args, inherited));
+    // Work still running on blocking threads has been given its drain time already.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    code
 }
 
 async fn serve(args: Args, inherited: Option<std::os::unix::net::UnixListener>) -> ExitCode {
@@ -100,7 +103,7 @@ async fn serve(args: Args, inherited: Option<std::os::unix::net::UnixListener>) 
         max_requests: args.max_requests,
         max_inflight_bytes: args.max_inflight_mib.saturating_mul(1024 * 1024),
         managed: args.managed,
-        pack_cache_dir: endpoint.cache_dir.join("packs"),
+        cache_dir: endpoint.cache_dir.clone(),
         pack_cache_bytes: args.pack_cache_mib.saturating_mul(1024 * 1024),
         inherited,
     };

@@ -1,12 +1,15 @@
 //! What `git s3` does to a remote: show it, protect branches, delete a branch, and repair what
 //! crashed pushes or other tools left behind (`doctor`).
 
+use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use crate::bucket::{OpenUpload, PutOptions, S3Error};
 use crate::layout::{RefKey, check_refname};
 use crate::lock::{LockError, RefLock};
-use crate::store::bundles::{BundleRepo, Listing, StoreError, default_branch, release};
+use futures::StreamExt;
+
+use crate::store::bundles::{BundleObject, BundleRepo, Listing, RefState, StoreError, default_branch, release};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManageError {
@@ -44,7 +47,13 @@ pub struct DoctorOptions {
     /// An upload that is not a push's (LFS objects) counts as abandoned after this long without a new part.
     pub upload_idle: Duration,
     pub dry_run: bool,
+    /// Download and index every bundle instead of checking its header.
+    pub thorough: bool,
 }
+
+/// Bundles doctor checks at once: header probes are small; thorough checks download.
+const CHECKS_IN_FLIGHT: usize = 16;
+const THOROUGH_CHECKS_IN_FLIGHT: usize = 2;
 
 /// S3 keeps the parts of an unfinished upload (and bills them) until someone aborts it.
 pub const DEFAULT_UPLOAD_IDLE: Duration = Duration::from_secs(3600);
@@ -117,10 +126,10 @@ impl BundleRepo {
         };
         let listing = self.list(true).await?;
         let ttl = options.lock_ttl.unwrap_or(self.config.lock_ttl);
-        let mut findings = Vec::new();
+        let (mut findings, bad) = self.check_bundles(&listing, options.thorough).await?;
         for (refname, state) in &listing.refs {
             if state.bundles.len() > 1 {
-                findings.extend(self.repair_bundles(refname, state, options).await?);
+                findings.extend(self.repair_bundles(refname, state, &bad, options).await?);
             }
             if let Some(lock) = &state.lock {
                 let age = age_s(lock.last_modified);
@@ -138,11 +147,51 @@ impl BundleRepo {
                 }
             }
         }
+        for name in &listing.unusable {
+            findings.push(Finding {
+                subject: name.clone(),
+                problem: "not a ref name git can use; clones and fetches leave it out".into(),
+                action: format!("if no other tool needs them, delete the keys under {}", self.layout.ref_dir(name)),
+                fixed: false,
+            });
+        }
         findings.extend(self.repair_head(&listing, options.dry_run).await?);
         for upload in &uploads {
             findings.extend(self.repair_upload(upload, &listing, ttl, options).await?);
         }
         Ok(findings)
+    }
+
+    /// Every bundle a clone would refuse, with how to repair it, and the keys of those bundles.
+    async fn check_bundles(
+        &self,
+        listing: &Listing,
+        thorough: bool,
+    ) -> Result<(Vec<Finding>, HashSet<String>), StoreError> {
+        // Owned items: closures over borrowed ones trip the compiler's Send check.
+        let bundles: Vec<(String, BundleObject, String)> = listing
+            .refs
+            .iter()
+            .flat_map(|(refname, state)| {
+                state.bundles.iter().map(|b| (refname.clone(), b.clone(), corrupt_bundle_repair(refname, state, b)))
+            })
+            .collect();
+        let in_flight = if thorough { THOROUGH_CHECKS_IN_FLIGHT } else { CHECKS_IN_FLIGHT };
+        let checked: Vec<_> = futures::stream::iter(bundles)
+            .map(|(refname, bundle, action)| async move {
+                let problem = self.check_bundle(&refname, &bundle, thorough).await?;
+                Ok::<_, StoreError>(problem.map(|problem| {
+                    let problem = format!("{problem} ({})", short(&bundle.oid));
+                    (Finding { subject: refname, action, problem, fixed: false }, bundle.key)
+                }))
+            })
+            .buffer_unordered(in_flight)
+            .collect()
+            .await;
+        let mut bad: Vec<(Finding, String)> =
+            checked.into_iter().filter_map(Result::transpose).collect::<Result<_, _>>()?;
+        bad.sort_by(|a, b| a.0.subject.cmp(&b.0.subject));
+        Ok(bad.into_iter().unzip())
     }
 
     /// Aborts an unfinished upload nobody will finish: a bundle upload of a ref no push holds
@@ -180,17 +229,21 @@ impl BundleRepo {
         Ok(Some(Finding { subject, problem, action: "aborted it".into(), fixed: true }))
     }
 
-    /// Keeps one bundle (the newest, or `--keep`) and moves every other one to a branch of
+    /// Keeps one bundle (the newest a clone would take, or `--keep`) and moves every other one to a branch of
     /// its own, `<ref>_<sha8>`, or deletes it with `--delete-bundle`. Done under the ref's lock.
     async fn repair_bundles(
         &self,
         refname: &str,
-        state: &crate::store::bundles::RefState,
+        state: &RefState,
+        bad: &HashSet<String>,
         options: &DoctorOptions,
     ) -> Result<Vec<Finding>, StoreError> {
+        let newest_healthy =
+            state.bundles.iter().filter(|b| !bad.contains(&b.key)).max_by(|a, b| a.last_modified.cmp(&b.last_modified));
         let chosen = (!options.keep.is_empty())
             .then(|| state.bundles.iter().find(|b| b.oid.starts_with(&options.keep)))
             .flatten()
+            .or(newest_healthy)
             .or_else(|| state.current());
         let Some(kept) = chosen else { return Ok(Vec::new()) };
         let problem = format!("{} bundles; keeping {}", state.bundles.len(), short(&kept.oid));
@@ -237,12 +290,13 @@ impl BundleRepo {
         if head.is_some_and(|h| listing.values().any(|(name, _)| name == h)) {
             return Ok(None);
         }
-        let problem = match head {
-            None => "missing".to_string(),
-            Some(h) => format!("names {h}, which does not exist"),
+        let problem = match (&listing.bad_head, head) {
+            (Some(why), _) => why.clone(),
+            (None, None) => "missing".to_string(),
+            (None, Some(h)) => format!("names {h}, which does not exist"),
         };
         let Some(target) = default_branch(listing, "") else {
-            if head.is_none() {
+            if head.is_none() && listing.bad_head.is_none() {
                 return Ok(None); // an empty repository needs no HEAD
             }
             let action = "no branch to point it at; push a branch".to_string();
@@ -258,6 +312,20 @@ impl BundleRepo {
         }
         self.bucket.put_bytes(&self.layout.head(), target.as_bytes().to_vec(), PutOptions::default()).await?;
         Ok(Some(Finding { subject: "HEAD".into(), problem, action: format!("pointed it at {target}"), fixed: true }))
+    }
+}
+
+/// How to get rid of a bad bundle: keep another bundle of the ref where it has one, else push
+/// the ref again or delete it.
+fn corrupt_bundle_repair(refname: &str, state: &RefState, bad: &BundleObject) -> String {
+    match state.bundles.iter().find(|b| b.key != bad.key) {
+        Some(other) => format!(
+            "keep the other bundle: git s3 doctor --delete-bundle --keep {} (or push {refname} again)",
+            short(&other.oid)
+        ),
+        None => format!(
+            "push {refname} again (git push --force <remote> {refname}), or delete it: git s3 delete-branch {refname}"
+        ),
     }
 }
 

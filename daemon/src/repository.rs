@@ -14,6 +14,7 @@ use crate::git::{Git, GitError};
 use crate::layout::Layout;
 use crate::lfs::{LfsError, LfsStore};
 use crate::scheduler::Scheduler;
+use crate::scratch::Scratch;
 use crate::store::bundles::{BundleRepo, Composer};
 
 pub use crate::lfs::TRANSFER_ERROR_CODE;
@@ -46,6 +47,7 @@ pub enum OpenLfsError {
 pub async fn open(
     clients: &ClientCache,
     composer: &Arc<Composer>,
+    scratch: &Arc<Scratch>,
     caller: &CallerContext,
     remote_name: &str,
     url: &str,
@@ -62,7 +64,7 @@ pub async fn open(
     let client = clients.get(&config.s3).await;
     let bucket = Bucket::new(client, &config.url.bucket, config.s3.endpoint.as_deref(), config.s3.checksums);
     let layout = Layout::new(&config.url.prefix);
-    Ok(BundleRepo { bucket, layout, config, git, composer: composer.clone() })
+    Ok(BundleRepo { bucket, layout, config, git, composer: composer.clone(), scratch: scratch.clone() })
 }
 
 /// The LFS store for what git-lfs calls `remote` (a remote's name or a URL). An `s3.lfsurl` in

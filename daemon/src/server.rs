@@ -30,9 +30,16 @@ impl Service {
     async fn open(&self, caller: Option<proto::Caller>, remote: Option<proto::Remote>) -> Result<Opened, Status> {
         let session = caller.as_ref().map(|c| c.session_id.clone()).unwrap_or_default();
         let (context, remote) = requests::caller_and_remote(caller, remote)?;
-        let repo = repository::open(&self.state.clients, &self.state.composer, &context, &remote.name, &remote.url)
-            .await
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let repo = repository::open(
+            &self.state.clients,
+            &self.state.composer,
+            &self.state.scratch,
+            &context,
+            &remote.name,
+            &remote.url,
+        )
+        .await
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let label = repo.config.url.to_string();
         let listing_key = ListingKey { session, remote: label.clone() };
         Ok(Opened { repo, label, listing_key })
@@ -135,7 +142,7 @@ impl Daemon for Service {
             .to_string();
         let refs =
             listing.values().map(|(name, oid)| proto::RemoteRef { name: name.into(), oid: oid.into() }).collect();
-        Ok(Response::new(proto::ListRefsReply { refs, head }))
+        Ok(Response::new(proto::ListRefsReply { refs, head, warnings: listing.warnings() }))
     }
 
     type FetchStream = EventStream<proto::FetchEvent>;
@@ -266,7 +273,13 @@ impl Daemon for Service {
                 }
             })
             .collect();
-        Ok(Response::new(proto::InspectReply { url: opened.label, refs, head: listing.head.unwrap_or_default() }))
+        let warnings = listing.warnings();
+        Ok(Response::new(proto::InspectReply {
+            url: opened.label,
+            refs,
+            head: listing.head.unwrap_or_default(),
+            warnings,
+        }))
     }
 
     async fn set_protection(
@@ -305,6 +318,7 @@ impl Daemon for Service {
             lock_ttl: (request.lock_ttl_s > 0).then(|| Duration::from_secs(request.lock_ttl_s)),
             upload_idle: request.upload_idle_s.map_or(manage::DEFAULT_UPLOAD_IDLE, Duration::from_secs),
             dry_run: request.dry_run,
+            thorough: request.thorough,
         };
         let findings = opened.repo.doctor(&options).await.map_err(|e| Status::aborted(e.to_string()))?;
         let findings = findings

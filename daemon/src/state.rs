@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::clients::ClientCache;
 use crate::listing_cache::ListingCache;
 use crate::scheduler::Scheduler;
+use crate::scratch::Scratch;
 use crate::store::bundles::Composer;
 
 pub struct DaemonState {
@@ -25,6 +26,7 @@ pub struct DaemonState {
     pub listings: ListingCache,
     pub scheduler: Arc<Scheduler>,
     pub composer: Arc<Composer>,
+    pub scratch: Arc<Scratch>,
     /// Work that must finish even if its client goes away (a push half-way must complete or
     /// roll back, not be dropped). Waited for at shutdown.
     pub tasks: TaskTracker,
@@ -68,6 +70,7 @@ impl DaemonState {
         idle_timeout: Option<Duration>,
         scheduler: Scheduler,
         composer: Composer,
+        scratch: Scratch,
         managed: bool,
     ) -> Self {
         Self {
@@ -79,6 +82,7 @@ impl DaemonState {
             listings: ListingCache::default(),
             scheduler: Arc::new(scheduler),
             composer: Arc::new(composer),
+            scratch: Arc::new(scratch),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             connections: AtomicUsize::new(0),

@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinSet;
 
 use crate::bucket::{Bucket, PutOptions, S3Error};
+use crate::clients::bulk_transfer;
 use crate::config::ChecksumMode;
 
 /// S3 allows 5 MiB; larger parts mean fewer requests for big uploads.
@@ -106,6 +107,8 @@ impl MultipartUpload {
             .key(key)
             .upload_id(upload_id)
             .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .customize()
+            .config_override(bulk_transfer())
             .send()
             .await;
         self.finished = true;
@@ -151,6 +154,8 @@ impl PartUploader {
             .upload_id(&self.upload_id)
             .part_number(part_number)
             .body(body)
+            .customize()
+            .config_override(bulk_transfer())
             .send()
             .await
             .map_err(|e| self.bucket.classify("UploadPart", &self.key, e))?;
@@ -180,6 +185,8 @@ impl PartUploader {
             .copy_source(self.bucket.copy_source(source))
             .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1))
             .copy_source_if_match(if_match)
+            .customize()
+            .config_override(bulk_transfer())
             .send()
             .await
             .map_err(|e| self.bucket.classify("UploadPartCopy", &self.key, e))?;

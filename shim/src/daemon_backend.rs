@@ -12,6 +12,7 @@ use crate::caller;
 use crate::daemon_client::{Client, connect_or_start};
 use crate::progress::ProgressDisplay;
 use crate::remote_helper::{Backend, Options, PushRequest};
+use crate::terminal::printable;
 
 pub struct DaemonBackend {
     endpoint: Endpoint,
@@ -47,7 +48,7 @@ impl DaemonBackend {
             let event = events.message().await.map_err(|s| describe(&s, &self.endpoint))?;
             match event.and_then(OperationEvent::step) {
                 Some(Step::Progress(progress)) if verbosity.progress => self.display.update(&progress),
-                Some(Step::Message(message)) if verbosity.level > 0 => eprintln!("{message}"),
+                Some(Step::Message(message)) if verbosity.level > 0 => eprintln!("{}", printable(&message)),
                 Some(Step::Progress(_) | Step::Message(_)) => {}
                 Some(Step::Done(done)) => return Ok(done),
                 None => return Err(cut_short.to_string()),
@@ -110,7 +111,12 @@ impl Backend for DaemonBackend {
             remote: Some(self.remote.clone()),
             for_push,
         };
-        client.list_refs(request).await.map(|r| r.into_inner()).map_err(|s| describe(&s, &self.endpoint))
+        let reply =
+            client.list_refs(request).await.map(|r| r.into_inner()).map_err(|s| describe(&s, &self.endpoint))?;
+        for warning in &reply.warnings {
+            eprintln!("warning: {}", printable(warning));
+        }
+        Ok(reply)
     }
 
     async fn fetch(&mut self, wanted: Vec<RemoteRef>, options: &Options) -> Result<FetchDone, String> {

@@ -10,3 +10,4 @@ pub mod lfs_protocol;
 pub mod progress;
 pub mod remote_helper;
 pub mod service;
+pub mod terminal;

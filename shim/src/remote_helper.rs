@@ -260,7 +260,7 @@ mod tests {
 
     impl Backend for FakeRemote {
         async fn list(&mut self, _for_push: bool) -> Result<ListRefsReply, String> {
-            Ok(ListRefsReply { refs: self.refs.clone(), head: "refs/heads/main".into() })
+            Ok(ListRefsReply { refs: self.refs.clone(), head: "refs/heads/main".into(), warnings: Vec::new() })
         }
 
         async fn fetch(&mut self, wanted: Vec<RemoteRef>, _options: &Options) -> Result<FetchDone, String> {

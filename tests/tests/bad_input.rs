@@ -50,7 +50,6 @@ fn branch_names_with_odd_characters_round_trip_as_s3_keys() {
     let env = TestEnv::new();
     let url = env.url("odd");
     let repo = env.new_repo("work");
-    // '#' is refused: the layout's own files (LOCK#.lock, PROTECTED#) live beside the bundles.
     let branch = "feat/ünïcødé%20+@&=;'x,!";
     env.git_ok(&repo, &["branch", branch]);
     env.git_ok(&repo, &["push", &url, "main", branch]);

@@ -8,6 +8,7 @@ use git_s3_proto::endpoint::Endpoint;
 use git_s3_shim::caller;
 use git_s3_shim::daemon_backend::DaemonBackend;
 use git_s3_shim::remote_helper;
+use git_s3_shim::terminal::printable;
 use tokio::io::BufReader;
 
 fn main() -> ExitCode {
@@ -37,7 +38,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("fatal: {message}");
+            eprintln!("fatal: {}", printable(&message));
             ExitCode::from(128)
         }
     }

@@ -15,6 +15,7 @@ use git_s3_proto::{
 use git_s3_shim::daemon_backend::describe;
 use git_s3_shim::daemon_client::{self, Client, ConnectError};
 use git_s3_shim::progress::human_bytes;
+use git_s3_shim::terminal::printable;
 use git_s3_shim::{caller, service};
 
 /// Exit status of `daemon status` when no daemon runs (as `systemctl status` does).
@@ -32,7 +33,8 @@ struct Cli {
 enum TopCommand {
     /// List the remote's refs with their bundle sizes, ages, protection and locks.
     Ls { remote: String },
-    /// Check the remote for leftovers of interrupted pushes and repair them.
+    /// Check the remote for leftovers of interrupted pushes and for bundles a clone would
+    /// refuse, and repair what can be repaired.
     Doctor {
         remote: String,
         /// Delete extra bundles instead of keeping each as a branch <ref>_<sha8>.
@@ -53,6 +55,9 @@ enum TopCommand {
         /// Report only; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Download and index every bundle (as a clone would) instead of checking its header.
+        #[arg(long)]
+        thorough: bool,
         /// Apply without asking.
         #[arg(long, short)]
         yes: bool,
@@ -146,7 +151,7 @@ fn main() -> ExitCode {
 }
 
 fn fatal(message: &str) -> ExitCode {
-    eprintln!("fatal: {message}");
+    eprintln!("fatal: {}", printable(message));
     ExitCode::from(128)
 }
 
@@ -185,7 +190,17 @@ async fn run(command: TopCommand, endpoint: &Endpoint) -> Result<ExitCode, Strin
             }
             ok
         }
-        TopCommand::Doctor { remote, delete_bundle, keep, delete_stale_locks, lock_ttl, upload_idle, dry_run, yes } => {
+        TopCommand::Doctor {
+            remote,
+            delete_bundle,
+            keep,
+            delete_stale_locks,
+            lock_ttl,
+            upload_idle,
+            dry_run,
+            thorough,
+            yes,
+        } => {
             let mut client = connect(endpoint).await?;
             let request = |dry_run| -> Result<DoctorRequest, String> {
                 Ok(DoctorRequest {
@@ -197,6 +212,7 @@ async fn run(command: TopCommand, endpoint: &Endpoint) -> Result<ExitCode, Strin
                     lock_ttl_s: lock_ttl.unwrap_or(0),
                     upload_idle_s: upload_idle,
                     dry_run,
+                    thorough,
                 })
             };
             // On a terminal, show what would change and ask first.
@@ -263,15 +279,19 @@ fn confirm(question: &str) -> Result<bool, String> {
 }
 
 fn print_listing(reply: &git_s3_proto::InspectReply) {
-    println!("{}", reply.url);
+    println!("{}", printable(&reply.url));
+    for warning in &reply.warnings {
+        eprintln!("warning: {}", printable(warning));
+    }
     if reply.refs.is_empty() {
         println!("(no refs)");
     }
-    let width = reply.refs.iter().map(|r| r.name.len()).max().unwrap_or(3).max(3);
+    let names: Vec<_> = reply.refs.iter().map(|r| printable(&r.name)).collect();
+    let width = names.iter().map(|name| name.chars().count()).max().unwrap_or(3).max(3);
     if !reply.refs.is_empty() {
         println!("{:<width$}  {:<8}  {:>11}  {:>6}  NOTES", "REF", "OBJECT", "SIZE", "AGE");
     }
-    for r in &reply.refs {
+    for (r, name) in reply.refs.iter().zip(&names) {
         let mut notes = Vec::new();
         if r.protected {
             notes.push("protected".to_string());
@@ -283,14 +303,16 @@ fn print_listing(reply: &git_s3_proto::InspectReply) {
             notes.push(format!("{} bundles: run 'git s3 doctor'", r.bundles.len()));
         }
         let (oid, size, age) = match r.bundles.first() {
-            Some(b) => (b.oid[..8.min(b.oid.len())].to_string(), human_bytes(b.size as f64), human_age(b.age_s)),
+            Some(b) => {
+                (printable(&b.oid).chars().take(8).collect::<String>(), human_bytes(b.size as f64), human_age(b.age_s))
+            }
             None => ("-".into(), "-".into(), "-".into()),
         };
-        println!("{:<width$}  {oid:<8}  {size:>11}  {age:>6}  {}", r.name, notes.join(", "));
+        println!("{name:<width$}  {oid:<8}  {size:>11}  {age:>6}  {}", notes.join(", "));
     }
     match reply.head.as_str() {
         "" => println!("HEAD: (not set)"),
-        head => println!("HEAD -> {head}"),
+        head => println!("HEAD -> {}", printable(head)),
     }
 }
 
@@ -300,7 +322,7 @@ fn print_findings(findings: &[git_s3_proto::Finding]) {
     }
     for f in findings {
         let action = if f.action.is_empty() { String::new() } else { format!(": {}", f.action) };
-        println!("{}: {}{action}", f.subject, f.problem);
+        println!("{}", printable(&format!("{}: {}{action}", f.subject, f.problem)));
     }
 }
 
@@ -574,16 +596,21 @@ fn print_status(status: &StatusReply, json: bool) {
             let secs = a.elapsed_ms as f64 / 1000.0;
             if a.bytes > 0 {
                 let rate = human_bytes(a.bytes as f64 / secs.max(0.001));
-                println!("  {} {} ({secs:.1}s, {}, {rate}/s)", a.what, a.remote, human_bytes(a.bytes as f64));
+                println!(
+                    "  {} {} ({secs:.1}s, {}, {rate}/s)",
+                    a.what,
+                    printable(&a.remote),
+                    human_bytes(a.bytes as f64)
+                );
             } else {
-                println!("  {} {} ({secs:.1}s)", a.what, a.remote);
+                println!("  {} {} ({secs:.1}s)", a.what, printable(&a.remote));
             }
         }
     }
     if !status.recent_errors.is_empty() {
         println!("recent errors:");
         for e in &status.recent_errors {
-            println!("  {}: {}", e.what, e.message);
+            println!("  {}: {}", e.what, printable(&e.message));
         }
     }
 }

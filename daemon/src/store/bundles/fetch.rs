@@ -38,6 +38,31 @@ impl BundleRepo {
     /// protect the new packs until git has updated its refs.
     pub async fn fetch(&self, wanted: Vec<(String, String)>, events: &Events) -> Result<Vec<PathBuf>, StoreError> {
         let pack_dir = self.git.git_path("objects/pack").await?;
+        let temp_packs_before = temp_packs(&pack_dir);
+        let mut keeps = Vec::new();
+        match self.fetch_into(wanted, &pack_dir, events, &mut keeps).await {
+            Ok(()) => Ok(keeps),
+            Err(e) => {
+                // git never hears of the packs of a failed fetch: they lose their keep files (so
+                // `git gc` may consolidate or drop them), and what a refusing index-pack left goes.
+                for keep in keeps {
+                    let _ = std::fs::remove_file(keep);
+                }
+                for leftover in temp_packs(&pack_dir).difference(&temp_packs_before) {
+                    let _ = std::fs::remove_file(pack_dir.join(leftover));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn fetch_into(
+        &self,
+        wanted: Vec<(String, String)>,
+        pack_dir: &Path,
+        events: &Events,
+        keeps: &mut Vec<PathBuf>,
+    ) -> Result<(), StoreError> {
         let oids: Vec<&str> = wanted.iter().map(|(_, oid)| oid.as_str()).collect();
         let present = self.git.present(&oids).await?;
         let mut bundles: Vec<RemoteBundle> =
@@ -52,21 +77,23 @@ impl BundleRepo {
         // add to it (their recorded segments), or nothing at all.
         bundles.sort_by_key(|b| std::cmp::Reverse(b.size));
         let mut bundles = bundles.into_iter();
-        let mut keeps = Vec::new();
         if let Some(first) = bundles.next() {
-            keeps.extend(self.fetch_ref(&first, &pack_dir, events).await?);
+            keeps.extend(self.fetch_ref(&first, pack_dir, events).await?);
         }
-        let pack_dir = &pack_dir;
         // Owned items: closures over borrowed ones trip the compiler's Send check.
         let results: Vec<_> = futures::stream::iter(bundles)
             .map(|bundle| async move { self.fetch_ref(&bundle, pack_dir, events).await })
             .buffer_unordered(BUNDLES_IN_FLIGHT)
             .collect()
             .await;
+        let mut failure = None;
         for result in results {
-            keeps.extend(result?);
+            match result {
+                Ok(keep) => keeps.extend(keep),
+                Err(e) => failure = failure.or(Some(e)),
+            }
         }
-        Ok(keeps)
+        failure.map_or(Ok(()), Err)
     }
 
     /// What S3 holds for a wanted ref: one HEAD request.
@@ -109,7 +136,7 @@ impl BundleRepo {
     }
 
     /// Streams one bundle from S3 into `git index-pack`, never holding it whole.
-    async fn unbundle(
+    pub(super) async fn unbundle(
         &self,
         refname: &str,
         oid: &str,
@@ -169,13 +196,8 @@ impl BundleRepo {
     }
 
     async fn check_header(&self, header: &BundleHeader, oid: &str) -> Result<(), String> {
-        if let Some((_, format)) = header.capabilities.iter().find(|(k, _)| k == "object-format")
-            && format != "sha1"
-        {
-            return Err(format!("it holds {format} objects, this remote stores sha1"));
-        }
-        if !header.refs.iter().any(|(o, _)| o == oid) {
-            return Err(format!("it does not contain {oid}"));
+        if let Some(why) = header.mismatch(oid) {
+            return Err(why);
         }
         for prerequisite in &header.prerequisites {
             if !self.git.has_object(prerequisite).await.map_err(|e| e.to_string())? {
@@ -214,6 +236,15 @@ impl BundleRepo {
 }
 
 /// The `.keep` file `git index-pack --keep` left (it prints `keep\t<hash>`), and the pack's hash.
+/// The temporary packs `git index-pack` is writing, or left behind when it refused its input.
+fn temp_packs(pack_dir: &Path) -> std::collections::BTreeSet<std::ffi::OsString> {
+    let Ok(entries) = std::fs::read_dir(pack_dir) else { return Default::default() };
+    entries
+        .filter_map(|entry| entry.ok().map(|e| e.file_name()))
+        .filter(|name| name.as_encoded_bytes().starts_with(b"tmp_pack_"))
+        .collect()
+}
+
 pub(super) fn keep_file(stdout: &[u8], pack_dir: &Path) -> (Option<PathBuf>, Option<String>) {
     let stdout = String::from_utf8_lossy(stdout);
     let hash = stdout.lines().find_map(|line| line.strip_prefix("keep\t")).map(|h| h.trim().to_string());

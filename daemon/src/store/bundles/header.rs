@@ -22,8 +22,24 @@ pub enum HeaderError {
     TooLarge,
 }
 
-/// A header this large is not one we wrote or the Python tool did: refuse rather than buffer.
-pub const MAX_HEADER_BYTES: usize = 16 * 1024 * 1024;
+/// A header this large is not one we wrote or the Python tool did (theirs and ours name one
+/// ref): refuse rather than buffer.
+pub const MAX_HEADER_BYTES: usize = 1024 * 1024;
+
+impl BundleHeader {
+    /// Why this header cannot be that of `<oid>.bundle` in a sha1 remote, if it cannot.
+    pub fn mismatch(&self, oid: &str) -> Option<String> {
+        if let Some((_, format)) = self.capabilities.iter().find(|(k, _)| k == "object-format")
+            && format != "sha1"
+        {
+            return Some(format!("it holds {format} objects, this remote stores sha1"));
+        }
+        if !self.refs.iter().any(|(o, _)| o == oid) {
+            return Some(format!("it does not contain {oid}, the object its key names"));
+        }
+        None
+    }
+}
 
 /// Parses the header at the start of `buf`. Returns the header and its length in bytes (the
 /// pack starts right after), or `None` when `buf` does not yet hold the whole header.
@@ -48,15 +64,15 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<(BundleHeader, usize)>, HeaderE
         let line = &buf[pos..pos + end];
         pos += end + 1;
         line_no += 1;
-        let text = std::str::from_utf8(line).map_err(|_| HeaderError::Malformed { line: line_no })?;
         if line_no == 1 {
-            header.version = match text {
-                "# v2 git bundle" => 2,
-                "# v3 git bundle" => 3,
+            header.version = match line {
+                b"# v2 git bundle" => 2,
+                b"# v3 git bundle" => 3,
                 _ => return Err(HeaderError::Signature),
             };
             continue;
         }
+        let text = std::str::from_utf8(line).map_err(|_| HeaderError::Malformed { line: line_no })?;
         if text.is_empty() {
             return Ok(Some((header, pos)));
         }
@@ -112,6 +128,17 @@ mod tests {
     }
 
     #[test]
+    fn a_header_must_name_the_object_its_key_names() {
+        let bytes = format!("# v2 git bundle\n{A} refs/heads/main\n\n");
+        let (header, _) = parse_header(bytes.as_bytes()).unwrap().unwrap();
+        assert_eq!(header.mismatch(A), None);
+        assert!(header.mismatch(B).is_some_and(|why| why.contains(B)));
+        let sha256 = format!("# v3 git bundle\n@object-format=sha256\n{A} refs/heads/main\n\n");
+        let (header, _) = parse_header(sha256.as_bytes()).unwrap().unwrap();
+        assert!(header.mismatch(A).is_some_and(|why| why.contains("sha256")));
+    }
+
+    #[test]
     fn incomplete_header_asks_for_more() {
         assert_eq!(parse_header(b"# v2 git bu"), Ok(None));
         assert_eq!(parse_header(format!("# v2 git bundle\n{A} refs/heads/main\n").as_bytes()), Ok(None));
@@ -120,6 +147,7 @@ mod tests {
     #[test]
     fn garbage_is_refused() {
         assert_eq!(parse_header(b"<?xml version"), Err(HeaderError::Signature));
+        assert_eq!(parse_header(b"\xff\xfe\n# v2 git bundle\n"), Err(HeaderError::Signature));
         assert_eq!(
             parse_header(b"# v2 git bundle\nnot-an-oid refs/heads/x\n\n"),
             Err(HeaderError::Malformed { line: 2 })

@@ -1,10 +1,10 @@
 //! What a listing of the bucket says about each ref: its bundles (its value), protection and lock.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
 use crate::bucket::ObjectInfo;
-use crate::layout::{Layout, RefKey};
+use crate::layout::{Layout, RefKey, check_refname};
 
 /// What one ref folder holds.
 #[derive(Debug, Clone, Default)]
@@ -33,14 +33,46 @@ impl RefState {
 #[derive(Debug, Clone, Default)]
 pub struct Listing {
     pub refs: BTreeMap<String, RefState>,
-    /// What `HEAD` names, as stored (it may name a ref that has no bundle).
+    /// The ref `HEAD` names, as stored (it may name a ref that has no bundle).
     pub head: Option<String>,
+    /// Why `HEAD` is there but names nothing git could use (too large, not text, not a ref name).
+    pub bad_head: Option<String>,
+    /// Ref folders whose names git cannot use (spaces, control characters, `..`): never advertised.
+    pub unusable: BTreeSet<String>,
 }
+
+/// Ref names a warning names before it says "and N more".
+const NAMED_IN_A_WARNING: usize = 5;
 
 impl Listing {
     /// `(refname, oid)` of every ref that has a value.
     pub fn values(&self) -> impl Iterator<Item = (&str, &str)> {
         self.refs.iter().filter_map(|(name, state)| state.current().map(|b| (name.as_str(), b.oid.as_str())))
+    }
+
+    /// One line for each thing in the bucket this listing had to leave out.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(why) = &self.bad_head {
+            warnings.push(format!("the remote's HEAD {why}; ignoring it ('git s3 doctor' repairs it)"));
+        }
+        if !self.unusable.is_empty() {
+            let mut names: Vec<String> = self
+                .unusable
+                .iter()
+                .take(NAMED_IN_A_WARNING)
+                .map(|name| format!("'{}'", name.escape_debug()))
+                .collect();
+            if self.unusable.len() > NAMED_IN_A_WARNING {
+                names.push(format!("and {} more", self.unusable.len() - NAMED_IN_A_WARNING));
+            }
+            warnings.push(format!(
+                "left out {} ref folder(s) whose names git cannot use: {}; 'git s3 doctor' lists them",
+                self.unusable.len(),
+                names.join(", ")
+            ));
+        }
+        warnings
     }
 }
 
@@ -62,22 +94,36 @@ pub fn default_branch<'a>(listing: &'a Listing, excluding: &str) -> Option<&'a s
     choose_head(&branches, None)
 }
 
-pub fn parse_listing(layout: &Layout, objects: Vec<ObjectInfo>) -> BTreeMap<String, RefState> {
-    let mut refs: BTreeMap<String, RefState> = BTreeMap::new();
+/// Sorts listed keys into ref folders. Folders whose names git cannot use are left out (and
+/// named in `unusable`): git would cut such a name short and then miss the ref it asked for.
+pub fn parse_listing(layout: &Layout, objects: Vec<ObjectInfo>) -> Listing {
+    let mut listing = Listing::default();
     for object in objects {
-        match layout.classify(&object.key) {
-            RefKey::Bundle { refname, oid } => refs.entry(refname).or_default().bundles.push(BundleObject {
+        let key = layout.classify(&object.key);
+        let refname = match &key {
+            RefKey::Bundle { refname, .. }
+            | RefKey::Protected { refname }
+            | RefKey::Lock { refname }
+            | RefKey::Zip { refname } => refname,
+            RefKey::Other => continue,
+        };
+        if check_refname(refname).is_err() {
+            listing.unusable.insert(refname.clone());
+            continue;
+        }
+        match key {
+            RefKey::Bundle { refname, oid } => listing.refs.entry(refname).or_default().bundles.push(BundleObject {
                 oid,
                 key: object.key,
                 size: object.size,
                 last_modified: object.last_modified,
             }),
-            RefKey::Protected { refname } => refs.entry(refname).or_default().protected = true,
-            RefKey::Lock { refname } => refs.entry(refname).or_default().lock = Some(object),
+            RefKey::Protected { refname } => listing.refs.entry(refname).or_default().protected = true,
+            RefKey::Lock { refname } => listing.refs.entry(refname).or_default().lock = Some(object),
             RefKey::Zip { .. } | RefKey::Other => {}
         }
     }
-    refs
+    listing
 }
 
 #[cfg(test)]
@@ -114,7 +160,8 @@ mod tests {
                 object("p/refs/heads/main/LOCK#.lock", 5),
                 object("p/refs/heads/main/repo.zip", 5),
             ],
-        );
+        )
+        .refs;
         let main = &refs["refs/heads/main"];
         assert_eq!(main.bundles.len(), 2);
         assert_eq!(main.current().map(|b| b.oid.as_str()), Some(B));
@@ -125,8 +172,30 @@ mod tests {
     #[test]
     fn a_ref_with_only_a_lock_has_no_value() {
         let layout = Layout::new("p");
-        let listing =
-            Listing { refs: parse_listing(&layout, vec![object("p/refs/heads/x/LOCK#.lock", 1)]), head: None };
+        let listing = parse_listing(&layout, vec![object("p/refs/heads/x/LOCK#.lock", 1)]);
         assert_eq!(listing.values().count(), 0);
+    }
+
+    #[test]
+    fn names_git_cannot_use_are_left_out_and_named_once() {
+        let layout = Layout::new("p");
+        let listing = parse_listing(
+            &layout,
+            vec![
+                object(&format!("p/refs/heads/fix#123/{A}.bundle"), 1),
+                object(&format!("p/refs/heads/v1.bundle/{A}.bundle"), 1),
+                object(&format!("p/refs/heads/a b/{A}.bundle"), 1),
+                object(&format!("p/refs/heads/x..y/{A}.bundle"), 1),
+                object("p/refs/heads/a b/LOCK#.lock", 1),
+                object(&format!("p/refs/heads/\u{1b}]0;pwned\u{7}/{B}.bundle"), 1),
+            ],
+        );
+        let names: Vec<&str> = listing.values().map(|(name, _)| name).collect();
+        assert_eq!(names, ["refs/heads/fix#123", "refs/heads/v1.bundle"]);
+        assert_eq!(listing.unusable.len(), 3);
+        let warnings = listing.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("'refs/heads/a b'") && warnings[0].contains("\\u{1b}"), "{warnings:?}");
+        assert!(!warnings[0].chars().any(char::is_control), "{warnings:?}");
     }
 }

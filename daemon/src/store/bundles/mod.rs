@@ -3,6 +3,7 @@
 //! Pushes compose a ref's new bundle from the bytes of an old one where that pays (see
 //! `compose`), so a push costs the change rather than the history.
 
+mod check;
 mod compose;
 mod fetch;
 pub mod header;
@@ -17,8 +18,9 @@ use std::sync::Arc;
 use crate::bucket::{Bucket, S3Error};
 use crate::config::RemoteConfig;
 use crate::git::{Git, GitError};
-use crate::layout::Layout;
+use crate::layout::{Layout, check_refname};
 use crate::lock::{LockError, RefLock};
+use crate::scratch::Scratch;
 
 pub use compose::Composer;
 pub use listing::{BundleObject, Listing, RefState, choose_head, default_branch, parse_listing};
@@ -54,24 +56,63 @@ pub struct BundleRepo {
     pub config: RemoteConfig,
     pub git: Git,
     pub composer: Arc<Composer>,
+    /// Where temporary repositories go.
+    pub scratch: Arc<Scratch>,
 }
 
 impl BundleRepo {
     pub async fn list(&self, with_head: bool) -> Result<Listing, StoreError> {
-        let head_key = self.layout.head();
         let refs_prefix = self.layout.refs_prefix();
         let (objects, head) = tokio::join!(self.bucket.list(&refs_prefix), async {
-            if with_head { self.bucket.get_bytes(&head_key).await } else { Ok(None) }
+            if with_head { self.read_head().await } else { Ok(Head::Missing) }
         });
-        let refs = parse_listing(&self.layout, objects?);
-        let head = head?.map(|bytes| String::from_utf8_lossy(&bytes).trim().to_string()).filter(|h| !h.is_empty());
-        Ok(Listing { refs, head })
+        let mut listing = parse_listing(&self.layout, objects?);
+        match head? {
+            Head::Missing => {}
+            Head::Ref(name) => listing.head = Some(name),
+            Head::Unusable(why) => listing.bad_head = Some(why),
+        }
+        Ok(listing)
+    }
+
+    /// What `P/HEAD` names. Its size and content are whatever a writer of the bucket made them.
+    pub(crate) async fn read_head(&self) -> Result<Head, S3Error> {
+        let bytes = match self.bucket.get_small(&self.layout.head(), MAX_HEAD_BYTES).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Ok(Head::Missing),
+            Err(S3Error::TooLarge { .. }) => {
+                return Ok(Head::Unusable(format!("holds more than {MAX_HEAD_BYTES} bytes")));
+            }
+            Err(e) => return Err(e),
+        };
+        let Ok(text) = String::from_utf8(bytes) else {
+            return Ok(Head::Unusable("is not text".into()));
+        };
+        let name = text.trim();
+        if name.is_empty() {
+            return Ok(Head::Missing);
+        }
+        Ok(match check_refname(name) {
+            Ok(()) => Head::Ref(name.to_string()),
+            Err(_) => Head::Unusable(format!("names '{}', which is not a ref name git can use", name.escape_debug())),
+        })
     }
 
     pub(crate) async fn read_ref(&self, refname: &str) -> Result<RefState, S3Error> {
         let objects = self.bucket.list(&self.layout.ref_dir(refname)).await?;
-        Ok(parse_listing(&self.layout, objects).remove(refname).unwrap_or_default())
+        Ok(parse_listing(&self.layout, objects).refs.remove(refname).unwrap_or_default())
     }
+}
+
+/// A ref name is at most an S3 key long (1,024 bytes); this leaves room for stray whitespace.
+const MAX_HEAD_BYTES: usize = 4096;
+
+/// What `P/HEAD` holds.
+pub(crate) enum Head {
+    Missing,
+    Ref(String),
+    /// There, but naming nothing git could use; why.
+    Unusable(String),
 }
 
 pub(crate) async fn release(lock: RefLock) {

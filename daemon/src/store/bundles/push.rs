@@ -11,7 +11,7 @@ use tokio::io::AsyncReadExt;
 
 use super::compose::{Composed, Teed};
 use super::listing::{RefState, choose_head, default_branch};
-use super::{BundleRepo, StoreError, release};
+use super::{BundleRepo, Head, StoreError, release};
 use crate::bucket::PutOptions;
 use crate::git::{Git, GitError, last_line};
 use crate::layout::{RefKey, check_refname};
@@ -289,10 +289,7 @@ impl BundleRepo {
             Composed::Uploaded => return Ok(()),
             Composed::WholeBundle(why) => tracing::info!(refname = %dst, %why, "writing a whole bundle"),
         }
-        let scratch = tempfile::Builder::new()
-            .prefix("git-s3-push-")
-            .tempdir()
-            .map_err(|e| StoreError::TempDir(e).to_string())?;
+        let scratch = self.scratch.tempdir("push-").map_err(|e| StoreError::TempDir(e).to_string())?;
         let scratch_git = self.scratch_repository(scratch.path(), dst, new_oid).await.map_err(|e| e.to_string())?;
         let mut child = scratch_git
             .command(["bundle", "create", "-q", "-", dst.as_str()])
@@ -422,10 +419,7 @@ impl BundleRepo {
     /// Points HEAD elsewhere when it named the deleted ref (or removes it when no branch is
     /// left). Returns the new HEAD when it moved.
     pub(crate) async fn repoint_head_after_delete(&self, deleted: &str) -> Result<Option<String>, StoreError> {
-        let Some(head) = self.bucket.get_bytes(&self.layout.head()).await? else {
-            return Ok(None);
-        };
-        if String::from_utf8_lossy(&head).trim() != deleted {
+        if !matches!(self.read_head().await?, Head::Ref(head) if head == deleted) {
             return Ok(None);
         }
         let listing = self.list(false).await?;

@@ -1,0 +1,90 @@
+//! What `git s3 doctor` checks in each bundle: cheaply, everything a clone would refuse at the
+//! header; thoroughly, the whole bundle, indexed in a scratch repository like a clone would.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use super::header::{self, MAX_HEADER_BYTES};
+use super::listing::BundleObject;
+use super::{BundleRepo, StoreError};
+use crate::progress::Events;
+
+/// Bytes read first for a header; ours and the Python tool's fit in far fewer.
+const HEADER_PROBE_BYTES: u64 = 64 * 1024;
+/// A pack's header (12 bytes) and SHA-1 trailer (20).
+const EMPTY_PACK_BYTES: u64 = 32;
+
+impl BundleRepo {
+    /// What is wrong with `bundle` (the value of `refname`), or `None` when a clone would take
+    /// it. `thorough` downloads and indexes the whole bundle.
+    pub async fn check_bundle(
+        &self,
+        refname: &str,
+        bundle: &BundleObject,
+        thorough: bool,
+    ) -> Result<Option<String>, StoreError> {
+        if bundle.size == 0 {
+            return Ok(Some("the bundle is empty (0 bytes)".into()));
+        }
+        let mut probe_len = bundle.size.min(HEADER_PROBE_BYTES);
+        let (header, header_len, probe) = loop {
+            let Some(probe) = self.bucket.get_range(&bundle.key, 0..probe_len, None).await? else {
+                return Ok(None); // gone since the listing: nothing left to repair
+            };
+            match header::parse_header(&probe) {
+                Ok(Some((header, len))) => break (header, len as u64, probe),
+                Ok(None) if probe_len < bundle.size.min(MAX_HEADER_BYTES as u64) => {
+                    probe_len = bundle.size.min(MAX_HEADER_BYTES as u64);
+                }
+                Ok(None) => return Ok(Some("the bundle ends inside its header".into())),
+                Err(e) => return Ok(Some(format!("the bundle is corrupt: {e}"))),
+            }
+        };
+        if let Some(why) = header.mismatch(&bundle.oid) {
+            return Ok(Some(format!("the bundle is not what its key says: {why}")));
+        }
+        if !header.prerequisites.is_empty() {
+            return Ok(Some(format!(
+                "the bundle is not self-contained: it needs {} object(s) it does not hold",
+                header.prerequisites.len()
+            )));
+        }
+        if bundle.size < header_len + EMPTY_PACK_BYTES {
+            return Ok(Some("the bundle is too short to hold a pack".into()));
+        }
+        if probe.len() as u64 >= header_len + 4 && &probe[header_len as usize..header_len as usize + 4] != b"PACK" {
+            return Ok(Some("the bundle holds no pack after its header".into()));
+        }
+        if thorough {
+            return self.index_whole(refname, &bundle.oid).await;
+        }
+        Ok(None)
+    }
+
+    /// Indexes the whole bundle in an empty scratch repository and walks every object the ref
+    /// reaches, as a clone would.
+    async fn index_whole(&self, refname: &str, oid: &str) -> Result<Option<String>, StoreError> {
+        let scratch = self.scratch.tempdir("doctor-").map_err(StoreError::TempDir)?;
+        let dir = scratch.path().to_string_lossy().to_string();
+        self.git.run(&["init", "--quiet", "--bare", "--template=", "--object-format=sha1", &dir]).await?;
+        let git = self.git.for_repository(scratch.path());
+        let repo = BundleRepo {
+            bucket: self.bucket.clone(),
+            layout: self.layout.clone(),
+            config: self.config.clone(),
+            git: git.clone(),
+            composer: self.composer.clone(),
+            scratch: self.scratch.clone(),
+        };
+        let (events, _quiet) = Events::channel(Arc::new(AtomicU64::new(0)), false);
+        match repo.unbundle(refname, oid, &scratch.path().join("objects/pack"), &events).await {
+            Ok(_) => {}
+            Err(StoreError::CorruptBundle { why, .. }) => return Ok(Some(format!("the bundle is corrupt: {why}"))),
+            Err(e) => return Err(e),
+        }
+        if let Err(e) = git.run(&["rev-list", "--objects", "--quiet", oid]).await {
+            return Ok(Some(format!("the bundle lacks objects {oid} reaches: {e}")));
+        }
+        Ok(None)
+    }
+}
