@@ -37,21 +37,23 @@ pub enum S3Error {
     #[error("this S3 store does not implement {op}")]
     NotImplemented { op: &'static str },
     #[error(
-        "S3 cannot list {prefix} readably, even URL-encoded: a key there holds characters XML cannot carry{}; delete that key",
-        first.as_ref().map(|k| format!(" (it comes after '{}')", k.escape_debug())).unwrap_or_default()
+        "the listing of {prefix} cannot be read, even URL-encoded ({detail}); if a key there{} holds characters XML cannot carry, delete it",
+        last_readable.as_ref().map(|k| format!(" after '{k}'")).unwrap_or_default()
     )]
-    UnreadableListing { prefix: String, first: Option<String> },
-    #[error(
-        "'{key}' holds more than {limit} bytes, more than any such object of this layout; delete it or write it anew"
-    )]
+    UnreadableListing { prefix: String, last_readable: Option<String>, detail: String },
+    #[error("'{key}' is larger than the {limit} bytes expected of it; delete it or write it anew")]
     TooLarge { key: String, limit: usize },
     #[error("S3 {op} of '{key}' failed: {detail}")]
     Other { op: &'static str, key: String, detail: String },
 }
 
 enum ListFailure {
-    /// S3 answered with a listing that cannot be parsed; the last key read before it, if any.
-    Unreadable(Option<String>),
+    /// S3 answered with a listing that cannot be parsed: the last key read before it, if any,
+    /// and why.
+    Unreadable {
+        last_readable: Option<String>,
+        detail: String,
+    },
     S3(S3Error),
 }
 
@@ -138,10 +140,12 @@ impl Bucket {
     /// tool always asks, and decoded the way S3 encodes (`+` is a space, everything else `%XX`).
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, S3Error> {
         match self.list_pages(prefix, false).await {
-            Err(ListFailure::Unreadable(first)) => {
-                tracing::warn!(%prefix, "a key under this prefix is not valid XML; listing it URL-encoded");
+            Err(ListFailure::Unreadable { detail, .. }) => {
+                tracing::warn!(%prefix, %detail, "the listing cannot be read; asking for it URL-encoded");
                 self.list_pages(prefix, true).await.map_err(|failure| match failure {
-                    ListFailure::Unreadable(_) => S3Error::UnreadableListing { prefix: prefix.to_string(), first },
+                    ListFailure::Unreadable { last_readable, detail } => {
+                        S3Error::UnreadableListing { prefix: prefix.to_string(), last_readable, detail }
+                    }
                     ListFailure::S3(e) => e,
                 })
             }
@@ -162,7 +166,8 @@ impl Bucket {
                 Ok(page) => page,
                 // A 200 whose body could not be read.
                 Err(e) if status_of(&e) == Some(200) => {
-                    return Err(ListFailure::Unreadable(objects.last().map(|o: &ObjectInfo| o.key.clone())));
+                    let last_readable = objects.last().map(|o: &ObjectInfo| o.key.clone());
+                    return Err(ListFailure::Unreadable { last_readable, detail: innermost_cause(&e) });
                 }
                 Err(e) => return Err(ListFailure::S3(self.classify("ListObjectsV2", prefix, e))),
             };
@@ -209,21 +214,10 @@ impl Bucket {
     /// The body of a small object, or `None` when it does not exist. Whoever can write to the
     /// bucket decides how large an object is: past `limit` bytes this stops reading and fails.
     pub async fn get_small(&self, key: &str, limit: usize) -> Result<Option<Vec<u8>>, S3Error> {
-        let Some(mut object) = self.get(key, 0, None, None).await? else { return Ok(None) };
-        let too_large = || S3Error::TooLarge { key: key.to_string(), limit };
-        if object.len > limit as u64 {
-            return Err(too_large());
+        match self.get(key, 0, None, None).await? {
+            Some(object) => read_bounded(key, object, limit).await.map(Some),
+            None => Ok(None),
         }
-        let mut bytes = Vec::new();
-        while let Some(chunk) = object.body.next().await {
-            let chunk =
-                chunk.map_err(|e| S3Error::Other { op: "GetObject", key: key.to_string(), detail: e.to_string() })?;
-            if bytes.len() + chunk.len() > limit {
-                return Err(too_large());
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        Ok(Some(bytes))
     }
 
     /// The object from byte `start` on (a streaming body), or `None` when it does not exist;
@@ -241,8 +235,10 @@ impl Bucket {
         range: std::ops::Range<u64>,
         if_match: Option<&str>,
     ) -> Result<Option<Vec<u8>>, S3Error> {
+        let limit = (range.end - range.start) as usize;
         match self.get(key, range.start, Some(range.end), if_match).await? {
-            Some(object) => self.collect(key, object.body).await.map(Some),
+            // A store that ignores `Range` would send the whole object.
+            Some(object) => read_bounded(key, object, limit).await.map(Some),
             None => Ok(None),
         }
     }
@@ -277,17 +273,8 @@ impl Bucket {
         }
     }
 
-    async fn collect(&self, key: &str, body: ByteStream) -> Result<Vec<u8>, S3Error> {
-        let bytes = body.collect().await.map_err(|e| S3Error::Other {
-            op: "GetObject",
-            key: key.to_string(),
-            detail: e.to_string(),
-        })?;
-        Ok(bytes.to_vec())
-    }
-
     pub async fn put_bytes(&self, key: &str, body: Vec<u8>, options: PutOptions) -> Result<Conditional, S3Error> {
-        let large = body.len() > 1024 * 1024;
+        let large = body.len() > SMALL_BODY_BYTES;
         let mut request = self.client.put_object().bucket(&self.name).key(key).body(ByteStream::from(body));
         if options.if_none_match_any {
             request = request.if_none_match("*");
@@ -509,6 +496,27 @@ fn server_time<E>(err: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> 
     let parsed = aws_smithy_types::DateTime::from_str(date, Format::HttpDate).ok()?;
     SystemTime::try_from(parsed).ok()
 }
+
+/// At most `limit` bytes of an object's body; past that, reading stops with an error.
+async fn read_bounded(key: &str, mut object: Body, limit: usize) -> Result<Vec<u8>, S3Error> {
+    let too_large = || S3Error::TooLarge { key: key.to_string(), limit };
+    if object.len > limit as u64 {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(object.len as usize);
+    while let Some(chunk) = object.body.next().await {
+        let chunk =
+            chunk.map_err(|e| S3Error::Other { op: "GetObject", key: key.to_string(), detail: e.to_string() })?;
+        if bytes.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+/// Bodies up to this size are sent within the short timeout of small requests.
+const SMALL_BODY_BYTES: usize = 64 * 1024;
 
 /// Why an endpoint that accepts no request or sends no answer was given up on.
 fn no_answer() -> String {

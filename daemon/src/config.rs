@@ -28,6 +28,8 @@ pub enum ConfigError {
         "AWS profile '{profile}' (from AWS_PROFILE) is not in the AWS config or credentials files; set AWS_PROFILE to one that is, or unset it"
     )]
     EnvProfileNotFound { profile: String },
+    #[error("cannot read the AWS config or credentials files: {0}; fix the file it names")]
+    AwsFiles(String),
 }
 
 /// Credentials in the environment that would otherwise win over the profile a URL names.
@@ -98,7 +100,7 @@ pub async fn resolve(
     let config = git.config_list().await.unwrap_or_default();
     let resolved = resolve_from(remote_name, url, env, &config)?;
     if let Some(profile) = &resolved.s3.profile
-        && !profile_exists(profile, &resolved.s3.aws_env).await
+        && !profile_exists(profile, &resolved.s3.aws_env).await?
     {
         return Err(match resolved.url.profile {
             Some(_) => ConfigError::UrlProfileNotFound { profile: profile.clone() },
@@ -110,17 +112,14 @@ pub async fn resolve(
 
 /// Whether the AWS config or credentials files (as the caller's environment locates them)
 /// define `profile`.
-async fn profile_exists(profile: &str, aws_env: &[(String, String)]) -> bool {
+async fn profile_exists(profile: &str, aws_env: &[(String, String)]) -> Result<bool, ConfigError> {
     let env: HashMap<String, String> = aws_env.iter().cloned().collect();
     let env = aws_types::os_shim_internal::Env::from(env);
     let fs = aws_types::os_shim_internal::Fs::real();
     let files = aws_runtime::env_config::file::EnvConfigFiles::default();
     match aws_config::profile::load(&fs, &env, &files, None).await {
-        Ok(profiles) => profiles.get_profile(profile).is_some(),
-        Err(e) => {
-            tracing::debug!(error = %e, "cannot read the AWS config files");
-            false
-        }
+        Ok(profiles) => Ok(profiles.get_profile(profile).is_some()),
+        Err(e) => Err(ConfigError::AwsFiles(e.to_string())),
     }
 }
 

@@ -138,7 +138,9 @@ pub fn check_refname(name: &str) -> Result<(), &'static str> {
     if name.contains("..") || name.contains("@{") {
         return Err("ref names must not contain '..' or '@{'");
     }
-    if name.bytes().any(|b| b < 0x20 || b == 0x7f || b" ~^:?*[\\".contains(&b)) {
+    // git refuses ASCII controls; C1 controls (U+0080..U+009F) are refused too, as a terminal
+    // obeys them.
+    if name.bytes().any(|b| b" ~^:?*[\\".contains(&b)) || name.chars().any(char::is_control) {
         return Err("ref names must not contain spaces, control characters or any of ~^:?*[\\");
     }
     if name.split('/').any(|component| component.starts_with('.') || component.ends_with(".lock")) {
@@ -193,6 +195,7 @@ mod tests {
         assert!(check_refname("refs/heads/a b").is_err());
         assert!(check_refname("refs/heads/tab\there").is_err());
         assert!(check_refname("refs/heads/esc\u{1b}]0;x").is_err());
+        assert!(check_refname("refs/heads/csi\u{9b}2J").is_err());
         assert!(check_refname("refs/stash").is_err());
         assert!(check_refname("refs/heads/.hidden").is_err());
         assert!(check_refname("refs/heads/a/").is_err());

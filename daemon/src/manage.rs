@@ -126,7 +126,7 @@ impl BundleRepo {
         };
         let listing = self.list(true).await?;
         let ttl = options.lock_ttl.unwrap_or(self.config.lock_ttl);
-        let (mut findings, bad) = self.check_bundles(&listing, options.thorough).await?;
+        let (mut findings, bad) = self.check_bundles(&listing, options.thorough).await;
         for (refname, state) in &listing.refs {
             if state.bundles.len() > 1 {
                 findings.extend(self.repair_bundles(refname, state, &bad, options).await?);
@@ -163,11 +163,7 @@ impl BundleRepo {
     }
 
     /// Every bundle a clone would refuse, with how to repair it, and the keys of those bundles.
-    async fn check_bundles(
-        &self,
-        listing: &Listing,
-        thorough: bool,
-    ) -> Result<(Vec<Finding>, HashSet<String>), StoreError> {
+    async fn check_bundles(&self, listing: &Listing, thorough: bool) -> (Vec<Finding>, HashSet<String>) {
         // Owned items: closures over borrowed ones trip the compiler's Send check.
         let bundles: Vec<(String, BundleObject, String)> = listing
             .refs
@@ -179,19 +175,21 @@ impl BundleRepo {
         let in_flight = if thorough { THOROUGH_CHECKS_IN_FLIGHT } else { CHECKS_IN_FLIGHT };
         let checked: Vec<_> = futures::stream::iter(bundles)
             .map(|(refname, bundle, action)| async move {
-                let problem = self.check_bundle(&refname, &bundle, thorough).await?;
-                Ok::<_, StoreError>(problem.map(|problem| {
-                    let problem = format!("{problem} ({})", short(&bundle.oid));
-                    (Finding { subject: refname, action, problem, fixed: false }, bundle.key)
-                }))
+                let (problem, action) = match self.check_bundle(&refname, &bundle, thorough).await {
+                    Ok(None) => return None,
+                    Ok(Some(problem)) => (problem, action),
+                    // One bundle that cannot be read hides nothing about the others.
+                    Err(e) => (format!("could not check the bundle: {e}"), "run doctor again".to_string()),
+                };
+                let problem = format!("{problem} ({})", short(&bundle.oid));
+                Some((Finding { subject: refname, action, problem, fixed: false }, bundle.key))
             })
             .buffer_unordered(in_flight)
             .collect()
             .await;
-        let mut bad: Vec<(Finding, String)> =
-            checked.into_iter().filter_map(Result::transpose).collect::<Result<_, _>>()?;
+        let mut bad: Vec<(Finding, String)> = checked.into_iter().flatten().collect();
         bad.sort_by(|a, b| a.0.subject.cmp(&b.0.subject));
-        Ok(bad.into_iter().unzip())
+        bad.into_iter().unzip()
     }
 
     /// Aborts an unfinished upload nobody will finish: a bundle upload of a ref no push holds

@@ -14,10 +14,15 @@ pub struct Scratch {
 }
 
 impl Scratch {
-    /// The scratch folder of the daemon serving `socket`, under `cache_dir`, emptied. Only the
-    /// daemon holding that socket's instance lock may call this.
+    /// The scratch folder of the daemon serving `socket` on this host, under `cache_dir`,
+    /// emptied. Only the daemon holding that socket's instance lock may call this. (The host is
+    /// part of the name: a home on a network file system is shared by every machine.)
     pub fn open(cache_dir: &Path, socket: &Path) -> io::Result<Self> {
-        let id = hex::encode(&Sha256::digest(socket.as_os_str().as_encoded_bytes())[..8]);
+        let mut hasher = Sha256::new();
+        hasher.update(rustix::system::uname().nodename().to_bytes());
+        hasher.update([0]);
+        hasher.update(socket.as_os_str().as_encoded_bytes());
+        let id = hex::encode(&hasher.finalize()[..8]);
         let dir = cache_dir.join("scratch").join(id);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => tracing::info!(dir = %dir.display(), "cleared what an earlier daemon left in its scratch space"),

@@ -2,9 +2,8 @@
 //! write access), every command stays correct, bounded and clear: real git, the real daemon and
 //! moto, with keys planted straight into the bucket.
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use git_s3_tests::{Fault, FaultProxy, Rule, TestEnv, finish_within, incompressible_bytes, peak_rss_kib, wait_for};
@@ -34,10 +33,6 @@ fn pushed_repo(env: &TestEnv, prefix: &str) -> (std::path::PathBuf, String) {
     let main = env.rev_parse(&repo, "HEAD");
     env.git_ok(&repo, &["push", "-q", &env.url(prefix), "main"]);
     (repo, main)
-}
-
-fn git_s3_in(env: &TestEnv, args: &[&str]) -> Output {
-    env.git_s3(args)
 }
 
 #[test]
@@ -139,15 +134,15 @@ fn an_enormous_head_is_never_read_whole() {
     assert_eq!(env.rev_parse(&clone, "HEAD"), env.rev_parse(&repo, "main"), "the clone checked out main");
     assert!(warnings(&stderr).iter().any(|w| w.contains("HEAD holds more than")), "{stderr}");
 
-    let ls = git_s3_in(&env, &["ls", &env.url("big")]);
+    let ls = env.git_s3(&["ls", &env.url("big")]);
     assert!(ls.status.success(), "{}", text(&ls.stderr));
     assert!(text(&ls.stdout).contains("HEAD: (not set)"), "{}", text(&ls.stdout));
-    let doctor = git_s3_in(&env, &["doctor", "--dry-run", &env.url("big")]);
+    let doctor = env.git_s3(&["doctor", "--dry-run", &env.url("big")]);
     assert!(text(&doctor.stdout).contains("HEAD: holds more than"), "{}", text(&doctor.stdout));
 
     let pid = env.daemon_status().and_then(|s| s["pid"].as_u64()).expect("daemon running");
     let peak_mib = peak_rss_kib(pid) / 1024;
-    assert!(peak_mib < 96, "the daemon's peak memory ({peak_mib} MiB) stayed below the HEAD's size");
+    assert!(peak_mib < 64, "the daemon's peak memory ({peak_mib} MiB) stayed well below the HEAD's size");
 }
 
 #[test]
@@ -161,7 +156,7 @@ fn terminal_escapes_in_the_bucket_are_spelled_out() {
         let mut args = args;
         let url = env.url("esc");
         args.push(&url);
-        let output = git_s3_in(&env, &args);
+        let output = env.git_s3(&args);
         let all = format!("{}{}", text(&output.stdout), text(&output.stderr));
         no_escape_sequences(&all);
         assert!(all.contains("\\u{1b}]0;"), "git s3 {args:?} names what it found, spelled out: {all}");
@@ -228,7 +223,7 @@ fn doctor_finds_every_bundle_a_clone_would_refuse_and_says_how_to_repair_it() {
     let whole = env.server.get(&env.bucket, &key("truncated"));
     env.server.put(&env.bucket, &key("truncated"), whole[..whole.len() - 60].to_vec());
 
-    let doctor = git_s3_in(&env, &["doctor", "--dry-run", &url]);
+    let doctor = env.git_s3(&["doctor", "--dry-run", &url]);
     let report = text(&doctor.stdout);
     assert!(!doctor.status.success(), "findings are not healthy: {report}");
     let line =
@@ -245,7 +240,7 @@ fn doctor_finds_every_bundle_a_clone_would_refuse_and_says_how_to_repair_it() {
     }
     assert!(line("truncated").is_none() && line("fine").is_none() && line("main").is_none(), "{report}");
 
-    let thorough = git_s3_in(&env, &["doctor", "--dry-run", "--thorough", &url]);
+    let thorough = env.git_s3(&["doctor", "--dry-run", "--thorough", &url]);
     let report = text(&thorough.stdout);
     assert!(report.lines().any(|l| l.starts_with("refs/heads/truncated:") && l.contains("corrupt")), "{report}");
     assert!(!report.lines().any(|l| l.starts_with("refs/heads/fine:")), "{report}");
@@ -267,39 +262,8 @@ fn ref_names_git_cannot_use_are_left_out_with_one_warning() {
     let fetched = env.git_ok(&repo, &["for-each-ref", "--format=%(refname)", "refs/remotes/odd"]);
     assert_eq!(fetched.trim(), "refs/remotes/odd/main");
 
-    let doctor = text(&git_s3_in(&env, &["doctor", "--dry-run", &env.url("odd")]).stdout);
+    let doctor = text(&env.git_s3(&["doctor", "--dry-run", &env.url("odd")]).stdout);
     assert!(doctor.contains("refs/heads/x..y: not a ref name git can use"), "{doctor}");
-}
-
-#[test]
-fn an_endpoint_that_never_answers_fails_within_a_minute_and_says_so() {
-    let mut env = TestEnv::new();
-    let repo = env.new_repo("work");
-    // Accepts connections and never answers.
-    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let endpoint = format!("http://{}", silent.local_addr().expect("addr"));
-    let held = std::thread::spawn(move || silent.incoming().take(16).filter_map(Result::ok).collect::<Vec<_>>());
-    env.set_env("AWS_ENDPOINT_URL_S3", &endpoint);
-    env.set_env("AWS_ENDPOINT_URL", &endpoint);
-    let mut command = env.command("git");
-    command.current_dir(&repo).args(["ls-remote", &env.url("x")]).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let output =
-        finish_within(command.spawn().expect("git"), Duration::from_secs(60), "ls-remote of a silent endpoint");
-    let stderr = text(&output.stderr);
-    assert!(!output.status.success());
-    assert!(stderr.contains(&format!("cannot reach S3 at {endpoint} (no answer within 5s, 4 attempts)")), "{stderr}");
-    drop(held);
-
-    // A port nobody listens on: the message carries the system's reason and nothing else.
-    let refused = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let endpoint = format!("http://{}", refused.local_addr().expect("addr"));
-    drop(refused);
-    env.set_env("AWS_ENDPOINT_URL_S3", &endpoint);
-    env.set_env("AWS_ENDPOINT_URL", &endpoint);
-    let stderr = env.git_fails(&repo, &["ls-remote", &env.url("x")]);
-    let fatal: Vec<&str> = stderr.lines().filter(|l| l.starts_with("fatal:")).collect();
-    assert_eq!(fatal.len(), 1, "{stderr}");
-    assert!(fatal[0].contains("Connection refused") && !fatal[0].contains('}'), "{}", fatal[0]);
 }
 
 #[test]
@@ -317,15 +281,13 @@ fn a_killed_push_leaves_no_scratch_space_behind_and_stop_returns_once_the_daemon
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let push = push.spawn().expect("git push");
-    let pid = wait_for("the bundle upload to start", BOUND, || {
+    let scratch = env.home().join(".cache/git-remote-s3/scratch");
+    // While the bundle's upload is held back, the push works in the daemon's scratch space.
+    let pid = wait_for("the bundle upload to start in the daemon's scratch space", BOUND, || {
         proxy.seen().iter().any(|s| s.method == "PUT" && s.path.contains(".bundle")).then_some(())?;
+        dir_entries(&scratch).iter().any(|d| !dir_entries(d).is_empty()).then_some(())?;
         env.daemon_status().and_then(|s| s["pid"].as_i64())
     });
-    let scratch = env.home().join(".cache/git-remote-s3/scratch");
-    assert!(
-        dir_entries(&scratch).iter().any(|d| !dir_entries(d).is_empty()),
-        "the push works in the daemon's scratch space"
-    );
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(pid as i32).expect("pid"),
         rustix::process::Signal::KILL,

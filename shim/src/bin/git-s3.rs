@@ -184,9 +184,9 @@ async fn run(command: TopCommand, endpoint: &Endpoint) -> Result<ExitCode, Strin
             let mut client = connect(endpoint).await?;
             let request = DeleteBranchRequest { caller: Some(me()?), remote: Some(remote_arg(&remote)), branch, force };
             let reply = client.delete_branch(request).await.map_err(|s| describe(&s, endpoint))?.into_inner();
-            println!("deleted {}", reply.r#ref);
+            println!("deleted {}", printable(&reply.r#ref));
             if !reply.new_head.is_empty() {
-                println!("HEAD now points at {}", reply.new_head);
+                println!("HEAD now points at {}", printable(&reply.new_head));
             }
             ok
         }
@@ -248,7 +248,7 @@ async fn protect(endpoint: &Endpoint, remote: &str, branch: &str, protected: boo
     let reply = client.set_protection(request).await.map_err(|s| describe(&s, endpoint))?.into_inner();
     let state = if protected { "protected" } else { "not protected" };
     let already = if reply.changed { "" } else { " (already)" };
-    println!("{} is {state}{already}", reply.r#ref);
+    println!("{} is {state}{already}", printable(&reply.r#ref));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -4,15 +4,12 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use super::header::{self, MAX_HEADER_BYTES};
+use super::header::{self, HEADER_PROBE_BYTES, MAX_HEADER_BYTES};
 use super::listing::BundleObject;
+use super::pack::{PACK_HEADER_BYTES, PackHeader, TRAILER_BYTES};
 use super::{BundleRepo, StoreError};
+use crate::git::Git;
 use crate::progress::Events;
-
-/// Bytes read first for a header; ours and the Python tool's fit in far fewer.
-const HEADER_PROBE_BYTES: u64 = 64 * 1024;
-/// A pack's header (12 bytes) and SHA-1 trailer (20).
-const EMPTY_PACK_BYTES: u64 = 32;
 
 impl BundleRepo {
     /// What is wrong with `bundle` (the value of `refname`), or `None` when a clone would take
@@ -36,6 +33,9 @@ impl BundleRepo {
                 Ok(None) if probe_len < bundle.size.min(MAX_HEADER_BYTES as u64) => {
                     probe_len = bundle.size.min(MAX_HEADER_BYTES as u64);
                 }
+                Ok(None) if probe_len < bundle.size => {
+                    return Ok(Some(format!("the bundle's header is larger than {MAX_HEADER_BYTES} bytes")));
+                }
                 Ok(None) => return Ok(Some("the bundle ends inside its header".into())),
                 Err(e) => return Ok(Some(format!("the bundle is corrupt: {e}"))),
             }
@@ -49,11 +49,13 @@ impl BundleRepo {
                 header.prerequisites.len()
             )));
         }
-        if bundle.size < header_len + EMPTY_PACK_BYTES {
+        if bundle.size < header_len + PACK_HEADER_BYTES + TRAILER_BYTES {
             return Ok(Some("the bundle is too short to hold a pack".into()));
         }
-        if probe.len() as u64 >= header_len + 4 && &probe[header_len as usize..header_len as usize + 4] != b"PACK" {
-            return Ok(Some("the bundle holds no pack after its header".into()));
+        if probe.len() as u64 >= header_len + PACK_HEADER_BYTES
+            && let Err(e) = PackHeader::parse(&probe[header_len as usize..])
+        {
+            return Ok(Some(format!("the bundle holds no pack after its header: {e}")));
         }
         if thorough {
             return self.index_whole(refname, &bundle.oid).await;
@@ -68,14 +70,7 @@ impl BundleRepo {
         let dir = scratch.path().to_string_lossy().to_string();
         self.git.run(&["init", "--quiet", "--bare", "--template=", "--object-format=sha1", &dir]).await?;
         let git = self.git.for_repository(scratch.path());
-        let repo = BundleRepo {
-            bucket: self.bucket.clone(),
-            layout: self.layout.clone(),
-            config: self.config.clone(),
-            git: git.clone(),
-            composer: self.composer.clone(),
-            scratch: self.scratch.clone(),
-        };
+        let repo = self.with_git(git.clone());
         let (events, _quiet) = Events::channel(Arc::new(AtomicU64::new(0)), false);
         match repo.unbundle(refname, oid, &scratch.path().join("objects/pack"), &events).await {
             Ok(_) => {}
@@ -86,5 +81,17 @@ impl BundleRepo {
             return Ok(Some(format!("the bundle lacks objects {oid} reaches: {e}")));
         }
         Ok(None)
+    }
+
+    /// The same remote, reached on behalf of another repository.
+    fn with_git(&self, git: Git) -> BundleRepo {
+        BundleRepo {
+            bucket: self.bucket.clone(),
+            layout: self.layout.clone(),
+            config: self.config.clone(),
+            git,
+            composer: self.composer.clone(),
+            scratch: self.scratch.clone(),
+        }
     }
 }

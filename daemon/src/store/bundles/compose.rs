@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::task::JoinSet;
 
 use super::BundleRepo;
-use super::header;
+use super::header::{self, HEADER_PROBE_BYTES};
 use super::listing::BundleObject;
 use super::pack::{
     self, BUILD_METADATA_KEY, BuildRecord, PACK_HEADER_BYTES, PackHeader, PartPlan, Segment, TRAILER_BYTES,
@@ -48,7 +48,6 @@ pub const MAX_GARBAGE_PERCENT: u64 = 25;
 /// Refs tried as the base of a new ref, largest bundles first.
 const BASE_CANDIDATES: usize = 16;
 /// What is read of an old bundle to find its header and pack header.
-const HEADER_PROBE_BYTES: u64 = 64 * 1024;
 /// Parts of one composed upload in flight at once.
 const PARTS_IN_FLIGHT: usize = 4;
 /// Bytes read at a time while hashing.
@@ -337,8 +336,8 @@ impl BundleRepo {
         if !parsed.prerequisites.is_empty() {
             return Err(skip(format!("{key} is not self-contained")));
         }
-        if !parsed.refs.iter().any(|(oid, _)| *oid == bundle.oid) {
-            return Err(skip(format!("{key} does not contain {}", bundle.oid)));
+        if let Some(why) = parsed.mismatch(&bundle.oid) {
+            return Err(skip(format!("{key}: {why}")));
         }
         let pack = PackHeader::parse(&head[header_len..]).map_err(skip)?;
         if pack.version != 2 {

@@ -235,7 +235,6 @@ impl BundleRepo {
     }
 }
 
-/// The `.keep` file `git index-pack --keep` left (it prints `keep\t<hash>`), and the pack's hash.
 /// The temporary packs `git index-pack` is writing, or left behind when it refused its input.
 fn temp_packs(pack_dir: &Path) -> std::collections::BTreeSet<std::ffi::OsString> {
     let Ok(entries) = std::fs::read_dir(pack_dir) else { return Default::default() };
@@ -245,6 +244,7 @@ fn temp_packs(pack_dir: &Path) -> std::collections::BTreeSet<std::ffi::OsString>
         .collect()
 }
 
+/// The `.keep` file `git index-pack --keep` left (it prints `keep\t<hash>`), and the pack's hash.
 pub(super) fn keep_file(stdout: &[u8], pack_dir: &Path) -> (Option<PathBuf>, Option<String>) {
     let stdout = String::from_utf8_lossy(stdout);
     let hash = stdout.lines().find_map(|line| line.strip_prefix("keep\t")).map(|h| h.trim().to_string());

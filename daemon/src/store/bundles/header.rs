@@ -22,6 +22,10 @@ pub enum HeaderError {
     TooLarge,
 }
 
+/// Bytes read first when only a bundle's header is wanted; ours and the Python tool's fit in
+/// far fewer.
+pub const HEADER_PROBE_BYTES: u64 = 64 * 1024;
+
 /// A header this large is not one we wrote or the Python tool did (theirs and ours name one
 /// ref): refuse rather than buffer.
 pub const MAX_HEADER_BYTES: usize = 1024 * 1024;

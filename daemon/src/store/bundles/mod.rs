@@ -94,7 +94,7 @@ impl BundleRepo {
         }
         Ok(match check_refname(name) {
             Ok(()) => Head::Ref(name.to_string()),
-            Err(_) => Head::Unusable(format!("names '{}', which is not a ref name git can use", name.escape_debug())),
+            Err(_) => Head::Unusable(format!("names '{name}', which is not a ref name git can use")),
         })
     }
 
