@@ -71,7 +71,8 @@ impl BundleRepo {
         self.git.run(&["init", "--quiet", "--bare", "--template=", "--object-format=sha1", &dir]).await?;
         let git = self.git.for_repository(scratch.path());
         let repo = self.with_git(git.clone());
-        let (events, _quiet) = Events::channel(Arc::new(AtomicU64::new(0)), false);
+        // Nobody reads this operation's events: the receiver goes at once, so none can block.
+        let (events, _) = Events::channel(Arc::new(AtomicU64::new(0)), false);
         match repo.unbundle(refname, oid, &scratch.path().join("objects/pack"), &events).await {
             Ok(_) => {}
             Err(StoreError::CorruptBundle { why, .. }) => return Ok(Some(format!("the bundle is corrupt: {why}"))),
