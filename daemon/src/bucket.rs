@@ -2,26 +2,38 @@
 //! SDK's errors into a typed error that says what the user should check.
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::copy_object::builders::CopyObjectFluentBuilder;
+use aws_sdk_s3::operation::create_multipart_upload::builders::CreateMultipartUploadFluentBuilder;
+use aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::EncodingType;
+use aws_sdk_s3::types::{EncodingType, ServerSideEncryption};
 use aws_smithy_types::date_time::Format;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 
-use crate::clients::{MAX_ATTEMPTS, READ_TIMEOUT};
-use crate::config::ChecksumMode;
+use crate::clients::{ClientCache, FALLBACK_REGION, FoundRegion, MAX_ATTEMPTS, READ_TIMEOUT};
+use crate::config::{ChecksumMode, RemoteConfig, S3Settings};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum S3Error {
     #[error("bucket '{bucket}' does not exist; check the URL and the region (git config s3.region, or AWS_REGION)")]
     NoSuchBucket { bucket: String },
     #[error(
-        "access denied to s3://{bucket} ({op}); check which credentials are in use (AWS_PROFILE, or s3://profile@bucket/...) and the bucket policy"
+        "access denied: {} on s3://{bucket}/{key} ({op}); check which credentials are in use (AWS_PROFILE, or s3://profile@bucket/...) and that their policy allows it (README: IAM policy)",
+        iam_action(op)
     )]
-    AccessDenied { bucket: String, op: &'static str },
+    AccessDenied { bucket: String, op: &'static str, key: String },
+    #[error(
+        "S3 could not use the KMS key {} for {op} of '{key}' ({detail}); the credentials need kms:GenerateDataKey on it to write and kms:Decrypt to read",
+        kms_key.as_deref().map(|k| format!("'{k}'")).unwrap_or_else(|| "of the bucket's default encryption".into())
+    )]
+    Kms { op: &'static str, key: String, kms_key: Option<String>, detail: String },
+    #[error("bucket '{bucket}' is in region {region}, not {asked}; set it with 'git config s3.region {region}'")]
+    WrongRegion { bucket: String, region: String, asked: String },
     #[error(
         "no AWS credentials found; set AWS_PROFILE, run 'aws configure' or 'aws sso login', or name a profile in the URL (s3://profile@bucket/prefix)"
     )]
@@ -111,16 +123,35 @@ pub struct PutOptions {
 
 #[derive(Clone)]
 pub struct Bucket {
-    client: Client,
+    /// Moves to the bucket's region when S3 names another one; clones move with it.
+    client: Arc<RwLock<Client>>,
+    clients: Arc<ClientCache>,
+    /// What the client was built from; its region may be replaced by the bucket's own.
+    settings: S3Settings,
     name: String,
-    /// Where requests go, for messages.
-    endpoint: String,
     checksums: ChecksumMode,
+    /// Every object written is encrypted with this KMS key, when set.
+    kms_key_id: Option<String>,
 }
 
 impl Bucket {
-    pub fn new(client: Client, name: &str, endpoint: Option<&str>, checksums: ChecksumMode) -> Self {
-        Self { client, name: name.to_string(), endpoint: endpoint.unwrap_or("AWS S3").to_string(), checksums }
+    /// The remote's bucket, reached through a warm client: in the region S3 named for it
+    /// earlier in this daemon's life, if it did.
+    pub async fn open(clients: &Arc<ClientCache>, config: &RemoteConfig) -> Self {
+        let name = config.url.bucket.clone();
+        let mut settings = config.s3.clone();
+        if let Some(region) = clients.bucket_region(settings.endpoint.as_deref(), &name) {
+            settings.region = Some(region);
+        }
+        let client = clients.get(&settings).await;
+        Self {
+            client: Arc::new(RwLock::new(client)),
+            clients: clients.clone(),
+            checksums: settings.checksums,
+            settings,
+            name,
+            kms_key_id: config.kms_key_id.clone(),
+        }
     }
 
     pub fn checksums(&self) -> ChecksumMode {
@@ -131,14 +162,60 @@ impl Bucket {
         &self.name
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
+    pub fn client(&self) -> Client {
+        self.client.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// The KMS key objects are written with, if one is configured.
+    pub fn kms_key_id(&self) -> Option<&str> {
+        self.kms_key_id.as_deref()
+    }
+
+    /// The region requests are signed for now.
+    fn region(&self) -> String {
+        self.client().config().region().map_or(FALLBACK_REGION.to_string(), |r| r.to_string())
+    }
+
+    /// Runs `request` (whose S3 calls go through `self.client()`); when S3 answers that the
+    /// bucket lives in another region, moves there (remembered by the daemon, so later commands
+    /// start there) and runs it once more. With AWS's endpoints the requests go to that region's
+    /// endpoint; an explicit endpoint stays, and only the signing region follows.
+    pub async fn follow<T, F, Fut>(&self, request: F) -> Result<T, S3Error>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, S3Error>>,
+    {
+        match request().await {
+            Err(S3Error::WrongRegion { region, asked, .. }) => {
+                self.move_to(&region, asked).await;
+                request().await
+            }
+            other => other,
+        }
+    }
+
+    async fn move_to(&self, region: &str, asked: String) {
+        tracing::info!(bucket = %self.name, %region, %asked, "S3 names another region for the bucket; following it");
+        let mut settings = self.settings.clone();
+        settings.region = Some(region.to_string());
+        let client = self.clients.get(&settings).await;
+        self.clients.remember_region(FoundRegion {
+            bucket: self.name.clone(),
+            endpoint: settings.endpoint.clone().unwrap_or_default(),
+            region: region.to_string(),
+            asked,
+        });
+        *self.client.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = client;
     }
 
     /// Every key under `prefix`, all pages. Keys are listed as they are; a listing S3 cannot send
     /// as XML (a key holding a control character) is asked for again URL-encoded, as the Python
     /// tool always asks, and decoded the way S3 encodes (`+` is a space, everything else `%XX`).
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, S3Error> {
+        self.follow(|| self.list_once(prefix)).await
+    }
+
+    async fn list_once(&self, prefix: &str) -> Result<Vec<ObjectInfo>, S3Error> {
         match self.list_pages(prefix, false).await {
             Err(ListFailure::Unreadable { detail, .. }) => {
                 tracing::warn!(%prefix, %detail, "the listing cannot be read; asking for it URL-encoded");
@@ -155,7 +232,7 @@ impl Bucket {
     }
 
     async fn list_pages(&self, prefix: &str, url_encoded: bool) -> Result<Vec<ObjectInfo>, ListFailure> {
-        let mut request = self.client.list_objects_v2().bucket(&self.name).prefix(prefix);
+        let mut request = self.client().list_objects_v2().bucket(&self.name).prefix(prefix);
         if url_encoded {
             request = request.encoding_type(EncodingType::Url);
         }
@@ -187,19 +264,20 @@ impl Bucket {
     /// Whether anything is stored under `prefix` (one request, one key).
     pub async fn has_any(&self, prefix: &str) -> Result<bool, S3Error> {
         let page = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.name)
-            .prefix(prefix)
-            .max_keys(1)
-            .send()
-            .await
-            .map_err(|e| self.classify("ListObjectsV2", prefix, e))?;
+            .follow(|| async move {
+                let request = self.client().list_objects_v2().bucket(&self.name).prefix(prefix).max_keys(1);
+                request.send().await.map_err(|e| self.classify("ListObjectsV2", prefix, e))
+            })
+            .await?;
         Ok(!page.contents().is_empty())
     }
 
     pub async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, S3Error> {
-        match self.client.head_object().bucket(&self.name).key(key).send().await {
+        self.follow(|| self.head_once(key)).await
+    }
+
+    async fn head_once(&self, key: &str) -> Result<Option<ObjectMeta>, S3Error> {
+        match self.client().head_object().bucket(&self.name).key(key).send().await {
             Ok(out) => Ok(Some(ObjectMeta {
                 size: out.content_length().unwrap_or(0).max(0) as u64,
                 last_modified: out.last_modified().and_then(|t| SystemTime::try_from(*t).ok()),
@@ -251,13 +329,23 @@ impl Bucket {
         end: Option<u64>,
         if_match: Option<&str>,
     ) -> Result<Option<Body>, S3Error> {
+        self.follow(|| self.get_once(key, start, end, if_match)).await
+    }
+
+    async fn get_once(
+        &self,
+        key: &str,
+        start: u64,
+        end: Option<u64>,
+        if_match: Option<&str>,
+    ) -> Result<Option<Body>, S3Error> {
         let range = match (start, end) {
             (0, None) => None,
             (start, None) => Some(format!("bytes={start}-")),
             (start, Some(end)) => Some(format!("bytes={start}-{}", end.saturating_sub(1))),
         };
         let request = self
-            .client
+            .client()
             .get_object()
             .bucket(&self.name)
             .key(key)
@@ -274,21 +362,27 @@ impl Bucket {
     }
 
     pub async fn put_bytes(&self, key: &str, body: Vec<u8>, options: PutOptions) -> Result<Conditional, S3Error> {
+        let body = bytes::Bytes::from(body);
+        let options = &options;
+        self.follow(|| self.put_once(key, body.clone(), options)).await
+    }
+
+    async fn put_once(&self, key: &str, body: bytes::Bytes, options: &PutOptions) -> Result<Conditional, S3Error> {
         let large = body.len() > SMALL_BODY_BYTES;
-        let mut request = self.client.put_object().bucket(&self.name).key(key).body(ByteStream::from(body));
+        let mut request = self.client().put_object().bucket(&self.name).key(key).body(ByteStream::from(body));
         if options.if_none_match_any {
             request = request.if_none_match("*");
         }
-        if let Some(etag) = options.if_match {
+        if let Some(etag) = &options.if_match {
             request = request.if_match(etag);
         }
-        for (k, v) in options.metadata {
+        for (k, v) in &options.metadata {
             request = request.metadata(k, v);
         }
-        if let Some(disposition) = options.content_disposition {
+        if let Some(disposition) = &options.content_disposition {
             request = request.content_disposition(disposition);
         }
-        let request = request.customize();
+        let request = request.encrypted_with(self.kms_key_id()).customize();
         let request = if large { request.config_override(crate::clients::bulk_transfer()) } else { request };
         match request.send().await {
             Ok(_) => Ok(Conditional::Written),
@@ -304,16 +398,20 @@ impl Bucket {
 
     /// Copies an object within the bucket (S3 copies up to 5 GiB this way).
     pub async fn copy(&self, from: &str, to: &str) -> Result<(), S3Error> {
-        self.client
-            .copy_object()
-            .bucket(&self.name)
-            .key(to)
-            .copy_source(self.copy_source(from))
-            .customize()
-            .config_override(crate::clients::bulk_transfer())
-            .send()
-            .await
-            .map_err(|e| self.classify("CopyObject", from, e))?;
+        self.follow(|| async move {
+            self.client()
+                .copy_object()
+                .bucket(&self.name)
+                .key(to)
+                .copy_source(self.copy_source(from))
+                .encrypted_with(self.kms_key_id())
+                .customize()
+                .config_override(crate::clients::bulk_transfer())
+                .send()
+                .await
+                .map_err(|e| self.classify("CopyObject", from, e))
+        })
+        .await?;
         Ok(())
     }
 
@@ -325,18 +423,22 @@ impl Bucket {
     /// Multipart uploads in progress under `prefix`, all pages.
     pub async fn open_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>, S3Error> {
         let mut uploads = Vec::new();
-        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        let (mut next_key_marker, mut next_id_marker) = (None::<String>, None::<String>);
         loop {
+            let (key_marker, id_marker) = (next_key_marker.take(), next_id_marker.take());
             let page = self
-                .client
-                .list_multipart_uploads()
-                .bucket(&self.name)
-                .prefix(prefix)
-                .set_key_marker(key_marker.take())
-                .set_upload_id_marker(id_marker.take())
-                .send()
-                .await
-                .map_err(|e| self.classify("ListMultipartUploads", prefix, e))?;
+                .follow(|| async {
+                    self.client()
+                        .list_multipart_uploads()
+                        .bucket(&self.name)
+                        .prefix(prefix)
+                        .set_key_marker(key_marker.clone())
+                        .set_upload_id_marker(id_marker.clone())
+                        .send()
+                        .await
+                        .map_err(|e| self.classify("ListMultipartUploads", prefix, e))
+                })
+                .await?;
             for upload in page.uploads() {
                 let (Some(key), Some(upload_id)) = (upload.key(), upload.upload_id()) else { continue };
                 uploads.push(OpenUpload {
@@ -348,8 +450,8 @@ impl Bucket {
             if page.is_truncated() != Some(true) || page.next_key_marker().is_none() {
                 return Ok(uploads);
             }
-            key_marker = page.next_key_marker().map(str::to_string);
-            id_marker = page.next_upload_id_marker().map(str::to_string);
+            next_key_marker = page.next_key_marker().map(str::to_string);
+            next_id_marker = page.next_upload_id_marker().map(str::to_string);
         }
     }
 
@@ -370,7 +472,7 @@ impl Bucket {
         let mut marker = None::<String>;
         loop {
             let page = self
-                .client
+                .client()
                 .list_parts()
                 .bucket(&self.name)
                 .key(&upload.key)
@@ -392,7 +494,8 @@ impl Bucket {
 
     /// Aborts a multipart upload; one that is already gone counts as aborted.
     pub async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), S3Error> {
-        let result = self.client.abort_multipart_upload().bucket(&self.name).key(key).upload_id(upload_id).send().await;
+        let result =
+            self.client().abort_multipart_upload().bucket(&self.name).key(key).upload_id(upload_id).send().await;
         match result {
             Ok(_) => Ok(()),
             Err(e) if status_of(&e) == Some(404) => Ok(()),
@@ -402,15 +505,19 @@ impl Bucket {
 
     /// Deletes `key`; deleting what is already gone succeeds.
     pub async fn delete(&self, key: &str) -> Result<(), S3Error> {
-        match self.client.delete_object().bucket(&self.name).key(key).send().await {
-            Ok(_) => Ok(()),
-            Err(e) if status_of(&e) == Some(404) => Ok(()),
-            Err(e) => Err(self.classify("DeleteObject", key, e)),
-        }
+        self.follow(|| async move {
+            match self.client().delete_object().bucket(&self.name).key(key).send().await {
+                Ok(_) => Ok(()),
+                Err(e) if status_of(&e) == Some(404) => Ok(()),
+                Err(e) => Err(self.classify("DeleteObject", key, e)),
+            }
+        })
+        .await
     }
 
     fn unreachable(&self, detail: String) -> S3Error {
-        S3Error::Unreachable { endpoint: self.endpoint.clone(), detail }
+        let endpoint = self.settings.endpoint.clone().unwrap_or_else(|| "AWS S3".into());
+        S3Error::Unreachable { endpoint, detail }
     }
 
     pub fn classify<E>(
@@ -424,10 +531,21 @@ impl Bucket {
     {
         let code = err.code().map(str::to_string);
         let status = status_of(&err);
+        if let Some(region) = redirected_region(&err) {
+            let asked = self.region();
+            if region != asked {
+                return S3Error::WrongRegion { bucket: self.name.clone(), region, asked };
+            }
+        }
+        let message = err.message().unwrap_or_default();
+        if code.as_deref().is_some_and(|c| c.starts_with("KMS.")) || message.contains("kms:") {
+            let detail = format!("{}: {message}", code.as_deref().unwrap_or("AccessDenied"));
+            return S3Error::Kms { op, key: key.to_string(), kms_key: self.kms_key_id.clone(), detail };
+        }
         match (&err, code.as_deref(), status) {
             (_, Some("NoSuchBucket"), _) => S3Error::NoSuchBucket { bucket: self.name.clone() },
             (_, Some("AccessDenied" | "AllAccessDisabled"), _) | (_, None, Some(403)) => {
-                S3Error::AccessDenied { bucket: self.name.clone(), op }
+                S3Error::AccessDenied { bucket: self.name.clone(), op, key: key.to_string() }
             }
             (
                 _,
@@ -472,6 +590,62 @@ impl Bucket {
         }
     }
 }
+
+/// The IAM action S3 checks for an operation, as a policy names it.
+fn iam_action(op: &str) -> &'static str {
+    match op {
+        "ListObjectsV2" => "s3:ListBucket",
+        "HeadObject" | "GetObject" => "s3:GetObject",
+        "DeleteObject" => "s3:DeleteObject",
+        "AbortMultipartUpload" => "s3:AbortMultipartUpload",
+        "ListMultipartUploads" => "s3:ListBucketMultipartUploads",
+        "ListParts" => "s3:ListMultipartUploadParts",
+        // Copies also need s3:GetObject on their source: the same bucket and prefix.
+        _ => "s3:PutObject",
+    }
+}
+
+/// The region S3 names when a request went to the wrong one: `x-amz-bucket-region` on a
+/// redirect (301, 307) or an `AuthorizationHeaderMalformed` (400), else the `<Region>` of its
+/// error body.
+fn redirected_region<E>(err: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> Option<String> {
+    let response = err.raw_response()?;
+    if !matches!(response.status().as_u16(), 301 | 307 | 400) {
+        return None;
+    }
+    let named = response.headers().get("x-amz-bucket-region").map(str::to_string).or_else(|| {
+        let body = std::str::from_utf8(response.body().bytes()?).ok()?;
+        let start = body.find("<Region>")? + "<Region>".len();
+        let end = start + body[start..].find("</Region>")?;
+        Some(body[start..end].to_string())
+    })?;
+    let valid = !named.is_empty() && named.len() <= 32 && named.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    valid.then_some(named)
+}
+
+/// Server-side encryption with a KMS key (and an S3 Bucket Key, which spares most KMS calls)
+/// for every request that writes an object.
+pub trait EncryptedWith: Sized {
+    fn encrypted_with(self, kms_key_id: Option<&str>) -> Self;
+}
+
+macro_rules! encrypted_with {
+    ($($builder:ty),*) => {$(
+        impl EncryptedWith for $builder {
+            fn encrypted_with(self, kms_key_id: Option<&str>) -> Self {
+                match kms_key_id {
+                    Some(key) => self
+                        .server_side_encryption(ServerSideEncryption::AwsKms)
+                        .ssekms_key_id(key)
+                        .bucket_key_enabled(true),
+                    None => self,
+                }
+            }
+        }
+    )*};
+}
+
+encrypted_with!(PutObjectFluentBuilder, CopyObjectFluentBuilder, CreateMultipartUploadFluentBuilder);
 
 /// Characters `x-amz-copy-source` carries as they are: RFC 3986's unreserved ones and `/`.
 const COPY_SOURCE_ESCAPED: &AsciiSet =

@@ -1,7 +1,7 @@
 //! Keeps warm S3 clients: one per effective configuration, so credentials and connections are
 //! reused across git commands but never shared between callers whose settings differ.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_config::BehaviorVersion;
@@ -13,8 +13,9 @@ use tokio::sync::Mutex;
 
 use crate::config::{ChecksumMode, S3Settings};
 
-/// Used when neither the caller's environment, its profile nor git config names a region.
-const FALLBACK_REGION: &str = "us-east-1";
+/// Used when neither the caller's environment, its profile nor git config names a region (S3
+/// names the bucket's own at the first request, and it is followed from then on).
+pub const FALLBACK_REGION: &str = "us-east-1";
 /// A client unused this long is dropped (with the credentials it cached).
 const CLIENT_IDLE_LIMIT: Duration = Duration::from_secs(30 * 60);
 /// Attempts at each request; with the timeouts below, an endpoint that never answers fails a
@@ -42,6 +43,20 @@ struct CachedClient {
 #[derive(Default)]
 pub struct ClientCache {
     clients: Mutex<HashMap<[u8; 32], CachedClient>>,
+    /// Regions S3 named for buckets whose requests went to another one, for the daemon's life:
+    /// the redirect costs one round trip per bucket, not one per command.
+    regions: std::sync::Mutex<BTreeMap<(String, String), FoundRegion>>,
+}
+
+/// A bucket's region as S3 named it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundRegion {
+    pub bucket: String,
+    /// The endpoint asked (empty: AWS's own).
+    pub endpoint: String,
+    pub region: String,
+    /// The region requests went to before (configured, or the default).
+    pub asked: String,
 }
 
 impl ClientCache {
@@ -62,6 +77,24 @@ impl ClientCache {
     /// How many clients are warm.
     pub async fn count(&self) -> usize {
         self.clients.lock().await.len()
+    }
+
+    /// The region S3 named for `bucket` at `endpoint` earlier in this daemon's life.
+    pub fn bucket_region(&self, endpoint: Option<&str>, bucket: &str) -> Option<String> {
+        let regions = self.regions.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let key = (endpoint.unwrap_or_default().to_string(), bucket.to_string());
+        regions.get(&key).map(|found| found.region.clone())
+    }
+
+    pub fn remember_region(&self, found: FoundRegion) {
+        let mut regions = self.regions.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        regions.insert((found.endpoint.clone(), found.bucket.clone()), found);
+    }
+
+    /// Every bucket region found so far, for `git s3 daemon status`.
+    pub fn found_regions(&self) -> Vec<FoundRegion> {
+        let regions = self.regions.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        regions.values().cloned().collect()
     }
 }
 

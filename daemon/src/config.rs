@@ -87,6 +87,9 @@ pub struct RemoteConfig {
     pub s3: S3Settings,
     pub lock_ttl: Duration,
     pub compose: ComposeMode,
+    /// KMS key (id, ARN or alias) every object written is encrypted with; `None`: the bucket's
+    /// default encryption.
+    pub kms_key_id: Option<String>,
 }
 
 /// Reads git config in the caller's repository and combines it with the URL and environment.
@@ -147,7 +150,8 @@ fn resolve_from(
         .map(|(_, v)| v)
         .or_else(|| non_empty_env("AWS_ENDPOINT_URL_S3"))
         .or_else(|| non_empty_env("AWS_ENDPOINT_URL"));
-    let region = lookup("region").map(|(_, v)| v);
+    let region = lookup("region").map(|(_, v)| v).filter(|v| !v.is_empty());
+    let kms_key_id = lookup("kmskeyid").map(|(_, v)| v).filter(|v| !v.is_empty());
     let path_style = match lookup("pathstyle") {
         Some((key, value)) => parse_bool(&key, &value)?,
         // Virtual-host addressing needs DNS for `bucket.host`; a local server has none.
@@ -204,6 +208,7 @@ fn resolve_from(
         url,
         lock_ttl,
         compose,
+        kms_key_id,
     })
 }
 
@@ -257,6 +262,10 @@ mod tests {
         assert_eq!(config.s3.endpoint.as_deref(), Some("https://mine.example"));
         assert!(!config.s3.path_style);
         assert_eq!(config.s3.checksums, ChecksumMode::WhenRequired);
+        assert_eq!(config.kms_key_id, None);
+        // git config lists keys lower-cased.
+        let kms = [("s3.kmskeyid", "alias/team"), ("remote.origin.s3kmskeyid", "alias/mine")];
+        assert_eq!(resolve_with(&[], &kms).unwrap().kms_key_id.as_deref(), Some("alias/mine"));
     }
 
     #[test]

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
+use crate::object_format::ObjectFormat;
+
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
     #[error("cannot run git: {0}")]
@@ -170,8 +172,11 @@ impl Git {
         self.succeeds(&["merge-base", "--is-ancestor", ancestor, descendant]).await
     }
 
-    pub async fn object_format(&self) -> Result<String, GitError> {
-        self.run(&["rev-parse", "--show-object-format"]).await
+    /// The object format of the repository.
+    pub async fn object_format(&self) -> Result<ObjectFormat, GitError> {
+        let name = self.run(&["rev-parse", "--show-object-format"]).await?;
+        ObjectFormat::from_name(&name)
+            .ok_or_else(|| GitError::Unexpected { command: "rev-parse --show-object-format".into(), output: name })
     }
 
     /// An absolute path inside the repository, e.g. `objects` or `objects/pack`.

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use crate::object_format::ObjectFormat;
+
 pub const HEAD_FILE: &str = "HEAD";
 pub const LOCK_FILE: &str = "LOCK#.lock";
 pub const PROTECTED_FILE: &str = "PROTECTED#";
@@ -83,7 +85,8 @@ impl Layout {
     }
 
     /// Classifies a key listed under `refs_prefix()`. Bundles follow the Python tool's rule:
-    /// the ref has at least three path segments and the file is `<40 hex>.bundle`.
+    /// the ref has at least three path segments and the file is `<40 hex>.bundle` (or
+    /// `<64 hex>.bundle` in a SHA-256 repository, which the Python tool does not read).
     pub fn classify(&self, key: &str) -> RefKey {
         let Some(rest) = key.strip_prefix(&self.prefix).and_then(|r| r.strip_prefix('/')) else {
             return RefKey::Other;
@@ -100,7 +103,7 @@ impl Layout {
             PROTECTED_FILE => RefKey::Protected { refname },
             ZIP_FILE => RefKey::Zip { refname },
             _ => match file.strip_suffix(BUNDLE_SUFFIX) {
-                Some(oid) if is_sha1_hex(oid) && refname.matches('/').count() >= 2 => {
+                Some(oid) if ObjectFormat::of_hex(oid).is_some() && refname.matches('/').count() >= 2 => {
                     RefKey::Bundle { refname, oid: oid.to_string() }
                 }
                 _ => RefKey::Other,
@@ -118,10 +121,6 @@ impl fmt::Display for Layout {
 /// A git-lfs object id: SHA-256, 64 lowercase hex digits.
 pub fn is_lfs_oid(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-pub fn is_sha1_hex(s: &str) -> bool {
-    s.len() == 40 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// A ref name this layout can hold: one `git check-ref-format` accepts, under `refs/` with at
@@ -181,6 +180,12 @@ mod tests {
         );
         assert_eq!(layout.classify("p/refs/heads/main/notes.txt"), RefKey::Other);
         assert_eq!(layout.classify("p/refs/heads/main/ABC.bundle"), RefKey::Other);
+        let sha256 = OID.to_string() + "0123456789abcdef01234567";
+        assert_eq!(
+            layout.classify(&format!("p/refs/heads/main/{sha256}.bundle")),
+            RefKey::Bundle { refname: "refs/heads/main".into(), oid: sha256.clone() }
+        );
+        assert_eq!(layout.classify(&format!("p/refs/heads/main/{}.bundle", &sha256[..50])), RefKey::Other);
         assert_eq!(layout.classify("other/refs/heads/main/LOCK#.lock"), RefKey::Other);
         assert_eq!(layout.classify("p/lfs/abc"), RefKey::Other);
     }

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::task::JoinSet;
 
-use crate::bucket::{Bucket, S3Error};
+use crate::bucket::{Bucket, EncryptedWith, S3Error};
 use crate::git::{Git, GitError};
 use crate::layout::{Layout, is_lfs_oid};
 use crate::scheduler::Scheduler;
@@ -117,6 +117,7 @@ impl LfsStore {
             .key(key)
             .body(body)
             .checksum_sha256(aws_smithy_types::base64::encode(digest))
+            .encrypted_with(self.bucket.kms_key_id())
             .customize()
             .config_override(crate::clients::bulk_transfer())
             .send()
@@ -261,16 +262,20 @@ impl LfsStore {
         mut hasher: Option<&mut Sha256>,
     ) -> Result<(), LfsError> {
         let _admission = self.scheduler.admit(len.unwrap_or(SINGLE_REQUEST_MAX_BYTES)).await;
-        let mut request = self.bucket.client().get_object().bucket(self.bucket.name()).key(key);
-        if let Some(len) = len.filter(|len| *len > 0) {
-            request = request.range(format!("bytes={offset}-{}", offset + len - 1));
-        }
-        let out = match request.send().await {
-            Ok(out) => out,
-            Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(404) => {
-                return Err(LfsError::Missing { oid: oid.into(), key: key.into() });
-            }
-            Err(e) => return Err(self.bucket.classify("GetObject", key, e).into()),
+        let range = len.filter(|len| *len > 0).map(|len| format!("bytes={offset}-{}", offset + len - 1));
+        let answer = self
+            .bucket
+            .follow(|| async {
+                let request = self.bucket.client().get_object().bucket(self.bucket.name()).key(key);
+                match request.set_range(range.clone()).send().await {
+                    Ok(out) => Ok(Some(out)),
+                    Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(404) => Ok(None),
+                    Err(e) => Err(self.bucket.classify("GetObject", key, e)),
+                }
+            })
+            .await?;
+        let Some(out) = answer else {
+            return Err(LfsError::Missing { oid: oid.into(), key: key.into() });
         };
         let file = tokio::fs::OpenOptions::new().write(true).open(path).await.map_err(Self::io("cannot open", path))?;
         // Buffered: each unbuffered write would be its own trip to the blocking thread pool.

@@ -13,6 +13,7 @@ pub mod listener;
 pub mod listing_cache;
 pub mod lock;
 pub mod manage;
+pub mod object_format;
 pub mod progress;
 pub mod repository;
 pub mod requests;

@@ -45,7 +45,7 @@ pub enum OpenLfsError {
 }
 
 pub async fn open(
-    clients: &ClientCache,
+    clients: &Arc<ClientCache>,
     composer: &Arc<Composer>,
     scratch: &Arc<Scratch>,
     caller: &CallerContext,
@@ -61,8 +61,7 @@ pub async fn open(
         url => url.to_string(),
     };
     let config = config::resolve(remote_name, &url, &caller.env, &git).await?;
-    let client = clients.get(&config.s3).await;
-    let bucket = Bucket::new(client, &config.url.bucket, config.s3.endpoint.as_deref(), config.s3.checksums);
+    let bucket = Bucket::open(clients, &config).await;
     let layout = Layout::new(&config.url.prefix);
     Ok(BundleRepo { bucket, layout, config, git, composer: composer.clone(), scratch: scratch.clone() })
 }
@@ -70,7 +69,7 @@ pub async fn open(
 /// The LFS store for what git-lfs calls `remote` (a remote's name or a URL). An `s3.lfsurl` in
 /// git config wins: it is how a repository whose code lives elsewhere keeps LFS objects in S3.
 pub async fn open_lfs(
-    clients: &ClientCache,
+    clients: &Arc<ClientCache>,
     scheduler: Arc<Scheduler>,
     caller: &CallerContext,
     remote: &str,
@@ -86,8 +85,7 @@ pub async fn open_lfs(
             .map_err(|source| OpenLfsError::UnknownRemote { remote: remote.to_string(), source })?,
     };
     let config = config::resolve(remote, &url, &caller.env, &git).await?;
-    let client = clients.get(&config.s3).await;
-    let bucket = Bucket::new(client, &config.url.bucket, config.s3.endpoint.as_deref(), config.s3.checksums);
+    let bucket = Bucket::open(clients, &config).await;
     let store = LfsStore::open(bucket, Layout::new(&config.url.prefix), scheduler, &git).await?;
     Ok((store, config))
 }

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use git_s3_proto as proto;
 
-use crate::layout::{check_refname, is_lfs_oid, is_sha1_hex};
+use crate::layout::{check_refname, is_lfs_oid};
+use crate::object_format::ObjectFormat;
 use crate::repository::CallerContext;
 use crate::store::bundles::{PushBatch, PushCommand};
 
@@ -87,7 +88,14 @@ pub fn push_batch(request: &mut proto::PushRequest) -> Result<PushBatch, Invalid
         oid("expected object", lease.expected_oid.trim(), true)?;
         leases.insert(lease.dst, lease.expected_oid);
     }
-    Ok(PushBatch { commands, advertised, leases, dry_run: request.dry_run, atomic: request.atomic })
+    Ok(PushBatch {
+        commands,
+        advertised,
+        leases,
+        dry_run: request.dry_run,
+        atomic: request.atomic,
+        remote_format: None,
+    })
 }
 
 /// An LFS transfer: a proper object id, and for uploads an absolute path (whether it lies
@@ -107,7 +115,7 @@ fn refname(name: &str) -> Result<(), InvalidRequest> {
 }
 
 fn oid(what: &'static str, oid: &str, may_be_empty: bool) -> Result<(), InvalidRequest> {
-    if is_sha1_hex(oid) || (may_be_empty && oid.is_empty()) {
+    if ObjectFormat::of_hex(oid).is_some() || (may_be_empty && oid.is_empty()) {
         Ok(())
     } else {
         Err(InvalidRequest::BadOid { what, oid: oid.to_string() })

@@ -105,6 +105,17 @@ impl Daemon for Service {
             pack_cache_packs: cache_packs as u32,
             pack_cache_bytes: cache_bytes,
             pack_cache_max_bytes: state.composer.packs.max_bytes(),
+            bucket_regions: state
+                .clients
+                .found_regions()
+                .into_iter()
+                .map(|found| proto::BucketRegion {
+                    bucket: found.bucket,
+                    endpoint: found.endpoint,
+                    region: found.region,
+                    asked: found.asked,
+                })
+                .collect(),
         }))
     }
 
@@ -141,8 +152,13 @@ impl Daemon for Service {
             .unwrap_or_default()
             .to_string();
         let refs =
-            listing.values().map(|(name, oid)| proto::RemoteRef { name: name.into(), oid: oid.into() }).collect();
-        Ok(Response::new(proto::ListRefsReply { refs, head, warnings: listing.warnings() }))
+            listing.advertised().map(|(name, oid)| proto::RemoteRef { name: name.into(), oid: oid.into() }).collect();
+        let object_format = match listing.object_format() {
+            Some(format) => Some(format),
+            None => opened.repo.git.object_format().await.ok(),
+        };
+        let object_format = object_format.map(|f| f.name().to_string()).unwrap_or_default();
+        Ok(Response::new(proto::ListRefsReply { refs, head, warnings: listing.warnings(), object_format }))
     }
 
     type FetchStream = EventStream<proto::FetchEvent>;
@@ -198,10 +214,17 @@ impl Daemon for Service {
 
     async fn push(&self, request: Request<proto::PushRequest>) -> Result<Response<Self::PushStream>, Status> {
         let mut request = request.into_inner();
-        let batch = requests::push_batch(&mut request)?;
+        let mut batch = requests::push_batch(&mut request)?;
         let Opened { repo, label, listing_key } = self.open(request.caller, request.remote).await?;
         let state = self.state.clone();
         let progress = request.verbosity.is_some_and(|v| v.progress);
+        // The remote's object format, as the session's `list for-push` saw it (git lists before
+        // every push); listed afresh when it did not.
+        let listing = match self.state.listings.get(&listing_key, false) {
+            Some(listing) => listing,
+            None => repo.list(false).await.map_err(|e| Status::aborted(e.to_string()))?,
+        };
+        batch.remote_format = listing.object_format();
         // What this session listed is about to change.
         self.state.listings.forget(&listing_key);
         let stream = stream_operation(

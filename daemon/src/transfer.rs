@@ -11,7 +11,7 @@ use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPa
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinSet;
 
-use crate::bucket::{Bucket, PutOptions, S3Error};
+use crate::bucket::{Bucket, EncryptedWith, PutOptions, S3Error};
 use crate::clients::bulk_transfer;
 use crate::config::ChecksumMode;
 
@@ -70,15 +70,22 @@ impl MultipartUpload {
     }
 
     async fn start(bucket: &Bucket, key: &str, metadata: Vec<(String, String)>) -> Result<Self, S3Error> {
-        let mut request = bucket.client().create_multipart_upload().bucket(bucket.name()).key(key);
-        for (k, v) in metadata {
-            request = request.metadata(k, v);
-        }
-        if bucket.checksums() == ChecksumMode::WhenSupported {
-            // The SDK checksums every part with CRC32; the upload must say so to be completed.
-            request = request.checksum_algorithm(ChecksumAlgorithm::Crc32);
-        }
-        let created = request.send().await.map_err(|e| bucket.classify("CreateMultipartUpload", key, e))?;
+        let metadata = &metadata;
+        let created = bucket
+            .follow(|| async move {
+                let mut request = bucket.client().create_multipart_upload().bucket(bucket.name()).key(key);
+                for (k, v) in metadata {
+                    request = request.metadata(k, v);
+                }
+                if bucket.checksums() == ChecksumMode::WhenSupported {
+                    // The SDK checksums every part with CRC32; the upload must say so to be completed.
+                    request = request.checksum_algorithm(ChecksumAlgorithm::Crc32);
+                }
+                // Parts, copied ones included, are encrypted as the upload says.
+                let request = request.encrypted_with(bucket.kms_key_id());
+                request.send().await.map_err(|e| bucket.classify("CreateMultipartUpload", key, e))
+            })
+            .await?;
         let upload_id = created
             .upload_id()
             .ok_or_else(|| S3Error::Other {

@@ -78,9 +78,10 @@ impl Options {
             "progress" => set(&mut self.progress),
             "dry-run" => set(&mut self.dry_run),
             "atomic" => set(&mut self.atomic),
-            // Answering `:object-format sha1` in `list` lets git know, and refuse, a mismatch.
+            // `list` then names the remote's object format (`:object-format sha256`): git reads
+            // the ids in that format, and a clone takes it.
             "object-format" => match value {
-                "true" | "sha1" => {
+                "true" | "sha1" | "sha256" => {
                     self.object_format = true;
                     OptionReply::Ok
                 }
@@ -214,8 +215,8 @@ where
 
 fn render_list(listing: &ListRefsReply, for_push: bool, object_format: bool) -> String {
     let mut out = String::new();
-    if object_format {
-        out.push_str(":object-format sha1\n");
+    if object_format && !listing.object_format.is_empty() {
+        out.push_str(&format!(":object-format {}\n", listing.object_format));
     }
     if !for_push && !listing.head.is_empty() {
         out.push_str(&format!("@{} HEAD\n", listing.head));
@@ -260,7 +261,12 @@ mod tests {
 
     impl Backend for FakeRemote {
         async fn list(&mut self, _for_push: bool) -> Result<ListRefsReply, String> {
-            Ok(ListRefsReply { refs: self.refs.clone(), head: "refs/heads/main".into(), warnings: Vec::new() })
+            Ok(ListRefsReply {
+                refs: self.refs.clone(),
+                head: "refs/heads/main".into(),
+                warnings: Vec::new(),
+                object_format: "sha1".into(),
+            })
         }
 
         async fn fetch(&mut self, wanted: Vec<RemoteRef>, _options: &Options) -> Result<FetchDone, String> {

@@ -24,6 +24,9 @@ pub enum Fault {
     ResetMidBody,
     /// Hold the server's answer back for this long.
     Delay(Duration),
+    /// Play a bucket that lives in this region, as AWS does: a request signed for any other
+    /// region gets `301 PermanentRedirect` with `x-amz-bucket-region`; one signed for it passes.
+    BucketRegion(&'static str),
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +76,10 @@ pub struct Seen {
     pub method: String,
     pub path: String,
     pub query: String,
+    /// The KMS key the request asked to encrypt with (`x-amz-server-side-encryption-aws-kms-key-id`).
+    pub kms_key: Option<String>,
+    /// Whether it asked for an S3 Bucket Key (`x-amz-server-side-encryption-bucket-key-enabled`).
+    pub bucket_key: bool,
     pub fault: Option<Fault>,
 }
 
@@ -173,12 +180,29 @@ fn serve_connection(client: TcpStream, upstream: &str, shared: &Shared) -> std::
         }
         let body = read_body(&mut reader, &headers, false)?;
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-        let fault = shared.fault_for(&method, path, query);
+        let fault = shared.fault_for(&method, path, query).filter(|fault| match fault {
+            Fault::BucketRegion(region) => !header(&headers, "authorization")
+                .is_some_and(|auth| auth.contains(&format!("/{region}/s3/aws4_request"))),
+            _ => true,
+        });
         if let Ok(mut seen) = shared.seen.lock() {
-            seen.push(Seen { method: method.clone(), path: path.into(), query: query.into(), fault: fault.clone() });
+            let kms_key = header(&headers, "x-amz-server-side-encryption-aws-kms-key-id").map(str::to_string);
+            let bucket_key = header(&headers, "x-amz-server-side-encryption-bucket-key-enabled") == Some("true");
+            seen.push(Seen {
+                method: method.clone(),
+                path: path.into(),
+                query: query.into(),
+                kms_key,
+                bucket_key,
+                fault: fault.clone(),
+            });
         }
         if let Some(Fault::Status(status, code)) = &fault {
             writer.write_all(&error_answer(*status, code))?;
+            continue;
+        }
+        if let Some(Fault::BucketRegion(region)) = &fault {
+            writer.write_all(&redirect_answer(region, method == "HEAD"))?;
             continue;
         }
         let request = Message { head: build_head(&head_line(&head), &headers), body };
@@ -208,7 +232,7 @@ fn serve_connection(client: TcpStream, upstream: &str, shared: &Shared) -> std::
                 writer.write_all(&answer.head)?;
                 writer.write_all(&answer.body)?;
             }
-            Some(Fault::Status(..)) => unreachable!("answered above"),
+            Some(Fault::Status(..) | Fault::BucketRegion(_)) => unreachable!("answered above"),
         }
     }
 }
@@ -230,6 +254,23 @@ fn error_answer(status: u16, code: &str) -> Vec<u8> {
         body.len()
     )
     .into_bytes()
+}
+
+/// S3's answer to a request sent to the wrong region (a HEAD's has no body).
+fn redirect_answer(region: &str, to_head: bool) -> Vec<u8> {
+    let body = if to_head {
+        String::new()
+    } else {
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>PermanentRedirect</Code><Message>The bucket you are attempting to access must be addressed using the specified endpoint.</Message></Error>".to_string()
+    };
+    let mut answer = format!(
+        "HTTP/1.1 301 Moved Permanently\r\nx-amz-bucket-region: {region}\r\ncontent-type: application/xml\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    if !to_head {
+        answer.push_str(&body);
+    }
+    answer.into_bytes()
 }
 
 /// Reads up to and including the blank line; `None` at a clean end of the connection.

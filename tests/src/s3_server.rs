@@ -124,6 +124,16 @@ impl S3Server {
         })
     }
 
+    /// How an object is encrypted at rest: `(x-amz-server-side-encryption, KMS key id, bucket
+    /// key enabled)`.
+    pub fn encryption(&self, bucket: &str, key: &str) -> (Option<String>, Option<String>, Option<bool>) {
+        self.runtime.block_on(async {
+            let out = self.client.head_object().bucket(bucket).key(key).send().await.expect("head object");
+            let sse = out.server_side_encryption().map(|s| s.as_str().to_string());
+            (sse, out.ssekms_key_id().map(str::to_string), out.bucket_key_enabled())
+        })
+    }
+
     /// The client the support code uses, for benchmarks that talk to S3 directly.
     pub fn client(&self) -> (&tokio::runtime::Runtime, &aws_sdk_s3::Client) {
         (&self.runtime, &self.client)

@@ -557,6 +557,9 @@ fn print_status(status: &StatusReply, json: bool) {
                 "bytes": status.pack_cache_bytes,
                 "max_bytes": status.pack_cache_max_bytes,
             },
+            "bucket_regions": status.bucket_regions.iter().map(|r| serde_json::json!({
+                "bucket": r.bucket, "endpoint": r.endpoint, "region": r.region, "asked": r.asked,
+            })).collect::<Vec<_>>(),
             "recent_errors": errors,
         });
         println!("{value}");
@@ -588,6 +591,16 @@ fn print_status(status: &StatusReply, json: bool) {
         human_bytes(status.pack_cache_max_bytes as f64),
         status.pack_cache_dir
     );
+    for found in &status.bucket_regions {
+        let at = if found.endpoint.is_empty() { String::new() } else { format!(" at {}", found.endpoint) };
+        println!(
+            "bucket region: {}{} is in {} (requests went to {} first)",
+            printable(&found.bucket),
+            printable(&at),
+            printable(&found.region),
+            printable(&found.asked)
+        );
+    }
     if status.activities.is_empty() {
         println!("working on: nothing");
     } else {

@@ -6,9 +6,10 @@ use std::sync::atomic::AtomicU64;
 
 use super::header::{self, HEADER_PROBE_BYTES, MAX_HEADER_BYTES};
 use super::listing::BundleObject;
-use super::pack::{PACK_HEADER_BYTES, PackHeader, TRAILER_BYTES};
+use super::pack::{PACK_HEADER_BYTES, PackHeader};
 use super::{BundleRepo, StoreError};
 use crate::git::Git;
+use crate::object_format::ObjectFormat;
 use crate::progress::Events;
 
 impl BundleRepo {
@@ -49,7 +50,8 @@ impl BundleRepo {
                 header.prerequisites.len()
             )));
         }
-        if bundle.size < header_len + PACK_HEADER_BYTES + TRAILER_BYTES {
+        let format = ObjectFormat::of_hex(&bundle.oid).unwrap_or(ObjectFormat::Sha1);
+        if bundle.size < header_len + PACK_HEADER_BYTES + format.trailer_bytes() {
             return Ok(Some("the bundle is too short to hold a pack".into()));
         }
         if probe.len() as u64 >= header_len + PACK_HEADER_BYTES
@@ -58,17 +60,18 @@ impl BundleRepo {
             return Ok(Some(format!("the bundle holds no pack after its header: {e}")));
         }
         if thorough {
-            return self.index_whole(refname, &bundle.oid).await;
+            return self.index_whole(refname, &bundle.oid, format).await;
         }
         Ok(None)
     }
 
     /// Indexes the whole bundle in an empty scratch repository and walks every object the ref
     /// reaches, as a clone would.
-    async fn index_whole(&self, refname: &str, oid: &str) -> Result<Option<String>, StoreError> {
+    async fn index_whole(&self, refname: &str, oid: &str, format: ObjectFormat) -> Result<Option<String>, StoreError> {
         let scratch = self.scratch.tempdir("doctor-").map_err(StoreError::TempDir)?;
         let dir = scratch.path().to_string_lossy().to_string();
-        self.git.run(&["init", "--quiet", "--bare", "--template=", "--object-format=sha1", &dir]).await?;
+        let object_format = format!("--object-format={format}");
+        self.git.run(&["init", "--quiet", "--bare", "--template=", &object_format, &dir]).await?;
         let git = self.git.for_repository(scratch.path());
         let repo = self.with_git(git.clone());
         // Nobody reads this operation's events: the receiver goes at once, so none can block.

@@ -2,7 +2,7 @@
 //! costs the change, not the history. Part 1 (uploaded) holds the new bundle header, the pack
 //! header with the new object count and the first old bytes; the middle parts are copied from
 //! the old bundle object server-side; the last part holds the objects the old pack lacks and the
-//! new SHA-1 trailer, hashed over a local copy of the old pack (the daemon's pack cache, the
+//! new trailer (SHA-1 or SHA-256, as the repository's objects), hashed over a local copy of the old pack (the daemon's pack cache, the
 //! caller's own copy from a clone or fetch, or one download). Whatever cannot be composed is
 //! written whole by the caller, and this says why.
 
@@ -19,21 +19,19 @@ use std::task::{Context, Poll};
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::CompletedPart;
-use sha1::{Digest, Sha1};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::task::JoinSet;
 
 use super::BundleRepo;
 use super::header::{self, HEADER_PROBE_BYTES};
 use super::listing::BundleObject;
-use super::pack::{
-    self, BUILD_METADATA_KEY, BuildRecord, PACK_HEADER_BYTES, PackHeader, PartPlan, Segment, TRAILER_BYTES,
-};
-use super::pack_cache::{Appended, CachedPack, Oid, PackCache, oids_of, parse_hex};
+use super::pack::{self, BUILD_METADATA_KEY, BuildRecord, PACK_HEADER_BYTES, PackHeader, PartPlan, Segment};
+use super::pack_cache::{Appended, CachedPack, PackCache, oids_of};
 use super::push::Prepared;
 use crate::bucket::{Body, S3Error};
 use crate::config::ComposeMode;
 use crate::git::{Git, GitError, last_line};
+use crate::object_format::{ObjectFormat, Oid};
 use crate::progress::Events;
 use crate::transfer::{MultipartUpload, TransferError, join_part};
 
@@ -140,6 +138,7 @@ struct Base {
     size: u64,
     etag: String,
     header_len: u64,
+    format: ObjectFormat,
     pack: PackHeader,
     trailer: String,
     record: BuildRecord,
@@ -196,6 +195,9 @@ impl BundleRepo {
         }
         let (refname, bundle) = self.choose_base(prepared, new_oid).await?;
         let base = self.inspect_base(refname, &bundle).await?;
+        if ObjectFormat::of_hex(new_oid) != Some(base.format) {
+            return Err(skip(format!("{} holds {} objects, {new_oid} is not one", base.key, base.format)));
+        }
         if base.record.appended >= MAX_APPENDED_PUSHES {
             return Err(skip(format!(
                 "{} pushes were appended to {} since it was last written whole",
@@ -231,12 +233,13 @@ impl BundleRepo {
             .checked_add(new_objects.objects)
             .ok_or_else(|| skip("more objects than a pack can count"))?;
         let pack_header = PackHeader { version: base.pack.version, objects };
-        let old_body = pack::pack_body(base.pack_len()).map_err(skip)?;
-        let new_body = pack::pack_body(new_objects.pack_len).map_err(skip)?;
+        let old_body = pack::pack_body(base.pack_len(), base.format).map_err(skip)?;
+        let new_body = pack::pack_body(new_objects.pack_len, base.format).map_err(skip)?;
         let body_len = old_body.end - old_body.start;
         let appended_len = new_body.end - new_body.start;
         let equal_parts = self.config.compose == ComposeMode::EqualParts;
-        let plan = pack::plan_parts(header_len, base.header_len + old_body.start, body_len, appended_len, equal_parts)
+        let body_start = base.header_len + old_body.start;
+        let plan = pack::plan_parts(header_len, body_start, body_len, appended_len, base.format, equal_parts)
             .ok_or_else(|| skip("the old bundle is too small to copy parts of"))?;
 
         let segment = Segment {
@@ -316,6 +319,7 @@ impl BundleRepo {
     /// header, trailer and build record.
     async fn inspect_base(&self, refname: String, bundle: &BundleObject) -> Result<Base, Failure> {
         let key = bundle.key.clone();
+        let format = ObjectFormat::of_hex(&bundle.oid).ok_or_else(|| skip(format!("{key} names no object")))?;
         let meta = self.bucket.head(&key).await?.ok_or_else(|| skip(format!("{key} is gone")))?;
         let etag = meta.etag.clone().ok_or_else(|| skip(format!("{key} has no ETag")))?;
         let record = BuildRecord::from_metadata(&meta.metadata).map_err(skip)?;
@@ -325,7 +329,7 @@ impl BundleRepo {
         }
         let (head, tail) = tokio::try_join!(
             self.bucket.get_range(&key, 0..HEADER_PROBE_BYTES, Some(&etag)),
-            self.bucket.get_range(&key, size - TRAILER_BYTES..size, Some(&etag)),
+            self.bucket.get_range(&key, size - format.trailer_bytes()..size, Some(&etag)),
         )?;
         let (Some(head), Some(tail)) = (head, tail) else {
             return Err(skip(format!("{key} is gone")));
@@ -350,6 +354,7 @@ impl BundleRepo {
             size,
             etag,
             header_len: header_len as u64,
+            format,
             pack,
             trailer: hex::encode(&tail),
             record,
@@ -415,11 +420,11 @@ impl BundleRepo {
         file.flush().await?;
         drop(file);
         meter.finish();
-        let check = path.to_path_buf();
+        let (check, format) = (path.to_path_buf(), base.format);
         let trailer = tokio::task::spawn_blocking(move || {
             let len = std::fs::metadata(&check)?.len();
-            let body = pack::pack_body(len).map_err(std::io::Error::other)?;
-            hash_file_range(&check, 0..body.end)
+            let body = pack::pack_body(len, format).map_err(std::io::Error::other)?;
+            hash_file_range(&check, 0..body.end, format)
         })
         .await
         .map_err(skip)??;
@@ -442,15 +447,15 @@ impl BundleRepo {
     /// revert or a force push brings back objects deep in the old pack). Deltas may refer to the
     /// base tip's objects (a thin pack): they are earlier in the same pack.
     async fn new_objects(&self, base_tip: &str, new_oid: &str, local: &CachedPack) -> Result<NewObjects, Failure> {
-        let chain = local.chain.clone();
-        let in_base = tokio::task::spawn_blocking(move || oids_of(&chain)).await.map_err(skip)??;
+        let (chain, format) = (local.chain.clone(), local.format()?);
+        let in_base = tokio::task::spawn_blocking(move || oids_of(&chain, format)).await.map_err(skip)??;
         let listed = self.git.run_bytes(&["rev-list", "--objects", new_oid, &format!("^{base_tip}")]).await?;
         let mut revs = format!("{new_oid}\n^{base_tip}\n").into_bytes();
         let mut oids = Vec::new();
         for oid in listed_objects(&listed) {
             let oid = oid.ok_or_else(|| skip("git rev-list: unexpected output"))?;
             if in_base.contains(&oid) {
-                revs.extend_from_slice(format!("^{}\n", hex::encode(oid)).as_bytes());
+                revs.extend_from_slice(format!("^{}\n", oid.to_hex()).as_bytes());
             } else {
                 oids.push(oid);
             }
@@ -526,11 +531,11 @@ impl BundleRepo {
             }
         }
         let hashed = object.clone();
-        let pack_end = object.len();
-        let trailer = tokio::task::spawn_blocking(move || hashed.hash(lead - PACK_HEADER_BYTES..pack_end))
+        let (pack_end, format) = (object.len(), base.format);
+        let trailer = tokio::task::spawn_blocking(move || hashed.hash(lead - PACK_HEADER_BYTES..pack_end, format))
             .await
             .map_err(skip)??;
-        object.pieces.push(Piece::Bytes(trailer.to_vec()));
+        object.pieces.push(Piece::Bytes(trailer.clone()));
 
         let mut start = lead + plan.tail_body.start;
         let end = object.len();
@@ -605,8 +610,9 @@ impl BundleRepo {
         let (_, header_len) =
             header::parse_header(&head).map_err(|e| e.to_string())?.ok_or("its header is too long")?;
         let pack = PackHeader::parse(&head[header_len..]).map_err(|e| e.to_string())?;
-        file.seek(SeekFrom::End(-(TRAILER_BYTES as i64))).map_err(|e| e.to_string())?;
-        let mut trailer = [0u8; TRAILER_BYTES as usize];
+        let format = ObjectFormat::of_hex(tip).ok_or("the tip is no object id")?;
+        file.seek(SeekFrom::End(-(format.trailer_bytes() as i64))).map_err(|e| e.to_string())?;
+        let mut trailer = vec![0u8; format.raw_len()];
         file.read_exact(&mut trailer).map_err(|e| e.to_string())?;
         // `git bundle create` packs exactly what the tip reaches.
         let listed = self.git.run_bytes(&["rev-list", "--objects", tip]).await.map_err(|e| e.to_string())?;
@@ -657,10 +663,10 @@ impl<R: AsyncRead + Unpin> AsyncRead for Teed<R> {
 /// The object ids `git rev-list --objects` printed (`<id>[ <path>]` a line); `None` for a line
 /// that does not start with one.
 fn listed_objects(stdout: &[u8]) -> impl Iterator<Item = Option<Oid>> + '_ {
-    stdout
-        .split(|&b| b == b'\n')
-        .filter(|line| !line.is_empty())
-        .map(|line| std::str::from_utf8(line.get(..40)?).ok().and_then(parse_hex))
+    stdout.split(|&b| b == b'\n').filter(|line| !line.is_empty()).map(|line| {
+        let id = line.split(|&b| b == b' ').next()?;
+        std::str::from_utf8(id).ok().and_then(Oid::from_hex)
+    })
 }
 
 fn part_failure(e: TransferError) -> Failure {
@@ -703,7 +709,7 @@ async fn index_oids(git: &Git, index: &Path) -> Result<Vec<Oid>, Failure> {
     git.index_object_ids(index)
         .await?
         .iter()
-        .map(|oid| parse_hex(oid).ok_or_else(|| skip("git show-index: unexpected output")))
+        .map(|oid| Oid::from_hex(oid).ok_or_else(|| skip("git show-index: unexpected output")))
         .collect()
 }
 
@@ -792,13 +798,14 @@ impl Assembly {
         Ok(out)
     }
 
-    pub(super) fn hash(&self, range: Range<u64>) -> std::io::Result<[u8; 20]> {
-        let mut hasher = Sha1::new();
+    /// The hash of `range` that a pack in `format` ends with.
+    pub(super) fn hash(&self, range: Range<u64>, format: ObjectFormat) -> std::io::Result<Vec<u8>> {
+        let mut hasher = format.hasher();
         self.visit(range, |bytes| hasher.update(bytes))?;
-        Ok(hasher.finalize().into())
+        Ok(hasher.finalize())
     }
 }
 
-fn hash_file_range(path: &Path, range: Range<u64>) -> std::io::Result<[u8; 20]> {
-    Assembly { pieces: vec![Piece::File { path: path.to_path_buf(), range }] }.hash(0..u64::MAX)
+fn hash_file_range(path: &Path, range: Range<u64>, format: ObjectFormat) -> std::io::Result<Vec<u8>> {
+    Assembly { pieces: vec![Piece::File { path: path.to_path_buf(), range }] }.hash(0..u64::MAX, format)
 }

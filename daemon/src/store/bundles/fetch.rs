@@ -14,6 +14,7 @@ use super::tail::NoTail;
 use super::{BundleRepo, StoreError};
 use crate::bucket::{Body, Bucket};
 use crate::git::{GitError, last_line};
+use crate::object_format::ObjectFormat;
 use crate::progress::Events;
 
 /// Pipe buffer towards `git index-pack` (Linux allows up to 1 MiB for unprivileged users).
@@ -64,6 +65,9 @@ impl BundleRepo {
         keeps: &mut Vec<PathBuf>,
     ) -> Result<(), StoreError> {
         let oids: Vec<&str> = wanted.iter().map(|(_, oid)| oid.as_str()).collect();
+        if let Some(remote) = oids.iter().find_map(|oid| ObjectFormat::of_hex(oid)) {
+            self.check_object_format(Some(remote)).await?;
+        }
         let present = self.git.present(&oids).await?;
         let mut bundles: Vec<RemoteBundle> =
             futures::stream::iter(wanted.into_iter().filter(|(_, oid)| !present.contains(oid)))

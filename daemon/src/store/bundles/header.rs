@@ -1,6 +1,8 @@
 //! Parses the header of a git bundle (v2 and v3), so a bundle can be streamed from S3 straight
 //! into `git index-pack` without landing on disk first.
 
+use crate::object_format::ObjectFormat;
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BundleHeader {
     pub version: u8,
@@ -31,12 +33,17 @@ pub const HEADER_PROBE_BYTES: u64 = 64 * 1024;
 pub const MAX_HEADER_BYTES: usize = 1024 * 1024;
 
 impl BundleHeader {
-    /// Why this header cannot be that of `<oid>.bundle` in a sha1 remote, if it cannot.
+    /// The object format the bundle's objects are in (v2 bundles are always sha1).
+    pub fn object_format(&self) -> &str {
+        self.capabilities.iter().find(|(k, _)| k == "object-format").map_or("sha1", |(_, v)| v.as_str())
+    }
+
+    /// Why this header cannot be that of `<oid>.bundle`, if it cannot: its objects must be of the
+    /// format the id in its key is, and it must name that id.
     pub fn mismatch(&self, oid: &str) -> Option<String> {
-        if let Some((_, format)) = self.capabilities.iter().find(|(k, _)| k == "object-format")
-            && format != "sha1"
-        {
-            return Some(format!("it holds {format} objects, this remote stores sha1"));
+        let named = ObjectFormat::of_hex(oid).map_or("unknown", ObjectFormat::name);
+        if self.object_format() != named {
+            return Some(format!("it holds {} objects, its key names a {named} object", self.object_format()));
         }
         if !self.refs.iter().any(|(o, _)| o == oid) {
             return Some(format!("it does not contain {oid}, the object its key names"));
@@ -140,6 +147,13 @@ mod tests {
         let sha256 = format!("# v3 git bundle\n@object-format=sha256\n{A} refs/heads/main\n\n");
         let (header, _) = parse_header(sha256.as_bytes()).unwrap().unwrap();
         assert!(header.mismatch(A).is_some_and(|why| why.contains("sha256")));
+        let c = "c".repeat(64);
+        let sha256 = format!("# v3 git bundle\n@object-format=sha256\n{c} refs/heads/main\n\n");
+        let (header, _) = parse_header(sha256.as_bytes()).unwrap().unwrap();
+        assert_eq!(header.mismatch(&c), None);
+        let (header, _) =
+            parse_header(format!("# v2 git bundle\n{A} refs/heads/main\n\n").as_bytes()).unwrap().unwrap();
+        assert!(header.mismatch(&c).is_some_and(|why| why.contains("sha1 objects")));
     }
 
     #[test]

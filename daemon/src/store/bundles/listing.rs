@@ -5,6 +5,7 @@ use std::time::SystemTime;
 
 use crate::bucket::ObjectInfo;
 use crate::layout::{Layout, RefKey, check_refname};
+use crate::object_format::ObjectFormat;
 
 /// What one ref folder holds.
 #[derive(Debug, Clone, Default)]
@@ -50,9 +51,30 @@ impl Listing {
         self.refs.iter().filter_map(|(name, state)| state.current().map(|b| (name.as_str(), b.oid.as_str())))
     }
 
+    /// The object format of the remote's refs (`None` when it has none): that of HEAD's ref, or
+    /// of the first ref when HEAD names none. Pushes refuse to mix formats, so all agree.
+    pub fn object_format(&self) -> Option<ObjectFormat> {
+        let head_value = self.head.as_ref().and_then(|head| self.refs.get(head)?.current());
+        let value = head_value.or_else(|| self.refs.values().find_map(RefState::current))?;
+        ObjectFormat::of_hex(&value.oid)
+    }
+
+    /// `(refname, oid)` of every ref that has a value in the remote's object format: git reads
+    /// every id of a listing in one format.
+    pub fn advertised(&self) -> impl Iterator<Item = (&str, &str)> {
+        let format = self.object_format();
+        self.values().filter(move |(_, oid)| ObjectFormat::of_hex(oid) == format)
+    }
+
     /// One line for each thing in the bucket this listing had to leave out.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
+        let other_format = self.values().count() - self.advertised().count();
+        if let Some(format) = self.object_format().filter(|_| other_format > 0) {
+            warnings.push(format!(
+                "left out {other_format} ref(s) whose objects are not {format} like the rest; 'git s3 ls' lists them"
+            ));
+        }
         if let Some(why) = &self.bad_head {
             warnings.push(format!("the remote's HEAD {why}; ignoring it ('git s3 doctor' repairs it)"));
         }
@@ -163,6 +185,26 @@ mod tests {
         assert_eq!(main.current().map(|b| b.oid.as_str()), Some(B));
         assert!(main.protected);
         assert!(main.lock.is_some());
+    }
+
+    #[test]
+    fn the_object_format_is_heads_and_refs_of_another_are_left_out() {
+        let layout = Layout::new("p");
+        let c = "c".repeat(64);
+        let mut listing = parse_listing(
+            &layout,
+            vec![
+                object(&format!("p/refs/heads/main/{c}.bundle"), 1),
+                object(&format!("p/refs/heads/old/{A}.bundle"), 1),
+            ],
+        );
+        assert_eq!(listing.object_format(), Some(ObjectFormat::Sha256), "no HEAD: the first ref's");
+        listing.head = Some("refs/heads/old".into());
+        assert_eq!(listing.object_format(), Some(ObjectFormat::Sha1));
+        let advertised: Vec<&str> = listing.advertised().map(|(name, _)| name).collect();
+        assert_eq!(advertised, ["refs/heads/old"]);
+        assert!(listing.warnings().iter().any(|w| w.contains("not sha1")), "{:?}", listing.warnings());
+        assert_eq!(Listing::default().object_format(), None);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::config::RemoteConfig;
 use crate::git::{Git, GitError};
 use crate::layout::{Layout, check_refname};
 use crate::lock::{LockError, RefLock};
+use crate::object_format::ObjectFormat;
 use crate::scratch::Scratch;
 
 pub use compose::Composer;
@@ -47,6 +48,18 @@ pub enum StoreError {
     Lock(#[from] LockError),
     #[error("cannot create a temporary repository: {0}")]
     TempDir(#[source] std::io::Error),
+    #[error(transparent)]
+    ObjectFormat(#[from] FormatMismatch),
+}
+
+/// A repository and a remote whose object ids differ in kind: neither can take the other's.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "this repository uses {local} object ids but the remote holds {remote} ones; clone it afresh ('git clone' picks the remote's format) or push to a new prefix"
+)]
+pub struct FormatMismatch {
+    pub local: ObjectFormat,
+    pub remote: ObjectFormat,
 }
 
 /// One repository in a bucket, reached on behalf of one caller.
@@ -96,6 +109,16 @@ impl BundleRepo {
             Ok(()) => Head::Ref(name.to_string()),
             Err(_) => Head::Unusable(format!("names '{name}', which is not a ref name git can use")),
         })
+    }
+
+    /// Refuses a remote whose objects are not in the caller's repository's format.
+    pub(crate) async fn check_object_format(&self, remote: Option<ObjectFormat>) -> Result<(), StoreError> {
+        let Some(remote) = remote else { return Ok(()) };
+        let local = self.git.object_format().await?;
+        if local != remote {
+            return Err(FormatMismatch { local, remote }.into());
+        }
+        Ok(())
     }
 
     pub(crate) async fn read_ref(&self, refname: &str) -> Result<RefState, S3Error> {

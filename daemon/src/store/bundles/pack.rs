@@ -1,15 +1,15 @@
 //! The bytes of a composed bundle, as pure functions: a bundle header, a pack header with its
-//! object count, the old pack's objects, the appended ones and a SHA-1 trailer; how such an
+//! object count, the old pack's objects, the appended ones and a trailer (SHA-1 or SHA-256); how such an
 //! object is cut into multipart parts (uploaded or copied server-side); and the record of how it
 //! was built, kept in the object's user metadata for readers that want only the change.
 
 use std::collections::HashMap;
 use std::ops::Range;
 
+use crate::object_format::ObjectFormat;
+
 /// `PACK`, version, object count.
 pub const PACK_HEADER_BYTES: u64 = 12;
-/// A SHA-1 pack trailer.
-pub const TRAILER_BYTES: u64 = 20;
 /// S3's smallest part (all parts of an upload but the last).
 pub const S3_MIN_PART_BYTES: u64 = 5 * 1024 * 1024;
 /// S3's largest part, and the largest range one UploadPartCopy copies.
@@ -65,17 +65,22 @@ impl PackHeader {
     }
 }
 
-/// The header `git bundle create <file> <ref>` writes for a self-contained bundle of one ref.
+/// The header `git bundle create <file> <ref>` writes for a self-contained bundle of one ref:
+/// version 2 for SHA-1, version 3 naming the format for SHA-256.
 pub fn bundle_header(oid: &str, refname: &str) -> Vec<u8> {
-    format!("# v2 git bundle\n{oid} {refname}\n\n").into_bytes()
+    match ObjectFormat::of_hex(oid) {
+        Some(ObjectFormat::Sha256) => format!("# v3 git bundle\n@object-format=sha256\n{oid} {refname}\n\n"),
+        _ => format!("# v2 git bundle\n{oid} {refname}\n\n"),
+    }
+    .into_bytes()
 }
 
 /// Where the object bytes of a pack of `pack_len` bytes lie (between its header and trailer).
-pub fn pack_body(pack_len: u64) -> Result<Range<u64>, PackError> {
-    if pack_len < PACK_HEADER_BYTES + TRAILER_BYTES {
+pub fn pack_body(pack_len: u64, format: ObjectFormat) -> Result<Range<u64>, PackError> {
+    if pack_len < PACK_HEADER_BYTES + format.trailer_bytes() {
         return Err(PackError::Short(pack_len));
     }
-    Ok(PACK_HEADER_BYTES..pack_len - TRAILER_BYTES)
+    Ok(PACK_HEADER_BYTES..pack_len - format.trailer_bytes())
 }
 
 /// How a composed bundle goes up as a multipart upload. The new object is
@@ -91,6 +96,8 @@ pub struct PartPlan {
     pub tail_body: Range<u64>,
     /// Size of each uploaded tail part but the last.
     pub tail_part_bytes: u64,
+    /// Bytes of the pack's trailer.
+    pub trailer_bytes: u64,
 }
 
 impl PartPlan {
@@ -101,7 +108,7 @@ impl PartPlan {
             + (self.first.end - self.first.start)
             + (self.tail_body.end - self.tail_body.start)
             + appended_bytes
-            + TRAILER_BYTES
+            + self.trailer_bytes
     }
 }
 
@@ -114,10 +121,12 @@ pub fn plan_parts(
     body_start: u64,
     body_len: u64,
     appended_bytes: u64,
+    format: ObjectFormat,
     equal_parts: bool,
 ) -> Option<PartPlan> {
+    let trailer_bytes = format.trailer_bytes();
     let lead = new_header_bytes + PACK_HEADER_BYTES;
-    let total = lead + body_len + appended_bytes + TRAILER_BYTES;
+    let total = lead + body_len + appended_bytes + trailer_bytes;
     let part = if equal_parts {
         // Round up to whole MiB so the part count stays within S3's limit.
         let mib = 1024 * 1024;
@@ -142,7 +151,7 @@ pub fn plan_parts(
             })
             .collect();
         let tail_start = first.end + copies_n * part;
-        return Some(PartPlan { first, copies, tail_body: tail_start..body_len, tail_part_bytes: part });
+        return Some(PartPlan { first, copies, tail_body: tail_start..body_len, tail_part_bytes: part, trailer_bytes });
     }
     if copyable < S3_MIN_PART_BYTES {
         return None;
@@ -157,7 +166,7 @@ pub fn plan_parts(
         })
         .collect();
     let tail_part_bytes = TAIL_PART_BYTES.max(appended_bytes.div_ceil(S3_MAX_PARTS - 1 - copies_n));
-    Some(PartPlan { first, copies, tail_body: body_len..body_len, tail_part_bytes })
+    Some(PartPlan { first, copies, tail_body: body_len..body_len, tail_part_bytes, trailer_bytes })
 }
 
 /// Objects appended to a bundle by one push: they start at `offset` in the bundle object, there
@@ -279,6 +288,7 @@ mod tests {
     const A: &str = "1111111111111111111111111111111111111111";
     const B: &str = "2222222222222222222222222222222222222222";
     const MIB: u64 = 1024 * 1024;
+    const SHA1: ObjectFormat = ObjectFormat::Sha1;
 
     #[test]
     fn pack_header_round_trips_and_refuses_garbage() {
@@ -292,12 +302,16 @@ mod tests {
     #[test]
     fn bundle_header_is_what_git_writes() {
         assert_eq!(bundle_header(A, "refs/heads/main"), format!("# v2 git bundle\n{A} refs/heads/main\n\n").as_bytes());
+        let b = "b".repeat(64);
+        let sha256 = format!("# v3 git bundle\n@object-format=sha256\n{b} refs/heads/main\n\n");
+        assert_eq!(bundle_header(&b, "refs/heads/main"), sha256.as_bytes());
     }
 
     #[test]
     fn pack_body_lies_between_header_and_trailer() {
-        assert_eq!(pack_body(100), Ok(12..80));
-        assert_eq!(pack_body(31), Err(PackError::Short(31)));
+        assert_eq!(pack_body(100, SHA1), Ok(12..80));
+        assert_eq!(pack_body(100, ObjectFormat::Sha256), Ok(12..68));
+        assert_eq!(pack_body(31, SHA1), Err(PackError::Short(31)));
     }
 
     fn check_plan(plan: &PartPlan, header: u64, body_start: u64, body_len: u64, appended: u64, equal: bool) {
@@ -318,42 +332,42 @@ mod tests {
             assert!(plan.copies.iter().all(|c| c.end - c.start == plan.tail_part_bytes));
             assert!(plan.tail_body.end - plan.tail_body.start < plan.tail_part_bytes);
         }
-        let tail = (plan.tail_body.end - plan.tail_body.start) + appended + TRAILER_BYTES;
+        let tail = (plan.tail_body.end - plan.tail_body.start) + appended + plan.trailer_bytes;
         let parts = 1 + plan.copies.len() as u64 + tail.div_ceil(plan.tail_part_bytes);
         assert!(parts <= S3_MAX_PARTS, "{parts} parts");
     }
 
     #[test]
     fn a_large_body_is_copied_and_only_the_first_part_and_the_change_go_up() {
-        let plan = plan_parts(60, 61, 200 * MIB, 3000, false).unwrap();
+        let plan = plan_parts(60, 61, 200 * MIB, 3000, SHA1, false).unwrap();
         check_plan(&plan, 60, 61, 200 * MIB, 3000, false);
         assert_eq!(plan.copies.len(), 1);
-        assert_eq!(plan.uploaded_bytes(60, 3000), S3_MIN_PART_BYTES + 3000 + TRAILER_BYTES);
+        assert_eq!(plan.uploaded_bytes(60, 3000), S3_MIN_PART_BYTES + 3000 + 20);
     }
 
     #[test]
     fn copies_are_split_at_s3s_largest_part() {
         let body = 12 * 1024 * MIB;
-        let plan = plan_parts(60, 61, body, 10 * MIB, false).unwrap();
+        let plan = plan_parts(60, 61, body, 10 * MIB, SHA1, false).unwrap();
         check_plan(&plan, 60, 61, body, 10 * MIB, false);
         assert_eq!(plan.copies.len(), 3);
     }
 
     #[test]
     fn equal_parts_upload_the_remainder_with_the_change() {
-        let plan = plan_parts(60, 61, 23 * MIB + 5, 3000, true).unwrap();
+        let plan = plan_parts(60, 61, 23 * MIB + 5, 3000, SHA1, true).unwrap();
         check_plan(&plan, 60, 61, 23 * MIB + 5, 3000, true);
         assert_eq!(plan.copies.len(), 3);
         let huge = 100 * 1024 * MIB;
-        let plan = plan_parts(60, 61, huge, 700 * MIB, true).unwrap();
+        let plan = plan_parts(60, 61, huge, 700 * MIB, SHA1, true).unwrap();
         check_plan(&plan, 60, 61, huge, 700 * MIB, true);
     }
 
     #[test]
     fn a_small_body_is_not_composed() {
-        assert_eq!(plan_parts(60, 61, 9 * MIB, 10, false), None);
-        assert_eq!(plan_parts(60, 61, 9 * MIB, 10, true), None);
-        assert!(plan_parts(60, 61, 11 * MIB, 10, false).is_some());
+        assert_eq!(plan_parts(60, 61, 9 * MIB, 10, SHA1, false), None);
+        assert_eq!(plan_parts(60, 61, 9 * MIB, 10, SHA1, true), None);
+        assert!(plan_parts(60, 61, 11 * MIB, 10, SHA1, false).is_some());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! A bounded on-disk cache of the packs of bundles this daemon composed from, named by their
-//! SHA-1 trailer, so the next composed push hashes and uploads from local bytes instead of
+//! trailer (SHA-1 or SHA-256: its length tells), so the next composed push hashes and uploads from local bytes instead of
 //! downloading the history. A pack is kept as a chain of immutable object files: a composed
 //! push adds one small file for what it appended and shares the rest with the pack it built on,
 //! so neither a push nor a new branch copies the history. The least recently used packs go first
@@ -7,7 +7,7 @@
 //!
 //! Files: `<trailer>.entry` (the pack's object count and its chain), `<stem>.objects` (object
 //! bytes; a pack file taken whole, of which the entry uses a range), `<stem>.oids` (the ids of
-//! the objects in that range, 20 bytes each); `tmp/` holds what is being written.
+//! the objects in that range, 20 or 32 bytes each); `tmp/` holds what is being written.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -20,11 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use super::pack::{PACK_HEADER_BYTES, PackHeader, pack_body};
+use crate::object_format::{ObjectFormat, Oid};
 
 /// The cache's size when the user sets none.
 pub const DEFAULT_PACK_CACHE_BYTES: u64 = 4 * 1024 * 1024 * 1024;
-pub const OID_BYTES: usize = 20;
-pub type Oid = [u8; OID_BYTES];
 
 const ENTRY_SUFFIX: &str = ".entry";
 const OBJECTS_SUFFIX: &str = ".objects";
@@ -59,14 +58,25 @@ pub struct CachedPack {
     held: Arc<Mutex<HashMap<PathBuf, usize>>>,
 }
 
-/// The ids of every object in a chain.
-pub fn oids_of(chain: &[Link]) -> io::Result<HashSet<Oid>> {
+/// The ids of every object in a chain of a pack in `format`.
+pub fn oids_of(chain: &[Link], format: ObjectFormat) -> io::Result<HashSet<Oid>> {
     let mut all = HashSet::new();
     for link in chain {
         let bytes = fs::read(&link.oids)?;
-        all.extend(bytes.chunks_exact(OID_BYTES).filter_map(|c| Oid::try_from(c).ok()));
+        all.extend(bytes.chunks_exact(format.raw_len()).filter_map(Oid::from_bytes));
     }
     Ok(all)
+}
+
+impl CachedPack {
+    pub fn format(&self) -> io::Result<ObjectFormat> {
+        trailer_format(&self.trailer)
+    }
+}
+
+/// The object format of a pack, told by its trailer (hex).
+pub fn trailer_format(trailer: &str) -> io::Result<ObjectFormat> {
+    ObjectFormat::of_hex(trailer).ok_or_else(|| io::Error::other(format!("'{trailer}' is not a pack trailer")))
 }
 
 impl Drop for CachedPack {
@@ -145,7 +155,7 @@ impl PackCache {
         // Held before its files are checked: eviction may have taken one since the entry was
         // read, but none goes from now on.
         let held = self.hold(trailer, objects, chain);
-        let body = pack_body(pack_len).ok()?;
+        let body = pack_body(pack_len, trailer_format(trailer).ok()?).ok()?;
         let len: u64 = held.chain.iter().map(|l| l.range.end - l.range.start).sum();
         let present = held.chain.iter().all(|l| l.objects.is_file() && l.oids.is_file());
         if len != body.end - body.start || !present {
@@ -173,7 +183,7 @@ impl PackCache {
         }
         let header = read_pack_header(file, pack_start)?;
         let len = fs::metadata(file)?.len();
-        let body = pack_body(len.saturating_sub(pack_start)).map_err(io::Error::other)?;
+        let body = pack_body(len.saturating_sub(pack_start), trailer_format(trailer)?).map_err(io::Error::other)?;
         let link = (file, pack_start + body.start..pack_start + body.end);
         self.add(trailer, header.objects, Vec::new(), link, oids)
     }
@@ -329,15 +339,8 @@ fn read_pack_header(path: &Path, at: u64) -> io::Result<PackHeader> {
 }
 
 fn write_oids(tmp: &Path, path: &Path, oids: &[Oid]) -> io::Result<()> {
-    fs::write(tmp, oids.concat())?;
+    fs::write(tmp, oids.iter().flat_map(Oid::as_bytes).copied().collect::<Vec<u8>>())?;
     fs::rename(tmp, path)
-}
-
-/// A 40-hex object id or trailer as bytes.
-pub fn parse_hex(text: &str) -> Option<Oid> {
-    let mut out = [0u8; OID_BYTES];
-    hex::decode_to_slice(text, &mut out).ok()?;
-    Some(out)
 }
 
 #[cfg(test)]
@@ -346,7 +349,12 @@ mod tests {
     use sha1::{Digest, Sha1};
     use std::io::{Read, Seek, SeekFrom};
 
-    use super::super::pack::TRAILER_BYTES;
+    const TRAILER_BYTES: u64 = 20;
+
+    /// An id made of one repeated byte.
+    fn id(byte: u8) -> Oid {
+        Oid::from_bytes(&[byte; 20]).unwrap()
+    }
 
     /// A pack-shaped file: header, `body`, and the SHA-1 trailer git would write.
     fn pack_of(objects: u32, body: &[u8]) -> Vec<u8> {
@@ -388,7 +396,7 @@ mod tests {
         let old = pack_of(2, b"objects-one");
         let source = write(dir.path(), "source.pack", &old);
         let old_trailer = trailer_of(&source).unwrap();
-        drop(cache.insert_pack(&old_trailer, &source, 0, &[[1; 20], [2; 20]], true).unwrap());
+        drop(cache.insert_pack(&old_trailer, &source, 0, &[id(1), id(2)], true).unwrap());
         assert!(source.exists(), "a copied pack stays where it was");
         assert!(cache.get(&old_trailer, old.len() as u64 + 1).is_none(), "a wrong length is a miss");
         let base = cache.get(&old_trailer, old.len() as u64).expect("cached");
@@ -400,14 +408,14 @@ mod tests {
         cache
             .extend(
                 &base,
-                &Appended { file: &appended, range: 12..16, objects: 1, oids: &[[3; 20]], trailer: &new_trailer },
+                &Appended { file: &appended, range: 12..16, objects: 1, oids: &[id(3)], trailer: &new_trailer },
             )
             .unwrap();
         let new_len = (PACK_HEADER_BYTES + TRAILER_BYTES) as usize + b"objects-onemore".len();
         let extended = cache.get(&new_trailer, new_len as u64).expect("the new pack is cached");
         assert_eq!(extended.objects, 3);
         assert_eq!(body_bytes(&extended), b"objects-onemore");
-        assert_eq!(oids_of(&extended.chain).unwrap(), HashSet::from([[1; 20], [2; 20], [3; 20]]));
+        assert_eq!(oids_of(&extended.chain, ObjectFormat::Sha1).unwrap(), HashSet::from([id(1), id(2), id(3)]));
         assert_eq!(extended.chain[0], base.chain[0], "the base's file is shared, not copied");
         assert!(cache.get(&old_trailer, old.len() as u64).is_some(), "the base stays usable");
     }
@@ -421,7 +429,7 @@ mod tests {
             let bytes = pack_of(1, &[i; 40]);
             let source = write(dir.path(), &format!("p{i}"), &bytes);
             let trailer = trailer_of(&source).unwrap();
-            drop(cache.insert_pack(&trailer, &source, 0, &[[i; 20]], false).unwrap());
+            drop(cache.insert_pack(&trailer, &source, 0, &[id(i)], false).unwrap());
             // Distinct ages, oldest first.
             let when = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000 + u64::from(i));
             File::options().write(true).open(cache.entry_path(&trailer)).unwrap().set_modified(when).unwrap();
@@ -443,7 +451,7 @@ mod tests {
         let bytes = pack_of(1, &[9; 40]);
         let source = write(dir.path(), "p", &bytes);
         let trailer = trailer_of(&source).unwrap();
-        let held = cache.insert_pack(&trailer, &source, 0, &[[9; 20]], false).unwrap();
+        let held = cache.insert_pack(&trailer, &source, 0, &[id(9)], false).unwrap();
         cache.evict();
         assert!(cache.get(&trailer, bytes.len() as u64).is_some());
         drop(held);
@@ -454,18 +462,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = PackCache::open(dir.path().join("packs"), 1 << 30).unwrap();
         let source = write(dir.path(), "base.pack", &pack_of(1, b"base"));
-        let base = cache.insert_pack(&trailer_of(&source).unwrap(), &source, 0, &[[1; 20]], true).unwrap();
+        let base = cache.insert_pack(&trailer_of(&source).unwrap(), &source, 0, &[id(1)], true).unwrap();
         let trailer = hex::encode(Sha1::digest(b"new"));
         let new_len = PACK_HEADER_BYTES + TRAILER_BYTES + 8;
         let first = write(dir.path(), "first.pack", &pack_of(1, b"more"));
         cache
-            .extend(&base, &Appended { file: &first, range: 12..16, objects: 1, oids: &[[2; 20]], trailer: &trailer })
+            .extend(&base, &Appended { file: &first, range: 12..16, objects: 1, oids: &[id(2)], trailer: &trailer })
             .unwrap();
         let reader = cache.get(&trailer, new_len).expect("cached");
         // Another push (or a fetch) writes the same pack again, from other files.
         let second = write(dir.path(), "second.pack", &pack_of(1, b"more"));
         cache
-            .extend(&base, &Appended { file: &second, range: 12..16, objects: 1, oids: &[[2; 20]], trailer: &trailer })
+            .extend(&base, &Appended { file: &second, range: 12..16, objects: 1, oids: &[id(2)], trailer: &trailer })
             .unwrap();
         let read_file = reader.chain[1].objects.clone();
         assert!(read_file.exists(), "a file being read stays");
@@ -476,9 +484,18 @@ mod tests {
     }
 
     #[test]
-    fn object_ids_parse_from_hex() {
-        let oid = parse_hex("00ff10aa00ff10aa00ff10aa00ff10aa00ff10aa").unwrap();
-        assert_eq!(hex::encode(oid), "00ff10aa00ff10aa00ff10aa00ff10aa00ff10aa");
-        assert!(parse_hex("xyz").is_none());
+    fn a_sha256_pack_is_cached_with_its_longer_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = PackCache::open(dir.path().join("packs"), 1 << 30).unwrap();
+        let mut bytes = PackHeader { version: 2, objects: 1 }.to_bytes().to_vec();
+        bytes.extend_from_slice(b"object");
+        bytes.extend_from_slice(&sha2::Sha256::digest(&bytes));
+        let source = write(dir.path(), "sha256.pack", &bytes);
+        let trailer = hex::encode(&bytes[bytes.len() - 32..]);
+        let oid = Oid::from_bytes(&[7; 32]).unwrap();
+        drop(cache.insert_pack(&trailer, &source, 0, &[oid], false).unwrap());
+        let cached = cache.get(&trailer, bytes.len() as u64).expect("cached");
+        assert_eq!(body_bytes(&cached), b"object");
+        assert_eq!(oids_of(&cached.chain, cached.format().unwrap()).unwrap(), HashSet::from([oid]));
     }
 }

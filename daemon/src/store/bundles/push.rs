@@ -16,12 +16,12 @@ use crate::bucket::PutOptions;
 use crate::git::{Git, GitError, last_line};
 use crate::layout::{RefKey, check_refname};
 use crate::lock::RefLock;
+use crate::object_format::ObjectFormat;
 use crate::progress::Events;
 use crate::transfer::{TransferError, upload_stream};
 
 /// Refs pushed at once by one non-atomic push.
 const REFS_IN_FLIGHT: usize = 8;
-const ZERO_OID: &str = "0000000000000000000000000000000000000000";
 
 /// One push command, as git sent it.
 #[derive(Debug, Clone)]
@@ -37,10 +37,12 @@ pub struct PushBatch {
     pub commands: Vec<PushCommand>,
     /// What the remote advertised to git for these refs (absent: did not exist).
     pub advertised: HashMap<String, String>,
-    /// --force-with-lease expectations; an empty or zero value means "must not exist".
+    /// --force-with-lease expectations; an empty or all-zero value means "must not exist".
     pub leases: HashMap<String, String>,
     pub dry_run: bool,
     pub atomic: bool,
+    /// The object format of the remote's refs as listed for this push; `None`: it has none.
+    pub remote_format: Option<ObjectFormat>,
 }
 
 /// The result for one ref: `Ok(forced)` or git's reason.
@@ -66,7 +68,8 @@ impl BundleRepo {
     // ----- push -----
 
     pub async fn push(&self, batch: PushBatch, events: &Events) -> Vec<RefOutcome> {
-        if let Err(why) = self.check_repository().await {
+        if let Err(e) = self.check_object_format(batch.remote_format).await {
+            let why = e.to_string();
             return batch
                 .commands
                 .iter()
@@ -188,16 +191,6 @@ impl BundleRepo {
         outcomes
     }
 
-    async fn check_repository(&self) -> Result<(), String> {
-        match self.git.object_format().await {
-            Ok(format) if format == "sha1" => Ok(()),
-            Ok(format) => Err(format!(
-                "{format} repositories cannot be pushed to s3 remotes yet (the layout stores sha1 bundles)"
-            )),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
     /// Takes the ref's lock and decides, from a fresh read of the ref folder, whether and how the
     /// command may proceed. Errors are git's reserved words where git has them.
     async fn prepare(&self, command: &PushCommand, batch: &PushBatch) -> Result<Prepared, String> {
@@ -247,7 +240,8 @@ impl BundleRepo {
         }
         let lease = batch.leases.get(dst).map(|expected| expected.trim());
         if let Some(expected) = lease {
-            let expected = (!expected.is_empty() && expected != ZERO_OID).then_some(expected);
+            // git's null id (all zeros, in either format) means "must not exist".
+            let expected = expected.bytes().any(|b| b != b'0').then_some(expected);
             if expected != current.as_deref() {
                 return Err(("stale info".into(), lock));
             }
@@ -344,7 +338,8 @@ impl BundleRepo {
     async fn scratch_repository(&self, dir: &std::path::Path, dst: &str, oid: &str) -> Result<Git, GitError> {
         let objects = self.git.git_path("objects").await?;
         let dir_str = dir.to_string_lossy();
-        self.git.run(&["init", "--quiet", "--bare", "--template=", "--object-format=sha1", &dir_str]).await?;
+        let object_format = format!("--object-format={}", self.git.object_format().await?);
+        self.git.run(&["init", "--quiet", "--bare", "--template=", &object_format, &dir_str]).await?;
         let alternates = dir.join("objects/info/alternates");
         if let Some(parent) = alternates.parent() {
             tokio::fs::create_dir_all(parent).await.map_err(GitError::Spawn)?;

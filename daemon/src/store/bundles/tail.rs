@@ -1,23 +1,23 @@
 //! Fetches of the change only. A composed bundle records in its user metadata where each
 //! appended segment starts and which tip it was appended to. A reader that has one of those tips
 //! downloads only the bytes after it (one ranged GET), wraps them as a pack of their own (a header
-//! with their object count, a SHA-1 trailer) and lets `git index-pack --fix-thin` resolve their
+//! with their object count, a trailer in the repository's hash) and lets `git index-pack --fix-thin` resolve their
 //! deltas against objects it already has. Whatever does not add up falls back to the whole bundle.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sha1::{Digest, Sha1};
 use tokio::io::AsyncWriteExt;
 
 use super::BundleRepo;
 use super::compose::{Assembly, Composer, Piece, pack_from_repository, repository_pack};
 use super::fetch::{RemoteBundle, keep_file};
-use super::pack::{self, PACK_HEADER_BYTES, PackHeader, Segment, TRAILER_BYTES};
-use super::pack_cache::{Appended, CachedPack, Oid, oids_of, parse_hex};
+use super::pack::{self, PACK_HEADER_BYTES, PackHeader, Segment};
+use super::pack_cache::{Appended, CachedPack, oids_of};
 use crate::bucket::Body;
 use crate::git::{Git, GitError, last_line};
+use crate::object_format::{ObjectFormat, Oid};
 use crate::progress::Events;
 
 /// Why the change alone could not be fetched (the whole bundle is, then).
@@ -50,8 +50,9 @@ impl BundleRepo {
             .iter()
             .position(|s| present.contains(&s.base))
             .ok_or_else(|| NoTail("this repository has none of the tips the bundle records".into()))?;
+        let format = ObjectFormat::of_hex(&bundle.oid).ok_or_else(|| NoTail("the bundle names no object".into()))?;
         let start = segments[from].offset;
-        let end = bundle.size.saturating_sub(TRAILER_BYTES);
+        let end = bundle.size.saturating_sub(format.trailer_bytes());
         let objects = segments[from..].iter().try_fold(0u32, |sum, s| sum.checked_add(s.objects));
         let (Some(objects), true) = (objects, start < end) else {
             return Err(NoTail("the bundle's record does not fit its size".into()));
@@ -66,10 +67,10 @@ impl BundleRepo {
         }
         // With the pack this bundle was built on at hand, the tail completes a copy of the new
         // pack for the pack cache: the next push composes without downloading anything.
-        let prefix = self.local_prefix(bundle, &segments[from]).await;
+        let prefix = self.local_prefix(bundle, &segments[from], format).await;
         let tail_copy = prefix.as_ref().map(|_| self.composer.packs.temp_path("tail"));
         let mut copy = tail_copy.as_ref().and_then(|path| std::fs::File::create(path).ok());
-        let mut trailer = Vec::with_capacity(TRAILER_BYTES as usize);
+        let mut trailer = Vec::with_capacity(format.raw_len());
         tracing::debug!(
             refname = %bundle.refname, base = %segments[from].base, bytes = end - start, objects,
             "fetching only the change: the segments after a tip this repository has"
@@ -79,8 +80,8 @@ impl BundleRepo {
         let meter = events.meter(format!("Receiving {}", bundle.refname), end - start);
         let feed = async {
             let header = PackHeader { version: 2, objects }.to_bytes();
-            let mut hasher = Sha1::new();
-            hasher.update(header);
+            let mut hasher = format.hasher();
+            hasher.update(&header);
             stdin.write_all(&header).await?;
             // The bundle's own trailer closes the response: everything before it is objects.
             let mut left = end - start;
@@ -154,10 +155,10 @@ impl BundleRepo {
     }
 
     /// Where the pack `segment` was appended to is at hand: the pack cache, or this repository.
-    async fn local_prefix(&self, bundle: &RemoteBundle, segment: &Segment) -> Option<Prefix> {
+    async fn local_prefix(&self, bundle: &RemoteBundle, segment: &Segment, format: ObjectFormat) -> Option<Prefix> {
         // Composed bundles carry the header `git bundle create` writes for one ref.
         let header_len = pack::bundle_header(&bundle.oid, &bundle.refname).len() as u64;
-        let pack_len = segment.offset.checked_sub(header_len)? + TRAILER_BYTES;
+        let pack_len = segment.offset.checked_sub(header_len)? + format.trailer_bytes();
         if let Some(hit) = self.composer.packs.get(&segment.base_trailer, pack_len) {
             return Some(Prefix::Cached(hit));
         }
@@ -188,7 +189,7 @@ impl BundleRepo {
 struct TailCopy {
     file: PathBuf,
     objects: u32,
-    /// The whole new pack's trailer (the bundle's last 20 bytes).
+    /// The whole new pack's trailer (the bundle's last 20 or 32 bytes).
     trailer: String,
     /// The index git wrote for the fetched objects (with the delta bases `--fix-thin` added).
     index: PathBuf,
@@ -212,15 +213,16 @@ async fn remember_tail(composer: &Arc<Composer>, git: &Git, prefix: Prefix, tail
             .map_err(|e| e.to_string())?
             .ok_or("the pack it was built on is gone from the repository")?,
     };
+    let format = prefix.format().map_err(|e| e.to_string())?;
     let len = tokio::fs::metadata(&tail.file).await.map_err(|e| e.to_string())?.len();
     let prefix_len: u64 = prefix.chain.iter().map(|l| l.range.end - l.range.start).sum();
-    if composer.packs.get(&tail.trailer, PACK_HEADER_BYTES + prefix_len + len + TRAILER_BYTES).is_some() {
+    if composer.packs.get(&tail.trailer, PACK_HEADER_BYTES + prefix_len + len + format.trailer_bytes()).is_some() {
         // This daemon composed the bundle itself.
         let _ = tokio::fs::remove_file(&tail.file).await;
         return Ok(());
     }
     let chain = prefix.chain.clone();
-    let in_prefix = tokio::task::spawn_blocking(move || oids_of(&chain))
+    let in_prefix = tokio::task::spawn_blocking(move || oids_of(&chain, format))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
@@ -230,7 +232,7 @@ async fn remember_tail(composer: &Arc<Composer>, git: &Git, prefix: Prefix, tail
         .await
         .map_err(|e| e.to_string())?
         .iter()
-        .filter_map(|oid| parse_hex(oid))
+        .filter_map(|oid| Oid::from_hex(oid))
         .filter(|oid| !in_prefix.contains(oid))
         .collect();
     if oids.len() != tail.objects as usize {
@@ -244,7 +246,7 @@ async fn remember_tail(composer: &Arc<Composer>, git: &Git, prefix: Prefix, tail
     let composer = composer.clone();
     tokio::task::spawn_blocking(move || {
         // Only bytes that are the bundle's pack, to the last bit, may be composed from later.
-        let hash = whole.hash(0..whole.len()).map_err(|e| e.to_string())?;
+        let hash = whole.hash(0..whole.len(), format).map_err(|e| e.to_string())?;
         if hex::encode(hash) != tail.trailer {
             return Err("the pack it was built on and the tail do not make the bundle's pack".to_string());
         }
