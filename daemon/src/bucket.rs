@@ -29,7 +29,11 @@ pub enum S3Error {
     AccessDenied { bucket: String, op: &'static str, key: String },
     #[error(
         "S3 could not use the KMS key {} for {op} of '{key}' ({detail}); the credentials need kms:GenerateDataKey on it to write and kms:Decrypt to read",
-        kms_key.as_deref().map(|k| format!("'{k}'")).unwrap_or_else(|| "of the bucket's default encryption".into())
+        match (kms_key, *op) {
+            (_, "GetObject" | "HeadObject") => "the object was written with".to_string(),
+            (Some(key), _) => format!("'{key}'"),
+            (None, _) => "of the bucket's default encryption".to_string(),
+        }
     )]
     Kms { op: &'static str, key: String, kms_key: Option<String>, detail: String },
     #[error("bucket '{bucket}' is in region {region}, not {asked}; set it with 'git config s3.region {region}'")]
@@ -185,26 +189,31 @@ impl Bucket {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, S3Error>>,
     {
-        match request().await {
-            Err(S3Error::WrongRegion { region, asked, .. }) => {
-                self.move_to(&region, asked).await;
-                request().await
-            }
-            other => other,
+        // The region this request is signed for: a request running beside it may move the
+        // client before this one's answer is read.
+        let asked = self.region();
+        let region = match request().await {
+            Err(S3Error::WrongRegion { region, .. }) if region != asked => region,
+            other => return other,
+        };
+        if self.region() != region {
+            self.move_to(&region).await;
         }
+        let retried = request().await;
+        // Remembered only once S3 took a request there: a region that does not work is not
+        // kept over the user's configuration.
+        if !matches!(retried, Err(S3Error::WrongRegion { .. })) {
+            let endpoint = self.settings.endpoint.clone().unwrap_or_default();
+            self.clients.remember_region(FoundRegion { bucket: self.name.clone(), endpoint, region, asked });
+        }
+        retried
     }
 
-    async fn move_to(&self, region: &str, asked: String) {
-        tracing::info!(bucket = %self.name, %region, %asked, "S3 names another region for the bucket; following it");
+    async fn move_to(&self, region: &str) {
+        tracing::info!(bucket = %self.name, %region, "S3 names another region for the bucket; following it");
         let mut settings = self.settings.clone();
         settings.region = Some(region.to_string());
         let client = self.clients.get(&settings).await;
-        self.clients.remember_region(FoundRegion {
-            bucket: self.name.clone(),
-            endpoint: settings.endpoint.clone().unwrap_or_default(),
-            region: region.to_string(),
-            asked,
-        });
         *self.client.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = client;
     }
 
@@ -409,7 +418,7 @@ impl Bucket {
                 .config_override(crate::clients::bulk_transfer())
                 .send()
                 .await
-                .map_err(|e| self.classify("CopyObject", from, e))
+                .map_err(|e| self.classify("CopyObject", to, e))
         })
         .await?;
         Ok(())
@@ -531,11 +540,9 @@ impl Bucket {
     {
         let code = err.code().map(str::to_string);
         let status = status_of(&err);
+        // Always a redirect, even when the client moved there meanwhile: `follow` tells.
         if let Some(region) = redirected_region(&err) {
-            let asked = self.region();
-            if region != asked {
-                return S3Error::WrongRegion { bucket: self.name.clone(), region, asked };
-            }
+            return S3Error::WrongRegion { bucket: self.name.clone(), region, asked: self.region() };
         }
         let message = err.message().unwrap_or_default();
         if code.as_deref().is_some_and(|c| c.starts_with("KMS.")) || message.contains("kms:") {
@@ -597,28 +604,35 @@ fn iam_action(op: &str) -> &'static str {
         "ListObjectsV2" => "s3:ListBucket",
         "HeadObject" | "GetObject" => "s3:GetObject",
         "DeleteObject" => "s3:DeleteObject",
+        // A copy reads its source (in the same bucket and prefix) and writes its target.
+        "CopyObject" | "UploadPartCopy" => "s3:PutObject (and s3:GetObject on its source)",
         "AbortMultipartUpload" => "s3:AbortMultipartUpload",
         "ListMultipartUploads" => "s3:ListBucketMultipartUploads",
         "ListParts" => "s3:ListMultipartUploadParts",
-        // Copies also need s3:GetObject on their source: the same bucket and prefix.
         _ => "s3:PutObject",
     }
 }
 
 /// The region S3 names when a request went to the wrong one: `x-amz-bucket-region` on a
-/// redirect (301, 307) or an `AuthorizationHeaderMalformed` (400), else the `<Region>` of its
-/// error body.
-fn redirected_region<E>(err: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> Option<String> {
+/// redirect (301, 307) or an `AuthorizationHeaderMalformed` (400, signed for another region),
+/// whose error body also names it as `<Region>`.
+fn redirected_region<E>(err: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> Option<String>
+where
+    E: ProvideErrorMetadata,
+{
     let response = err.raw_response()?;
-    if !matches!(response.status().as_u16(), 301 | 307 | 400) {
+    let wrong_signature = response.status().as_u16() == 400 && err.code() == Some("AuthorizationHeaderMalformed");
+    if !matches!(response.status().as_u16(), 301 | 307) && !wrong_signature {
         return None;
     }
-    let named = response.headers().get("x-amz-bucket-region").map(str::to_string).or_else(|| {
+    let in_body = || {
         let body = std::str::from_utf8(response.body().bytes()?).ok()?;
         let start = body.find("<Region>")? + "<Region>".len();
         let end = start + body[start..].find("</Region>")?;
         Some(body[start..end].to_string())
-    })?;
+    };
+    let header = response.headers().get("x-amz-bucket-region").map(str::to_string);
+    let named = header.or_else(|| if wrong_signature { in_body() } else { None })?;
     let valid = !named.is_empty() && named.len() <= 32 && named.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     valid.then_some(named)
 }

@@ -22,7 +22,7 @@ pub enum InvalidRequest {
     RelativeCwd,
     #[error("'{name}' is not a ref name git accepts: {why}")]
     BadRef { name: String, why: &'static str },
-    #[error("{what} '{oid}' is not an object id (40 hex digits)")]
+    #[error("{what} '{oid}' is not an object id (40 or 64 lowercase hex digits)")]
     BadOid { what: &'static str, oid: String },
     #[error("'{src}' cannot be pushed: a source must not start with '-'")]
     BadSource { src: String },

@@ -222,7 +222,10 @@ impl Daemon for Service {
         // every push); listed afresh when it did not.
         let listing = match self.state.listings.get(&listing_key, false) {
             Some(listing) => listing,
-            None => repo.list(false).await.map_err(|e| Status::aborted(e.to_string()))?,
+            None => repo.list(false).await.map_err(|e| {
+                self.state.record_error("push", &e.to_string());
+                Status::aborted(e.to_string())
+            })?,
         };
         batch.remote_format = listing.object_format();
         // What this session listed is about to change.

@@ -215,8 +215,10 @@ where
 
 fn render_list(listing: &ListRefsReply, for_push: bool, object_format: bool) -> String {
     let mut out = String::new();
-    if object_format && !listing.object_format.is_empty() {
-        out.push_str(&format!(":object-format {}\n", listing.object_format));
+    if object_format {
+        // Unknown (an empty remote listed outside a repository): git's default.
+        let format = if listing.object_format.is_empty() { "sha1" } else { listing.object_format.as_str() };
+        out.push_str(&format!(":object-format {format}\n"));
     }
     if !for_push && !listing.head.is_empty() {
         out.push_str(&format!("@{} HEAD\n", listing.head));

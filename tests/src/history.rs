@@ -41,3 +41,17 @@ pub fn our_log(env: &TestEnv) -> String {
     let ours: Vec<&str> = log.lines().filter(|l| l.contains(" git_s3d")).collect();
     crate::tail(&ours.join("\n"), 30)
 }
+
+/// Pushes to `origin`; returns the bytes the push sent.
+pub fn push(env: &TestEnv, work: &Path, args: &[&str]) -> u64 {
+    let before = env.pushed_bytes();
+    let mut full = vec!["push", "-q", "origin"];
+    full.extend_from_slice(args);
+    env.git_ok(work, &full);
+    env.pushed_bytes() - before
+}
+
+/// Pushes the daemon composed so far.
+pub fn composed_pushes(env: &TestEnv) -> usize {
+    env.daemon_log().matches("composed the new bundle from the old one").count()
+}

@@ -2,28 +2,14 @@
 //! an old bundle's bytes. Each story checks what a user relies on: the bytes sent, and that the
 //! Python tool and we both clone every ref whole (`git fsck --strict`) after every push.
 
-use std::path::Path;
 use std::time::Duration;
 
 use git_s3_tests::fault_proxy::{Fault, Rule};
-use git_s3_tests::history::{HISTORY_BYTES, MIB, commit_notes, large_repository, our_log};
+use git_s3_tests::history::{HISTORY_BYTES, MIB, commit_notes, composed_pushes, large_repository, our_log, push};
 use git_s3_tests::{ServerKind, TestEnv, wait_for};
 
 /// What a composed push of a small change may send: S3's 5 MiB smallest first part, the change.
 const COMPOSED_PUSH_MAX_BYTES: u64 = 6 * MIB;
-
-/// Pushes and returns the bytes the push sent.
-fn push(env: &TestEnv, work: &Path, args: &[&str]) -> u64 {
-    let before = env.pushed_bytes();
-    let mut full = vec!["push", "-q", "origin"];
-    full.extend_from_slice(args);
-    env.git_ok(work, &full);
-    env.pushed_bytes() - before
-}
-
-fn composed_pushes(env: &TestEnv) -> usize {
-    env.daemon_log().matches("composed the new bundle from the old one").count()
-}
 
 /// Both tools clone `url` whole: every expected ref at its value, `git fsck --strict` clean.
 fn both_tools_clone(env: &TestEnv, url: &str, expected: &[(&str, &str)], round: usize) {

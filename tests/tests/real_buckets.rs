@@ -3,10 +3,10 @@
 //! repositories, and credentials that lack a permission. The fault proxy plays AWS's answers
 //! (region redirects, 403s) in front of moto; moto records how each object is encrypted.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use git_s3_tests::fault_proxy::{Fault, FaultProxy, Rule};
-use git_s3_tests::history::{HISTORY_BYTES, MIB, notes};
+use git_s3_tests::history::{HISTORY_BYTES, MIB, composed_pushes, notes, push};
 use git_s3_tests::{TestEnv, bin_dir, incompressible_bytes, sha256_hex};
 
 const KMS_KEY: &str = "arn:aws:kms:eu-west-1:123456789012:key/0f3c1a52-7e0b-4f6e-9c55-2b1e1d7c9a10";
@@ -19,19 +19,21 @@ fn redirects(proxy: &FaultProxy) -> usize {
 fn a_bucket_in_another_region_is_found_once_and_followed_from_then_on() {
     let mut env = TestEnv::new();
     let proxy = env.route_through_proxy();
-    // The user's default region is us-east-1 (the test world's AWS_REGION); the bucket's is not.
-    proxy.add(Rule::new("", "", Fault::BucketRegion("eu-west-1")).times(usize::MAX));
     let url = env.url("far");
     let work = env.new_repo("work");
     env.git_ok(&work, &["remote", "add", "origin", &url]);
     env.git_ok(&work, &["push", "-q", "origin", "main"]);
-    let first = redirects(&proxy);
-    // The first command's first requests run side by side (the listing and HEAD): each may be
-    // redirected once, never more.
-    assert!((1..=2).contains(&first), "{first} redirects in the first command");
+    // From now on the bucket answers as one in eu-west-1 does; the user's default region is
+    // us-east-1 (the test world's AWS_REGION).
+    proxy.add(Rule::new("", "", Fault::BucketRegion("eu-west-1")).times(usize::MAX));
 
+    // A clone lists refs and reads HEAD side by side: each may be redirected once, and both
+    // must then be answered.
     let clone = env.clone_repo(&url, "clone");
     assert_eq!(env.rev_parse(&clone, "HEAD"), env.rev_parse(&work, "HEAD"));
+    let first = redirects(&proxy);
+    assert!((1..=2).contains(&first), "{first} redirects in the first command");
+
     env.commit(&work, "more.txt", "more\n", "more");
     env.git_ok(&work, &["push", "-q", "origin", "main"]);
     env.git_ok(&clone, &["pull", "-q"]);
@@ -59,19 +61,6 @@ fn large_repository(env: &TestEnv, name: &str, format: &str, url: &str) -> PathB
     env.git_ok(&work, &["commit", "-q", "-m", "large history"]);
     env.git_ok(&work, &["remote", "add", "origin", url]);
     work
-}
-
-fn composed_pushes(env: &TestEnv) -> usize {
-    env.daemon_log().matches("composed the new bundle from the old one").count()
-}
-
-/// Pushes; returns the bytes the push sent.
-fn push(env: &TestEnv, work: &Path, args: &[&str]) -> u64 {
-    let before = env.pushed_bytes();
-    let mut full = vec!["push", "-q", "origin"];
-    full.extend_from_slice(args);
-    env.git_ok(work, &full);
-    env.pushed_bytes() - before
 }
 
 #[test]
