@@ -41,6 +41,10 @@ pub enum LfsError {
     Corrupt { oid: String, actual: String },
     #[error("the content of {oid} does not match its id; S3 refused it")]
     Rejected { oid: String },
+    #[error("object {oid} is not in this repository's LFS storage; bring it first (e.g. 'git lfs fetch --all')")]
+    NotLocal { oid: String },
+    #[error("cannot read git-lfs's listing: {0}")]
+    Listing(String),
     #[error("{what} {path}: {source}")]
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error(transparent)]
@@ -79,8 +83,40 @@ impl LfsStore {
         move |source| LfsError::Io { what, path: path.to_path_buf(), source }
     }
 
-    /// Sends `path` as object `oid`, unless the bucket has it already.
+    /// Where git-lfs keeps object `oid` (`objects/<2>/<2>/<oid>` in its storage).
+    pub fn object_path(&self, oid: &str) -> PathBuf {
+        let (first, second) = (oid.get(..2).unwrap_or_default(), oid.get(2..4).unwrap_or_default());
+        self.storage_dir.join("objects").join(first).join(second).join(oid)
+    }
+
+    /// Moves a verified download into place where git-lfs looks for object `oid` (a rename:
+    /// git-lfs never sees half an object).
+    pub async fn place(&self, oid: &str, verified: &Path) -> Result<(), LfsError> {
+        let target = self.object_path(oid);
+        if let Some(dir) = target.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(Self::io("cannot create", dir))?;
+        }
+        let placed = tokio::fs::rename(verified, &target).await.map_err(Self::io("cannot move into place", &target));
+        if placed.is_err() {
+            let _ = tokio::fs::remove_file(verified).await;
+        }
+        placed
+    }
+
+    /// Sends `path` as object `oid`, unless the bucket has it already. Adds the bytes sent to
+    /// `sent`.
     pub async fn upload(&self, oid: &str, size: u64, path: &Path, sent: &AtomicU64) -> Result<(), LfsError> {
+        let key = self.layout.lfs_object(oid);
+        check_oid(oid)?;
+        if self.bucket.head(&key).await?.is_some_and(|existing| existing.size == size) {
+            sent.fetch_add(size, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.send(oid, size, path, sent).await
+    }
+
+    /// Sends `path` as object `oid` (the caller knows the bucket lacks it).
+    pub async fn send(&self, oid: &str, size: u64, path: &Path, sent: &AtomicU64) -> Result<(), LfsError> {
         check_oid(oid)?;
         let path = self.check_upload_path(path).await?;
         let actual = tokio::fs::metadata(&path).await.map_err(Self::io("cannot read", &path))?.len();
@@ -88,13 +124,9 @@ impl LfsStore {
             return Err(LfsError::WrongSize { path, expected: size, actual });
         }
         let key = self.layout.lfs_object(oid);
-        if self.bucket.head(&key).await?.is_some_and(|existing| existing.size == size) {
-            sent.store(size, Ordering::Relaxed);
-            return Ok(());
-        }
         if size <= SINGLE_REQUEST_MAX_BYTES {
             self.upload_whole(oid, &key, &path, size).await?;
-            sent.store(size, Ordering::Relaxed);
+            sent.fetch_add(size, Ordering::Relaxed);
             return Ok(());
         }
         self.upload_parts(&key, &path, size, sent).await
@@ -140,13 +172,19 @@ impl LfsStore {
         let mut tasks: JoinSet<Result<aws_sdk_s3::types::CompletedPart, S3Error>> = JoinSet::new();
         let mut completed = Vec::new();
         let shared_sent = Arc::new(AtomicU64::new(0));
+        let mut reported = 0;
+        let mut report = |sent: &AtomicU64| {
+            let now = shared_sent.load(Ordering::Relaxed);
+            sent.fetch_add(now - reported, Ordering::Relaxed);
+            reported = now;
+        };
         let mut offset = 0;
         let mut part_number = 1;
         while offset < size {
             let len = part_size.min(size - offset);
             // Admission before spawning: at most the scheduler's worth of parts exist at once.
             let admission = self.scheduler.admit(len).await;
-            let (parts, path, counter) = (upload.parts(), path.to_path_buf(), shared_sent.clone());
+            let (parts, path, counter) = (upload.parts(), path.to_path_buf(), Arc::clone(&shared_sent));
             tasks.spawn(async move {
                 let _admission = admission;
                 let body = ByteStream::read_from()
@@ -167,13 +205,13 @@ impl LfsStore {
             while let Some(done) = tasks.try_join_next() {
                 completed.push(done.map_err(|e| TransferError::Refused(e.to_string()))??);
             }
-            sent.store(shared_sent.load(Ordering::Relaxed), Ordering::Relaxed);
+            report(sent);
             offset += len;
             part_number += 1;
         }
         while !tasks.is_empty() {
             completed.push(join_part(&mut tasks).await?);
-            sent.store(shared_sent.load(Ordering::Relaxed), Ordering::Relaxed);
+            report(sent);
         }
         upload.complete(completed, size).await?;
         Ok(())

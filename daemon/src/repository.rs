@@ -16,6 +16,7 @@ use crate::lfs::{LfsError, LfsStore};
 use crate::scheduler::Scheduler;
 use crate::scratch::Scratch;
 use crate::store::bundles::{BundleRepo, Composer};
+use git_s3_proto::url::parse_lfs_alias;
 
 pub use crate::lfs::TRANSFER_ERROR_CODE;
 pub use crate::store::bundles::{Listing, PushBatch, PushCommand, RefOutcome, StoreError};
@@ -66,6 +67,33 @@ pub async fn open(
     Ok(BundleRepo { bucket, layout, config, git, composer: composer.clone(), scratch: scratch.clone() })
 }
 
+/// The S3 location git-lfs was pointed at with an alias URL, found where git-lfs looks for its
+/// endpoint: `remote.<remote>.lfsurl` and `lfs.url` in git config, then in the repository's
+/// `.lfsconfig` (the work tree's file, the index's, HEAD's: a clone's first checkout has only
+/// HEAD's). git-lfs tells an agent the remote's name, not the endpoint it chose.
+async fn lfs_alias_in_config(git: &Git, remote: &str) -> Option<String> {
+    let keys = [format!("remote.{remote}.lfsurl"), "lfs.url".to_string()];
+    let top = git.run(&["rev-parse", "--show-toplevel"]).await.ok();
+    let lfsconfig = top.map(|top| format!("{top}/.lfsconfig"));
+    let mut sources: Vec<Vec<&str>> = vec![vec![]];
+    if let Some(file) = &lfsconfig {
+        sources.push(vec!["--file", file]);
+    }
+    sources.push(vec!["--blob", ":.lfsconfig"]);
+    sources.push(vec!["--blob", "HEAD:.lfsconfig"]);
+    for source in &sources {
+        for key in &keys {
+            let args: Vec<&str> = ["config"].into_iter().chain(source.iter().copied()).chain(["--get", key]).collect();
+            if let Ok(value) = git.run(&args).await
+                && let Some(location) = parse_lfs_alias(&value)
+            {
+                return Some(location.to_string());
+            }
+        }
+    }
+    None
+}
+
 /// The LFS store for what git-lfs calls `remote` (a remote's name or a URL). An `s3.lfsurl` in
 /// git config wins: it is how a repository whose code lives elsewhere keeps LFS objects in S3.
 pub async fn open_lfs(
@@ -76,13 +104,18 @@ pub async fn open_lfs(
 ) -> Result<(LfsStore, RemoteConfig), OpenLfsError> {
     let git = Git::new(caller.cwd.clone(), caller.env.clone());
     let configured = git.run(&["config", "--get", LFS_URL_KEY]).await.ok().filter(|u| !u.is_empty());
+    let is_s3 = |url: &str| url.starts_with("s3://") || url.starts_with("s3+zip://");
     let url = match configured {
         Some(url) => url,
-        None if remote.starts_with("s3://") || remote.starts_with("s3+zip://") => remote.to_string(),
-        None => git
-            .run(&["remote", "get-url", "--", remote])
-            .await
-            .map_err(|source| OpenLfsError::UnknownRemote { remote: remote.to_string(), source })?,
+        None if is_s3(remote) => remote.to_string(),
+        None => match git.run(&["remote", "get-url", "--", remote]).await {
+            Ok(url) if is_s3(&url) => url,
+            // Code elsewhere, LFS objects in S3 (an alias URL in git config or `.lfsconfig`).
+            other => match lfs_alias_in_config(&git, remote).await {
+                Some(url) => url,
+                None => other.map_err(|source| OpenLfsError::UnknownRemote { remote: remote.to_string(), source })?,
+            },
+        },
     };
     let config = config::resolve(remote, &url, &caller.env, &git).await?;
     let bucket = Bucket::open(clients, &config).await;

@@ -12,6 +12,8 @@ use tonic::{Request, Response, Status, Streaming};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::git::Git;
+use crate::lfs_sync::{self, SyncRequest};
 use crate::listing_cache::ListingKey;
 use crate::progress::{Event, Events};
 use crate::repository::{self, Repository, TRANSFER_ERROR_CODE};
@@ -254,6 +256,55 @@ impl Daemon for Service {
                     })
                     .collect();
                 Ok(proto::PushEvent { event: Some(proto::push_event::Event::Done(proto::PushDone { statuses })) })
+            },
+        );
+        Ok(Response::new(stream))
+    }
+
+    type LfsSyncStream = EventStream<proto::LfsSyncEvent>;
+
+    async fn lfs_sync(&self, request: Request<proto::LfsSyncRequest>) -> Result<Response<Self::LfsSyncStream>, Status> {
+        let request = request.into_inner();
+        let progress = request.verbosity.is_some_and(|v| v.progress);
+        let caller = requests::caller_context(request.caller)?;
+        let (store, config) =
+            repository::open_lfs(&self.state.clients, self.state.scheduler.clone(), &caller, &request.remote)
+                .await
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let git = Git::new(caller.cwd.clone(), caller.env.clone());
+        let sync = SyncRequest {
+            push: request.push,
+            refs: request.refs,
+            all: request.all,
+            include: request.include,
+            exclude: request.exclude,
+            dry_run: request.dry_run,
+        };
+        let what = if sync.push { "lfs push" } else { "lfs pull" };
+        let stream = stream_operation(
+            self.state.clone(),
+            what,
+            config.url.to_string(),
+            progress,
+            move |events| async move { lfs_sync::sync(&store, &git, &sync, &events).await },
+            lfs_sync_event,
+            |result| match result {
+                Ok(outcome) => Ok(proto::LfsSyncEvent {
+                    event: Some(proto::lfs_sync_event::Event::Done(proto::LfsSyncDone {
+                        objects: outcome.objects,
+                        present: outcome.present,
+                        moved: outcome.moved,
+                        moved_bytes: outcome.moved_bytes,
+                        elapsed_ms: outcome.elapsed.as_millis() as u64,
+                        failures: outcome.failures,
+                        would_move: outcome
+                            .would_move
+                            .iter()
+                            .map(|p| format!("{} {} {}", p.oid, p.size, p.path))
+                            .collect(),
+                    })),
+                }),
+                Err(e) => Err(Status::aborted(e.to_string())),
             },
         );
         Ok(Response::new(stream))
@@ -527,6 +578,15 @@ fn fetch_event(event: Event) -> proto::FetchEvent {
         Err(text) => E::Message(text),
     };
     proto::FetchEvent { event: Some(event) }
+}
+
+fn lfs_sync_event(event: Event) -> proto::LfsSyncEvent {
+    use proto::lfs_sync_event::Event as E;
+    let event = match progress(event) {
+        Ok(p) => E::Progress(p),
+        Err(text) => E::Message(text),
+    };
+    proto::LfsSyncEvent { event: Some(event) }
 }
 
 fn push_event(event: Event) -> proto::PushEvent {

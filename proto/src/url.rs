@@ -62,11 +62,26 @@ impl S3Url {
     }
 }
 
+/// The host of LFS alias URLs: reserved (`.test`), never contacted.
+pub const LFS_ALIAS_HOST: &str = "lfs-alias.git-remote-s3.test";
+
 /// Where the Python tool's scoped `git-lfs-s3 install --remote` points `remote.<name>.lfsurl`:
 /// never contacted, only a key for `lfs.<url>.standalonetransferagent` (a reserved `.test` host).
 pub fn lfs_alias_url(bucket: &str, prefix: &str) -> String {
     let quoted: Vec<String> = prefix.split('/').map(percent_encode_segment).collect();
-    format!("https://lfs-alias.git-remote-s3.test/{bucket}/{}", quoted.join("/"))
+    format!("https://{LFS_ALIAS_HOST}/{bucket}/{}", quoted.join("/"))
+}
+
+/// The S3 location an LFS alias URL stands for (`None`: not an alias URL, or not a valid one).
+pub fn parse_lfs_alias(url: &str) -> Option<S3Url> {
+    let path = url.strip_prefix("https://")?.strip_prefix(LFS_ALIAS_HOST)?.strip_prefix('/')?;
+    let (bucket, quoted) = path.split_once('/')?;
+    let prefix: Vec<String> = quoted
+        .split('/')
+        .map(|segment| percent_encoding::percent_decode_str(segment).decode_utf8().map(|s| s.into_owned()))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    S3Url::parse(&format!("s3://{bucket}/{}", prefix.join("/"))).ok()
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters (as Python's `quote(safe="")`).
@@ -162,6 +177,16 @@ mod tests {
             "https://lfs-alias.git-remote-s3.test/bucket/team/repo%25zz"
         );
         assert_eq!(lfs_alias_url("b", "a b"), "https://lfs-alias.git-remote-s3.test/b/a%20b");
+    }
+
+    #[test]
+    fn lfs_alias_urls_name_their_s3_location() {
+        for (bucket, prefix) in [("bucket", "team/repo%zz"), ("my-bucket", "a b/c")] {
+            let parsed = parse_lfs_alias(&lfs_alias_url(bucket, prefix)).unwrap();
+            assert_eq!((parsed.bucket.as_str(), parsed.prefix.as_str()), (bucket, prefix));
+        }
+        assert!(parse_lfs_alias("https://example.com/bucket/p").is_none());
+        assert!(parse_lfs_alias("https://lfs-alias.git-remote-s3.test/bucket").is_none());
     }
 
     #[test]

@@ -618,6 +618,23 @@ fn lfs(bench: &Bench, rows: &mut Vec<Row>, notes: &mut Vec<String>) {
         forget(&prefix);
         up
     });
+    // The same data in bulk, without git-lfs in the way: `git s3 lfs push|pull --all`.
+    let (mut bulk_up, mut bulk_down) = (Stats::default(), Stats::default());
+    for run in 0..=runs() {
+        let prefix = format!("lfs-bulk-{run}");
+        bench.git(Tool::Ours, &repo, &["remote", "set-url", "origin", &env.url(&prefix)]);
+        let up = bench.time(Tool::Ours, &repo, &["s3", "lfs", "push", "--all", "origin"]);
+        let aside = repo.join(".git/lfs/objects.kept");
+        std::fs::rename(&objects, &aside).expect("set objects aside");
+        let down = bench.time(Tool::Ours, &repo, &["s3", "lfs", "pull", "--all", "origin"]);
+        let _ = std::fs::remove_dir_all(&objects);
+        std::fs::rename(&aside, &objects).expect("restore objects");
+        if run > 0 {
+            bulk_up.0.push(up);
+            bulk_down.0.push(down);
+        }
+        forget(&prefix);
+    }
     let (raw_up, raw_down) = raw_sdk(bench, &files);
     let (floor_up, floor_down) = git_lfs_floor(bench, &repo, &objects);
     let mb = total_bytes as f64 / 1e6;
@@ -663,6 +680,31 @@ fn lfs(bench: &Bench, rows: &mut Vec<Row>, notes: &mut Vec<String>) {
         max_ratio: Some(1.0 / 0.9),
         note: format!("raw {}", rate(&raw_down)),
     });
+    for (direction, command, bulk, python, raw) in [
+        ("upload", "git s3 lfs push --all", &bulk_up, &up_python, &raw_up),
+        ("download", "git s3 lfs pull --all", &bulk_down, &downloads.1, &raw_down),
+    ] {
+        rows.push(Row {
+            scenario: format!("LFS bulk {direction} (`{command}`), same data"),
+            server: bench.server,
+            ours: bulk.clone(),
+            baseline: python.clone(),
+            baseline_name: "Python agent driven by git-lfs",
+            goal: "≥ 3× throughput",
+            max_ratio: Some(1.0 / 3.0),
+            note: note(bulk, python),
+        });
+        rows.push(Row {
+            scenario: format!("LFS bulk {direction} (`{command}`), same data"),
+            server: bench.server,
+            ours: bulk.clone(),
+            baseline: raw.clone(),
+            baseline_name: "raw aws-sdk-s3 (the limit)",
+            goal: "≥ 90% of raw",
+            max_ratio: Some(1.0 / 0.9),
+            note: format!("ours {}, raw {}", rate(bulk), rate(raw)),
+        });
+    }
 
     let floor = |direction: &str, ours: &Stats, floor: &Stats| Row {
         scenario: format!("LFS {direction}, same data"),

@@ -6,7 +6,7 @@ use std::process::{Command, ExitCode};
 
 use clap::{Parser, Subcommand};
 use git_s3_proto::endpoint::Endpoint;
-use git_s3_proto::url::{S3Url, lfs_alias_url};
+use git_s3_proto::url::{LFS_ALIAS_HOST, S3Url, lfs_alias_url};
 use git_s3_shim::lfs_agent::{self, DebugLog};
 use tokio::io::BufReader;
 
@@ -23,14 +23,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Use this agent for LFS in the current repository.
+    /// Use this agent for LFS in the current repository (or, with --global, for this user).
     Install {
         /// Only for this remote (which must be an s3:// remote); other remotes keep their LFS.
-        #[arg(long, conflicts_with = "url")]
+        #[arg(long, conflicts_with_all = ["url", "global"])]
         remote: Option<String>,
         /// Keep LFS objects at this S3 location while the code lives elsewhere.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "global")]
         url: Option<String>,
+        /// With --url: also write the repository's .lfsconfig (to commit), so clones by users
+        /// who ran `install --global` get LFS content with no extra step.
+        #[arg(long, requires = "url")]
+        lfsconfig: bool,
+        /// For this user: every repository whose .lfsconfig points into S3 uses this agent.
+        #[arg(long)]
+        global: bool,
     },
     /// Remove what `install` configured.
     Uninstall,
@@ -46,7 +53,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None => run_agent(false),
         Some(Cmd::Debug) => run_agent(true),
-        Some(Cmd::Install { remote, url }) => install(remote.as_deref(), url.as_deref()),
+        Some(Cmd::Install { global: true, .. }) => install_global(),
+        Some(Cmd::Install { remote, url, lfsconfig, .. }) => {
+            install(remote.as_deref(), url.as_deref()).and_then(|()| match (url, lfsconfig) {
+                (Some(url), true) => write_lfsconfig(&url),
+                _ => Ok(()),
+            })
+        }
         Some(Cmd::Uninstall) => uninstall(),
         Some(Cmd::EnableDebug) => {
             git(&["config", "--replace-all", &format!("lfs.customtransfer.{AGENT}.args"), "debug"])
@@ -120,6 +133,28 @@ fn install(remote: Option<&str>, url: Option<&str>) -> Result<(), String> {
             println!("{AGENT} installed");
         }
     }
+    Ok(())
+}
+
+/// `.lfsconfig` may name where LFS objects live (`lfs.url`) but never which agent moves them
+/// (git-lfs ignores such keys there): it names the S3 location as an alias URL, and each user's
+/// `install --global` maps every alias URL to this agent.
+fn write_lfsconfig(url: &str) -> Result<(), String> {
+    let parsed = S3Url::parse(url).map_err(|e| e.to_string())?;
+    let top = git(&["rev-parse", "--show-toplevel"]).map_err(|e| format!("--lfsconfig needs a work tree: {e}"))?;
+    let file = format!("{top}/.lfsconfig");
+    let alias = lfs_alias_url(&parsed.bucket, &parsed.prefix);
+    git(&["config", "--file", &file, "lfs.url", &alias])?;
+    println!("wrote {file} (lfs.url = {alias}); commit it: git add .lfsconfig && git commit");
+    println!("users who ran 'git-lfs-s3 install --global' then clone with LFS content and no extra step");
+    Ok(())
+}
+
+fn install_global() -> Result<(), String> {
+    let scoped = format!("lfs.https://{LFS_ALIAS_HOST}/.standalonetransferagent");
+    git(&["config", "--global", "--replace-all", &format!("lfs.customtransfer.{AGENT}.path"), AGENT])?;
+    git(&["config", "--global", "--replace-all", &scoped, AGENT])?;
+    println!("{AGENT} installed for this user: repositories whose .lfsconfig points into S3 use it");
     Ok(())
 }
 

@@ -9,12 +9,12 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser, Subcommand};
 use git_s3_proto::endpoint::Endpoint;
 use git_s3_proto::{
-    DeleteBranchRequest, DoctorRequest, InspectRequest, Remote, SetProtectionRequest, StatusReply, StatusRequest,
-    StopRequest,
+    DeleteBranchRequest, DoctorRequest, InspectRequest, LfsSyncEvent, LfsSyncRequest, Remote, SetProtectionRequest,
+    StatusReply, StatusRequest, StopRequest, Verbosity,
 };
 use git_s3_shim::daemon_backend::describe;
 use git_s3_shim::daemon_client::{self, Client, ConnectError};
-use git_s3_shim::progress::human_bytes;
+use git_s3_shim::progress::{ProgressDisplay, human_bytes};
 use git_s3_shim::terminal::printable;
 use git_s3_shim::{caller, service};
 
@@ -77,6 +77,9 @@ enum TopCommand {
     Protect { remote: String, branch: String },
     /// Allow force pushes and deletes of a branch again.
     Unprotect { remote: String, branch: String },
+    /// Move a repository's LFS objects in bulk, many at once.
+    #[command(subcommand)]
+    Lfs(LfsCommand),
     /// The per-user daemon that does the S3 work.
     #[command(subcommand)]
     Daemon(DaemonCommand),
@@ -84,6 +87,36 @@ enum TopCommand {
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
     Man,
+}
+
+#[derive(Subcommand)]
+enum LfsCommand {
+    /// Download the LFS objects the commits need that this repository lacks, then write them
+    /// into the work tree.
+    Pull(LfsSyncArgs),
+    /// Upload the LFS objects the commits need that the bucket lacks.
+    Push(LfsSyncArgs),
+}
+
+#[derive(clap::Args)]
+struct LfsSyncArgs {
+    /// A remote's name or an s3:// URL.
+    #[arg(default_value = "origin")]
+    remote: String,
+    /// Commits whose LFS objects move [default: HEAD]
+    refs: Vec<String>,
+    /// Every commit's LFS objects.
+    #[arg(long, conflicts_with = "refs")]
+    all: bool,
+    /// Only paths matching these patterns (comma-separated, as git-lfs takes them).
+    #[arg(long, short = 'I')]
+    include: Option<String>,
+    /// Leave out paths matching these patterns.
+    #[arg(long, short = 'X')]
+    exclude: Option<String>,
+    /// Say what would move; move nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Subcommand)]
@@ -159,6 +192,8 @@ async fn run(command: TopCommand, endpoint: &Endpoint) -> Result<ExitCode, Strin
     let ok = Ok(ExitCode::SUCCESS);
     match command {
         TopCommand::Daemon(command) => daemon(command, endpoint).await,
+        TopCommand::Lfs(LfsCommand::Pull(args)) => lfs_sync(endpoint, args, false).await,
+        TopCommand::Lfs(LfsCommand::Push(args)) => lfs_sync(endpoint, args, true).await,
         TopCommand::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "git-s3", &mut std::io::stdout());
             ok
@@ -250,6 +285,59 @@ async fn protect(endpoint: &Endpoint, remote: &str, branch: &str, protected: boo
     let already = if reply.changed { "" } else { " (already)" };
     println!("{} is {state}{already}", printable(&reply.r#ref));
     Ok(ExitCode::SUCCESS)
+}
+
+async fn lfs_sync(endpoint: &Endpoint, args: LfsSyncArgs, push: bool) -> Result<ExitCode, String> {
+    use git_s3_proto::lfs_sync_event::Event;
+    let mut client = connect(endpoint).await?;
+    let request = LfsSyncRequest {
+        caller: Some(me()?),
+        remote: args.remote.clone(),
+        push,
+        refs: args.refs,
+        all: args.all,
+        include: args.include.unwrap_or_default(),
+        exclude: args.exclude.unwrap_or_default(),
+        dry_run: args.dry_run,
+        verbosity: Some(Verbosity { level: 1, progress: std::io::stderr().is_terminal() }),
+    };
+    let mut events = client.lfs_sync(request).await.map_err(|s| describe(&s, endpoint))?.into_inner();
+    let mut display = ProgressDisplay::default();
+    let done = loop {
+        match events.message().await.map_err(|s| describe(&s, endpoint))? {
+            Some(LfsSyncEvent { event: Some(Event::Progress(progress)) }) => display.update(&progress),
+            Some(LfsSyncEvent { event: Some(Event::Message(text)) }) => eprintln!("{}", printable(&text)),
+            Some(LfsSyncEvent { event: Some(Event::Done(done)) }) => break done,
+            Some(LfsSyncEvent { event: None }) => {}
+            None => return Err("git-s3d stopped before the transfer finished; run it again".into()),
+        }
+    };
+    let (verb, already) = match (push, args.dry_run) {
+        (false, false) => ("Downloaded", "already here"),
+        (true, false) => ("Uploaded", "already in the bucket"),
+        (false, true) => ("Would download", "already here"),
+        (true, true) => ("Would upload", "already in the bucket"),
+    };
+    for line in &done.would_move {
+        println!("{}", printable(line));
+    }
+    let secs = done.elapsed_ms as f64 / 1000.0;
+    let rate = if args.dry_run || done.moved == 0 {
+        String::new()
+    } else {
+        format!(" in {secs:.1}s ({}/s)", human_bytes(done.moved_bytes as f64 / secs.max(0.001)))
+    };
+    println!(
+        "{verb} {} LFS objects ({}){rate}; {} {already}, {} in all",
+        done.moved,
+        human_bytes(done.moved_bytes as f64),
+        done.present,
+        done.objects
+    );
+    for failure in &done.failures {
+        eprintln!("error: {}", printable(failure));
+    }
+    Ok(if done.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn me() -> Result<git_s3_proto::Caller, String> {

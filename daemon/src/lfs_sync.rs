@@ -1,0 +1,228 @@
+//! `git s3 lfs pull|push`: the LFS objects of a set of commits moved at once, at the speed of the
+//! network rather than one git-lfs request at a time. git-lfs's own listing (`git lfs ls-files
+//! --json`) says which pointers the commits hold; objects already where they are going are left
+//! alone (pull: in git-lfs's storage; push: one listing of `<prefix>/lfs/` instead of a HEAD per
+//! object); the rest move many at once through the daemon's scheduler, large ones in parallel
+//! ranges, each checked against its SHA-256 before it is placed where git-lfs keeps it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+use crate::git::Git;
+use crate::layout::is_lfs_oid;
+use crate::lfs::{LfsError, LfsStore};
+use crate::progress::Events;
+
+/// Objects moving at once; the scheduler bounds the S3 requests and bytes in flight beneath.
+const OBJECTS_IN_FLIGHT: usize = 32;
+
+#[derive(Debug, Clone, Default)]
+pub struct SyncRequest {
+    pub push: bool,
+    /// Commits whose objects move; empty: HEAD's.
+    pub refs: Vec<String>,
+    pub all: bool,
+    pub include: String,
+    pub exclude: String,
+    pub dry_run: bool,
+}
+
+/// One LFS object a commit points to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pointer {
+    pub oid: String,
+    pub size: u64,
+    /// A path it is checked out at (the first git-lfs named).
+    pub path: String,
+}
+
+#[derive(Debug, Default)]
+pub struct SyncOutcome {
+    pub objects: u64,
+    pub present: u64,
+    pub moved: u64,
+    pub moved_bytes: u64,
+    pub elapsed: Duration,
+    pub failures: Vec<String>,
+    pub would_move: Vec<Pointer>,
+}
+
+/// Moves the objects `request` names between the repository and the bucket.
+pub async fn sync(
+    store: &LfsStore,
+    git: &Git,
+    request: &SyncRequest,
+    events: &Events,
+) -> Result<SyncOutcome, LfsError> {
+    let started = Instant::now();
+    let pointers = pointers(git, request).await?;
+    let (to_move, present) = if request.push {
+        missing_in_bucket(store, pointers.values()).await?
+    } else {
+        missing_locally(store, pointers.values()).await
+    };
+    let mut outcome = SyncOutcome { objects: pointers.len() as u64, present, ..Default::default() };
+    if request.dry_run {
+        outcome.moved = to_move.len() as u64;
+        outcome.moved_bytes = to_move.iter().map(|p| p.size).sum();
+        outcome.would_move = to_move;
+        return Ok(outcome);
+    }
+    let total: u64 = to_move.iter().map(|p| p.size).sum();
+    let title = if request.push { "Uploading LFS objects" } else { "Downloading LFS objects" };
+    let meter = events.meter(title, total);
+    let counter = meter.counter();
+    let results: Vec<(Pointer, Result<(), LfsError>)> = futures::stream::iter(to_move)
+        .map(|pointer| {
+            let counter = &counter;
+            async move {
+                let result = if request.push {
+                    upload(store, &pointer, counter).await
+                } else {
+                    download(store, &pointer, counter).await
+                };
+                (pointer, result)
+            }
+        })
+        .buffer_unordered(OBJECTS_IN_FLIGHT)
+        .collect()
+        .await;
+    meter.finish();
+    for (pointer, result) in results {
+        match result {
+            Ok(()) => {
+                outcome.moved += 1;
+                outcome.moved_bytes += pointer.size;
+            }
+            Err(e) => outcome.failures.push(format!("{} ({}): {e}", pointer.path, pointer.oid)),
+        }
+    }
+    if !request.push && git.succeeds(&["rev-parse", "--is-inside-work-tree"]).await.unwrap_or(false) {
+        // git-lfs writes the work tree from what is now in its storage.
+        git.run(&["lfs", "checkout"]).await?;
+    }
+    outcome.elapsed = started.elapsed();
+    Ok(outcome)
+}
+
+/// Every LFS object the requested commits point to, by id, as git-lfs lists them.
+async fn pointers(git: &Git, request: &SyncRequest) -> Result<BTreeMap<String, Pointer>, LfsError> {
+    let mut base = vec!["lfs", "ls-files", "--json"];
+    if !request.include.is_empty() {
+        base.extend(["--include", request.include.as_str()]);
+    }
+    if !request.exclude.is_empty() {
+        base.extend(["--exclude", request.exclude.as_str()]);
+    }
+    let mut listings = Vec::new();
+    if request.all {
+        listings.push([base.clone(), vec!["--all"]].concat());
+    } else if request.refs.is_empty() {
+        listings.push(base.clone());
+    } else {
+        for refname in &request.refs {
+            // `--` would end the options, not name a path: git-lfs takes one ref here.
+            listings.push([base.clone(), vec![refname.as_str()]].concat());
+        }
+    }
+    let mut pointers = BTreeMap::new();
+    for args in listings {
+        let json = git.run(&args).await?;
+        for pointer in parse_ls_files(&json)? {
+            pointers.entry(pointer.oid.clone()).or_insert(pointer);
+        }
+    }
+    Ok(pointers)
+}
+
+/// `git lfs ls-files --json`: `{"files": [{"name", "size", "oid", …}]}` (`null` when none).
+fn parse_ls_files(json: &str) -> Result<Vec<Pointer>, LfsError> {
+    #[derive(serde::Deserialize)]
+    struct Listing {
+        files: Option<Vec<File>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct File {
+        name: String,
+        size: u64,
+        oid: String,
+    }
+    let listing: Listing = serde_json::from_str(json).map_err(|e| LfsError::Listing(e.to_string()))?;
+    listing
+        .files
+        .unwrap_or_default()
+        .into_iter()
+        .map(|f| {
+            if is_lfs_oid(&f.oid) {
+                Ok(Pointer { oid: f.oid, size: f.size, path: f.name })
+            } else {
+                Err(LfsError::BadOid(f.oid))
+            }
+        })
+        .collect()
+}
+
+/// Pointers whose objects git-lfs's storage lacks (or holds at another size), and how many it has.
+async fn missing_locally<'a>(store: &LfsStore, pointers: impl Iterator<Item = &'a Pointer>) -> (Vec<Pointer>, u64) {
+    let (mut missing, mut present) = (Vec::new(), 0);
+    for pointer in pointers {
+        let path = store.object_path(&pointer.oid);
+        match tokio::fs::metadata(&path).await {
+            Ok(meta) if meta.len() == pointer.size => present += 1,
+            _ => missing.push(pointer.clone()),
+        }
+    }
+    (missing, present)
+}
+
+/// Pointers whose objects the bucket lacks, from one listing of `<prefix>/lfs/`.
+async fn missing_in_bucket<'a>(
+    store: &LfsStore,
+    pointers: impl Iterator<Item = &'a Pointer>,
+) -> Result<(Vec<Pointer>, u64), LfsError> {
+    let stored: HashMap<String, u64> =
+        store.bucket.list(&store.layout.lfs_prefix()).await?.into_iter().map(|o| (o.key, o.size)).collect();
+    let (mut missing, mut present) = (Vec::new(), 0);
+    for pointer in pointers {
+        match stored.get(&store.layout.lfs_object(&pointer.oid)) {
+            Some(&size) if size == pointer.size => present += 1,
+            _ => missing.push(pointer.clone()),
+        }
+    }
+    Ok((missing, present))
+}
+
+async fn download(store: &LfsStore, pointer: &Pointer, received: &AtomicU64) -> Result<(), LfsError> {
+    let verified = store.download(&pointer.oid, pointer.size, received).await?;
+    store.place(&pointer.oid, &verified).await
+}
+
+async fn upload(store: &LfsStore, pointer: &Pointer, sent: &AtomicU64) -> Result<(), LfsError> {
+    let path = store.object_path(&pointer.oid);
+    if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
+        return Err(LfsError::NotLocal { oid: pointer.oid.clone() });
+    }
+    store.send(&pointer.oid, pointer.size, &path, sent).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_lfs_listings_are_read() {
+        let oid = "a".repeat(64);
+        let json =
+            format!(r#"{{"files":[{{"name":"a.bin","size":3,"checkout":true,"oid_type":"sha256","oid":"{oid}"}}]}}"#);
+        assert_eq!(parse_ls_files(&json).unwrap(), vec![Pointer { oid, size: 3, path: "a.bin".into() }]);
+        assert_eq!(parse_ls_files(r#"{"files":null}"#).unwrap(), vec![]);
+        assert!(matches!(
+            parse_ls_files(r#"{"files":[{"name":"x","size":1,"oid":"../../x"}]}"#),
+            Err(LfsError::BadOid(_))
+        ));
+        assert!(parse_ls_files("not json").is_err());
+    }
+}

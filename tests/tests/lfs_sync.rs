@@ -1,0 +1,199 @@
+//! LFS in bulk: `git s3 lfs pull|push` move the objects of a set of commits at once, and a
+//! repository whose code lives elsewhere keeps its LFS objects in S3 with clones that need no
+//! extra step. Real git, git-lfs, daemon and shims against moto.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use git_s3_tests::fault_proxy::FaultProxy;
+use git_s3_tests::{TestEnv, bin_dir, incompressible_bytes, sha256_hex};
+
+/// `git s3 …` run in `dir`.
+fn git_s3_in(env: &TestEnv, dir: &Path, args: &[&str]) -> Output {
+    let mut command = env.command(bin_dir().join("git-s3"));
+    command.args(args).current_dir(dir);
+    env.run(command)
+}
+
+fn git_s3_ok(env: &TestEnv, dir: &Path, args: &[&str]) -> String {
+    let output = git_s3_in(env, dir, args);
+    assert!(
+        output.status.success(),
+        "git s3 {} failed:\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A clone that has pointers, not content (as CI jobs make them before pulling in bulk).
+fn clone_without_lfs_content(env: &TestEnv, url: &str, name: &str) -> PathBuf {
+    let clone = env.path(name);
+    let mut command = env.command("git");
+    command.env("GIT_LFS_SKIP_SMUDGE", "1").args(["clone", "-q", url]).arg(&clone).current_dir(env.path(""));
+    let output = env.run(command);
+    assert!(output.status.success(), "clone: {}", String::from_utf8_lossy(&output.stderr));
+    clone
+}
+
+/// Files of many sizes: two larger than one request (downloaded in parallel ranges), the rest
+/// between 1 and 64 KiB.
+fn mixed_files(count: usize) -> Vec<(String, Vec<u8>)> {
+    (0..count)
+        .map(|i| {
+            let size = if i < 2 { 20 * 1024 * 1024 + i * 4099 } else { 1024 + (i * 7919) % (63 * 1024) };
+            (format!("f{i:03}.bin"), incompressible_bytes(size, 1000 + i as u64))
+        })
+        .collect()
+}
+
+fn lfs_repo(env: &TestEnv, url: &str, files: &[(String, Vec<u8>)]) -> PathBuf {
+    let borrowed: Vec<(&str, Vec<u8>)> = files.iter().map(|(name, bytes)| (name.as_str(), bytes.clone())).collect();
+    env.lfs_repo("work", url, &borrowed)
+}
+
+fn stored_object(repo: &Path, oid: &str) -> PathBuf {
+    repo.join(".git/lfs/objects").join(&oid[..2]).join(&oid[2..4]).join(oid)
+}
+
+#[test]
+fn a_fresh_clone_pulls_every_object_at_once_and_a_second_pull_moves_nothing() {
+    let env = TestEnv::new();
+    let url = env.url("bulk");
+    let files = mixed_files(200);
+    let work = lfs_repo(&env, &url, &files);
+    let pushed = git_s3_ok(&env, &work, &["lfs", "push"]);
+    assert!(pushed.contains("Uploaded 200 LFS objects"), "{pushed}");
+    // The code goes up without git-lfs's own upload (its pre-push hook).
+    env.git_ok(&work, &["push", "-q", "--no-verify", "origin", "main"]);
+
+    let clone = clone_without_lfs_content(&env, &url, "clone");
+    let pulled = git_s3_ok(&env, &clone, &["lfs", "pull"]);
+    assert!(pulled.contains("Downloaded 200 LFS objects"), "{pulled}");
+    env.git_ok(&clone, &["lfs", "fsck"]);
+    for (name, bytes) in &files {
+        assert!(std::fs::read(clone.join(name)).expect("a checked-out file") == *bytes, "{name} holds its content");
+    }
+    assert_eq!(env.git_ok(&clone, &["status", "--porcelain"]), "", "the work tree is clean");
+
+    let again = git_s3_ok(&env, &clone, &["lfs", "pull"]);
+    assert!(again.contains("Downloaded 0 LFS objects") && again.contains("200 already here"), "{again}");
+}
+
+#[test]
+fn an_object_whose_bytes_do_not_hash_to_its_id_is_refused_and_not_placed() {
+    let env = TestEnv::new();
+    let url = env.url("tampered");
+    let files = mixed_files(5)[2..].to_vec();
+    let work = lfs_repo(&env, &url, &files);
+    env.git_ok(&work, &["push", "-q", "origin", "main"]);
+    let victim = sha256_hex(&files[0].1);
+    let forged = incompressible_bytes(files[0].1.len(), 99);
+    env.server.put(&env.bucket, &format!("tampered/lfs/{victim}"), forged);
+
+    let clone = clone_without_lfs_content(&env, &url, "clone");
+    let pulled = git_s3_in(&env, &clone, &["lfs", "pull"]);
+    let stderr = String::from_utf8_lossy(&pulled.stderr);
+    assert!(!pulled.status.success(), "a corrupt object fails the pull");
+    assert!(stderr.contains(&victim) && stderr.contains("corrupt"), "{stderr}");
+    assert!(!stored_object(&clone, &victim).exists(), "the forged bytes are not placed");
+    for (name, bytes) in &files[1..] {
+        assert!(stored_object(&clone, &sha256_hex(bytes)).exists(), "{name} is placed");
+        assert!(std::fs::read(clone.join(name)).expect("a checked-out file") == *bytes, "{name} holds its content");
+    }
+}
+
+#[test]
+fn a_push_lists_the_bucket_once_and_uploads_only_what_it_lacks() {
+    let mut env = TestEnv::new();
+    let proxy: FaultProxy = env.route_through_proxy();
+    let url = env.url("lacks");
+    let files = mixed_files(22)[2..].to_vec();
+    let work = lfs_repo(&env, &url, &files);
+    git_s3_ok(&env, &work, &["lfs", "push"]);
+    for i in 0..5 {
+        env.commit(&work, &format!("new{i}.bin"), incompressible_bytes(2048 + i, 500 + i as u64), "more");
+    }
+
+    let before = proxy.seen().len();
+    let planned = git_s3_ok(&env, &work, &["lfs", "push", "--dry-run"]);
+    assert!(
+        planned.contains("Would upload 5 LFS objects") && planned.contains("20 already in the bucket"),
+        "{planned}"
+    );
+    assert_eq!(planned.lines().filter(|l| l.contains(" new")).count(), 5, "{planned}");
+    let dry: Vec<_> = proxy.seen()[before..].to_vec();
+    assert!(dry.iter().all(|s| s.method == "GET"), "a dry run writes nothing: {dry:?}");
+
+    let before = proxy.seen().len();
+    let pushed = git_s3_ok(&env, &work, &["lfs", "push"]);
+    assert!(pushed.contains("Uploaded 5 LFS objects"), "{pushed}");
+    let requests: Vec<_> = proxy.seen()[before..]
+        .iter()
+        .filter(|s| s.path.contains("/lacks/lfs") || s.query.contains("prefix=lacks%2Flfs"))
+        .cloned()
+        .collect();
+    let puts = requests.iter().filter(|s| s.method == "PUT").count();
+    let heads = requests.iter().filter(|s| s.method == "HEAD").count();
+    let lists = requests.iter().filter(|s| s.method == "GET" && s.query.contains("list-type=2")).count();
+    assert_eq!((puts, heads, lists), (5, 0, 1), "{requests:?}");
+}
+
+#[test]
+fn an_lfs_store_moves_to_s3_with_fetch_all_and_one_bulk_push() {
+    let env = TestEnv::new();
+    let old_url = env.url("old-home");
+    let files = mixed_files(12)[2..].to_vec();
+    let work = lfs_repo(&env, &old_url, &files);
+    env.git_ok(&work, &["push", "-q", "origin", "main"]);
+    // An older commit's objects move too.
+    env.commit(&work, "f002.bin", b"replaced\n", "replace one file");
+    env.git_ok(&work, &["push", "-q", "origin", "main"]);
+
+    // A team member's clone: everything from the old store, then all of it into the new one.
+    let member = clone_without_lfs_content(&env, &old_url, "member");
+    env.git_ok(&member, &["lfs", "fetch", "--all", "origin"]);
+    let new_url = env.url("new-home");
+    env.git_ok(&member, &["remote", "add", "s3", &new_url]);
+    env.git_ok(&member, &["push", "-q", "--no-verify", "s3", "main"]);
+    let moved = git_s3_ok(&env, &member, &["lfs", "push", "--all", "s3"]);
+    assert!(moved.contains("Uploaded 11 LFS objects"), "{moved}");
+
+    let mut expected: Vec<String> =
+        files.iter().map(|(_, bytes)| format!("new-home/lfs/{}", sha256_hex(bytes))).collect();
+    expected.push(format!("new-home/lfs/{}", sha256_hex(b"replaced\n")));
+    expected.sort();
+    assert_eq!(env.keys("new-home/lfs/"), expected);
+    let clone = env.clone_repo(&new_url, "from-new");
+    assert_eq!(std::fs::read(clone.join("f002.bin")).expect("a checked-out file"), b"replaced\n");
+    for (name, bytes) in &files[1..] {
+        assert!(std::fs::read(clone.join(name)).expect("a checked-out file") == *bytes, "{name}");
+    }
+}
+
+#[test]
+fn a_clone_of_a_plain_remote_checks_out_lfs_content_from_s3_with_no_extra_step() {
+    let env = TestEnv::new();
+    env.enable_lfs();
+    let host = env.path("code-host.git");
+    env.git_ok(&env.path(""), &["init", "-q", "--bare", &host.to_string_lossy()]);
+    let work = env.new_repo("work");
+    env.git_ok(&work, &["remote", "add", "origin", &host.to_string_lossy()]);
+    env.git_ok(&work, &["lfs", "track", "*.bin"]);
+    let lfs_url = env.url("lfs-only");
+    let installed = env.lfs_agent(&work, &["install", "--url", &lfs_url, "--lfsconfig"]);
+    assert!(installed.contains(".lfsconfig"), "{installed}");
+    let content = incompressible_bytes(300 * 1024, 5);
+    std::fs::write(work.join("model.bin"), &content).expect("write an LFS file");
+    env.git_ok(&work, &["add", "."]);
+    env.git_ok(&work, &["commit", "-q", "-m", "a model, its LFS home in S3"]);
+    env.git_ok(&work, &["push", "-q", "origin", "main"]);
+    assert_eq!(env.keys("lfs-only/lfs/"), [format!("lfs-only/lfs/{}", sha256_hex(&content))]);
+
+    // Another user of this machine's kind: once per user, then a plain clone.
+    env.lfs_agent(&env.path(""), &["install", "--global"]);
+    let clone = env.path("clone");
+    env.git_ok(&env.path(""), &["clone", "-q", &host.to_string_lossy(), &clone.to_string_lossy()]);
+    assert!(std::fs::read(clone.join("model.bin")).expect("the LFS file") == content, "real content, not a pointer");
+}
