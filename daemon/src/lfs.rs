@@ -3,13 +3,16 @@
 //! downloads come in parallel ranges into the repository's LFS temp dir and are verified before
 //! git-lfs sees them. Every request goes through the daemon-wide scheduler.
 
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_sdk_s3::primitives::{ByteStream, Length};
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tempfile::NamedTempFile;
 use tokio::task::JoinSet;
 
 use crate::bucket::{Bucket, EncryptedWith, S3Error};
@@ -22,8 +25,8 @@ use crate::transfer::{MultipartUpload, TransferError, join_part, part_size_for};
 pub const SINGLE_REQUEST_MAX_BYTES: u64 = 16 * 1024 * 1024;
 /// Buffer for hashing a downloaded file.
 const HASH_BUFFER_BYTES: usize = 256 * 1024;
-/// Buffer for writing downloads to disk.
-const WRITE_BUFFER_BYTES: usize = 128 * 1024;
+/// Received bytes written to disk at once.
+const WRITE_BATCH_BYTES: u64 = 1024 * 1024;
 /// Git-lfs error code for a failed transfer (as the Python agent reports).
 pub const TRANSFER_ERROR_CODE: u32 = 2;
 
@@ -39,6 +42,8 @@ pub enum LfsError {
     Missing { oid: String, key: String },
     #[error("object {oid} in the bucket is corrupt (its content hashes to {actual}); it was not used")]
     Corrupt { oid: String, actual: String },
+    #[error("object {oid} in the bucket is larger than the {size} bytes its pointer says; it was not used")]
+    Oversized { oid: String, size: u64 },
     #[error("the content of {oid} does not match its id; S3 refused it")]
     Rejected { oid: String },
     #[error("object {oid} is not in this repository's LFS storage; bring it first (e.g. 'git lfs fetch --all')")]
@@ -87,20 +92,6 @@ impl LfsStore {
     pub fn object_path(&self, oid: &str) -> PathBuf {
         let (first, second) = (oid.get(..2).unwrap_or_default(), oid.get(2..4).unwrap_or_default());
         self.storage_dir.join("objects").join(first).join(second).join(oid)
-    }
-
-    /// Moves a verified download into place where git-lfs looks for object `oid` (a rename:
-    /// git-lfs never sees half an object).
-    pub async fn place(&self, oid: &str, verified: &Path) -> Result<(), LfsError> {
-        let target = self.object_path(oid);
-        if let Some(dir) = target.parent() {
-            tokio::fs::create_dir_all(dir).await.map_err(Self::io("cannot create", dir))?;
-        }
-        let placed = tokio::fs::rename(verified, &target).await.map_err(Self::io("cannot move into place", &target));
-        if placed.is_err() {
-            let _ = tokio::fs::remove_file(verified).await;
-        }
-        placed
     }
 
     /// Sends `path` as object `oid`, unless the bucket has it already. Adds the bytes sent to
@@ -218,50 +209,90 @@ impl LfsStore {
     }
 
     /// Brings object `oid` (of `size` bytes, as git-lfs says) into a temp file under the LFS
-    /// storage dir, verified; returns its path.
+    /// storage dir, verified; returns its path (git-lfs moves it into place).
     pub async fn download(&self, oid: &str, size: u64, received: &AtomicU64) -> Result<PathBuf, LfsError> {
-        check_oid(oid)?;
-        let key = self.layout.lfs_object(oid);
-        let tmp_dir = self.storage_dir.join("tmp");
-        tokio::fs::create_dir_all(&tmp_dir).await.map_err(Self::io("cannot create", &tmp_dir))?;
-        let file = tempfile::Builder::new()
-            .prefix(&format!("{oid}-s3-"))
-            .tempfile_in(&tmp_dir)
-            .map_err(Self::io("cannot create a temp file in", &tmp_dir))?;
-        let path = file.path().to_path_buf();
-        // The temp file is removed on every error path until it is verified and kept.
-        let actual = if size <= SINGLE_REQUEST_MAX_BYTES {
-            // One stream, hashed as it arrives.
-            let mut hasher = Sha256::new();
-            self.download_range(oid, &key, &path, 0, None, received, Some(&mut hasher)).await?;
-            hex::encode(hasher.finalize())
-        } else {
-            self.download_ranges(oid, &key, &path, size, received).await?
-        };
-        if actual != oid {
-            return Err(LfsError::Corrupt { oid: oid.into(), actual });
-        }
-        let kept = file.into_temp_path().keep().map_err(|e| LfsError::Io {
-            what: "cannot keep",
-            path: path.clone(),
-            source: e.error,
-        })?;
-        Ok(kept)
+        self.fetch(oid, size, received, None).await
     }
 
-    /// Downloads ranges in parallel and hashes the file in order while later ranges still
-    /// arrive (SHA-256 is sequential; reading back a range just written comes from the page
-    /// cache). Returns the hex digest.
+    /// Brings object `oid` where git-lfs keeps it, verified (renamed into place whole: git-lfs
+    /// never sees half an object).
+    pub async fn download_into_place(&self, oid: &str, size: u64, received: &AtomicU64) -> Result<(), LfsError> {
+        self.fetch(oid, size, received, Some(self.object_path(oid))).await.map(drop)
+    }
+
+    /// Downloads object `oid` to `target`, or to a temp file kept for the caller when `None`.
+    async fn fetch(
+        &self,
+        oid: &str,
+        size: u64,
+        received: &AtomicU64,
+        target: Option<PathBuf>,
+    ) -> Result<PathBuf, LfsError> {
+        check_oid(oid)?;
+        let key = self.layout.lfs_object(oid);
+        if size <= SINGLE_REQUEST_MAX_BYTES {
+            self.download_whole(oid, &key, size, received, target).await
+        } else {
+            self.download_ranges(oid, &key, size, received, target).await
+        }
+    }
+
+    /// One GET held in memory and hashed as it arrives, written to disk (one trip to the
+    /// blocking pool) only once it matched its id: nothing unverified touches the disk.
+    async fn download_whole(
+        &self,
+        oid: &str,
+        key: &str,
+        size: u64,
+        received: &AtomicU64,
+        target: Option<PathBuf>,
+    ) -> Result<PathBuf, LfsError> {
+        let _admission = self.scheduler.admit(size).await;
+        let mut body = self.get(oid, key, None).await?;
+        let mut hasher = Sha256::new();
+        let mut chunks = Vec::new();
+        let mut length = 0;
+        while let Some(chunk) = next_chunk(&mut body, key).await? {
+            length += chunk.len() as u64;
+            if length > size {
+                return Err(LfsError::Oversized { oid: oid.into(), size });
+            }
+            hasher.update(&chunk);
+            received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            chunks.push(chunk);
+        }
+        verify(oid, hasher)?;
+        let (tmp_dir, oid) = (self.tmp_dir(), oid.to_string());
+        blocking(move || {
+            let mut file = temp_file(&tmp_dir, &oid)?;
+            for chunk in &chunks {
+                file.write_all(chunk).map_err(Self::io("cannot write", file.path()))?;
+            }
+            finish(file, target)
+        })
+        .await
+    }
+
+    /// Downloads ranges in parallel, each written where it belongs as it arrives, and hashes
+    /// the file in order while later ranges still arrive (SHA-256 is sequential; reading back a
+    /// range just written comes from the page cache).
     async fn download_ranges(
         &self,
         oid: &str,
         key: &str,
-        path: &Path,
         size: u64,
         received: &AtomicU64,
-    ) -> Result<String, LfsError> {
-        let file = tokio::fs::OpenOptions::new().write(true).open(path).await.map_err(Self::io("cannot open", path))?;
-        file.set_len(size).await.map_err(Self::io("cannot size", path))?;
+        target: Option<PathBuf>,
+    ) -> Result<PathBuf, LfsError> {
+        let (tmp_dir, named) = (self.tmp_dir(), oid.to_string());
+        let file = blocking(move || {
+            let file = temp_file(&tmp_dir, &named)?;
+            file.as_file().set_len(size).map_err(Self::io("cannot size", file.path()))?;
+            Ok(file)
+        })
+        .await?;
+        // The temp file is removed on every error path until it is verified and kept.
+        let file = Arc::new(file);
         let part_size = part_size_for(size);
         let ranges: Vec<(u64, u64)> =
             (0..size).step_by(part_size as usize).map(|offset| (offset, part_size.min(size - offset))).collect();
@@ -270,9 +301,9 @@ impl LfsStore {
             .iter()
             .enumerate()
             .map(|(index, &(offset, len))| {
-                let done_tx = done_tx.clone();
+                let (done_tx, file) = (done_tx.clone(), Arc::clone(&file));
                 async move {
-                    self.download_range(oid, key, path, offset, Some(len), received, None).await?;
+                    self.download_range(oid, key, &file, offset, len, received).await?;
                     let _ = done_tx.send(index);
                     Ok::<(), LfsError>(())
                 }
@@ -280,27 +311,64 @@ impl LfsStore {
             .collect();
         // Only the downloads hold senders now: the hasher sees the channel close if one fails.
         drop(done_tx);
-        let (downloaded, digest) =
-            tokio::join!(futures::future::try_join_all(downloads), hash_in_order(path, &ranges, done_rx));
+        let (downloaded, hashed) =
+            tokio::join!(futures::future::try_join_all(downloads), hash_in_order(Arc::clone(&file), ranges, done_rx));
         downloaded?;
-        digest.map_err(Self::io("cannot read", path))
+        verify(oid, hashed?)?;
+        let file = Arc::into_inner(file).ok_or_else(|| LfsError::Io {
+            what: "cannot keep",
+            path: self.tmp_dir(),
+            source: std::io::Error::other("the download's file is still in use"),
+        })?;
+        blocking(move || finish(file, target)).await
     }
 
-    /// Writes bytes `offset..offset+len` of the object (all of it when `len` is `None`) at the
-    /// same place in `path`, feeding `hasher` when given.
-    #[allow(clippy::too_many_arguments)]
+    /// Writes bytes `offset..offset+len` of the object at the same place in `file`, in batches
+    /// written straight from the received buffers.
     async fn download_range(
         &self,
         oid: &str,
         key: &str,
-        path: &Path,
+        file: &Arc<NamedTempFile>,
         offset: u64,
-        len: Option<u64>,
+        len: u64,
         received: &AtomicU64,
-        mut hasher: Option<&mut Sha256>,
     ) -> Result<(), LfsError> {
-        let _admission = self.scheduler.admit(len.unwrap_or(SINGLE_REQUEST_MAX_BYTES)).await;
-        let range = len.filter(|len| *len > 0).map(|len| format!("bytes={offset}-{}", offset + len - 1));
+        let _admission = self.scheduler.admit(len).await;
+        let mut body = self.get(oid, key, Some((offset, len))).await?;
+        let mut batch = Vec::new();
+        let (mut batch_bytes, mut at, end) = (0, offset, offset + len);
+        let wrong_length = |sent: u64| {
+            let detail = format!("asked for bytes {offset}-{} of {oid}, the server sent {sent}", end - 1);
+            LfsError::from(S3Error::Other { op: "GetObject", key: key.into(), detail })
+        };
+        loop {
+            let chunk = next_chunk(&mut body, key).await?;
+            let finished = chunk.is_none();
+            if let Some(chunk) = chunk {
+                batch_bytes += chunk.len() as u64;
+                received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                batch.push(chunk);
+            }
+            if at + batch_bytes > end {
+                return Err(wrong_length(at + batch_bytes - offset));
+            }
+            if batch_bytes >= WRITE_BATCH_BYTES || (finished && batch_bytes > 0) {
+                let (file, chunks) = (Arc::clone(file), std::mem::take(&mut batch));
+                blocking(move || write_at(&file, at, &chunks)).await?;
+                at += batch_bytes;
+                batch_bytes = 0;
+            }
+            if finished {
+                return if at == end { Ok(()) } else { Err(wrong_length(at - offset)) };
+            }
+        }
+    }
+
+    /// The body of object `oid`, or of bytes `offset..offset+len` of it.
+    async fn get(&self, oid: &str, key: &str, range: Option<(u64, u64)>) -> Result<ByteStream, LfsError> {
+        let range =
+            range.filter(|(_, len)| *len > 0).map(|(offset, len)| format!("bytes={offset}-{}", offset + len - 1));
         let answer = self
             .bucket
             .follow(|| async {
@@ -312,27 +380,14 @@ impl LfsStore {
                 }
             })
             .await?;
-        let Some(out) = answer else {
-            return Err(LfsError::Missing { oid: oid.into(), key: key.into() });
-        };
-        let file = tokio::fs::OpenOptions::new().write(true).open(path).await.map_err(Self::io("cannot open", path))?;
-        // Buffered: each unbuffered write would be its own trip to the blocking thread pool.
-        let mut file = tokio::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
-        file.seek(std::io::SeekFrom::Start(offset)).await.map_err(Self::io("cannot seek", path))?;
-        let mut body = out.body;
-        while let Some(chunk) = body.try_next().await.map_err(|e| S3Error::Other {
-            op: "GetObject",
-            key: key.into(),
-            detail: e.to_string(),
-        })? {
-            if let Some(hasher) = hasher.as_mut() {
-                hasher.update(&chunk);
-            }
-            file.write_all(&chunk).await.map_err(Self::io("cannot write", path))?;
-            received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        match answer {
+            Some(out) => Ok(out.body),
+            None => Err(LfsError::Missing { oid: oid.into(), key: key.into() }),
         }
-        file.flush().await.map_err(Self::io("cannot write", path))?;
-        Ok(())
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.storage_dir.join("tmp")
     }
 
     /// The file must be inside the repository's git directory (where git-lfs keeps objects):
@@ -384,36 +439,110 @@ fn check_oid(oid: &str) -> Result<(), LfsError> {
     if is_lfs_oid(oid) { Ok(()) } else { Err(LfsError::BadOid(oid.to_string())) }
 }
 
-/// Hashes `path` range by range, each as soon as it and all before it are complete.
+/// Hashes the file range by range, each as soon as it and all before it are complete.
 async fn hash_in_order(
-    path: &Path,
-    ranges: &[(u64, u64)],
+    file: Arc<NamedTempFile>,
+    ranges: Vec<(u64, u64)>,
     mut done: tokio::sync::mpsc::UnboundedReceiver<usize>,
-) -> std::io::Result<String> {
-    use tokio::io::AsyncReadExt;
+) -> Result<Sha256, LfsError> {
     let mut complete = vec![false; ranges.len()];
-    let mut next = 0;
-    let mut hasher = Sha256::new();
-    let mut file = tokio::fs::File::open(path).await?;
-    let mut buf = vec![0u8; HASH_BUFFER_BYTES];
+    let (mut next, mut hasher) = (0, Sha256::new());
     while next < ranges.len() {
         // A closed channel with ranges missing means a download failed; that error wins.
-        let Some(index) = done.recv().await else { return Ok(String::new()) };
+        let Some(index) = done.recv().await else {
+            return Err(LfsError::Io {
+                what: "cannot hash",
+                path: file.path().to_path_buf(),
+                source: std::io::Error::other("a range did not arrive"),
+            });
+        };
         complete[index] = true;
+        let first = next;
         while next < ranges.len() && complete[next] {
-            let (offset, len) = ranges[next];
-            file.seek(std::io::SeekFrom::Start(offset)).await?;
-            let mut left = len;
-            while left > 0 {
-                let want = left.min(buf.len() as u64) as usize;
-                file.read_exact(&mut buf[..want]).await?;
-                hasher.update(&buf[..want]);
-                left -= want as u64;
-            }
             next += 1;
         }
+        if next > first {
+            let (start, end) = (ranges[first].0, ranges[next - 1].0 + ranges[next - 1].1);
+            let file = Arc::clone(&file);
+            hasher = blocking(move || hash_span(&file, start..end, hasher)).await?;
+        }
     }
-    Ok(hex::encode(hasher.finalize()))
+    Ok(hasher)
+}
+
+/// Feeds bytes `span` of `file` to `hasher`.
+fn hash_span(file: &NamedTempFile, span: std::ops::Range<u64>, mut hasher: Sha256) -> Result<Sha256, LfsError> {
+    let mut buf = vec![0u8; HASH_BUFFER_BYTES];
+    let mut at = span.start;
+    while at < span.end {
+        let want = (span.end - at).min(buf.len() as u64) as usize;
+        file.as_file().read_exact_at(&mut buf[..want], at).map_err(LfsStore::io("cannot read", file.path()))?;
+        hasher.update(&buf[..want]);
+        at += want as u64;
+    }
+    Ok(hasher)
+}
+
+/// Writes `chunks` one after the other from `offset` on.
+fn write_at(file: &NamedTempFile, mut offset: u64, chunks: &[Bytes]) -> Result<(), LfsError> {
+    for chunk in chunks {
+        file.as_file().write_all_at(chunk, offset).map_err(LfsStore::io("cannot write", file.path()))?;
+        offset += chunk.len() as u64;
+    }
+    Ok(())
+}
+
+/// The next piece of a GET's body, `None` at its end.
+async fn next_chunk(body: &mut ByteStream, key: &str) -> Result<Option<Bytes>, LfsError> {
+    body.try_next().await.map_err(|e| S3Error::Other { op: "GetObject", key: key.into(), detail: e.to_string() }.into())
+}
+
+fn verify(oid: &str, hasher: Sha256) -> Result<(), LfsError> {
+    let actual = hex::encode(hasher.finalize());
+    if actual == oid { Ok(()) } else { Err(LfsError::Corrupt { oid: oid.into(), actual }) }
+}
+
+/// A temp file in `dir` (created if need be) for a download of `oid`, named after it as
+/// git-lfs names its own.
+fn temp_file(dir: &Path, oid: &str) -> Result<NamedTempFile, LfsError> {
+    std::fs::create_dir_all(dir).map_err(LfsStore::io("cannot create", dir))?;
+    tempfile::Builder::new()
+        .prefix(&format!("{oid}-s3-"))
+        .tempfile_in(dir)
+        .map_err(LfsStore::io("cannot create a temp file in", dir))
+}
+
+/// Renames a verified download's temp file to `target`, or keeps it where it is when `None`;
+/// returns where it now is.
+fn finish(file: NamedTempFile, target: Option<PathBuf>) -> Result<PathBuf, LfsError> {
+    let Some(target) = target else {
+        return file.into_temp_path().keep().map_err(|e| LfsError::Io {
+            what: "cannot keep",
+            path: e.path.to_path_buf(),
+            source: e.error,
+        });
+    };
+    if let Some(dir) = target.parent() {
+        std::fs::create_dir_all(dir).map_err(LfsStore::io("cannot create", dir))?;
+    }
+    // On failure the temp file comes back inside the error and is removed with it.
+    file.persist(&target).map_err(|e| LfsError::Io {
+        what: "cannot move into place",
+        path: target.clone(),
+        source: e.error,
+    })?;
+    Ok(target)
+}
+
+/// Runs file work on the blocking pool, one trip for all of it.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, LfsError> + Send + 'static,
+) -> Result<T, LfsError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| LfsError::Io {
+        what: "file work failed in",
+        path: PathBuf::from("the daemon"),
+        source: std::io::Error::other(e),
+    })?
 }
 
 #[cfg(test)]

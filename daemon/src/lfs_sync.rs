@@ -6,6 +6,7 @@
 //! ranges, each checked against its SHA-256 before it is placed where git-lfs keeps it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,7 @@ use futures::StreamExt;
 
 use crate::git::Git;
 use crate::layout::is_lfs_oid;
-use crate::lfs::{LfsError, LfsStore};
+use crate::lfs::{LfsError, LfsStore, blocking};
 use crate::progress::Events;
 
 /// Objects moving at once; the scheduler bounds the S3 requests and bytes in flight beneath.
@@ -59,10 +60,10 @@ pub async fn sync(
 ) -> Result<SyncOutcome, LfsError> {
     let started = Instant::now();
     let pointers = pointers(git, request).await?;
-    let (to_move, present) = if request.push {
+    let (mut to_move, present) = if request.push {
         missing_in_bucket(store, pointers.values()).await?
     } else {
-        missing_locally(store, pointers.values()).await
+        missing_locally(store, pointers.values()).await?
     };
     let mut outcome = SyncOutcome { objects: pointers.len() as u64, present, ..Default::default() };
     if request.dry_run {
@@ -71,6 +72,9 @@ pub async fn sync(
         outcome.would_move = to_move;
         return Ok(outcome);
     }
+    // Largest first: the big ones' ranges keep every connection busy until the end, rather
+    // than one big object starting last and finishing alone.
+    to_move.sort_by_key(|pointer| std::cmp::Reverse(pointer.size));
     let total: u64 = to_move.iter().map(|p| p.size).sum();
     let title = if request.push { "Uploading LFS objects" } else { "Downloading LFS objects" };
     let meter = events.meter(title, total);
@@ -82,7 +86,7 @@ pub async fn sync(
                 let result = if request.push {
                     upload(store, &pointer, counter).await
                 } else {
-                    download(store, &pointer, counter).await
+                    store.download_into_place(&pointer.oid, pointer.size, counter).await
                 };
                 (pointer, result)
             }
@@ -166,16 +170,21 @@ fn parse_ls_files(json: &str) -> Result<Vec<Pointer>, LfsError> {
 }
 
 /// Pointers whose objects git-lfs's storage lacks (or holds at another size), and how many it has.
-async fn missing_locally<'a>(store: &LfsStore, pointers: impl Iterator<Item = &'a Pointer>) -> (Vec<Pointer>, u64) {
-    let (mut missing, mut present) = (Vec::new(), 0);
-    for pointer in pointers {
-        let path = store.object_path(&pointer.oid);
-        match tokio::fs::metadata(&path).await {
-            Ok(meta) if meta.len() == pointer.size => present += 1,
-            _ => missing.push(pointer.clone()),
-        }
-    }
-    (missing, present)
+async fn missing_locally<'a>(
+    store: &LfsStore,
+    pointers: impl Iterator<Item = &'a Pointer>,
+) -> Result<(Vec<Pointer>, u64), LfsError> {
+    let wanted: Vec<(Pointer, PathBuf)> =
+        pointers.map(|pointer| (pointer.clone(), store.object_path(&pointer.oid))).collect();
+    let total = wanted.len() as u64;
+    // One trip to the blocking pool for all of them, not one per object.
+    let missing: Vec<Pointer> = blocking(move || {
+        let held = |pointer: &Pointer, path: &PathBuf| std::fs::metadata(path).is_ok_and(|m| m.len() == pointer.size);
+        Ok(wanted.into_iter().filter(|(pointer, path)| !held(pointer, path)).map(|(pointer, _)| pointer).collect())
+    })
+    .await?;
+    let present = total - missing.len() as u64;
+    Ok((missing, present))
 }
 
 /// Pointers whose objects the bucket lacks, from one listing of `<prefix>/lfs/`.
@@ -193,11 +202,6 @@ async fn missing_in_bucket<'a>(
         }
     }
     Ok((missing, present))
-}
-
-async fn download(store: &LfsStore, pointer: &Pointer, received: &AtomicU64) -> Result<(), LfsError> {
-    let verified = store.download(&pointer.oid, pointer.size, received).await?;
-    store.place(&pointer.oid, &verified).await
 }
 
 async fn upload(store: &LfsStore, pointer: &Pointer, sent: &AtomicU64) -> Result<(), LfsError> {

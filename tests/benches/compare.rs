@@ -16,6 +16,12 @@ fn runs() -> usize {
     std::env::var("BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(5)
 }
 
+/// Writes out what earlier steps left in the page cache, so a measurement does not pay for the
+/// disk writes of the one before it.
+fn settle() {
+    let _ = Command::new("sync").status();
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Tool {
     Ours,
@@ -126,6 +132,7 @@ impl Bench {
     }
 
     fn time(&self, tool: Tool, dir: &Path, args: &[&str]) -> Duration {
+        settle();
         let started = Instant::now();
         self.git(tool, dir, args);
         started.elapsed()
@@ -618,8 +625,10 @@ fn lfs(bench: &Bench, rows: &mut Vec<Row>, notes: &mut Vec<String>) {
         forget(&prefix);
         up
     });
-    // The same data in bulk, without git-lfs in the way: `git s3 lfs push|pull --all`.
+    // The same data in bulk, without git-lfs in the way (`git s3 lfs push|pull --all`), and
+    // straight through the SDK, alternating run by run so both see the same machine.
     let (mut bulk_up, mut bulk_down) = (Stats::default(), Stats::default());
+    let (mut raw_up, mut raw_down) = (Stats::default(), Stats::default());
     for run in 0..=runs() {
         let prefix = format!("lfs-bulk-{run}");
         bench.git(Tool::Ours, &repo, &["remote", "set-url", "origin", &env.url(&prefix)]);
@@ -629,13 +638,17 @@ fn lfs(bench: &Bench, rows: &mut Vec<Row>, notes: &mut Vec<String>) {
         let down = bench.time(Tool::Ours, &repo, &["s3", "lfs", "pull", "--all", "origin"]);
         let _ = std::fs::remove_dir_all(&objects);
         std::fs::rename(&aside, &objects).expect("restore objects");
+        forget(&prefix);
+        let raw_prefix = format!("raw-{run}");
+        let (raw_took_up, raw_took_down) = raw_sdk(bench, &files, &raw_prefix);
+        forget(&raw_prefix);
         if run > 0 {
             bulk_up.0.push(up);
             bulk_down.0.push(down);
+            raw_up.0.push(raw_took_up);
+            raw_down.0.push(raw_took_down);
         }
-        forget(&prefix);
     }
-    let (raw_up, raw_down) = raw_sdk(bench, &files);
     let (floor_up, floor_down) = git_lfs_floor(bench, &repo, &objects);
     let mb = total_bytes as f64 / 1e6;
     let rate = |s: &Stats| format!("{:.0} MB/s", mb / s.median().as_secs_f64());
@@ -792,8 +805,9 @@ fn lfs_files(objects: &Path) -> Vec<(PathBuf, u64)> {
     out
 }
 
-/// The same objects straight through aws-sdk-s3: 16 requests in flight, 8 MiB parts and ranges.
-fn raw_sdk(bench: &Bench, files: &[(PathBuf, u64)]) -> (Stats, Stats) {
+/// The same objects straight through aws-sdk-s3 to `prefix` and back: 16 requests in flight,
+/// 8 MiB parts and ranges. Returns how long the way up and the way down took.
+fn raw_sdk(bench: &Bench, files: &[(PathBuf, u64)], prefix: &str) -> (Duration, Duration) {
     use aws_sdk_s3::primitives::{ByteStream, Length};
     use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
     let env = &bench.env;
@@ -801,125 +815,115 @@ fn raw_sdk(bench: &Bench, files: &[(PathBuf, u64)]) -> (Stats, Stats) {
     let bucket = env.bucket.clone();
     let part = 8 * MIB;
     let limit = Arc::new(tokio::sync::Semaphore::new(16));
-    let (mut up, mut down) = (Stats::default(), Stats::default());
-    for run in 0..=runs() {
-        let prefix = format!("raw-{run}");
-        let started = Instant::now();
-        runtime.block_on(async {
-            let mut tasks = tokio::task::JoinSet::new();
-            for (path, size) in files.iter().cloned() {
-                let (client, bucket, limit) = (client.clone(), bucket.clone(), limit.clone());
-                let key = format!("{prefix}/{}", path.file_name().unwrap().to_string_lossy());
-                tasks.spawn(async move {
-                    if size <= 2 * part {
-                        let _permit = limit.acquire().await.expect("permit");
-                        let body = ByteStream::from_path(&path).await.expect("body");
-                        client.put_object().bucket(&bucket).key(&key).body(body).send().await.expect("put");
-                        return;
-                    }
-                    let id = client
-                        .create_multipart_upload()
-                        .bucket(&bucket)
-                        .key(&key)
-                        .send()
-                        .await
-                        .expect("create")
-                        .upload_id()
-                        .unwrap()
-                        .to_string();
-                    let mut parts = tokio::task::JoinSet::new();
-                    for (n, offset) in (0..size).step_by(part as usize).enumerate() {
-                        let (client, bucket, key, id, path, limit) =
-                            (client.clone(), bucket.clone(), key.clone(), id.clone(), path.clone(), limit.clone());
-                        parts.spawn(async move {
-                            let _permit = limit.acquire().await.expect("permit");
-                            let len = part.min(size - offset);
-                            let body = ByteStream::read_from()
-                                .path(&path)
-                                .offset(offset)
-                                .length(Length::Exact(len))
-                                .build()
-                                .await
-                                .expect("body");
-                            let out = client
-                                .upload_part()
-                                .bucket(&bucket)
-                                .key(&key)
-                                .upload_id(&id)
-                                .part_number(n as i32 + 1)
-                                .body(body)
-                                .send()
-                                .await
-                                .expect("part");
-                            CompletedPart::builder()
-                                .part_number(n as i32 + 1)
-                                .set_e_tag(out.e_tag().map(str::to_string))
-                                .build()
-                        });
-                    }
-                    let mut done: Vec<CompletedPart> = parts.join_all().await;
-                    done.sort_by_key(|p| p.part_number());
-                    client
-                        .complete_multipart_upload()
-                        .bucket(&bucket)
-                        .key(&key)
-                        .upload_id(&id)
-                        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(done)).build())
-                        .send()
-                        .await
-                        .expect("complete");
-                });
-            }
-            tasks.join_all().await;
-        });
-        let took_up = started.elapsed();
-        let scratch = env.path(&format!("raw-down-{run}"));
-        std::fs::create_dir_all(&scratch).expect("scratch");
-        let started = Instant::now();
-        runtime.block_on(async {
-            let mut tasks = tokio::task::JoinSet::new();
-            for (path, size) in files.iter().cloned() {
-                let name = path.file_name().unwrap().to_string_lossy().into_owned();
-                let target = scratch.join(&name);
-                std::fs::File::create(&target).expect("file").set_len(size).expect("size");
-                for offset in (0..size.max(1)).step_by(part as usize) {
-                    let (client, bucket, limit, target) =
-                        (client.clone(), bucket.clone(), limit.clone(), target.clone());
-                    let key = format!("{prefix}/{name}");
-                    tasks.spawn(async move {
-                        use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+    settle();
+    let started = Instant::now();
+    runtime.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (path, size) in files.iter().cloned() {
+            let (client, bucket, limit) = (client.clone(), bucket.clone(), limit.clone());
+            let key = format!("{prefix}/{}", path.file_name().unwrap().to_string_lossy());
+            tasks.spawn(async move {
+                if size <= 2 * part {
+                    let _permit = limit.acquire().await.expect("permit");
+                    let body = ByteStream::from_path(&path).await.expect("body");
+                    client.put_object().bucket(&bucket).key(&key).body(body).send().await.expect("put");
+                    return;
+                }
+                let id = client
+                    .create_multipart_upload()
+                    .bucket(&bucket)
+                    .key(&key)
+                    .send()
+                    .await
+                    .expect("create")
+                    .upload_id()
+                    .unwrap()
+                    .to_string();
+                let mut parts = tokio::task::JoinSet::new();
+                for (n, offset) in (0..size).step_by(part as usize).enumerate() {
+                    let (client, bucket, key, id, path, limit) =
+                        (client.clone(), bucket.clone(), key.clone(), id.clone(), path.clone(), limit.clone());
+                    parts.spawn(async move {
                         let _permit = limit.acquire().await.expect("permit");
                         let len = part.min(size - offset);
+                        let body = ByteStream::read_from()
+                            .path(&path)
+                            .offset(offset)
+                            .length(Length::Exact(len))
+                            .build()
+                            .await
+                            .expect("body");
                         let out = client
-                            .get_object()
+                            .upload_part()
                             .bucket(&bucket)
                             .key(&key)
-                            .range(format!("bytes={offset}-{}", offset + len - 1))
+                            .upload_id(&id)
+                            .part_number(n as i32 + 1)
+                            .body(body)
                             .send()
                             .await
-                            .expect("get");
-                        let mut file = tokio::fs::OpenOptions::new().write(true).open(&target).await.expect("open");
-                        file.seek(std::io::SeekFrom::Start(offset)).await.expect("seek");
-                        let mut body = out.body;
-                        while let Some(chunk) = body.try_next().await.expect("chunk") {
-                            file.write_all(&chunk).await.expect("write");
-                        }
+                            .expect("part");
+                        CompletedPart::builder()
+                            .part_number(n as i32 + 1)
+                            .set_e_tag(out.e_tag().map(str::to_string))
+                            .build()
                     });
                 }
+                let mut done: Vec<CompletedPart> = parts.join_all().await;
+                done.sort_by_key(|p| p.part_number());
+                client
+                    .complete_multipart_upload()
+                    .bucket(&bucket)
+                    .key(&key)
+                    .upload_id(&id)
+                    .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(done)).build())
+                    .send()
+                    .await
+                    .expect("complete");
+            });
+        }
+        tasks.join_all().await;
+    });
+    let took_up = started.elapsed();
+    let scratch = env.path(&format!("{prefix}-down"));
+    std::fs::create_dir_all(&scratch).expect("scratch");
+    settle();
+    let started = Instant::now();
+    runtime.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (path, size) in files.iter().cloned() {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let target = scratch.join(&name);
+            std::fs::File::create(&target).expect("file").set_len(size).expect("size");
+            for offset in (0..size.max(1)).step_by(part as usize) {
+                let (client, bucket, limit, target) = (client.clone(), bucket.clone(), limit.clone(), target.clone());
+                let key = format!("{prefix}/{name}");
+                tasks.spawn(async move {
+                    use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+                    let _permit = limit.acquire().await.expect("permit");
+                    let len = part.min(size - offset);
+                    let out = client
+                        .get_object()
+                        .bucket(&bucket)
+                        .key(&key)
+                        .range(format!("bytes={offset}-{}", offset + len - 1))
+                        .send()
+                        .await
+                        .expect("get");
+                    let mut file = tokio::fs::OpenOptions::new().write(true).open(&target).await.expect("open");
+                    file.seek(std::io::SeekFrom::Start(offset)).await.expect("seek");
+                    let mut body = out.body;
+                    while let Some(chunk) = body.try_next().await.expect("chunk") {
+                        file.write_all(&chunk).await.expect("write");
+                    }
+                });
             }
-            tasks.join_all().await;
-        });
-        let took_down = started.elapsed();
-        let _ = std::fs::remove_dir_all(&scratch);
-        if let Some(data) = &env.server.data_dir {
-            let _ = std::fs::remove_dir_all(data.join(&env.bucket).join(&prefix));
         }
-        if run > 0 {
-            up.0.push(took_up);
-            down.0.push(took_down);
-        }
-    }
-    (up, down)
+        tasks.join_all().await;
+    });
+    let took_down = started.elapsed();
+    let _ = std::fs::remove_dir_all(&scratch);
+    (took_up, took_down)
 }
 
 fn machine() -> String {

@@ -85,23 +85,42 @@ fn a_fresh_clone_pulls_every_object_at_once_and_a_second_pull_moves_nothing() {
 fn an_object_whose_bytes_do_not_hash_to_its_id_is_refused_and_not_placed() {
     let env = TestEnv::new();
     let url = env.url("tampered");
-    let files = mixed_files(5)[2..].to_vec();
+    // Two of 20 MiB (downloaded in ranges), three small (downloaded whole).
+    let files = mixed_files(5);
     let work = lfs_repo(&env, &url, &files);
     env.git_ok(&work, &["push", "-q", "origin", "main"]);
-    let victim = sha256_hex(&files[0].1);
-    let forged = incompressible_bytes(files[0].1.len(), 99);
-    env.server.put(&env.bucket, &format!("tampered/lfs/{victim}"), forged);
+    let oid = |index: usize| sha256_hex(&files[index].1);
+    let forge = |index: usize, len: usize| {
+        let forged = incompressible_bytes(len, 99 + index as u64);
+        env.server.put(&env.bucket, &format!("tampered/lfs/{}", oid(index)), forged);
+    };
+    forge(0, files[0].1.len());
+    forge(2, files[2].1.len());
+    forge(3, files[3].1.len() + 4096);
 
     let clone = clone_without_lfs_content(&env, &url, "clone");
     let pulled = git_s3_in(&env, &clone, &["lfs", "pull"]);
     let stderr = String::from_utf8_lossy(&pulled.stderr);
     assert!(!pulled.status.success(), "a corrupt object fails the pull");
-    assert!(stderr.contains(&victim) && stderr.contains("corrupt"), "{stderr}");
-    assert!(!stored_object(&clone, &victim).exists(), "the forged bytes are not placed");
-    for (name, bytes) in &files[1..] {
+    let failure = |index: usize| stderr.lines().find(|line| line.contains(&oid(index))).unwrap_or_default().to_string();
+    assert!(failure(0).contains("corrupt"), "a large object in ranges: {stderr}");
+    assert!(failure(2).contains("corrupt"), "a small object: {stderr}");
+    assert!(failure(3).contains("larger than"), "an object longer than its pointer: {stderr}");
+    for index in [0, 2, 3] {
+        assert!(!stored_object(&clone, &oid(index)).exists(), "the forged bytes of {} are not placed", files[index].0);
+    }
+    for (name, bytes) in [&files[1], &files[4]] {
         assert!(stored_object(&clone, &sha256_hex(bytes)).exists(), "{name} is placed");
         assert!(std::fs::read(clone.join(name)).expect("a checked-out file") == *bytes, "{name} holds its content");
     }
+    // git-lfs keeps files of its own there; ours are named after their object.
+    let leftovers: Vec<_> = std::fs::read_dir(clone.join(".git/lfs/tmp"))
+        .map(|dir| dir.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    assert!(
+        leftovers.iter().all(|name| ![0, 2, 3].iter().any(|&index| name.starts_with(&oid(index)))),
+        "refused downloads leave nothing behind: {leftovers:?}"
+    );
 }
 
 #[test]
