@@ -1,7 +1,7 @@
 //! Many pushers, one ref: in every round exactly one push wins, every accepted commit can be
 //! fetched afterwards, and no round leaves a second bundle or a lock behind, whether all
 //! pushers run our tool or half of them run the Python tool (0.4.2) against the same bucket
-//! (then in every other round a Python pusher holds the lock while ours try).
+//! (then in every other round a Python pusher holds the lock while the others try).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -35,15 +35,18 @@ fn race(python_pushers: usize) {
             (i, push.spawn().expect("spawn git push"))
         };
         // The Python tool starts slower and would never hold the lock while ours try: in odd
-        // rounds its pushers go first, and ours start once one of them has taken the lock.
-        let python_first = python_pushers > 0 && round % 2 == 1;
-        let mut pushes: Vec<_> = (0..PUSHERS).filter(|&i| python_first && is_python(i)).map(spawn).collect();
-        if python_first {
+        // rounds one Python pusher (each in turn) goes first, and the others start once it has
+        // taken the lock. Only one: against moto's non-atomic conditional writes, Python pushers
+        // started together can both take the lock (the Python tool checks no token; see
+        // RELIABILITY.md, known limits), which is not what this suite measures.
+        let first_python = (python_pushers > 0 && round % 2 == 1).then(|| 2 * ((round / 2) % python_pushers));
+        let mut pushes: Vec<_> = first_python.into_iter().map(spawn).collect();
+        if first_python.is_some() {
             wait_for("a Python pusher to take the lock", PUSH_LIMIT, || {
                 (!env.keys("race/refs/heads/main/LOCK#.lock").is_empty()).then_some(())
             });
         }
-        pushes.extend((0..PUSHERS).filter(|&i| !(python_first && is_python(i))).map(spawn));
+        pushes.extend((0..PUSHERS).filter(|&i| Some(i) != first_python).map(spawn));
         pushes.sort_by_key(|(i, _)| *i);
         let outputs: Vec<_> = pushes
             .into_iter()
