@@ -104,7 +104,8 @@ pub async fn sync(
             Err(e) => outcome.failures.push(format!("{} ({}): {e}", pointer.path, pointer.oid)),
         }
     }
-    if !request.push && git.succeeds(&["rev-parse", "--is-inside-work-tree"]).await.unwrap_or(false) {
+    // `false` (a bare repository, or inside `.git`) still exits 0.
+    if !request.push && git.run(&["rev-parse", "--is-inside-work-tree"]).await.is_ok_and(|inside| inside == "true") {
         // git-lfs writes the work tree from what is now in its storage.
         git.run(&["lfs", "checkout"]).await?;
     }

@@ -73,9 +73,14 @@ pub fn lfs_alias_url(bucket: &str, prefix: &str) -> String {
 }
 
 /// The S3 location an LFS alias URL stands for (`None`: not an alias URL, or not a valid one).
+/// An alias names no AWS profile: it may come from a committed `.lfsconfig`, and a repository
+/// must not choose which of the user's credentials are used.
 pub fn parse_lfs_alias(url: &str) -> Option<S3Url> {
     let path = url.strip_prefix("https://")?.strip_prefix(LFS_ALIAS_HOST)?.strip_prefix('/')?;
     let (bucket, quoted) = path.split_once('/')?;
+    if bucket.contains('@') {
+        return None;
+    }
     let prefix: Vec<String> = quoted
         .split('/')
         .map(|segment| percent_encoding::percent_decode_str(segment).decode_utf8().map(|s| s.into_owned()))
@@ -187,6 +192,7 @@ mod tests {
         }
         assert!(parse_lfs_alias("https://example.com/bucket/p").is_none());
         assert!(parse_lfs_alias("https://lfs-alias.git-remote-s3.test/bucket").is_none());
+        assert!(parse_lfs_alias("https://lfs-alias.git-remote-s3.test/admin@bucket/p").is_none(), "no profile");
     }
 
     #[test]

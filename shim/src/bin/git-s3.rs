@@ -103,9 +103,9 @@ struct LfsSyncArgs {
     /// A remote's name or an s3:// URL.
     #[arg(default_value = "origin")]
     remote: String,
-    /// Commits whose LFS objects move [default: HEAD]
+    /// Commits whose trees' LFS objects move (not their history's: see --all) [default: HEAD]
     refs: Vec<String>,
-    /// Every commit's LFS objects.
+    /// Every commit's LFS objects, the whole history of every ref.
     #[arg(long, conflicts_with = "refs")]
     all: bool,
     /// Only paths matching these patterns (comma-separated, as git-lfs takes them).
