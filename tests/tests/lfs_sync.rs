@@ -82,6 +82,32 @@ fn a_fresh_clone_pulls_every_object_at_once_and_a_second_pull_moves_nothing() {
 }
 
 #[test]
+fn a_bare_mirror_pulls_every_object_of_every_commit() {
+    let env = TestEnv::new();
+    let url = env.url("mirror");
+    let files = mixed_files(6)[2..].to_vec();
+    let work = lfs_repo(&env, &url, &files);
+    env.git_ok(&work, &["push", "-q", "origin", "main"]);
+    let mirror = env.path("mirror.git");
+    let mut command = env.command("git");
+    command
+        .env("GIT_LFS_SKIP_SMUDGE", "1")
+        .args(["clone", "-q", "--bare", &url])
+        .arg(&mirror)
+        .current_dir(env.path(""));
+    let cloned = env.run(command);
+    assert!(cloned.status.success(), "bare clone: {}", String::from_utf8_lossy(&cloned.stderr));
+
+    let pulled = git_s3_ok(&env, &mirror, &["lfs", "pull", "--all"]);
+    assert!(pulled.contains("Downloaded 4 LFS objects"), "{pulled}");
+    for (name, bytes) in &files {
+        let oid = sha256_hex(bytes);
+        let stored = mirror.join("lfs/objects").join(&oid[..2]).join(&oid[2..4]).join(&oid);
+        assert!(std::fs::read(&stored).is_ok_and(|held| held == *bytes), "{name} is in the mirror's LFS storage");
+    }
+}
+
+#[test]
 fn an_object_whose_bytes_do_not_hash_to_its_id_is_refused_and_not_placed() {
     let env = TestEnv::new();
     let url = env.url("tampered");
