@@ -29,9 +29,20 @@ fn git_s3_ok(env: &TestEnv, dir: &Path, args: &[&str]) -> String {
 
 /// A clone that has pointers, not content (as CI jobs make them before pulling in bulk).
 fn clone_without_lfs_content(env: &TestEnv, url: &str, name: &str) -> PathBuf {
+    clone_without_lfs_content_with(env, url, name, &[])
+}
+
+/// The same, with more `git clone` options (e.g. `--bare`).
+fn clone_without_lfs_content_with(env: &TestEnv, url: &str, name: &str, options: &[&str]) -> PathBuf {
     let clone = env.path(name);
     let mut command = env.command("git");
-    command.env("GIT_LFS_SKIP_SMUDGE", "1").args(["clone", "-q", url]).arg(&clone).current_dir(env.path(""));
+    command
+        .env("GIT_LFS_SKIP_SMUDGE", "1")
+        .args(["clone", "-q"])
+        .args(options)
+        .arg(url)
+        .arg(&clone)
+        .current_dir(env.path(""));
     let output = env.run(command);
     assert!(output.status.success(), "clone: {}", String::from_utf8_lossy(&output.stderr));
     clone
@@ -54,7 +65,12 @@ fn lfs_repo(env: &TestEnv, url: &str, files: &[(String, Vec<u8>)]) -> PathBuf {
 }
 
 fn stored_object(repo: &Path, oid: &str) -> PathBuf {
-    repo.join(".git/lfs/objects").join(&oid[..2]).join(&oid[2..4]).join(oid)
+    stored_in(&repo.join(".git"), oid)
+}
+
+/// Where git-lfs keeps object `oid` of the repository whose git directory is `git_dir`.
+fn stored_in(git_dir: &Path, oid: &str) -> PathBuf {
+    git_dir.join("lfs/objects").join(&oid[..2]).join(&oid[2..4]).join(oid)
 }
 
 #[test]
@@ -88,21 +104,12 @@ fn a_bare_mirror_pulls_every_object_of_every_commit() {
     let files = mixed_files(6)[2..].to_vec();
     let work = lfs_repo(&env, &url, &files);
     env.git_ok(&work, &["push", "-q", "origin", "main"]);
-    let mirror = env.path("mirror.git");
-    let mut command = env.command("git");
-    command
-        .env("GIT_LFS_SKIP_SMUDGE", "1")
-        .args(["clone", "-q", "--bare", &url])
-        .arg(&mirror)
-        .current_dir(env.path(""));
-    let cloned = env.run(command);
-    assert!(cloned.status.success(), "bare clone: {}", String::from_utf8_lossy(&cloned.stderr));
+    let mirror = clone_without_lfs_content_with(&env, &url, "mirror.git", &["--bare"]);
 
     let pulled = git_s3_ok(&env, &mirror, &["lfs", "pull", "--all"]);
     assert!(pulled.contains("Downloaded 4 LFS objects"), "{pulled}");
     for (name, bytes) in &files {
-        let oid = sha256_hex(bytes);
-        let stored = mirror.join("lfs/objects").join(&oid[..2]).join(&oid[2..4]).join(&oid);
+        let stored = stored_in(&mirror, &sha256_hex(bytes));
         assert!(std::fs::read(&stored).is_ok_and(|held| held == *bytes), "{name} is in the mirror's LFS storage");
     }
 }
