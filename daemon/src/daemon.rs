@@ -17,7 +17,7 @@ use crate::scheduler::Scheduler;
 use crate::scratch::Scratch;
 use crate::server::Service;
 use crate::state::DaemonState;
-use crate::store::bundles::{Composer, PackCache};
+use crate::store::{PackCache, Resources};
 
 /// The pack cache and the scratch space under `dir`; when that cannot be written (a HOME of
 /// another user, a read-only one), private ones under the temp dir: a cache is worth having, not
@@ -98,8 +98,7 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         options.version,
         idle_timeout,
         scheduler,
-        Composer::new(packs),
-        scratch,
+        Resources::new(packs, scratch),
         managed,
     ));
     tracing::info!(socket = %endpoint.socket.display(), pid = std::process::id(), idle_timeout = ?idle_timeout, activated, "git-s3d ready");

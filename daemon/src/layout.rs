@@ -1,15 +1,10 @@
-//! The S3 key layout shared with awslabs/git-remote-s3 (see shared/s3-layout.md). This is the
-//! only place that spells key names.
+//! Key spelling every storage format shares: the repository's prefix `P`, `P/HEAD` (the default
+//! branch, which the Python tool reads too) and `P/lfs/<oid>` (git-lfs objects, whatever holds
+//! the refs). Each format spells its own keys in its folder under `store/`.
 
 use std::fmt;
 
-use crate::object_format::ObjectFormat;
-
 pub const HEAD_FILE: &str = "HEAD";
-pub const LOCK_FILE: &str = "LOCK#.lock";
-pub const PROTECTED_FILE: &str = "PROTECTED#";
-pub const ZIP_FILE: &str = "repo.zip";
-const BUNDLE_SUFFIX: &str = ".bundle";
 
 /// The repository's prefix `P`; every key is `P/…`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -17,98 +12,31 @@ pub struct Layout {
     prefix: String,
 }
 
-/// What a key under `P/refs/` is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RefKey {
-    Bundle {
-        refname: String,
-        oid: String,
-    },
-    Lock {
-        refname: String,
-    },
-    Protected {
-        refname: String,
-    },
-    Zip {
-        refname: String,
-    },
-    /// Not ours to interpret (another tool's key, or a future format's).
-    Other,
-}
-
 impl Layout {
     pub fn new(prefix: &str) -> Self {
         Self { prefix: prefix.trim_matches('/').to_string() }
     }
 
+    /// `P/<rest>`.
+    pub fn key(&self, rest: &str) -> String {
+        format!("{}/{rest}", self.prefix)
+    }
+
     pub fn head(&self) -> String {
-        format!("{}/{HEAD_FILE}", self.prefix)
+        self.key(HEAD_FILE)
     }
 
     /// Everything the remote stores is under this.
     pub fn root(&self) -> String {
-        format!("{}/", self.prefix)
-    }
-
-    /// Lists every ref folder (and nothing of LFS).
-    pub fn refs_prefix(&self) -> String {
-        format!("{}/refs/", self.prefix)
-    }
-
-    pub fn ref_dir(&self, refname: &str) -> String {
-        format!("{}/{refname}/", self.prefix)
-    }
-
-    pub fn bundle(&self, refname: &str, oid: &str) -> String {
-        format!("{}/{refname}/{oid}{BUNDLE_SUFFIX}", self.prefix)
-    }
-
-    pub fn lock(&self, refname: &str) -> String {
-        format!("{}/{refname}/{LOCK_FILE}", self.prefix)
-    }
-
-    pub fn protected(&self, refname: &str) -> String {
-        format!("{}/{refname}/{PROTECTED_FILE}", self.prefix)
+        self.key("")
     }
 
     pub fn lfs_object(&self, oid: &str) -> String {
-        format!("{}/lfs/{oid}", self.prefix)
+        self.key(&format!("lfs/{oid}"))
     }
 
     pub fn lfs_prefix(&self) -> String {
-        format!("{}/lfs/", self.prefix)
-    }
-
-    pub fn zip(&self, refname: &str) -> String {
-        format!("{}/{refname}/{ZIP_FILE}", self.prefix)
-    }
-
-    /// Classifies a key listed under `refs_prefix()`. Bundles follow the Python tool's rule:
-    /// the ref has at least three path segments and the file is `<40 hex>.bundle` (or
-    /// `<64 hex>.bundle` in a SHA-256 repository, which the Python tool does not read).
-    pub fn classify(&self, key: &str) -> RefKey {
-        let Some(rest) = key.strip_prefix(&self.prefix).and_then(|r| r.strip_prefix('/')) else {
-            return RefKey::Other;
-        };
-        let Some((refname, file)) = rest.rsplit_once('/') else {
-            return RefKey::Other;
-        };
-        if !refname.starts_with("refs/") || refname.len() <= "refs/".len() {
-            return RefKey::Other;
-        }
-        let refname = refname.to_string();
-        match file {
-            LOCK_FILE => RefKey::Lock { refname },
-            PROTECTED_FILE => RefKey::Protected { refname },
-            ZIP_FILE => RefKey::Zip { refname },
-            _ => match file.strip_suffix(BUNDLE_SUFFIX) {
-                Some(oid) if ObjectFormat::of_hex(oid).is_some() && refname.matches('/').count() >= 2 => {
-                    RefKey::Bundle { refname, oid: oid.to_string() }
-                }
-                _ => RefKey::Other,
-            },
-        }
+        self.key("lfs/")
     }
 }
 
@@ -152,42 +80,13 @@ pub fn check_refname(name: &str) -> Result<(), &'static str> {
 mod tests {
     use super::*;
 
-    const OID: &str = "0123456789abcdef0123456789abcdef01234567";
-
     #[test]
-    fn keys_match_the_python_layout() {
+    fn shared_keys_match_the_python_layout() {
         let layout = Layout::new("/team/repo/");
         assert_eq!(layout.head(), "team/repo/HEAD");
-        assert_eq!(layout.bundle("refs/heads/main", OID), format!("team/repo/refs/heads/main/{OID}.bundle"));
-        assert_eq!(layout.lock("refs/heads/main"), "team/repo/refs/heads/main/LOCK#.lock");
-        assert_eq!(layout.protected("refs/heads/main"), "team/repo/refs/heads/main/PROTECTED#");
-        assert_eq!(layout.zip("refs/tags/v1"), "team/repo/refs/tags/v1/repo.zip");
-        assert_eq!(layout.refs_prefix(), "team/repo/refs/");
+        assert_eq!(layout.root(), "team/repo/");
         assert_eq!(layout.lfs_object("ab"), "team/repo/lfs/ab");
-    }
-
-    #[test]
-    fn classifies_listed_keys() {
-        let layout = Layout::new("p");
-        assert_eq!(
-            layout.classify(&format!("p/refs/heads/feature/x/{OID}.bundle")),
-            RefKey::Bundle { refname: "refs/heads/feature/x".into(), oid: OID.into() }
-        );
-        assert_eq!(layout.classify("p/refs/heads/main/LOCK#.lock"), RefKey::Lock { refname: "refs/heads/main".into() });
-        assert_eq!(
-            layout.classify("p/refs/heads/main/PROTECTED#"),
-            RefKey::Protected { refname: "refs/heads/main".into() }
-        );
-        assert_eq!(layout.classify("p/refs/heads/main/notes.txt"), RefKey::Other);
-        assert_eq!(layout.classify("p/refs/heads/main/ABC.bundle"), RefKey::Other);
-        let sha256 = OID.to_string() + "0123456789abcdef01234567";
-        assert_eq!(
-            layout.classify(&format!("p/refs/heads/main/{sha256}.bundle")),
-            RefKey::Bundle { refname: "refs/heads/main".into(), oid: sha256.clone() }
-        );
-        assert_eq!(layout.classify(&format!("p/refs/heads/main/{}.bundle", &sha256[..50])), RefKey::Other);
-        assert_eq!(layout.classify("other/refs/heads/main/LOCK#.lock"), RefKey::Other);
-        assert_eq!(layout.classify("p/lfs/abc"), RefKey::Other);
+        assert_eq!(layout.lfs_prefix(), "team/repo/lfs/");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::store::bundles::Listing;
+use crate::store::RemoteRefs;
 
 /// Sessions are one git command; this only bounds memory if a client never says goodbye.
 const ENTRY_LIFETIME: Duration = Duration::from_secs(10 * 60);
@@ -22,14 +22,14 @@ pub struct ListingKey {
 
 #[derive(Default)]
 pub struct ListingCache {
-    entries: Mutex<HashMap<ListingKey, (Instant, Listing, bool)>>,
+    entries: Mutex<HashMap<ListingKey, (Instant, RemoteRefs, bool)>>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
 
 impl ListingCache {
     /// The session's listing, if it has one that includes HEAD when `with_head` asks for it.
-    pub fn get(&self, key: &ListingKey, with_head: bool) -> Option<Listing> {
+    pub fn get(&self, key: &ListingKey, with_head: bool) -> Option<RemoteRefs> {
         let found = self.entries.lock().ok().and_then(|mut entries| {
             entries.retain(|_, (stored, _, _)| stored.elapsed() < ENTRY_LIFETIME);
             entries.get(key).filter(|(_, _, has_head)| *has_head || !with_head).map(|(_, listing, _)| listing.clone())
@@ -39,7 +39,7 @@ impl ListingCache {
         found
     }
 
-    pub fn put(&self, key: ListingKey, listing: Listing, with_head: bool) {
+    pub fn put(&self, key: ListingKey, listing: RemoteRefs, with_head: bool) {
         if key.session.is_empty() {
             return;
         }
@@ -74,7 +74,7 @@ mod tests {
     #[test]
     fn serves_only_the_same_session() {
         let cache = ListingCache::default();
-        cache.put(key("a"), Listing::default(), true);
+        cache.put(key("a"), RemoteRefs::default(), true);
         assert!(cache.get(&key("a"), true).is_some());
         assert!(cache.get(&key("b"), true).is_none());
         assert_eq!((cache.hits(), cache.misses()), (1, 1));
@@ -83,7 +83,7 @@ mod tests {
     #[test]
     fn a_listing_without_head_cannot_answer_a_plain_list() {
         let cache = ListingCache::default();
-        cache.put(key("a"), Listing::default(), false);
+        cache.put(key("a"), RemoteRefs::default(), false);
         assert!(cache.get(&key("a"), true).is_none());
         assert!(cache.get(&key("a"), false).is_some());
     }
@@ -91,7 +91,7 @@ mod tests {
     #[test]
     fn a_push_forgets_the_listing() {
         let cache = ListingCache::default();
-        cache.put(key("a"), Listing::default(), true);
+        cache.put(key("a"), RemoteRefs::default(), true);
         cache.forget(&key("a"));
         assert!(cache.get(&key("a"), false).is_none());
     }
@@ -99,7 +99,7 @@ mod tests {
     #[test]
     fn anonymous_callers_are_never_cached() {
         let cache = ListingCache::default();
-        cache.put(key(""), Listing::default(), true);
+        cache.put(key(""), RemoteRefs::default(), true);
         assert!(cache.get(&key(""), true).is_none());
     }
 }

@@ -34,7 +34,7 @@ struct Args {
     #[arg(long, env = "GIT_REMOTE_S3_MAX_INFLIGHT_MIB", default_value_t = git_s3d::scheduler::DEFAULT_MAX_INFLIGHT_BYTES / (1024 * 1024))]
     max_inflight_mib: u64,
     /// Most MiB the cache of packs (for composed pushes) keeps on disk.
-    #[arg(long, env = "GIT_REMOTE_S3_PACK_CACHE_MIB", default_value_t = git_s3d::store::bundles::DEFAULT_PACK_CACHE_BYTES / (1024 * 1024))]
+    #[arg(long, env = "GIT_REMOTE_S3_PACK_CACHE_MIB", default_value_t = git_s3d::store::DEFAULT_PACK_CACHE_BYTES / (1024 * 1024))]
     pack_cache_mib: u64,
     /// Report another version in the handshake (for testing upgrades).
     #[arg(long, hide = true)]

@@ -9,8 +9,8 @@ use git_s3_proto as proto;
 
 use crate::layout::{check_refname, is_lfs_oid};
 use crate::object_format::ObjectFormat;
-use crate::repository::CallerContext;
-use crate::store::bundles::{PushBatch, PushCommand};
+use crate::remote::CallerContext;
+use crate::store::{PushBatch, PushCommand};
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidRequest {

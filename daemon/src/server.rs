@@ -16,9 +16,10 @@ use crate::git::Git;
 use crate::lfs_sync::{self, SyncRequest};
 use crate::listing_cache::ListingKey;
 use crate::progress::{Event, Events};
-use crate::repository::{self, Repository, TRANSFER_ERROR_CODE};
+use crate::remote::{self, Remote, TRANSFER_ERROR_CODE};
 use crate::state::DaemonState;
-use crate::{lfs, manage, requests};
+use crate::store::{self, ManageError, Repository, StoreError};
+use crate::{lfs, requests};
 
 pub struct Service {
     state: Arc<DaemonState>,
@@ -32,25 +33,24 @@ impl Service {
     async fn open(&self, caller: Option<proto::Caller>, remote: Option<proto::Remote>) -> Result<Opened, Status> {
         let session = caller.as_ref().map(|c| c.session_id.clone()).unwrap_or_default();
         let (context, remote) = requests::caller_and_remote(caller, remote)?;
-        let repo = repository::open(
-            &self.state.clients,
-            &self.state.composer,
-            &self.state.scratch,
-            &context,
-            &remote.name,
-            &remote.url,
-        )
-        .await
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let label = repo.config.url.to_string();
+        let remote = Remote::open(&self.state.clients, &context, &remote.name, &remote.url)
+            .await
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let label = remote.config.url.to_string();
+        let repo = store::open(&self.state.store, remote.clone()).await.map_err(|e| {
+            self.state.record_error("open", &e.to_string());
+            Status::aborted(e.to_string())
+        })?;
         let listing_key = ListingKey { session, remote: label.clone() };
-        Ok(Opened { repo, label, listing_key })
+        Ok(Opened { repo, remote, label, listing_key })
     }
 }
 
 /// A repository opened for one request, with the names it goes by.
 struct Opened {
-    repo: Repository,
+    repo: Box<dyn Repository>,
+    /// Where it lives, for what is not the repository's (LFS, the caller's git).
+    remote: Remote,
     /// The remote as users write it, for status and logs.
     label: String,
     listing_key: ListingKey,
@@ -63,7 +63,8 @@ impl Daemon for Service {
     async fn status(&self, request: Request<proto::StatusRequest>) -> Result<Response<proto::StatusReply>, Status> {
         let _ = request;
         let state = &self.state;
-        let (cache_packs, cache_bytes) = state.composer.packs.usage();
+        let pack_cache = state.store.pack_cache();
+        let (cache_packs, cache_bytes) = pack_cache.usage();
         let (pushed_bytes, fetched_bytes) = state.transferred_bytes();
         let activities = state
             .activities()
@@ -103,10 +104,10 @@ impl Daemon for Service {
             managed: state.managed,
             pushed_bytes,
             fetched_bytes,
-            pack_cache_dir: state.composer.packs.dir().display().to_string(),
+            pack_cache_dir: pack_cache.dir().display().to_string(),
             pack_cache_packs: cache_packs as u32,
             pack_cache_bytes: cache_bytes,
-            pack_cache_max_bytes: state.composer.packs.max_bytes(),
+            pack_cache_max_bytes: pack_cache.max_bytes(),
             bucket_regions: state
                 .clients
                 .found_regions()
@@ -147,20 +148,18 @@ impl Daemon for Service {
                 listing
             }
         };
-        let head = listing
-            .head
-            .as_deref()
-            .filter(|head| listing.values().any(|(name, _)| name == *head))
-            .unwrap_or_default()
-            .to_string();
-        let refs =
-            listing.advertised().map(|(name, oid)| proto::RemoteRef { name: name.into(), oid: oid.into() }).collect();
-        let object_format = match listing.object_format() {
+        let refs = listing.refs.into_iter().map(|(name, oid)| proto::RemoteRef { name, oid }).collect();
+        let object_format = match listing.object_format {
             Some(format) => Some(format),
-            None => opened.repo.git.object_format().await.ok(),
+            None => opened.remote.git.object_format().await.ok(),
         };
         let object_format = object_format.map(|f| f.name().to_string()).unwrap_or_default();
-        Ok(Response::new(proto::ListRefsReply { refs, head, warnings: listing.warnings(), object_format }))
+        Ok(Response::new(proto::ListRefsReply {
+            refs,
+            head: listing.head.unwrap_or_default(),
+            warnings: listing.warnings,
+            object_format,
+        }))
     }
 
     type FetchStream = EventStream<proto::FetchEvent>;
@@ -171,7 +170,7 @@ impl Daemon for Service {
         let cloning = request.cloning;
         let progress = request.verbosity.is_some_and(|v| v.progress);
         let wanted = requests::fetch_wanted(request.wanted)?;
-        let Opened { repo, label, .. } = self.open(request.caller, request.remote).await?;
+        let Opened { repo, remote, label, .. } = self.open(request.caller, request.remote).await?;
         let stream = stream_operation(
             self.state.clone(),
             "fetch",
@@ -180,11 +179,11 @@ impl Daemon for Service {
             move |events| async move {
                 let keeps = repo.fetch(wanted, &events).await?;
                 if cloning {
-                    let url = &repo.config.url;
+                    let url = &remote.config.url;
                     if let Err(e) = lfs::configure_clone(
-                        &repo.bucket,
-                        &repo.layout,
-                        &repo.git,
+                        &remote.bucket,
+                        &remote.layout,
+                        &remote.git,
                         &remote_name,
                         &url.bucket,
                         &url.prefix,
@@ -197,7 +196,7 @@ impl Daemon for Service {
                             .await;
                     }
                 }
-                Ok::<_, repository::StoreError>(keeps)
+                Ok::<_, StoreError>(keeps)
             },
             fetch_event,
             |result| match result {
@@ -217,7 +216,7 @@ impl Daemon for Service {
     async fn push(&self, request: Request<proto::PushRequest>) -> Result<Response<Self::PushStream>, Status> {
         let mut request = request.into_inner();
         let mut batch = requests::push_batch(&mut request)?;
-        let Opened { repo, label, listing_key } = self.open(request.caller, request.remote).await?;
+        let Opened { repo, label, listing_key, .. } = self.open(request.caller, request.remote).await?;
         let state = self.state.clone();
         let progress = request.verbosity.is_some_and(|v| v.progress);
         // The remote's object format, as the session's `list for-push` saw it (git lists before
@@ -229,7 +228,7 @@ impl Daemon for Service {
                 Status::aborted(e.to_string())
             })?,
         };
-        batch.remote_format = listing.object_format();
+        batch.remote_format = listing.object_format;
         // What this session listed is about to change.
         self.state.listings.forget(&listing_key);
         let stream = stream_operation(
@@ -251,8 +250,8 @@ impl Daemon for Service {
                 let statuses = outcomes
                     .into_iter()
                     .map(|o| match o.result {
-                        Ok(forced) => proto::RefStatus { dst: o.dst, error: String::new(), forced },
-                        Err(error) => proto::RefStatus { dst: o.dst, error, forced: false },
+                        Ok(pushed) => proto::RefStatus { dst: o.dst, error: String::new(), forced: pushed.forced },
+                        Err(refusal) => proto::RefStatus { dst: o.dst, error: refusal.to_string(), forced: false },
                     })
                     .collect();
                 Ok(proto::PushEvent { event: Some(proto::push_event::Event::Done(proto::PushDone { statuses })) })
@@ -268,7 +267,7 @@ impl Daemon for Service {
         let progress = request.verbosity.is_some_and(|v| v.progress);
         let caller = requests::caller_context(request.caller)?;
         let (store, config) =
-            repository::open_lfs(&self.state.clients, self.state.scheduler.clone(), &caller, &request.remote)
+            remote::open_lfs(&self.state.clients, self.state.scheduler.clone(), &caller, &request.remote)
                 .await
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let git = Git::new(caller.cwd.clone(), caller.env.clone());
@@ -328,34 +327,27 @@ impl Daemon for Service {
         let request = request.into_inner();
         let opened = self.open(request.caller, request.remote).await?;
         let _activity = self.state.begin("inspect", &opened.label);
-        let listing = opened.repo.list(true).await.map_err(|e| Status::aborted(e.to_string()))?;
-        let refs = listing
+        let inventory = opened.repo.inventory().await.map_err(|e| Status::aborted(e.to_string()))?;
+        let refs = inventory
             .refs
-            .iter()
-            .map(|(name, state)| {
-                let mut bundles: Vec<_> = state.bundles.iter().collect();
-                bundles.sort_by_key(|b| std::cmp::Reverse(b.last_modified));
-                proto::RefInfo {
-                    name: name.clone(),
-                    bundles: bundles
-                        .into_iter()
-                        .map(|b| proto::BundleInfo {
-                            oid: b.oid.clone(),
-                            size: b.size,
-                            age_s: manage::age_s(b.last_modified),
-                        })
-                        .collect(),
-                    protected: state.protected,
-                    lock_age_s: state.lock.as_ref().map(|l| manage::age_s(l.last_modified)),
-                }
+            .into_iter()
+            .map(|r| proto::RefInfo {
+                name: r.name,
+                bundles: r
+                    .values
+                    .into_iter()
+                    .map(|v| proto::BundleInfo { oid: v.oid, size: v.size, age_s: v.age_s })
+                    .collect(),
+                protected: r.protected,
+                lock_age_s: r.lock_age_s,
             })
             .collect();
-        let warnings = listing.warnings();
         Ok(Response::new(proto::InspectReply {
             url: opened.label,
             refs,
-            head: listing.head.unwrap_or_default(),
-            warnings,
+            head: inventory.head.unwrap_or_default(),
+            warnings: inventory.warnings,
+            format: inventory.format.name().to_string(),
         }))
     }
 
@@ -388,12 +380,12 @@ impl Daemon for Service {
         let request = request.into_inner();
         let opened = self.open(request.caller, request.remote).await?;
         let _activity = self.state.begin("doctor", &opened.label);
-        let options = manage::DoctorOptions {
+        let options = store::DoctorOptions {
             delete_bundles: request.delete_bundles,
             keep: request.keep,
             delete_stale_locks: request.delete_stale_locks,
             lock_ttl: (request.lock_ttl_s > 0).then(|| Duration::from_secs(request.lock_ttl_s)),
-            upload_idle: request.upload_idle_s.map_or(manage::DEFAULT_UPLOAD_IDLE, Duration::from_secs),
+            upload_idle: request.upload_idle_s.map_or(store::DEFAULT_UPLOAD_IDLE, Duration::from_secs),
             dry_run: request.dry_run,
             thorough: request.thorough,
         };
@@ -406,12 +398,10 @@ impl Daemon for Service {
     }
 }
 
-fn manage_status(e: manage::ManageError) -> Status {
+fn manage_status(e: ManageError) -> Status {
     match e {
-        manage::ManageError::BadName(..) => Status::invalid_argument(e.to_string()),
-        manage::ManageError::NoSuchRef(_) | manage::ManageError::Protected(_) => {
-            Status::failed_precondition(e.to_string())
-        }
+        ManageError::BadName(..) => Status::invalid_argument(e.to_string()),
+        ManageError::NoSuchRef(_) | ManageError::Protected(_) => Status::failed_precondition(e.to_string()),
         _ => Status::aborted(e.to_string()),
     }
 }
@@ -438,14 +428,13 @@ async fn serve_lfs(
         return Err(Status::invalid_argument("an LFS session starts with init"));
     };
     let caller = requests::caller_context(init.caller)?;
-    let (store, config) =
-        match repository::open_lfs(&state.clients, state.scheduler.clone(), &caller, &init.remote).await {
-            Ok(opened) => opened,
-            Err(e) => {
-                send_lfs(tx, Event::Init(proto::LfsInitDone { error: e.to_string() })).await;
-                return Ok(());
-            }
-        };
+    let (store, config) = match remote::open_lfs(&state.clients, state.scheduler.clone(), &caller, &init.remote).await {
+        Ok(opened) => opened,
+        Err(e) => {
+            send_lfs(tx, Event::Init(proto::LfsInitDone { error: e.to_string() })).await;
+            return Ok(());
+        }
+    };
     send_lfs(tx, Event::Init(proto::LfsInitDone { error: String::new() })).await;
     let label = config.url.to_string();
     while let Some(message) = inbound.message().await? {

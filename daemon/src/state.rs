@@ -14,8 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::clients::ClientCache;
 use crate::listing_cache::ListingCache;
 use crate::scheduler::Scheduler;
-use crate::scratch::Scratch;
-use crate::store::bundles::Composer;
+use crate::store::Resources;
 
 pub struct DaemonState {
     pub started: Instant,
@@ -25,8 +24,8 @@ pub struct DaemonState {
     pub clients: Arc<ClientCache>,
     pub listings: ListingCache,
     pub scheduler: Arc<Scheduler>,
-    pub composer: Arc<Composer>,
-    pub scratch: Arc<Scratch>,
+    /// What every remote's storage shares: the pack cache, scratch space.
+    pub store: Resources,
     /// Work that must finish even if its client goes away (a push half-way must complete or
     /// roll back, not be dropped). Waited for at shutdown.
     pub tasks: TaskTracker,
@@ -69,8 +68,7 @@ impl DaemonState {
         version: String,
         idle_timeout: Option<Duration>,
         scheduler: Scheduler,
-        composer: Composer,
-        scratch: Scratch,
+        store: Resources,
         managed: bool,
     ) -> Self {
         Self {
@@ -81,8 +79,7 @@ impl DaemonState {
             clients: Arc::default(),
             listings: ListingCache::default(),
             scheduler: Arc::new(scheduler),
-            composer: Arc::new(composer),
-            scratch: Arc::new(scratch),
+            store,
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             connections: AtomicUsize::new(0),

@@ -140,7 +140,14 @@ fn protect_is_seen_by_pushes_and_delete_branch_respects_it() {
     let output = git_s3_in(&env, &work, &["protect", "origin", "release"]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout(&output).contains("refs/heads/release is protected"));
+    // A mark on a branch the remote does not have would read as protection it lacks.
+    let output = git_s3_in(&env, &work, &["protect", "origin", "nosuch"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("refs/heads/nosuch does not exist on the remote"), "{stderr}");
+    assert!(env.keys("guarded/refs/heads/nosuch/").is_empty());
     let listing = stdout(&git_s3_in(&env, &work, &["ls", "origin"]));
+    assert!(listing.lines().nth(1) == Some("format: bundles"), "{listing}");
     assert!(listing.lines().any(|l| l.starts_with("refs/heads/release") && l.contains("protected")), "{listing}");
     assert!(listing.contains("HEAD -> refs/heads/main"), "{listing}");
 

@@ -368,6 +368,7 @@ fn confirm(question: &str) -> Result<bool, String> {
 
 fn print_listing(reply: &git_s3_proto::InspectReply) {
     println!("{}", printable(&reply.url));
+    println!("format: {}", printable(&reply.format));
     for warning in &reply.warnings {
         eprintln!("warning: {}", printable(warning));
     }

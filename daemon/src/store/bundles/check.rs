@@ -7,10 +7,11 @@ use std::sync::atomic::AtomicU64;
 use super::header::{self, HEADER_PROBE_BYTES, MAX_HEADER_BYTES};
 use super::listing::BundleObject;
 use super::pack::{PACK_HEADER_BYTES, PackHeader};
-use super::{BundleRepo, StoreError};
+use super::{BundleError, BundleRepo};
 use crate::git::Git;
 use crate::object_format::ObjectFormat;
 use crate::progress::Events;
+use crate::store::StoreError;
 
 impl BundleRepo {
     /// What is wrong with `bundle` (the value of `refname`), or `None` when a clone would take
@@ -78,7 +79,9 @@ impl BundleRepo {
         let (events, _) = Events::channel(Arc::new(AtomicU64::new(0)), false);
         match repo.unbundle(refname, oid, &scratch.path().join("objects/pack"), &events).await {
             Ok(_) => {}
-            Err(StoreError::CorruptBundle { why, .. }) => return Ok(Some(format!("the bundle is corrupt: {why}"))),
+            Err(StoreError::Bundles(BundleError::Corrupt { why, .. })) => {
+                return Ok(Some(format!("the bundle is corrupt: {why}")));
+            }
             Err(e) => return Err(e),
         }
         if let Err(e) = git.run(&["rev-list", "--objects", "--quiet", oid]).await {

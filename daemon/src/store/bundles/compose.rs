@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 
 use super::BundleRepo;
 use super::header::{self, HEADER_PROBE_BYTES};
+use super::keys::BundleKeys;
 use super::listing::BundleObject;
 use super::pack::{self, BUILD_METADATA_KEY, BuildRecord, PACK_HEADER_BYTES, PackHeader, PartPlan, Segment};
 use super::pack_cache::{Appended, CachedPack, PackCache, oids_of};
@@ -292,7 +293,7 @@ impl BundleRepo {
             }
             return Ok((dst.clone(), current.clone()));
         }
-        let listing = self.list(true).await.map_err(skip)?;
+        let listing = self.listing(true).await.map_err(skip)?;
         let mut candidates: Vec<(&String, &BundleObject)> = listing
             .refs
             .iter()

@@ -9,13 +9,15 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin};
 
 use super::header::{self, BundleHeader};
+use super::keys::BundleKeys;
 use super::pack::BuildRecord;
 use super::tail::NoTail;
-use super::{BundleRepo, StoreError};
+use super::{BundleError, BundleRepo};
 use crate::bucket::{Body, Bucket};
 use crate::git::{GitError, last_line};
 use crate::object_format::ObjectFormat;
 use crate::progress::Events;
+use crate::store::{StoreError, check_object_format};
 
 /// Pipe buffer towards `git index-pack` (Linux allows up to 1 MiB for unprivileged users).
 const INDEX_PACK_PIPE_BYTES: usize = 1024 * 1024;
@@ -37,7 +39,11 @@ pub(super) struct RemoteBundle {
 impl BundleRepo {
     /// Brings the objects of `wanted` into the caller's repository. Returns the `.keep` files that
     /// protect the new packs until git has updated its refs.
-    pub async fn fetch(&self, wanted: Vec<(String, String)>, events: &Events) -> Result<Vec<PathBuf>, StoreError> {
+    pub(super) async fn fetch_wanted(
+        &self,
+        wanted: Vec<(String, String)>,
+        events: &Events,
+    ) -> Result<Vec<PathBuf>, StoreError> {
         let pack_dir = self.git.git_path("objects/pack").await?;
         let temp_packs_before = temp_packs(&pack_dir);
         let mut keeps = Vec::new();
@@ -66,7 +72,7 @@ impl BundleRepo {
     ) -> Result<(), StoreError> {
         let oids: Vec<&str> = wanted.iter().map(|(_, oid)| oid.as_str()).collect();
         if let Some(remote) = oids.iter().find_map(|oid| ObjectFormat::of_hex(oid)) {
-            self.check_object_format(Some(remote)).await?;
+            check_object_format(&self.git, Some(remote)).await?;
         }
         let present = self.git.present(&oids).await?;
         let mut bundles: Vec<RemoteBundle> =
@@ -107,7 +113,7 @@ impl BundleRepo {
             .bucket
             .head(&key)
             .await?
-            .ok_or_else(|| StoreError::MissingBundle { refname: refname.clone(), key: key.clone() })?;
+            .ok_or_else(|| BundleError::Missing { refname: refname.clone(), key: key.clone() })?;
         let record = BuildRecord::from_metadata(&meta.metadata).unwrap_or_else(|e| {
             tracing::debug!(%key, error = %e, "ignoring the bundle's build record");
             BuildRecord::default()
@@ -148,13 +154,14 @@ impl BundleRepo {
         events: &Events,
     ) -> Result<Option<PathBuf>, StoreError> {
         let key = self.layout.bundle(refname, oid);
-        let corrupt = |why: String| StoreError::CorruptBundle { refname: refname.into(), key: key.clone(), why };
+        let corrupt =
+            |why: String| StoreError::from(BundleError::Corrupt { refname: refname.into(), key: key.clone(), why });
         let download = |why: String| StoreError::Download { key: key.clone(), why };
         let Body { body, len: size, etag } = self
             .bucket
             .get_from(&key, 0, None)
             .await?
-            .ok_or_else(|| StoreError::MissingBundle { refname: refname.into(), key: key.clone() })?;
+            .ok_or_else(|| BundleError::Missing { refname: refname.into(), key: key.clone() })?;
         let mut body = ResumingBody { bucket: &self.bucket, key: &key, etag, body, size, received: 0, resumes: 0 };
         let meter = events.meter(format!("Receiving {refname}"), size);
 

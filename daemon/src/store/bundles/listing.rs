@@ -3,9 +3,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
+use super::keys::{BundleKeys, RefKey};
 use crate::bucket::ObjectInfo;
-use crate::layout::{Layout, RefKey, check_refname};
+use crate::layout::{Layout, check_refname};
 use crate::object_format::ObjectFormat;
+use crate::store::{Format, Inventory, RefSummary, RemoteRefs, StoredValue, age_s};
 
 /// What one ref folder holds.
 #[derive(Debug, Clone, Default)]
@@ -64,6 +66,39 @@ impl Listing {
     pub fn advertised(&self) -> impl Iterator<Item = (&str, &str)> {
         let format = self.object_format();
         self.values().filter(move |(_, oid)| ObjectFormat::of_hex(oid) == format)
+    }
+
+    /// What `list` tells git: HEAD only when it names a ref with a value.
+    pub fn remote_refs(&self) -> RemoteRefs {
+        let head = self.head.as_ref().filter(|head| self.values().any(|(name, _)| name == *head));
+        RemoteRefs {
+            refs: self.advertised().map(|(name, oid)| (name.to_string(), oid.to_string())).collect(),
+            head: head.cloned(),
+            object_format: self.object_format(),
+            warnings: self.warnings(),
+        }
+    }
+
+    /// What `git s3 ls` shows: each ref's bundles newest first.
+    pub fn inventory(&self) -> Inventory {
+        let refs = self
+            .refs
+            .iter()
+            .map(|(name, state)| {
+                let mut bundles: Vec<&BundleObject> = state.bundles.iter().collect();
+                bundles.sort_by_key(|b| std::cmp::Reverse(b.last_modified));
+                RefSummary {
+                    name: name.clone(),
+                    values: bundles
+                        .into_iter()
+                        .map(|b| StoredValue { oid: b.oid.clone(), size: b.size, age_s: age_s(b.last_modified) })
+                        .collect(),
+                    protected: state.protected,
+                    lock_age_s: state.lock.as_ref().map(|l| age_s(l.last_modified)),
+                }
+            })
+            .collect();
+        Inventory { format: Format::Bundles, refs, head: self.head.clone(), warnings: self.warnings() }
     }
 
     /// One line for each thing in the bucket this listing had to leave out.
@@ -205,6 +240,20 @@ mod tests {
         assert_eq!(advertised, ["refs/heads/old"]);
         assert!(listing.warnings().iter().any(|w| w.contains("not sha1")), "{:?}", listing.warnings());
         assert_eq!(Listing::default().object_format(), None);
+    }
+
+    #[test]
+    fn git_hears_of_head_only_when_it_names_a_ref_with_a_value() {
+        let layout = Layout::new("p");
+        let mut listing = parse_listing(&layout, vec![object(&format!("p/refs/heads/main/{A}.bundle"), 1)]);
+        listing.head = Some("refs/heads/main".into());
+        let refs = listing.remote_refs();
+        assert_eq!(refs.refs, [("refs/heads/main".to_string(), A.to_string())]);
+        assert_eq!(refs.head.as_deref(), Some("refs/heads/main"));
+        assert_eq!(refs.object_format, Some(ObjectFormat::Sha1));
+        listing.head = Some("refs/heads/gone".into());
+        assert_eq!(listing.remote_refs().head, None);
+        assert_eq!(listing.inventory().head.as_deref(), Some("refs/heads/gone"), "ls shows HEAD as stored");
     }
 
     #[test]

@@ -7,59 +7,58 @@ mod check;
 mod compose;
 mod fetch;
 pub mod header;
+mod keys;
 mod listing;
+mod lock;
+mod manage;
 mod pack;
 mod pack_cache;
 mod push;
 mod tail;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::{
+    DoctorOptions, Finding, Format, Inventory, ManageError, PushBatch, RefOutcome, RemoteRefs, Repository, StoreError,
+};
 use crate::bucket::{Bucket, S3Error};
 use crate::config::RemoteConfig;
-use crate::git::{Git, GitError};
+use crate::git::Git;
 use crate::layout::{Layout, check_refname};
-use crate::lock::{LockError, RefLock};
-use crate::object_format::ObjectFormat;
+use crate::progress::Events;
+use crate::remote::Remote;
 use crate::scratch::Scratch;
+use keys::BundleKeys;
+use listing::{Listing, RefState, parse_listing};
+use lock::{LockError, RefLock};
 
 pub use compose::Composer;
-pub use listing::{BundleObject, Listing, RefState, choose_head, default_branch, parse_listing};
 pub use pack_cache::{DEFAULT_PACK_CACHE_BYTES, PackCache};
-pub use push::{PushBatch, PushCommand, RefOutcome};
 
+/// What can go wrong that only this format has.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error(transparent)]
-    S3(#[from] S3Error),
-    #[error(transparent)]
-    Git(#[from] GitError),
+pub enum BundleError {
     #[error(
         "the bundle for {refname} ({key}) is missing from the bucket; the remote changed during the fetch, fetch again"
     )]
-    MissingBundle { refname: String, key: String },
+    Missing { refname: String, key: String },
     #[error("the bundle for {refname} ({key}) is corrupt: {why}; run 'git s3 doctor' or push that ref again")]
-    CorruptBundle { refname: String, key: String, why: String },
-    #[error("downloading {key} failed: {why}")]
-    Download { key: String, why: String },
-    #[error("the fetch did not bring {oid} ({refname})")]
-    NotFetched { refname: String, oid: String },
+    Corrupt { refname: String, key: String, why: String },
     #[error(transparent)]
     Lock(#[from] LockError),
-    #[error("cannot create a temporary repository: {0}")]
-    TempDir(#[source] std::io::Error),
-    #[error(transparent)]
-    ObjectFormat(#[from] FormatMismatch),
 }
 
-/// A repository and a remote whose object ids differ in kind: neither can take the other's.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "this repository uses {local} object ids but the remote holds {remote} ones; clone it afresh ('git clone' picks the remote's format) or push to a new prefix"
-)]
-pub struct FormatMismatch {
-    pub local: ObjectFormat,
-    pub remote: ObjectFormat,
+impl From<LockError> for StoreError {
+    fn from(e: LockError) -> Self {
+        BundleError::Lock(e).into()
+    }
+}
+
+impl From<LockError> for ManageError {
+    fn from(e: LockError) -> Self {
+        StoreError::from(e).into()
+    }
 }
 
 /// One repository in a bucket, reached on behalf of one caller.
@@ -73,8 +72,49 @@ pub struct BundleRepo {
     pub scratch: Arc<Scratch>,
 }
 
+#[async_trait::async_trait]
+impl Repository for BundleRepo {
+    fn format(&self) -> Format {
+        Format::Bundles
+    }
+
+    async fn list(&self, with_head: bool) -> Result<RemoteRefs, StoreError> {
+        Ok(self.listing(with_head).await?.remote_refs())
+    }
+
+    async fn fetch(&self, wanted: Vec<(String, String)>, events: &Events) -> Result<Vec<PathBuf>, StoreError> {
+        self.fetch_wanted(wanted, events).await
+    }
+
+    async fn push(&self, batch: PushBatch, events: &Events) -> Vec<RefOutcome> {
+        self.push_batch(batch, events).await
+    }
+
+    async fn inventory(&self) -> Result<Inventory, StoreError> {
+        Ok(self.listing(true).await?.inventory())
+    }
+
+    async fn set_protection(&self, branch: &str, protect: bool) -> Result<(String, bool), ManageError> {
+        self.mark_protected(branch, protect).await
+    }
+
+    async fn delete_branch(&self, branch: &str, force: bool) -> Result<(String, Option<String>), ManageError> {
+        self.delete_ref(branch, force).await
+    }
+
+    async fn doctor(&self, options: &DoctorOptions) -> Result<Vec<Finding>, StoreError> {
+        self.diagnose(options).await
+    }
+}
+
 impl BundleRepo {
-    pub async fn list(&self, with_head: bool) -> Result<Listing, StoreError> {
+    pub fn new(remote: Remote, composer: Arc<Composer>, scratch: Arc<Scratch>) -> Self {
+        let Remote { bucket, layout, config, git } = remote;
+        Self { bucket, layout, config, git, composer, scratch }
+    }
+
+    /// Every ref folder the bucket holds, and HEAD when `with_head` asks for it.
+    async fn listing(&self, with_head: bool) -> Result<Listing, StoreError> {
         let refs_prefix = self.layout.refs_prefix();
         let (objects, head) = tokio::join!(self.bucket.list(&refs_prefix), async {
             if with_head { self.read_head().await } else { Ok(Head::Missing) }
@@ -89,7 +129,7 @@ impl BundleRepo {
     }
 
     /// What `P/HEAD` names. Its size and content are whatever a writer of the bucket made them.
-    pub(crate) async fn read_head(&self) -> Result<Head, S3Error> {
+    async fn read_head(&self) -> Result<Head, S3Error> {
         let bytes = match self.bucket.get_small(&self.layout.head(), MAX_HEAD_BYTES).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return Ok(Head::Missing),
@@ -111,17 +151,7 @@ impl BundleRepo {
         })
     }
 
-    /// Refuses a remote whose objects are not in the caller's repository's format.
-    pub(crate) async fn check_object_format(&self, remote: Option<ObjectFormat>) -> Result<(), StoreError> {
-        let Some(remote) = remote else { return Ok(()) };
-        let local = self.git.object_format().await?;
-        if local != remote {
-            return Err(FormatMismatch { local, remote }.into());
-        }
-        Ok(())
-    }
-
-    pub(crate) async fn read_ref(&self, refname: &str) -> Result<RefState, S3Error> {
+    async fn read_ref(&self, refname: &str) -> Result<RefState, S3Error> {
         let objects = self.bucket.list(&self.layout.ref_dir(refname)).await?;
         Ok(parse_listing(&self.layout, objects).refs.remove(refname).unwrap_or_default())
     }
@@ -131,14 +161,14 @@ impl BundleRepo {
 const MAX_HEAD_BYTES: usize = 4096;
 
 /// What `P/HEAD` holds.
-pub(crate) enum Head {
+enum Head {
     Missing,
     Ref(String),
     /// There, but naming nothing git could use; why.
     Unusable(String),
 }
 
-pub(crate) async fn release(lock: RefLock) {
+async fn release(lock: RefLock) {
     if let Err(e) = lock.release().await {
         tracing::warn!(error = %e, "could not release a lock; it goes stale after its TTL");
     }

@@ -1,7 +1,6 @@
 //! Push: each ref under its lock, checked against what git was told, its new bundle uploaded
 //! (composed from an old one where that pays) before the old one is removed.
 
-use std::collections::HashMap;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -10,47 +9,19 @@ use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 
 use super::compose::{Composed, Teed};
+use super::keys::{BundleKeys, RefKey};
 use super::listing::{RefState, choose_head, default_branch};
-use super::{BundleRepo, Head, StoreError, release};
+use super::lock::RefLock;
+use super::{BundleRepo, Head, release};
 use crate::bucket::PutOptions;
 use crate::git::{Git, GitError, last_line};
-use crate::layout::{RefKey, check_refname};
-use crate::lock::RefLock;
-use crate::object_format::ObjectFormat;
+use crate::layout::check_refname;
 use crate::progress::Events;
+use crate::store::{PushBatch, PushCommand, Pushed, RefOutcome, Refusal, StoreError, check_object_format};
 use crate::transfer::{TransferError, upload_stream};
 
 /// Refs pushed at once by one non-atomic push.
 const REFS_IN_FLIGHT: usize = 8;
-
-/// One push command, as git sent it.
-#[derive(Debug, Clone)]
-pub struct PushCommand {
-    /// Empty to delete `dst`.
-    pub src: String,
-    pub dst: String,
-    pub force: bool,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct PushBatch {
-    pub commands: Vec<PushCommand>,
-    /// What the remote advertised to git for these refs (absent: did not exist).
-    pub advertised: HashMap<String, String>,
-    /// --force-with-lease expectations; an empty or all-zero value means "must not exist".
-    pub leases: HashMap<String, String>,
-    pub dry_run: bool,
-    pub atomic: bool,
-    /// The object format of the remote's refs as listed for this push; `None`: it has none.
-    pub remote_format: Option<ObjectFormat>,
-}
-
-/// The result for one ref: `Ok(forced)` or git's reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RefOutcome {
-    pub dst: String,
-    pub result: Result<bool, String>,
-}
 
 /// A ref checked under its lock and ready to be written.
 pub(super) struct Prepared {
@@ -67,14 +38,9 @@ pub(super) struct Prepared {
 impl BundleRepo {
     // ----- push -----
 
-    pub async fn push(&self, batch: PushBatch, events: &Events) -> Vec<RefOutcome> {
-        if let Err(e) = self.check_object_format(batch.remote_format).await {
-            let why = e.to_string();
-            return batch
-                .commands
-                .iter()
-                .map(|c| RefOutcome { dst: c.dst.clone(), result: Err(why.clone()) })
-                .collect();
+    pub(super) async fn push_batch(&self, batch: PushBatch, events: &Events) -> Vec<RefOutcome> {
+        if let Err(e) = check_object_format(&self.git, batch.remote_format).await {
+            return RefOutcome::refuse_all(&batch, &e.into());
         }
         let outcomes = if batch.atomic {
             self.push_atomic(&batch, events).await
@@ -123,15 +89,20 @@ impl BundleRepo {
         Ok(())
     }
 
-    async fn write_and_commit(&self, prepared: Prepared, batch: &PushBatch, events: &Events) -> Result<bool, String> {
+    async fn write_and_commit(
+        &self,
+        prepared: Prepared,
+        batch: &PushBatch,
+        events: &Events,
+    ) -> Result<Pushed, Refusal> {
         if batch.dry_run {
             let forced = prepared.forced;
             release(prepared.lock).await;
-            return Ok(forced);
+            return Ok(Pushed { forced });
         }
         if let Err(why) = self.upload(&prepared, events).await {
             release(prepared.lock).await;
-            return Err(why);
+            return Err(Refusal::Failed(why));
         }
         self.commit(prepared).await
     }
@@ -157,7 +128,7 @@ impl BundleRepo {
                     for done in &prepared[..i] {
                         self.remove_uploaded(done).await;
                     }
-                    failure = Some((p.command.dst.clone(), why));
+                    failure = Some((p.command.dst.clone(), Refusal::Failed(why)));
                     break;
                 }
             }
@@ -170,8 +141,7 @@ impl BundleRepo {
                 .commands
                 .iter()
                 .map(|c| {
-                    let result =
-                        if c.dst == failed_dst { Err(why.clone()) } else { Err("atomic push failed".to_string()) };
+                    let result = if c.dst == failed_dst { Err(why.clone()) } else { Err(Refusal::AtomicPushFailed) };
                     RefOutcome { dst: c.dst.clone(), result }
                 })
                 .collect();
@@ -182,7 +152,7 @@ impl BundleRepo {
             let result = if batch.dry_run {
                 let forced = p.forced;
                 release(p.lock).await;
-                Ok(forced)
+                Ok(Pushed { forced })
             } else {
                 self.commit(p).await
             };
@@ -193,26 +163,18 @@ impl BundleRepo {
 
     /// Takes the ref's lock and decides, from a fresh read of the ref folder, whether and how the
     /// command may proceed. Errors are git's reserved words where git has them.
-    async fn prepare(&self, command: &PushCommand, batch: &PushBatch) -> Result<Prepared, String> {
+    async fn prepare(&self, command: &PushCommand, batch: &PushBatch) -> Result<Prepared, Refusal> {
         let dst = &command.dst;
-        check_refname(dst).map_err(|why| format!("invalid ref name: {why}"))?;
-        if dst.matches('/').count() < 2 {
-            return Err("ref names need at least three parts here (refs/<kind>/<name>)".into());
-        }
+        check_refname(dst).map_err(|why| Refusal::InvalidRefName(why.to_string()))?;
         let new_oid = if command.src.is_empty() {
             None
         } else {
-            match self.git.resolve(&command.src).await {
-                Ok(Some(oid)) => Some(oid),
-                Ok(None) => {
-                    return Err(format!("src refspec {} does not match any object", command.src));
-                }
-                Err(e) => return Err(e.to_string()),
+            match self.git.resolve(&command.src).await? {
+                Some(oid) => Some(oid),
+                None => return Err(Refusal::NoSuchSource(command.src.clone())),
             }
         };
-        let lock = RefLock::acquire(&self.bucket, &self.layout.lock(dst), dst, self.config.lock_ttl)
-            .await
-            .map_err(|e| e.to_string())?;
+        let lock = RefLock::acquire(&self.bucket, &self.layout.lock(dst), dst, self.config.lock_ttl).await?;
         match self.decide(command, batch, new_oid, lock).await {
             Ok(prepared) => Ok(prepared),
             Err((why, lock)) => {
@@ -228,41 +190,41 @@ impl BundleRepo {
         batch: &PushBatch,
         new_oid: Option<String>,
         lock: RefLock,
-    ) -> Result<Prepared, (String, RefLock)> {
+    ) -> Result<Prepared, (Refusal, RefLock)> {
         let dst = &command.dst;
         let state = match self.read_ref(dst).await {
             Ok(state) => state,
-            Err(e) => return Err((e.to_string(), lock)),
+            Err(e) => return Err((e.into(), lock)),
         };
         let current = state.current().map(|b| b.oid.clone());
         if current.as_deref() != batch.advertised.get(dst).map(String::as_str) {
-            return Err(("fetch first".into(), lock));
+            return Err((Refusal::FetchFirst, lock));
         }
         let lease = batch.leases.get(dst).map(|expected| expected.trim());
         if let Some(expected) = lease {
             // git's null id (all zeros, in either format) means "must not exist".
             let expected = expected.bytes().any(|b| b != b'0').then_some(expected);
             if expected != current.as_deref() {
-                return Err(("stale info".into(), lock));
+                return Err((Refusal::StaleInfo, lock));
             }
         }
         let may_force = command.force || lease.is_some();
         let mut forced = false;
         match (&current, &new_oid) {
-            (Some(_), None) if state.protected => return Err(("protected branch".into(), lock)),
+            (Some(_), None) if state.protected => return Err((Refusal::Protected, lock)),
             (Some(current), Some(new)) if current != new => {
                 let fast_forward = match self.git.has_object(current).await {
                     Ok(true) => self.git.is_ancestor(current, new).await.unwrap_or(false),
-                    Ok(false) if !may_force => return Err(("fetch first".into(), lock)),
+                    Ok(false) if !may_force => return Err((Refusal::FetchFirst, lock)),
                     Ok(false) => false,
-                    Err(e) => return Err((e.to_string(), lock)),
+                    Err(e) => return Err((e.into(), lock)),
                 };
                 if !fast_forward {
                     if !may_force {
-                        return Err(("non-fast forward".into(), lock));
+                        return Err((Refusal::NonFastForward, lock));
                     }
                     if state.protected {
-                        return Err(("protected branch".into(), lock));
+                        return Err((Refusal::Protected, lock));
                     }
                     forced = true;
                 }
@@ -352,10 +314,11 @@ impl BundleRepo {
 
     /// Makes the uploaded bundle the ref's value: removes the old bundles, publishes the zip of
     /// `s3+zip://` remotes, and releases the lock.
-    async fn commit(&self, prepared: Prepared) -> Result<bool, String> {
+    async fn commit(&self, prepared: Prepared) -> Result<Pushed, Refusal> {
         let result = self.commit_under_lock(&prepared).await;
         release(prepared.lock).await;
-        result.map(|()| prepared.forced).map_err(|e| e.to_string())
+        result?;
+        Ok(Pushed { forced: prepared.forced })
     }
 
     async fn commit_under_lock(&self, prepared: &Prepared) -> Result<(), StoreError> {
@@ -417,7 +380,7 @@ impl BundleRepo {
         if !matches!(self.read_head().await?, Head::Ref(head) if head == deleted) {
             return Ok(None);
         }
-        let listing = self.list(false).await?;
+        let listing = self.listing(false).await?;
         match default_branch(&listing, deleted) {
             Some(next) => {
                 self.bucket.put_bytes(&self.layout.head(), next.as_bytes().to_vec(), PutOptions::default()).await?;

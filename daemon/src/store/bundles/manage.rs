@@ -1,82 +1,30 @@
-//! What `git s3` does to a remote: show it, protect branches, delete a branch, and repair what
-//! crashed pushes or other tools left behind (`doctor`).
+//! `git s3` verbs on a remote in the shared layout: protection marks, deleting a branch under its
+//! lock, and `doctor`'s repairs of what crashed pushes or other tools left behind.
 
 use std::collections::HashSet;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use crate::bucket::{OpenUpload, PutOptions, S3Error};
-use crate::layout::{RefKey, check_refname};
-use crate::lock::{LockError, RefLock};
 use futures::StreamExt;
 
-use crate::store::bundles::{BundleObject, BundleRepo, Listing, RefState, StoreError, default_branch, release};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ManageError {
-    #[error("'{0}' is not a branch name git accepts here: {1}")]
-    BadName(String, &'static str),
-    #[error("{0} does not exist on the remote")]
-    NoSuchRef(String),
-    #[error("{0} is protected; unprotect it first ('git s3 unprotect') or use --force")]
-    Protected(String),
-    #[error(transparent)]
-    Lock(#[from] LockError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-impl From<S3Error> for ManageError {
-    fn from(e: S3Error) -> Self {
-        Self::Store(StoreError::S3(e))
-    }
-}
-
-/// `main` → `refs/heads/main`; full ref names stay as they are.
-pub fn branch_ref(branch: &str) -> Result<String, ManageError> {
-    let refname = if branch.starts_with("refs/") { branch.to_string() } else { format!("refs/heads/{branch}") };
-    check_refname(&refname).map_err(|why| ManageError::BadName(branch.to_string(), why))?;
-    Ok(refname)
-}
-
-#[derive(Debug, Clone)]
-pub struct DoctorOptions {
-    pub delete_bundles: bool,
-    pub keep: String,
-    pub delete_stale_locks: bool,
-    pub lock_ttl: Option<Duration>,
-    /// An upload that is not a push's (LFS objects) counts as abandoned after this long without a new part.
-    pub upload_idle: Duration,
-    pub dry_run: bool,
-    /// Download and index every bundle instead of checking its header.
-    pub thorough: bool,
-}
+use super::keys::{BundleKeys, RefKey};
+use super::listing::{BundleObject, Listing, RefState, default_branch};
+use super::lock::RefLock;
+use super::{BundleRepo, release};
+use crate::bucket::{OpenUpload, PutOptions};
+use crate::store::{DoctorOptions, Finding, ManageError, StoreError, age_s, branch_ref};
 
 /// Bundles doctor checks at once: header probes are small; thorough checks download.
 const CHECKS_IN_FLIGHT: usize = 16;
 const THOROUGH_CHECKS_IN_FLIGHT: usize = 2;
 
-/// S3 keeps the parts of an unfinished upload (and bills them) until someone aborts it.
-pub const DEFAULT_UPLOAD_IDLE: Duration = Duration::from_secs(3600);
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
-    pub subject: String,
-    pub problem: String,
-    pub action: String,
-    pub fixed: bool,
-}
-
-/// Seconds from `then` to now by this machine's clock (listings carry no server time).
-pub fn age_s(then: Option<SystemTime>) -> u64 {
-    then.and_then(|t| SystemTime::now().duration_since(t).ok()).map_or(0, |d| d.as_secs())
-}
-
 impl BundleRepo {
-    pub async fn set_protection(&self, branch: &str, protect: bool) -> Result<(String, bool), ManageError> {
+    pub(super) async fn mark_protected(&self, branch: &str, protect: bool) -> Result<(String, bool), ManageError> {
         let refname = branch_ref(branch)?;
         let key = self.layout.protected(&refname);
-        let present = self.bucket.head(&key).await?.is_some();
-        match (protect, present) {
+        let state = self.read_ref(&refname).await?;
+        match (protect, state.protected) {
+            // A mark on nothing would read as protection the remote does not have.
+            (true, false) if state.bundles.is_empty() => return Err(ManageError::NoSuchRef(refname)),
             (true, false) => {
                 self.bucket.put_bytes(&key, Vec::new(), PutOptions::default()).await?;
             }
@@ -88,7 +36,7 @@ impl BundleRepo {
 
     /// Deletes a branch under its push lock; `force` also deletes a protected one (and the
     /// protection). Returns where HEAD moved, if it named the branch.
-    pub async fn delete_branch(&self, branch: &str, force: bool) -> Result<(String, Option<String>), ManageError> {
+    pub(super) async fn delete_ref(&self, branch: &str, force: bool) -> Result<(String, Option<String>), ManageError> {
         let refname = branch_ref(branch)?;
         let lock = RefLock::acquire(&self.bucket, &self.layout.lock(&refname), &refname, self.config.lock_ttl).await?;
         let result = self.delete_locked(&refname, force).await;
@@ -115,7 +63,7 @@ impl BundleRepo {
     }
 
     /// Finds what is wrong with the remote and, unless `dry_run`, repairs what the options allow.
-    pub async fn doctor(&self, options: &DoctorOptions) -> Result<Vec<Finding>, StoreError> {
+    pub(super) async fn diagnose(&self, options: &DoctorOptions) -> Result<Vec<Finding>, StoreError> {
         // Uploads first: one whose ref is unlocked in the listing taken after it is dead.
         let uploads = match self.bucket.open_uploads(&self.layout.root()).await {
             Ok(uploads) => uploads,
@@ -124,7 +72,7 @@ impl BundleRepo {
                 Vec::new()
             }
         };
-        let listing = self.list(true).await?;
+        let listing = self.listing(true).await?;
         let ttl = options.lock_ttl.unwrap_or(self.config.lock_ttl);
         let (mut findings, bad) = self.check_bundles(&listing, options.thorough).await;
         for (refname, state) in &listing.refs {
@@ -329,16 +277,4 @@ fn corrupt_bundle_repair(refname: &str, state: &RefState, bad: &BundleObject) ->
 
 fn short(oid: &str) -> &str {
     &oid[..oid.len().min(8)]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn branch_names_become_refs() {
-        assert_eq!(branch_ref("main").unwrap(), "refs/heads/main");
-        assert_eq!(branch_ref("refs/tags/v1").unwrap(), "refs/tags/v1");
-        assert!(branch_ref("a..b").is_err());
-    }
 }

@@ -1,7 +1,6 @@
-//! The seam between the protocol side and the storage format. Handlers open a repository for
-//! a caller and a remote, and use only `list`, `fetch` and `push`; how refs and objects are laid
-//! out in the bucket is the format's business. Today that is the Python tool's bundle layout;
-//! an incremental or native format is a new variant here, chosen per remote.
+//! Resolves what a request names (a remote's name, or a URL) into where it lives: the bucket and
+//! prefix, its settings, and the caller's git. `store::open` then reads the repository there;
+//! `open_lfs` finds where git-lfs's objects go.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -14,12 +13,9 @@ use crate::git::{Git, GitError};
 use crate::layout::Layout;
 use crate::lfs::{LfsError, LfsStore};
 use crate::scheduler::Scheduler;
-use crate::scratch::Scratch;
-use crate::store::bundles::{BundleRepo, Composer};
 use git_s3_proto::url::parse_lfs_alias;
 
 pub use crate::lfs::TRANSFER_ERROR_CODE;
-pub use crate::store::bundles::{Listing, PushBatch, PushCommand, RefOutcome, StoreError};
 
 /// The caller on whose behalf the daemon acts.
 pub struct CallerContext {
@@ -27,7 +23,47 @@ pub struct CallerContext {
     pub env: Arc<HashMap<String, String>>,
 }
 
-pub type Repository = BundleRepo;
+/// A remote as one caller reaches it: its bucket and prefix, settings, and the caller's git.
+#[derive(Clone)]
+pub struct Remote {
+    pub bucket: Bucket,
+    pub layout: Layout,
+    pub config: RemoteConfig,
+    pub git: Git,
+}
+
+impl Remote {
+    /// The remote `remote_name` names in the caller's repository, or `url` when given.
+    pub async fn open(
+        clients: &Arc<ClientCache>,
+        caller: &CallerContext,
+        remote_name: &str,
+        url: &str,
+    ) -> Result<Remote, ConfigError> {
+        let git = Git::new(caller.cwd.clone(), caller.env.clone());
+        let url = match url {
+            "" => git
+                .run(&["remote", "get-url", "--", remote_name])
+                .await
+                .map_err(|_| ConfigError::UnknownRemote(remote_name.to_string()))?,
+            url => url.to_string(),
+        };
+        Remote::at(clients, caller, git, remote_name, &url).await
+    }
+
+    async fn at(
+        clients: &Arc<ClientCache>,
+        caller: &CallerContext,
+        git: Git,
+        remote_name: &str,
+        url: &str,
+    ) -> Result<Remote, ConfigError> {
+        let config = config::resolve(remote_name, url, &caller.env, &git).await?;
+        let bucket = Bucket::open(clients, &config).await;
+        let layout = Layout::new(&config.url.prefix);
+        Ok(Remote { bucket, layout, config, git })
+    }
+}
 
 /// git config key naming the S3 home of a repository's LFS objects when its code lives
 /// elsewhere (`git-lfs-s3 install --url`).
@@ -43,28 +79,6 @@ pub enum OpenLfsError {
     UnknownRemote { remote: String, source: GitError },
     #[error(transparent)]
     Lfs(#[from] LfsError),
-}
-
-pub async fn open(
-    clients: &Arc<ClientCache>,
-    composer: &Arc<Composer>,
-    scratch: &Arc<Scratch>,
-    caller: &CallerContext,
-    remote_name: &str,
-    url: &str,
-) -> Result<Repository, ConfigError> {
-    let git = Git::new(caller.cwd.clone(), caller.env.clone());
-    let url = match url {
-        "" => git
-            .run(&["remote", "get-url", "--", remote_name])
-            .await
-            .map_err(|_| ConfigError::UnknownRemote(remote_name.to_string()))?,
-        url => url.to_string(),
-    };
-    let config = config::resolve(remote_name, &url, &caller.env, &git).await?;
-    let bucket = Bucket::open(clients, &config).await;
-    let layout = Layout::new(&config.url.prefix);
-    Ok(BundleRepo { bucket, layout, config, git, composer: composer.clone(), scratch: scratch.clone() })
 }
 
 /// The S3 location git-lfs was pointed at with an alias URL, found where git-lfs looks for its
@@ -117,8 +131,7 @@ pub async fn open_lfs(
             },
         },
     };
-    let config = config::resolve(remote, &url, &caller.env, &git).await?;
-    let bucket = Bucket::open(clients, &config).await;
-    let store = LfsStore::open(bucket, Layout::new(&config.url.prefix), scheduler, &git).await?;
+    let Remote { bucket, layout, config, git } = Remote::at(clients, caller, git, remote, &url).await?;
+    let store = LfsStore::open(bucket, layout, scheduler, &git).await?;
     Ok((store, config))
 }
