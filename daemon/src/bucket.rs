@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -17,6 +17,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_perc
 
 use crate::clients::{ClientCache, FALLBACK_REGION, FoundRegion, MAX_ATTEMPTS, READ_TIMEOUT};
 use crate::config::{ChecksumMode, RemoteConfig, S3Settings};
+use crate::scheduler::{Admission, STREAMED_BODY_BYTES, Scheduler};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum S3Error {
@@ -59,6 +60,11 @@ pub enum S3Error {
     UnreadableListing { prefix: String, last_readable: Option<String>, detail: String },
     #[error("'{key}' is larger than the {limit} bytes expected of it; delete it or write it anew")]
     TooLarge { key: String, limit: usize },
+    #[error(
+        "S3 stopped sending '{key}' (nothing for {}s after {received} bytes); check the network, then try again",
+        idle.as_secs()
+    )]
+    Stalled { key: String, received: u64, idle: Duration },
     #[error("S3 {op} of '{key}' failed: {detail}")]
     Other { op: &'static str, key: String, detail: String },
 }
@@ -101,12 +107,42 @@ pub enum Conditional {
     },
 }
 
-/// An object's body being received.
+/// An object's body being received, admitted by the scheduler until it is dropped.
 pub struct Body {
-    pub body: ByteStream,
+    body: ByteStream,
     /// Bytes this answer carries.
     pub len: u64,
     pub etag: Option<String>,
+    key: String,
+    received: u64,
+    idle: Duration,
+    _admission: Admission,
+}
+
+impl Body {
+    /// The next piece of the body, `None` at its end. A body that sends nothing for the remote's
+    /// idle limit fails (`S3Error::Stalled`): a slow one goes on, a stalled one cannot hang a command.
+    pub async fn next_chunk(&mut self) -> Result<Option<bytes::Bytes>, S3Error> {
+        let chunk = next_chunk_within(&mut self.body, self.idle, &self.key, self.received).await?;
+        self.received += chunk.as_ref().map_or(0, |c| c.len() as u64);
+        Ok(chunk)
+    }
+}
+
+/// The next piece of `body`, failing when none comes within `idle`; `received` says how far the
+/// body had come, for the message.
+pub async fn next_chunk_within(
+    body: &mut ByteStream,
+    idle: Duration,
+    key: &str,
+    received: u64,
+) -> Result<Option<bytes::Bytes>, S3Error> {
+    match tokio::time::timeout(idle, body.next()).await {
+        Err(_) => Err(S3Error::Stalled { key: key.to_string(), received, idle }),
+        Ok(None) => Ok(None),
+        Ok(Some(Ok(chunk))) => Ok(Some(chunk)),
+        Ok(Some(Err(e))) => Err(S3Error::Other { op: "GetObject", key: key.to_string(), detail: e.to_string() }),
+    }
 }
 
 /// A multipart upload that was started and neither completed nor aborted.
@@ -136,12 +172,16 @@ pub struct Bucket {
     checksums: ChecksumMode,
     /// Every object written is encrypted with this KMS key, when set.
     kms_key_id: Option<String>,
+    /// Admits every request that moves data, across all of the daemon's clients.
+    scheduler: Arc<Scheduler>,
+    /// How long a body may send nothing before it counts as stalled.
+    body_idle: Duration,
 }
 
 impl Bucket {
     /// The remote's bucket, reached through a warm client: in the region S3 named for it
     /// earlier in this daemon's life, if it did.
-    pub async fn open(clients: &Arc<ClientCache>, config: &RemoteConfig) -> Self {
+    pub async fn open(clients: &Arc<ClientCache>, scheduler: &Arc<Scheduler>, config: &RemoteConfig) -> Self {
         let name = config.url.bucket.clone();
         let mut settings = config.s3.clone();
         if let Some(region) = clients.bucket_region(settings.endpoint.as_deref(), &name) {
@@ -155,7 +195,18 @@ impl Bucket {
             settings,
             name,
             kms_key_id: config.kms_key_id.clone(),
+            scheduler: scheduler.clone(),
+            body_idle: config.body_idle,
         }
+    }
+
+    pub fn scheduler(&self) -> &Arc<Scheduler> {
+        &self.scheduler
+    }
+
+    /// How long a body may send nothing before it counts as stalled.
+    pub fn body_idle(&self) -> Duration {
+        self.body_idle
     }
 
     pub fn checksums(&self) -> ChecksumMode {
@@ -247,7 +298,10 @@ impl Bucket {
         }
         let mut pages = request.into_paginator().send();
         let mut objects = Vec::new();
-        while let Some(page) = pages.next().await {
+        loop {
+            let admission = self.scheduler.admit_request().await;
+            let Some(page) = pages.next().await else { break };
+            drop(admission);
             let page = match page {
                 Ok(page) => page,
                 // A 200 whose body could not be read.
@@ -272,6 +326,7 @@ impl Bucket {
 
     /// Whether anything is stored under `prefix` (one request, one key).
     pub async fn has_any(&self, prefix: &str) -> Result<bool, S3Error> {
+        let _admission = self.scheduler.admit_request().await;
         let page = self
             .follow(|| async move {
                 let request = self.client().list_objects_v2().bucket(&self.name).prefix(prefix).max_keys(1);
@@ -301,7 +356,7 @@ impl Bucket {
     /// The body of a small object, or `None` when it does not exist. Whoever can write to the
     /// bucket decides how large an object is: past `limit` bytes this stops reading and fails.
     pub async fn get_small(&self, key: &str, limit: usize) -> Result<Option<Vec<u8>>, S3Error> {
-        match self.get(key, 0, None, None).await? {
+        match self.get(key, 0, None, None, limit as u64).await? {
             Some(object) => read_bounded(key, object, limit).await.map(Some),
             None => Ok(None),
         }
@@ -311,7 +366,7 @@ impl Bucket {
     /// with `if_match`, only while it is still that version
     /// (a changed object is an error, not a silently different body).
     pub async fn get_from(&self, key: &str, start: u64, if_match: Option<&str>) -> Result<Option<Body>, S3Error> {
-        self.get(key, start, None, if_match).await
+        self.get(key, start, None, if_match, STREAMED_BODY_BYTES).await
     }
 
     /// The bytes of `range` of an object, or `None` when it does not exist; with `if_match`, only
@@ -323,22 +378,34 @@ impl Bucket {
         if_match: Option<&str>,
     ) -> Result<Option<Vec<u8>>, S3Error> {
         let limit = (range.end - range.start) as usize;
-        match self.get(key, range.start, Some(range.end), if_match).await? {
+        match self.get(key, range.start, Some(range.end), if_match, limit as u64).await? {
             // A store that ignores `Range` would send the whole object.
             Some(object) => read_bounded(key, object, limit).await.map(Some),
             None => Ok(None),
         }
     }
 
-    /// GetObject of bytes `start..end` (`end` absent: to the last byte).
+    /// GetObject of bytes `start..end` (`end` absent: to the last byte), admitted as holding
+    /// `held` bytes in memory until the body is dropped.
     async fn get(
         &self,
         key: &str,
         start: u64,
         end: Option<u64>,
         if_match: Option<&str>,
+        held: u64,
     ) -> Result<Option<Body>, S3Error> {
-        self.follow(|| self.get_once(key, start, end, if_match)).await
+        let admission = self.scheduler.admit(held).await;
+        let answer = self.follow(|| self.get_once(key, start, end, if_match)).await?;
+        Ok(answer.map(|(body, len, etag)| Body {
+            body,
+            len,
+            etag,
+            key: key.to_string(),
+            received: 0,
+            idle: self.body_idle,
+            _admission: admission,
+        }))
     }
 
     async fn get_once(
@@ -347,7 +414,7 @@ impl Bucket {
         start: u64,
         end: Option<u64>,
         if_match: Option<&str>,
-    ) -> Result<Option<Body>, S3Error> {
+    ) -> Result<Option<(ByteStream, u64, Option<String>)>, S3Error> {
         let range = match (start, end) {
             (0, None) => None,
             (start, None) => Some(format!("bytes={start}-")),
@@ -363,14 +430,31 @@ impl Bucket {
         match request.send().await {
             Ok(out) => {
                 let len = out.content_length().unwrap_or(0).max(0) as u64;
-                Ok(Some(Body { etag: out.e_tag().map(str::to_string), body: out.body, len }))
+                let etag = out.e_tag().map(str::to_string);
+                Ok(Some((out.body, len, etag)))
             }
             Err(e) if status_of(&e) == Some(404) => Ok(None),
             Err(e) => Err(self.classify("GetObject", key, e)),
         }
     }
 
+    /// Writes `body` to `key`. An empty body (a lock, a mark) is never queued behind data.
     pub async fn put_bytes(&self, key: &str, body: Vec<u8>, options: PutOptions) -> Result<Conditional, S3Error> {
+        let admission = match body.len() {
+            0 => None,
+            len => Some(self.scheduler.admit(len as u64).await),
+        };
+        self.put_admitted(key, body, options, admission).await
+    }
+
+    /// `put_bytes` of a body whose memory was admitted before it was read.
+    pub async fn put_admitted(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        options: PutOptions,
+        _admission: Option<Admission>,
+    ) -> Result<Conditional, S3Error> {
         let body = bytes::Bytes::from(body);
         let options = &options;
         self.follow(|| self.put_once(key, body.clone(), options)).await
@@ -407,6 +491,7 @@ impl Bucket {
 
     /// Copies an object within the bucket (S3 copies up to 5 GiB this way).
     pub async fn copy(&self, from: &str, to: &str) -> Result<(), S3Error> {
+        let _admission = self.scheduler.admit_request().await;
         self.follow(|| async move {
             self.client()
                 .copy_object()
@@ -692,9 +777,7 @@ async fn read_bounded(key: &str, mut object: Body, limit: usize) -> Result<Vec<u
         return Err(too_large());
     }
     let mut bytes = Vec::with_capacity(object.len as usize);
-    while let Some(chunk) = object.body.next().await {
-        let chunk =
-            chunk.map_err(|e| S3Error::Other { op: "GetObject", key: key.to_string(), detail: e.to_string() })?;
+    while let Some(chunk) = object.next_chunk().await? {
         if bytes.len() + chunk.len() > limit {
             return Err(too_large());
         }

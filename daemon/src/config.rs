@@ -11,6 +11,10 @@ use git_s3_proto::url::{S3Url, UrlError};
 /// Python tool's default, and its variable: both tools must agree on when a lock is stale.
 pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(60);
 pub const LOCK_TTL_ENV: &str = "GIT_REMOTE_S3_LOCK_TTL_SECONDS";
+/// A body that sends nothing for this long has stalled: S3 streams steadily, and a resumed
+/// download costs one request.
+pub const DEFAULT_BODY_IDLE: Duration = Duration::from_secs(30);
+pub const BODY_IDLE_ENV: &str = "GIT_REMOTE_S3_BODY_IDLE_SECONDS";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -86,6 +90,8 @@ pub struct RemoteConfig {
     pub url: S3Url,
     pub s3: S3Settings,
     pub lock_ttl: Duration,
+    /// How long a body may send nothing before it counts as stalled.
+    pub body_idle: Duration,
     pub compose: ComposeMode,
     /// KMS key (id, ARN or alias) every object written is encrypted with; `None`: the bucket's
     /// default encryption.
@@ -181,19 +187,15 @@ fn resolve_from(
         }
         (mode, _) => mode,
     };
-    let lock_ttl = match non_empty_env(LOCK_TTL_ENV) {
-        None => DEFAULT_LOCK_TTL,
+    let seconds = |name: &str, default: Duration| match non_empty_env(name) {
+        None => Ok(default),
         Some(value) => match value.parse::<u64>() {
-            Ok(secs) if secs > 0 => Duration::from_secs(secs),
-            _ => {
-                return Err(ConfigError::BadValue {
-                    key: LOCK_TTL_ENV.into(),
-                    value,
-                    why: "use a whole number of seconds above 0",
-                });
-            }
+            Ok(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+            _ => Err(ConfigError::BadValue { key: name.into(), value, why: "use a whole number of seconds above 0" }),
         },
     };
+    let lock_ttl = seconds(LOCK_TTL_ENV, DEFAULT_LOCK_TTL)?;
+    let body_idle = seconds(BODY_IDLE_ENV, DEFAULT_BODY_IDLE)?;
     // The profile a URL names is the user's explicit choice: it beats keys in the environment.
     let mut aws_env: Vec<(String, String)> = env
         .iter()
@@ -207,6 +209,7 @@ fn resolve_from(
         s3: S3Settings { profile, region, endpoint, path_style, checksums, aws_env },
         url,
         lock_ttl,
+        body_idle,
         compose,
         kms_key_id,
     })
@@ -284,6 +287,9 @@ mod tests {
         assert!(err.contains("s3.pathstyle") && err.contains("true or false"), "{err}");
         let err = resolve_with(&[(LOCK_TTL_ENV, "soon")], &[]).unwrap_err().to_string();
         assert!(err.contains(LOCK_TTL_ENV), "{err}");
+        let err = resolve_with(&[(BODY_IDLE_ENV, "0")], &[]).unwrap_err().to_string();
+        assert!(err.contains(BODY_IDLE_ENV) && err.contains("above 0"), "{err}");
+        assert_eq!(resolve_with(&[(BODY_IDLE_ENV, "2")], &[]).unwrap().body_idle, Duration::from_secs(2));
     }
 
     #[test]

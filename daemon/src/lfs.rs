@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
 use tokio::task::JoinSet;
 
-use crate::bucket::{Bucket, EncryptedWith, S3Error};
+use crate::bucket::{Bucket, EncryptedWith, S3Error, next_chunk_within};
 use crate::git::{Git, GitError};
 use crate::layout::{Layout, is_lfs_oid};
 use crate::scheduler::Scheduler;
@@ -177,7 +177,6 @@ impl LfsStore {
             let admission = self.scheduler.admit(len).await;
             let (parts, path, counter) = (upload.parts(), path.to_path_buf(), Arc::clone(&shared_sent));
             tasks.spawn(async move {
-                let _admission = admission;
                 let body = ByteStream::read_from()
                     .path(&path)
                     .offset(offset)
@@ -189,7 +188,7 @@ impl LfsStore {
                         key: path.display().to_string(),
                         detail: e.to_string(),
                     })?;
-                let part = parts.upload(part_number, body).await?;
+                let part = parts.upload(part_number, body, admission).await?;
                 counter.fetch_add(len, Ordering::Relaxed);
                 Ok(part)
             });
@@ -252,7 +251,7 @@ impl LfsStore {
         let mut hasher = Sha256::new();
         let mut chunks = Vec::new();
         let mut length = 0;
-        while let Some(chunk) = next_chunk(&mut body, key).await? {
+        while let Some(chunk) = next_chunk_within(&mut body, self.bucket.body_idle(), key, length).await? {
             length += chunk.len() as u64;
             if length > size {
                 return Err(LfsError::Oversized { oid: oid.into(), size });
@@ -343,7 +342,7 @@ impl LfsStore {
             LfsError::from(S3Error::Other { op: "GetObject", key: key.into(), detail })
         };
         loop {
-            let chunk = next_chunk(&mut body, key).await?;
+            let chunk = next_chunk_within(&mut body, self.bucket.body_idle(), key, at + batch_bytes - offset).await?;
             let finished = chunk.is_none();
             if let Some(chunk) = chunk {
                 batch_bytes += chunk.len() as u64;
@@ -493,10 +492,6 @@ fn write_at(file: &NamedTempFile, mut offset: u64, chunks: &[Bytes]) -> Result<(
 }
 
 /// The next piece of a GET's body, `None` at its end.
-async fn next_chunk(body: &mut ByteStream, key: &str) -> Result<Option<Bytes>, LfsError> {
-    body.try_next().await.map_err(|e| S3Error::Other { op: "GetObject", key: key.into(), detail: e.to_string() }.into())
-}
-
 fn verify(oid: &str, hasher: Sha256) -> Result<(), LfsError> {
     let actual = hex::encode(hasher.finalize());
     if actual == oid { Ok(()) } else { Err(LfsError::Corrupt { oid: oid.into(), actual }) }

@@ -36,6 +36,7 @@ impl Remote {
     /// The remote `remote_name` names in the caller's repository, or `url` when given.
     pub async fn open(
         clients: &Arc<ClientCache>,
+        scheduler: &Arc<Scheduler>,
         caller: &CallerContext,
         remote_name: &str,
         url: &str,
@@ -48,18 +49,19 @@ impl Remote {
                 .map_err(|_| ConfigError::UnknownRemote(remote_name.to_string()))?,
             url => url.to_string(),
         };
-        Remote::at(clients, caller, git, remote_name, &url).await
+        Remote::at(clients, scheduler, caller, git, remote_name, &url).await
     }
 
     async fn at(
         clients: &Arc<ClientCache>,
+        scheduler: &Arc<Scheduler>,
         caller: &CallerContext,
         git: Git,
         remote_name: &str,
         url: &str,
     ) -> Result<Remote, ConfigError> {
         let config = config::resolve(remote_name, url, &caller.env, &git).await?;
-        let bucket = Bucket::open(clients, &config).await;
+        let bucket = Bucket::open(clients, scheduler, &config).await;
         let layout = Layout::new(&config.url.prefix);
         Ok(Remote { bucket, layout, config, git })
     }
@@ -131,7 +133,7 @@ pub async fn open_lfs(
             },
         },
     };
-    let Remote { bucket, layout, config, git } = Remote::at(clients, caller, git, remote, &url).await?;
+    let Remote { bucket, layout, config, git } = Remote::at(clients, &scheduler, caller, git, remote, &url).await?;
     let store = LfsStore::open(bucket, layout, scheduler, &git).await?;
     Ok((store, config))
 }

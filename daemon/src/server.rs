@@ -33,7 +33,7 @@ impl Service {
     async fn open(&self, caller: Option<proto::Caller>, remote: Option<proto::Remote>) -> Result<Opened, Status> {
         let session = caller.as_ref().map(|c| c.session_id.clone()).unwrap_or_default();
         let (context, remote) = requests::caller_and_remote(caller, remote)?;
-        let remote = Remote::open(&self.state.clients, &context, &remote.name, &remote.url)
+        let remote = Remote::open(&self.state.clients, &self.state.scheduler, &context, &remote.name, &remote.url)
             .await
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let label = remote.config.url.to_string();
@@ -101,6 +101,8 @@ impl Daemon for Service {
                 .collect(),
             transfer_requests: state.scheduler.requests_in_flight() as u32,
             max_transfer_requests: state.scheduler.max_requests() as u32,
+            peak_transfer_requests: state.scheduler.peak_requests() as u32,
+            max_inflight_bytes: state.scheduler.max_inflight_bytes(),
             managed: state.managed,
             pushed_bytes,
             fetched_bytes,

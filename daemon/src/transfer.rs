@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use crate::bucket::{Bucket, EncryptedWith, PutOptions, S3Error};
 use crate::clients::bulk_transfer;
 use crate::config::ChecksumMode;
+use crate::scheduler::Admission;
 
 /// S3 allows 5 MiB; larger parts mean fewer requests for big uploads.
 pub const MIN_PART_SIZE_BYTES: u64 = 8 * 1024 * 1024;
@@ -151,7 +152,19 @@ impl Drop for MultipartUpload {
 }
 
 impl PartUploader {
-    pub async fn upload(&self, part_number: i32, body: ByteStream) -> Result<CompletedPart, S3Error> {
+    /// Waits until a part of `bytes` may be read into memory and sent.
+    pub async fn admit(&self, bytes: u64) -> Admission {
+        self.bucket.scheduler().admit(bytes).await
+    }
+
+    /// Sends one part; `_admission` (from `admit`, taken before the part was read) is held
+    /// until S3 has it.
+    pub async fn upload(
+        &self,
+        part_number: i32,
+        body: ByteStream,
+        _admission: Admission,
+    ) -> Result<CompletedPart, S3Error> {
         let out = self
             .bucket
             .client()
@@ -181,6 +194,7 @@ impl PartUploader {
         range: std::ops::Range<u64>,
         if_match: &str,
     ) -> Result<CompletedPart, S3Error> {
+        let _admission = self.bucket.scheduler().admit_request().await;
         let out = self
             .bucket
             .client()
@@ -232,11 +246,14 @@ where
     R: AsyncRead + Unpin,
     F: AsyncFnOnce() -> Result<(), String>,
 {
+    // Every part's memory is admitted before it is read, and held until S3 has the part.
+    let scheduler = bucket.scheduler();
+    let admission = scheduler.admit(MIN_PART_SIZE_BYTES).await;
     let first = read_part(reader, MIN_PART_SIZE_BYTES).await?;
     if (first.len() as u64) < MIN_PART_SIZE_BYTES {
         let len = first.len() as u64;
         before_commit().await.map_err(TransferError::Refused)?;
-        bucket.put_bytes(key, first, PutOptions::default()).await?;
+        bucket.put_admitted(key, first, PutOptions::default(), Some(admission)).await?;
         uploaded.fetch_add(len, Ordering::Relaxed);
         return Ok(len);
     }
@@ -246,13 +263,13 @@ where
     let mut completed = Vec::new();
     let mut part_number = 1;
     let mut total = 0u64;
-    let mut next = first;
+    let (mut next, mut admission) = (first, admission);
     loop {
         let len = next.len() as u64;
         total += len;
         let (parts, uploaded) = (parts.clone(), uploaded.clone());
         in_flight.spawn(async move {
-            let part = parts.upload(part_number, ByteStream::from(next)).await?;
+            let part = parts.upload(part_number, ByteStream::from(next), admission).await?;
             uploaded.fetch_add(len, Ordering::Relaxed);
             Ok(part)
         });
@@ -261,8 +278,10 @@ where
         }
         part_number += 1;
         let part_size = MIN_PART_SIZE_BYTES << ((part_number - 1) / PARTS_PER_SIZE_STEP).min(8);
+        admission = scheduler.admit(part_size).await;
         next = read_part(reader, part_size).await?;
         if next.is_empty() {
+            drop(admission);
             break;
         }
     }

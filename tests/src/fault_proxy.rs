@@ -1,11 +1,11 @@
 //! A fault-injecting HTTP/1.1 proxy on loopback, between the daemon and the S3 server. Tests give
 //! it rules ("the 2nd PUT of a key containing LOCK: answer 503 SlowDown"); every request that no
 //! rule claims is passed through untouched. It records what it saw, so a test can tell that a
-//! fault really happened.
+//! fault really happened, and counts the requests that move data in flight at once.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -24,6 +24,12 @@ pub enum Fault {
     ResetMidBody,
     /// Hold the server's answer back for this long.
     Delay(Duration),
+    /// Send the head and half the body of the server's answer, then send nothing for this long
+    /// (a connection that stalls without closing), then reset the connection.
+    StallMidBody(Duration),
+    /// Send the server's answer in pieces of this many bytes, one every `pause`: slow, but
+    /// steady.
+    Trickle { bytes: usize, pause: Duration },
     /// Play a bucket that lives in this region, as AWS does: a request signed for any other
     /// region gets `301 PermanentRedirect` with `x-amz-bucket-region`; one signed for it passes.
     BucketRegion(&'static str),
@@ -88,6 +94,35 @@ struct Shared {
     rules: Mutex<Vec<Rule>>,
     seen: Mutex<Vec<Seen>>,
     stopping: AtomicBool,
+    /// Requests that move data (see `moves_data`) between their arrival and their answer.
+    data_in_flight: AtomicUsize,
+    data_peak: AtomicUsize,
+}
+
+/// Whether a request moves data: every GET (objects, ranges, listings), and every PUT that
+/// carries a body or copies one (objects, parts, part copies). Not: HEAD, DELETE, starting or
+/// completing an upload (POST), writing an empty lock.
+fn moves_data(method: &str, headers: &Headers) -> bool {
+    let has_body = header(headers, "content-length").is_some_and(|len| len.trim() != "0")
+        || header(headers, "transfer-encoding").is_some();
+    method == "GET" || (method == "PUT" && (has_body || header(headers, "x-amz-copy-source").is_some()))
+}
+
+/// Counts one data request in flight while it lives.
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn start(shared: &'a Shared) -> Self {
+        let now = shared.data_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.data_peak.fetch_max(now, Ordering::SeqCst);
+        Self(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.data_in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Shared {
@@ -148,6 +183,13 @@ impl FaultProxy {
     pub fn faulted(&self) -> Vec<Seen> {
         self.seen().into_iter().filter(|s| s.fault.is_some()).collect()
     }
+
+    /// The most requests that move data (GETs, PUTs with a body, copies) ever in flight at once,
+    /// counted from the end of a request to the start of its answer: strictly inside the time
+    /// the client waits for it.
+    pub fn peak_data_requests(&self) -> usize {
+        self.shared.data_peak.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for FaultProxy {
@@ -179,6 +221,7 @@ fn serve_connection(client: TcpStream, upstream: &str, shared: &Shared) -> std::
             writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
         }
         let body = read_body(&mut reader, &headers, false)?;
+        let in_flight = moves_data(&method, &headers).then(|| InFlight::start(shared));
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
         let fault = shared.fault_for(&method, path, query).filter(|fault| match fault {
             Fault::BucketRegion(region) => !header(&headers, "authorization")
@@ -214,6 +257,7 @@ fn serve_connection(client: TcpStream, upstream: &str, shared: &Shared) -> std::
         server_writer.write_all(&request.head)?;
         server_writer.write_all(&request.body)?;
         let answer = read_answer(server_reader, method == "HEAD")?;
+        drop(in_flight);
         match fault {
             None => {
                 writer.write_all(&answer.head)?;
@@ -231,6 +275,21 @@ fn serve_connection(client: TcpStream, upstream: &str, shared: &Shared) -> std::
                 std::thread::sleep(pause);
                 writer.write_all(&answer.head)?;
                 writer.write_all(&answer.body)?;
+            }
+            Some(Fault::StallMidBody(pause)) => {
+                writer.write_all(&answer.head)?;
+                writer.write_all(&answer.body[..answer.body.len() / 2])?;
+                writer.flush()?;
+                std::thread::sleep(pause);
+                return reset(writer);
+            }
+            Some(Fault::Trickle { bytes, pause }) => {
+                writer.write_all(&answer.head)?;
+                for piece in answer.body.chunks(bytes.max(1)) {
+                    writer.write_all(piece)?;
+                    writer.flush()?;
+                    std::thread::sleep(pause);
+                }
             }
             Some(Fault::Status(..) | Fault::BucketRegion(_)) => unreachable!("answered above"),
         }

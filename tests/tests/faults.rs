@@ -4,8 +4,9 @@
 //! message, and the remote is never left half-written.
 
 use std::path::PathBuf;
+use std::process::Stdio;
 
-use git_s3_tests::{Fault, FaultProxy, Rule, TestEnv, incompressible_bytes, sha256_hex, wait_for};
+use git_s3_tests::{Fault, FaultProxy, Rule, TestEnv, finish_within, incompressible_bytes, sha256_hex, wait_for};
 use std::time::Duration;
 
 const URL_PREFIX: &str = "faulty";
@@ -169,4 +170,101 @@ fn lfs_transfers_survive_throttling_and_cut_off_downloads() {
     assert_eq!(std::fs::read(clone.join("small.bin")).expect("small.bin"), small);
     assert_eq!(std::fs::read(clone.join("large.bin")).expect("large.bin"), large);
     assert_eq!(env.server.open_multipart_uploads(&env.bucket), 0);
+}
+
+#[test]
+fn a_body_that_stalls_fails_in_bounded_time_and_the_download_resumes() {
+    let mut env = TestEnv::new();
+    env.set_env("GIT_REMOTE_S3_BODY_IDLE_SECONDS", "2");
+    let proxy = env.route_through_proxy();
+    let work = work_repo(&env);
+    let head = commit_data(&env, &work, 4 * 1024 * 1024, 6);
+    env.git_ok(&work, &["push", "origin", "main"]);
+    // Far longer than the clone may take: without an idle limit it would hang on this body.
+    proxy.add(Rule::new("GET", ".bundle", Fault::StallMidBody(Duration::from_secs(600))));
+    let mut clone = env.command("git");
+    clone.args(["clone", "-q", &env.url(URL_PREFIX), &env.path("clone").to_string_lossy()]);
+    clone.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let cloned = finish_within(clone.spawn().expect("spawn git clone"), Duration::from_secs(60), "the clone");
+    assert!(cloned.status.success(), "{}", String::from_utf8_lossy(&cloned.stderr));
+    assert_eq!(env.rev_parse(&env.path("clone"), "HEAD"), head);
+    let bundle_gets = proxy.seen().iter().filter(|s| s.method == "GET" && s.path.ends_with(".bundle")).count();
+    assert_eq!(bundle_gets, 2, "the stalled download and its resumption");
+    assert!(env.daemon_log().contains("S3 stopped sending"), "the stall is named in the log");
+}
+
+#[test]
+fn a_slow_but_steady_body_is_not_a_stall() {
+    let mut env = TestEnv::new();
+    env.set_env("GIT_REMOTE_S3_BODY_IDLE_SECONDS", "2");
+    let proxy = env.route_through_proxy();
+    let work = work_repo(&env);
+    let head = commit_data(&env, &work, 96 * 1024, 7);
+    env.git_ok(&work, &["push", "origin", "main"]);
+    // 16 KiB every half second: 32 KiB/s, about three seconds for the bundle, each piece well
+    // within the idle limit.
+    let trickle = Fault::Trickle { bytes: 16 * 1024, pause: Duration::from_millis(500) };
+    proxy.add(Rule::new("GET", ".bundle", trickle));
+    assert_clone_has(&env, "clone", &head);
+    assert_eq!(faults_seen(&proxy), 1);
+    let bundle_gets = proxy.seen().iter().filter(|s| s.method == "GET" && s.path.ends_with(".bundle")).count();
+    assert_eq!(bundle_gets, 1, "never given up and asked again");
+}
+
+#[test]
+fn every_transfer_of_every_client_waits_its_turn_in_one_scheduler() {
+    const MAX_REQUESTS: usize = 3;
+    let mut env = TestEnv::new();
+    env.set_env("GIT_REMOTE_S3_MAX_REQUESTS", &MAX_REQUESTS.to_string());
+    let proxy = env.route_through_proxy();
+    // Three pushes of 20 MiB (multipart, parts in parallel), an LFS push beside them, then two
+    // clones and an LFS download at once: far more requests than the cap would like to run.
+    let pushers: Vec<PathBuf> = (0..3u64)
+        .map(|i| {
+            let repo = env.new_repo(&format!("work{i}"));
+            env.git_ok(&repo, &["remote", "add", "origin", &env.url(&format!("busy{i}"))]);
+            commit_data(&env, &repo, 20 * 1024 * 1024, 10 + i);
+            repo
+        })
+        .collect();
+    let lfs_files: Vec<(String, Vec<u8>)> =
+        (0..6u64).map(|i| (format!("file{i}.bin"), incompressible_bytes(3 * 1024 * 1024, 20 + i))).collect();
+    let lfs_files: Vec<(&str, Vec<u8>)> = lfs_files.iter().map(|(name, data)| (name.as_str(), data.clone())).collect();
+    let lfs = env.lfs_repo("lfs", &env.url("busy-lfs"), &lfs_files);
+    let running: Vec<_> = pushers
+        .iter()
+        .chain([&lfs])
+        .map(|repo| {
+            let mut push = env.command("git");
+            push.args(["push", "-q", "origin", "main"]).current_dir(repo).stdout(Stdio::piped()).stderr(Stdio::piped());
+            push.spawn().expect("spawn git push")
+        })
+        .collect();
+    for push in running {
+        let output = finish_within(push, Duration::from_secs(300), "a push");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let running: Vec<_> = ["busy0", "busy1", "busy-lfs"]
+        .iter()
+        .map(|prefix| {
+            let mut clone = env.command("git");
+            clone.args(["clone", "-q", &env.url(prefix), &env.path(&format!("clone-{prefix}")).to_string_lossy()]);
+            clone.stdout(Stdio::piped()).stderr(Stdio::piped());
+            clone.spawn().expect("spawn git clone")
+        })
+        .collect();
+    for clone in running {
+        let output = finish_within(clone, Duration::from_secs(300), "a clone");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    for (name, data) in &lfs_files {
+        assert_eq!(&std::fs::read(env.path("clone-busy-lfs").join(name)).expect("LFS file"), data);
+    }
+
+    let seen = proxy.peak_data_requests();
+    assert!(seen <= MAX_REQUESTS, "S3 saw {seen} requests moving data at once; the cap is {MAX_REQUESTS}");
+    assert!(seen >= 2, "the clients did run at once (peak {seen}), so the cap was tested");
+    let status = env.daemon_status().expect("daemon running");
+    let peak = status["transfer_requests"]["peak"].as_u64().expect("peak in status");
+    assert!(peak <= MAX_REQUESTS as u64 && peak >= seen as u64, "daemon peak {peak}, proxy peak {seen}");
 }

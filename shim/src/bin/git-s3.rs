@@ -637,7 +637,12 @@ fn print_status(status: &StatusReply, json: bool) {
             "requests": status.requests,
             "idle_timeout_s": status.idle_timeout_s,
             "activities": activities,
-            "transfer_requests": { "in_flight": status.transfer_requests, "max": status.max_transfer_requests },
+            "transfer_requests": {
+                "in_flight": status.transfer_requests,
+                "peak": status.peak_transfer_requests,
+                "max": status.max_transfer_requests,
+                "max_inflight_bytes": status.max_inflight_bytes,
+            },
             "listing_cache": { "hits": status.listing_cache_hits, "misses": status.listing_cache_misses },
             "transferred": { "pushed_bytes": status.pushed_bytes, "fetched_bytes": status.fetched_bytes },
             "pack_cache": {
@@ -667,7 +672,13 @@ fn print_status(status: &StatusReply, json: bool) {
     if lookups > 0 {
         println!("ref listings from cache: {} of {lookups}", status.listing_cache_hits);
     }
-    println!("S3 transfer requests in flight: {} of {}", status.transfer_requests, status.max_transfer_requests);
+    println!(
+        "S3 transfer requests in flight: {} of {} (peak {}), bodies in memory at most {}",
+        status.transfer_requests,
+        status.max_transfer_requests,
+        status.peak_transfer_requests,
+        human_bytes(status.max_inflight_bytes as f64)
+    );
     println!(
         "sent by pushes: {}   received by fetches: {}",
         human_bytes(status.pushed_bytes as f64),

@@ -29,7 +29,7 @@ use super::listing::BundleObject;
 use super::pack::{self, BUILD_METADATA_KEY, BuildRecord, PACK_HEADER_BYTES, PackHeader, PartPlan, Segment};
 use super::pack_cache::{Appended, CachedPack, PackCache, oids_of};
 use super::push::Prepared;
-use crate::bucket::{Body, S3Error};
+use crate::bucket::S3Error;
 use crate::config::ComposeMode;
 use crate::git::{Git, GitError, last_line};
 use crate::object_format::{ObjectFormat, Oid};
@@ -406,15 +406,14 @@ impl BundleRepo {
     }
 
     async fn download_pack_to(&self, base: &Base, path: &Path, events: &Events) -> Result<Vec<Oid>, Failure> {
-        let Body { mut body, .. } = self
+        let mut body = self
             .bucket
             .get_from(&base.key, base.header_len, Some(&base.etag))
             .await?
             .ok_or_else(|| skip(format!("{} is gone", base.key)))?;
         let meter = events.side_meter(format!("Receiving {} (to compose from)", base.refname), base.pack_len());
         let mut file = tokio::fs::File::create(path).await?;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| skip(format!("downloading {}: {e}", base.key)))?;
+        while let Some(chunk) = body.next_chunk().await.map_err(|e| skip(format!("downloading {}: {e}", base.key)))? {
             meter.add(chunk.len() as u64);
             file.write_all(&chunk).await?;
         }
@@ -725,11 +724,12 @@ fn spawn_upload(
     let parts = parts.clone();
     in_flight.spawn(async move {
         let len = range.end - range.start;
+        let admission = parts.admit(len).await;
         let bytes = tokio::task::spawn_blocking(move || object.read(range))
             .await
             .map_err(|e| S3Error::Other { op: "UploadPart", key: String::new(), detail: e.to_string() })?
             .map_err(|e| S3Error::Other { op: "UploadPart", key: String::new(), detail: format!("reading: {e}") })?;
-        let part = parts.upload(part_number, ByteStream::from(bytes)).await?;
+        let part = parts.upload(part_number, ByteStream::from(bytes), admission).await?;
         sent.fetch_add(len, Ordering::Relaxed);
         Ok(part)
     });

@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use aws_sdk_s3::primitives::ByteStream;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin};
@@ -157,12 +156,13 @@ impl BundleRepo {
         let corrupt =
             |why: String| StoreError::from(BundleError::Corrupt { refname: refname.into(), key: key.clone(), why });
         let download = |why: String| StoreError::Download { key: key.clone(), why };
-        let Body { body, len: size, etag } = self
+        let body = self
             .bucket
             .get_from(&key, 0, None)
             .await?
             .ok_or_else(|| BundleError::Missing { refname: refname.into(), key: key.clone() })?;
-        let mut body = ResumingBody { bucket: &self.bucket, key: &key, etag, body, size, received: 0, resumes: 0 };
+        let size = body.len;
+        let mut body = ResumingBody::new(&self.bucket, &key, body);
         let meter = events.meter(format!("Receiving {refname}"), size);
 
         let mut buf = Vec::new();
@@ -265,31 +265,41 @@ pub(super) fn keep_file(stdout: &[u8], pack_dir: &Path) -> (Option<PathBuf>, Opt
 /// Times one download picks up where a broken connection left it.
 const DOWNLOAD_RESUMES: u32 = 3;
 
-/// An object's body that survives broken connections: it asks again for the rest (of the same
-/// version, by ETag) and goes on from there.
+/// An object's body that survives broken connections and stalls: it asks again for the rest (of
+/// the same version, by ETag) and goes on from there.
 struct ResumingBody<'a> {
     bucket: &'a Bucket,
     key: &'a str,
     etag: Option<String>,
-    body: ByteStream,
+    body: Option<Body>,
     size: u64,
     received: u64,
     resumes: u32,
 }
 
+impl<'a> ResumingBody<'a> {
+    fn new(bucket: &'a Bucket, key: &'a str, body: Body) -> Self {
+        let (etag, size) = (body.etag.clone(), body.len);
+        Self { bucket, key, etag, body: Some(body), size, received: 0, resumes: 0 }
+    }
+}
+
 impl ResumingBody<'_> {
     async fn next(&mut self) -> Result<Option<bytes::Bytes>, String> {
         loop {
-            match self.body.next().await {
-                Some(Ok(chunk)) => {
+            let Some(body) = self.body.as_mut() else { return Err("the download was given up".into()) };
+            match body.next_chunk().await {
+                Ok(Some(chunk)) => {
                     self.received += chunk.len() as u64;
                     return Ok(Some(chunk));
                 }
-                None => return Ok(None),
+                Ok(None) => return Ok(None),
                 // Past the last byte there is nothing to resume (a checksum that did not match).
-                Some(Err(e)) if self.resumes < DOWNLOAD_RESUMES && self.etag.is_some() && self.received < self.size => {
+                Err(e) if self.resumes < DOWNLOAD_RESUMES && self.etag.is_some() && self.received < self.size => {
                     self.resumes += 1;
                     tracing::info!(key = %self.key, at = self.received, error = %e, "download broke off; resuming");
+                    // The broken body's admission goes back before the rest is asked for.
+                    self.body = None;
                     let rest = self
                         .bucket
                         .get_from(self.key, self.received, self.etag.as_deref())
@@ -299,9 +309,9 @@ impl ResumingBody<'_> {
                     if rest.len != self.size - self.received.min(self.size) {
                         return Err(format!("{e} (and the server did not resume at byte {})", self.received));
                     }
-                    self.body = rest.body;
+                    self.body = Some(rest);
                 }
-                Some(Err(e)) => return Err(e.to_string()),
+                Err(e) => return Err(e.to_string()),
             }
         }
     }

@@ -15,7 +15,6 @@ use super::compose::{Assembly, Composer, Piece, pack_from_repository, repository
 use super::fetch::{RemoteBundle, keep_file};
 use super::pack::{self, PACK_HEADER_BYTES, PackHeader, Segment};
 use super::pack_cache::{Appended, CachedPack, oids_of};
-use crate::bucket::Body;
 use crate::git::{Git, GitError, last_line};
 use crate::object_format::{ObjectFormat, Oid};
 use crate::progress::Events;
@@ -57,11 +56,12 @@ impl BundleRepo {
         let (Some(objects), true) = (objects, start < end) else {
             return Err(NoTail("the bundle's record does not fit its size".into()));
         };
-        let Body { mut body, len, .. } = self
+        let mut body = self
             .bucket
             .get_from(&bundle.key, start, bundle.etag.as_deref())
             .await?
             .ok_or_else(|| NoTail("the bundle is gone".into()))?;
+        let len = body.len;
         if len != bundle.size - start {
             return Err(NoTail(format!("S3 sent {len} bytes from {start}, not the rest of the bundle")));
         }
@@ -85,8 +85,7 @@ impl BundleRepo {
             stdin.write_all(&header).await?;
             // The bundle's own trailer closes the response: everything before it is objects.
             let mut left = end - start;
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(std::io::Error::other)?;
+            while let Some(chunk) = body.next_chunk().await.map_err(std::io::Error::other)? {
                 meter.add(chunk.len() as u64);
                 let take = chunk.len().min(left as usize);
                 left -= take as u64;
