@@ -57,6 +57,30 @@ impl Git {
         Self { cwd: self.cwd.clone(), env: Arc::new(env), git_dir: Some(git_dir.to_path_buf()) }
     }
 
+    /// The same git, writing new objects to `objects` and reading `alternate`'s (and those of
+    /// any alternates the caller named) too.
+    pub fn with_object_directory(&self, objects: &Path, alternate: &Path) -> Self {
+        let mut env = (*self.env).clone();
+        let mut alternates = alternate.display().to_string();
+        if let Some(more) = env.get("GIT_ALTERNATE_OBJECT_DIRECTORIES").filter(|v| !v.is_empty()) {
+            alternates = format!("{alternates}:{more}");
+        }
+        env.insert("GIT_OBJECT_DIRECTORY".into(), objects.display().to_string());
+        env.insert("GIT_ALTERNATE_OBJECT_DIRECTORIES".into(), alternates);
+        env.insert("GIT_QUARANTINE_PATH".into(), objects.display().to_string());
+        Self { cwd: self.cwd.clone(), env: Arc::new(env), git_dir: self.git_dir.clone() }
+    }
+
+    /// Every directory this git finds packs in: the repository's and its alternates' named in
+    /// the environment.
+    pub async fn pack_dirs(&self) -> Result<Vec<PathBuf>, GitError> {
+        let mut dirs = vec![self.git_path("objects/pack").await?];
+        if let Some(alternates) = self.env.get("GIT_ALTERNATE_OBJECT_DIRECTORIES") {
+            dirs.extend(alternates.split(':').filter(|dir| !dir.is_empty()).map(|dir| Path::new(dir).join("pack")));
+        }
+        Ok(dirs)
+    }
+
     pub fn command<I, S>(&self, args: I) -> Command
     where
         I: IntoIterator<Item = S>,

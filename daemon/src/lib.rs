@@ -14,6 +14,7 @@ pub mod listener;
 pub mod listing_cache;
 pub mod object_format;
 pub mod progress;
+pub mod quarantine;
 pub mod remote;
 pub mod requests;
 pub mod scheduler;

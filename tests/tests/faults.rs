@@ -268,3 +268,47 @@ fn every_transfer_of_every_client_waits_its_turn_in_one_scheduler() {
     let peak = status["transfer_requests"]["peak"].as_u64().expect("peak in status");
     assert!(peak <= MAX_REQUESTS as u64 && peak >= seen as u64, "daemon peak {peak}, proxy peak {seen}");
 }
+
+#[test]
+fn a_failing_fetch_takes_only_its_own_files_with_it() {
+    let mut env = TestEnv::new();
+    let proxy = env.route_through_proxy();
+    let work = env.new_repo("work");
+    let good = commit_data(&env, &work, 6 * 1024 * 1024, 30);
+    env.git_ok(&work, &["push", &env.url("good"), "main"]);
+    env.commit(&work, "other", "other\n", "for the bad remote");
+    env.git_ok(&work, &["push", &env.url("bad"), "main"]);
+    // The bad remote's bundle is cut in half: its fetch fails in index-pack.
+    let bad_key = env.keys("bad/refs/heads/main/").pop().expect("the bad bundle");
+    let bundle = env.server.get(&env.bucket, &bad_key);
+    env.server.put(&env.bucket, &bad_key, bundle[..bundle.len() / 2].to_vec());
+
+    let target = env.new_repo("target");
+    env.git_ok(&target, &["remote", "add", "good", &env.url("good")]);
+    env.git_ok(&target, &["remote", "add", "bad", &env.url("bad")]);
+    // The bad fetch starts first and fails a few seconds later, while the good one's index-pack
+    // is writing its temporary pack into the same repository.
+    proxy.add(Rule::new("GET", "/bad/refs/", Fault::Delay(Duration::from_secs(3))));
+    proxy.add(Rule::new("GET", "/good/refs/", Fault::Trickle { bytes: 1024 * 1024, pause: Duration::from_secs(1) }));
+    let fetch = |remote: &str| {
+        let mut fetch = env.command("git");
+        fetch.args(["fetch", "-q", remote]).current_dir(&target).stdout(Stdio::piped()).stderr(Stdio::piped());
+        fetch.spawn().expect("spawn git fetch")
+    };
+    let (bad_fetch, good_fetch) = (fetch("bad"), fetch("good"));
+    let bad_output = finish_within(bad_fetch, Duration::from_secs(120), "the failing fetch");
+    let good_output = finish_within(good_fetch, Duration::from_secs(120), "the good fetch");
+    assert!(!bad_output.status.success(), "the truncated bundle is refused");
+    assert!(good_output.status.success(), "{}", String::from_utf8_lossy(&good_output.stderr));
+    assert_eq!(env.rev_parse(&target, "refs/remotes/good/main"), good);
+    env.git_ok(&target, &["fsck", "--no-progress"]);
+
+    let objects = target.join(".git/objects");
+    let leftovers: Vec<String> = std::fs::read_dir(&objects)
+        .expect("objects")
+        .chain(std::fs::read_dir(objects.join("pack")).expect("packs"))
+        .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("tmp_") || name.ends_with(".keep"))
+        .collect();
+    assert!(leftovers.is_empty(), "nothing of either fetch is left over: {leftovers:?}");
+}

@@ -111,6 +111,8 @@ pub enum StoreError {
     NotFetched { refname: String, oid: String },
     #[error("cannot create a temporary repository: {0}")]
     TempDir(#[source] std::io::Error),
+    #[error("cannot {what} the fetched objects' own directory in the repository: {source}")]
+    Quarantine { what: &'static str, source: std::io::Error },
     #[error(transparent)]
     ObjectFormat(#[from] FormatMismatch),
     #[error(transparent)]

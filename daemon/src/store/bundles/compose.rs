@@ -697,11 +697,17 @@ pub(super) async fn pack_from_repository(
     Ok(Some(cached))
 }
 
-/// `pack-<trailer>.pack` of the caller's repository, when it is there whole and indexed.
+/// `pack-<trailer>.pack` of the caller's repository (or of a fetch's quarantine, or an
+/// alternate), when it is there whole and indexed.
 pub(super) async fn repository_pack(git: &Git, trailer: &str, pack_len: u64) -> Result<Option<PathBuf>, Failure> {
-    let pack = git.git_path("objects/pack").await?.join(format!("pack-{trailer}.pack"));
-    let len = tokio::fs::metadata(&pack).await.map(|m| m.len()).ok();
-    Ok((len == Some(pack_len) && pack.with_extension("idx").is_file()).then_some(pack))
+    for dir in git.pack_dirs().await? {
+        let pack = dir.join(format!("pack-{trailer}.pack"));
+        let len = tokio::fs::metadata(&pack).await.map(|m| m.len()).ok();
+        if len == Some(pack_len) && pack.with_extension("idx").is_file() {
+            return Ok(Some(pack));
+        }
+    }
+    Ok(None)
 }
 
 /// The object ids a pack index lists.

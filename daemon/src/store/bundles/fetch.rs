@@ -16,6 +16,7 @@ use crate::bucket::{Body, Bucket};
 use crate::git::{GitError, last_line};
 use crate::object_format::ObjectFormat;
 use crate::progress::Events;
+use crate::quarantine::Quarantine;
 use crate::store::{StoreError, check_object_format};
 
 /// Pipe buffer towards `git index-pack` (Linux allows up to 1 MiB for unprivileged users).
@@ -43,23 +44,14 @@ impl BundleRepo {
         wanted: Vec<(String, String)>,
         events: &Events,
     ) -> Result<Vec<PathBuf>, StoreError> {
-        let pack_dir = self.git.git_path("objects/pack").await?;
-        let temp_packs_before = temp_packs(&pack_dir);
+        let objects = self.git.git_path("objects").await?;
+        // Dropped on any failure, with everything this fetch wrote and nothing else.
+        let quarantine =
+            Quarantine::new(&objects).map_err(|source| StoreError::Quarantine { what: "create", source })?;
+        let inside = BundleRepo { git: quarantine.git(&self.git), ..self.clone() };
         let mut keeps = Vec::new();
-        match self.fetch_into(wanted, &pack_dir, events, &mut keeps).await {
-            Ok(()) => Ok(keeps),
-            Err(e) => {
-                // git never hears of the packs of a failed fetch: they lose their keep files (so
-                // `git gc` may consolidate or drop them), and what a refusing index-pack left goes.
-                for keep in keeps {
-                    let _ = std::fs::remove_file(keep);
-                }
-                for leftover in temp_packs(&pack_dir).difference(&temp_packs_before) {
-                    let _ = std::fs::remove_file(pack_dir.join(leftover));
-                }
-                Err(e)
-            }
-        }
+        inside.fetch_into(wanted, &quarantine.pack_dir(), events, &mut keeps).await?;
+        quarantine.migrate(&keeps).map_err(|source| StoreError::Quarantine { what: "move the packs out of", source })
     }
 
     async fn fetch_into(
@@ -244,15 +236,6 @@ impl BundleRepo {
         }
         Ok((child, stdin))
     }
-}
-
-/// The temporary packs `git index-pack` is writing, or left behind when it refused its input.
-fn temp_packs(pack_dir: &Path) -> std::collections::BTreeSet<std::ffi::OsString> {
-    let Ok(entries) = std::fs::read_dir(pack_dir) else { return Default::default() };
-    entries
-        .filter_map(|entry| entry.ok().map(|e| e.file_name()))
-        .filter(|name| name.as_encoded_bytes().starts_with(b"tmp_pack_"))
-        .collect()
 }
 
 /// The `.keep` file `git index-pack --keep` left (it prints `keep\t<hash>`), and the pack's hash.

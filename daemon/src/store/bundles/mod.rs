@@ -62,6 +62,7 @@ impl From<LockError> for ManageError {
 }
 
 /// One repository in a bucket, reached on behalf of one caller.
+#[derive(Clone)]
 pub struct BundleRepo {
     pub bucket: Bucket,
     pub layout: Layout,

@@ -138,14 +138,14 @@ impl BundleRepo {
             }
             return Err(NoTail("the appended objects need objects this repository lacks".into()));
         }
-        match (prefix, tail_copy, pack, copied) {
-            (Some(prefix), Some(tail), Some(pack), true) => {
-                let tail = TailCopy {
-                    file: tail,
-                    objects,
-                    trailer: hex::encode(&trailer),
-                    index: pack_dir.join(format!("pack-{pack}.idx")),
-                };
+        // Read now: the pack leaves this fetch's quarantine before the cache takes the tail.
+        let indexed = match &pack {
+            Some(pack) => self.git.index_object_ids(&pack_dir.join(format!("pack-{pack}.idx"))).await.ok(),
+            None => None,
+        };
+        match (prefix, tail_copy, indexed, copied) {
+            (Some(prefix), Some(tail), Some(indexed), true) => {
+                let tail = TailCopy { file: tail, objects, trailer: hex::encode(&trailer), indexed };
                 self.cache_tail(prefix, tail).await;
             }
             (_, tail_copy, _, _) => remove_copy(&tail_copy),
@@ -190,8 +190,8 @@ struct TailCopy {
     objects: u32,
     /// The whole new pack's trailer (the bundle's last 20 or 32 bytes).
     trailer: String,
-    /// The index git wrote for the fetched objects (with the delta bases `--fix-thin` added).
-    index: PathBuf,
+    /// The objects of the pack git indexed (with the delta bases `--fix-thin` added).
+    indexed: Vec<String>,
 }
 
 /// The pack a tail was appended to, at hand.
@@ -226,14 +226,8 @@ async fn remember_tail(composer: &Arc<Composer>, git: &Git, prefix: Prefix, tail
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     // The index also lists the delta bases --fix-thin copied in: those are in the prefix.
-    let oids: Vec<Oid> = git
-        .index_object_ids(&tail.index)
-        .await
-        .map_err(|e| e.to_string())?
-        .iter()
-        .filter_map(|oid| Oid::from_hex(oid))
-        .filter(|oid| !in_prefix.contains(oid))
-        .collect();
+    let oids: Vec<Oid> =
+        tail.indexed.iter().filter_map(|oid| Oid::from_hex(oid)).filter(|oid| !in_prefix.contains(oid)).collect();
     if oids.len() != tail.objects as usize {
         return Err(format!("the fetched pack holds {} new objects, the record says {}", oids.len(), tail.objects));
     }
