@@ -16,7 +16,7 @@ use git_s3_shim::daemon_backend::describe;
 use git_s3_shim::daemon_client::{self, Client, ConnectError};
 use git_s3_shim::progress::{ProgressDisplay, human_bytes};
 use git_s3_shim::terminal::printable;
-use git_s3_shim::{caller, service};
+use git_s3_shim::{caller, man_pages, service};
 
 /// Exit status of `daemon status` when no daemon runs (as `systemctl status` does).
 const EXIT_NOT_RUNNING: u8 = 3;
@@ -85,8 +85,16 @@ enum TopCommand {
     Daemon(DaemonCommand),
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
-    /// Print the man page (roff).
-    Man,
+    /// Print the man page (roff), or install the pages where `man` and `git s3 --help` find them.
+    Man {
+        /// Write git-s3.1 and a page per subcommand into <DIR>/man1 [default: share/man beside
+        /// the folder this program is in, e.g. ~/.cargo/share/man]
+        #[arg(long)]
+        install: bool,
+        /// The man folder --install writes into, e.g. ~/.local/share/man.
+        #[arg(long, requires = "install", value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -198,8 +206,19 @@ async fn run(command: TopCommand, endpoint: &Endpoint) -> Result<ExitCode, Strin
             clap_complete::generate(shell, &mut Cli::command(), "git-s3", &mut std::io::stdout());
             ok
         }
-        TopCommand::Man => {
+        TopCommand::Man { install: false, .. } => {
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).map_err(|e| e.to_string())?;
+            ok
+        }
+        TopCommand::Man { install: true, dir } => {
+            let written = man_pages::install(Cli::command(), dir).map_err(|e| e.to_string())?;
+            if let Some(folder) = written.first().and_then(|page| page.parent()) {
+                println!(
+                    "wrote {} man pages to {}: 'git s3 --help' and 'man git-s3' show them",
+                    written.len(),
+                    folder.display()
+                );
+            }
             ok
         }
         TopCommand::Ls { remote } => {
