@@ -195,6 +195,9 @@ fn another_user_cannot_use_the_daemon() {
         .arg("--socket")
         .arg(&socket)
         .env("GIT_REMOTE_S3_STATE_DIR", &socket_dir)
+        // nobody cannot create root's cache folder and falls back to one in its temp dir:
+        // that must go with the test.
+        .env("TMPDIR", &socket_dir)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
