@@ -18,8 +18,8 @@ const PIPE_BYTES: usize = 4096;
 enum Reader {
     /// Like `| head -1`: takes the first line, then closes the pipe.
     FirstLine,
-    /// Gone before the command writes anything, as after `| head -1` of a short output that
-    /// another writer ahead of it already filled.
+    /// Gone before the command writes anything (`| true`, a `head` that already has its
+    /// lines): the one way a short output surely meets the closed pipe.
     Gone,
 }
 
