@@ -5,8 +5,10 @@
 set -euo pipefail
 repo_root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo_root"
-bash scripts/install-test-deps.sh
-cargo build --quiet --bins
+# Only the S3 server it runs; scripts/test.sh installs the rest.
+bash scripts/install-test-deps.sh moto
+echo "== building git-remote-s3, git-lfs-s3, git-s3 and git-s3d (the first time: several minutes, most of the demo)"
+cargo build --bins
 
 work=$(mktemp -d /tmp/git-s3-demo.XXXXXX)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

@@ -2,6 +2,8 @@
 # Installs what the tests, the demo and the benchmarks need, skipping what is already there:
 # git-lfs (Debian), moto's S3 server and the Python git-remote-s3 (each in its own venv under
 # .tools/, ignored by git), and s3s-fs (cargo install).
+#
+# Usage: install-test-deps.sh [git-lfs|moto|python-tool|s3s-fs ...]   (default: all of them)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 tools="$repo/.tools"
@@ -9,7 +11,17 @@ mkdir -p "$tools"
 
 say() { printf '%s\n' "install-test-deps: $*" >&2; }
 
-if ! command -v git-lfs >/dev/null 2>&1; then
+wanted=("$@")
+[ ${#wanted[@]} -gt 0 ] || wanted=(git-lfs moto python-tool s3s-fs)
+for name in "${wanted[@]}"; do
+    case "$name" in
+        git-lfs | moto | python-tool | s3s-fs) ;;
+        *) say "unknown tool '$name' (known: git-lfs moto python-tool s3s-fs)"; exit 2 ;;
+    esac
+done
+wants() { [[ " ${wanted[*]} " == *" $1 "* ]]; }
+
+if wants git-lfs && ! command -v git-lfs >/dev/null 2>&1; then
     say "installing git-lfs from apt"
     if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
     $sudo apt-get update -q
@@ -27,10 +39,14 @@ venv_package() { # venv-dir requirement executable
     "$venv/bin/python" -m pip install -q --disable-pip-version-check "$requirement"
 }
 
-venv_package "$tools/moto" 'moto[server]==5.2.5' moto_server
-venv_package "$tools/python-git-remote-s3" 'git-remote-s3==0.4.2' git-remote-s3
+if wants moto; then
+    venv_package "$tools/moto" 'moto[server]==5.2.5' moto_server
+fi
+if wants python-tool; then
+    venv_package "$tools/python-git-remote-s3" 'git-remote-s3==0.4.2' git-remote-s3
+fi
 
-if ! "$tools/bin/s3s-fs" --help >/dev/null 2>&1; then
+if wants s3s-fs && ! "$tools/bin/s3s-fs" --help >/dev/null 2>&1; then
     say "building s3s-fs 0.14.1 (a few minutes)"
     cargo install --quiet --root "$tools" s3s-fs@0.14.1 --locked --features binary
 fi

@@ -2,8 +2,9 @@
 //! when it is of another version. Written once, used by every client binary.
 
 use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use git_s3_proto::daemon_client::DaemonClient;
@@ -19,6 +20,10 @@ const DAEMON_BIN: &str = "git-s3d";
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 const POLL_PERIOD: Duration = Duration::from_millis(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How much of what a daemon wrote before exiting at start is read back, and how many of its
+/// last lines are told: its reason comes last.
+const START_OUTPUT_MAX_BYTES: u64 = 64 * 1024;
+const START_OUTPUT_LINES: usize = 3;
 
 pub type Client = DaemonClient<Channel>;
 
@@ -32,6 +37,8 @@ pub enum ConnectError {
     Spawn { path: PathBuf, source: std::io::Error },
     #[error("git-s3d did not become ready within {}s; see its log at {log}", START_TIMEOUT.as_secs())]
     StartTimeout { log: PathBuf },
+    #[error("git-s3d exited as it started ({status}): {}; see its log at {}", said_or_nothing(.said), .log.display())]
+    ExitedAtStart { status: ExitStatus, said: String, log: PathBuf },
     #[error(
         "git-s3d at {socket} is version {found} and did not stop for the upgrade to {BUILD_VERSION}; stop it with 'git s3 daemon stop'"
     )]
@@ -56,11 +63,14 @@ pub async fn connect_or_start(endpoint: &Endpoint) -> Result<Client, ConnectErro
         return Ok(client);
     }
     wait_until_gone(endpoint).await?;
-    spawn_daemon(endpoint)?;
+    let mut started = spawn_daemon(endpoint)?;
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Some(client) = connect_current(endpoint).await? {
             return Ok(client);
+        }
+        if let Some(failure) = started.exit_failure() {
+            return Err(failure);
         }
         if Instant::now() > deadline {
             return Err(ConnectError::StartTimeout { log: endpoint.log_file() });
@@ -133,9 +143,48 @@ async fn connect(socket: &Path) -> Option<Client> {
     Some(DaemonClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
 }
 
+/// A daemon this client spawned, watched until it answers: one that exits first is reported at
+/// once, in its own words, instead of after the start deadline.
+struct StartedDaemon {
+    child: Child,
+    log: PathBuf,
+    /// Where this start's output begins in the log, which earlier daemons appended to.
+    log_offset: u64,
+}
+
+impl StartedDaemon {
+    /// The error to report when the daemon has exited unsuccessfully. One that exits with
+    /// success found another daemon already serving the socket, which the caller will reach.
+    fn exit_failure(&mut self) -> Option<ConnectError> {
+        let status = self.child.try_wait().ok().flatten().filter(|status| !status.success())?;
+        Some(ConnectError::ExitedAtStart { status, said: self.last_words(), log: self.log.clone() })
+    }
+
+    /// The last lines the daemon wrote to its log since it was spawned.
+    fn last_words(&self) -> String {
+        let output = read_after(&self.log, self.log_offset).unwrap_or_default();
+        let lines: Vec<&str> = output.lines().map(str::trim).filter(|line| !line.is_empty()).collect();
+        lines[lines.len().saturating_sub(START_OUTPUT_LINES)..].join("; ")
+    }
+}
+
+/// What `path` holds after `offset`: its last `START_OUTPUT_MAX_BYTES` at most.
+fn read_after(path: &Path, offset: u64) -> std::io::Result<String> {
+    let mut file = File::open(path)?;
+    let end = file.metadata()?.len();
+    file.seek(SeekFrom::Start(offset.max(end.saturating_sub(START_OUTPUT_MAX_BYTES))))?;
+    let mut bytes = Vec::new();
+    file.take(START_OUTPUT_MAX_BYTES).read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn said_or_nothing(said: &str) -> &str {
+    if said.is_empty() { "it wrote nothing" } else { said }
+}
+
 /// Starts the daemon detached, its output going to its log file. Its environment is ours minus
 /// AWS settings: those travel with each request, never kept by the daemon for everyone.
-fn spawn_daemon(endpoint: &Endpoint) -> Result<(), ConnectError> {
+fn spawn_daemon(endpoint: &Endpoint) -> Result<StartedDaemon, ConnectError> {
     let program = daemon_program();
     git_s3_proto::endpoint::ensure_private_dir(&endpoint.state_dir)?;
     let log_path = endpoint.log_file();
@@ -144,6 +193,7 @@ fn spawn_daemon(endpoint: &Endpoint) -> Result<(), ConnectError> {
         .append(true)
         .open(&log_path)
         .map_err(|source| ConnectError::Io { path: log_path.clone(), source })?;
+    let log_offset = log.metadata().map_err(|source| ConnectError::Io { path: log_path.clone(), source })?.len();
     let log_err = log.try_clone().map_err(|source| ConnectError::Io { path: log_path.clone(), source })?;
     let mut command = Command::new(&program);
     command
@@ -160,8 +210,8 @@ fn spawn_daemon(endpoint: &Endpoint) -> Result<(), ConnectError> {
             command.env_remove(key);
         }
     }
-    command.spawn().map_err(|source| ConnectError::Spawn { path: program, source })?;
-    Ok(())
+    let child = command.spawn().map_err(|source| ConnectError::Spawn { path: program, source })?;
+    Ok(StartedDaemon { child, log: log_path, log_offset })
 }
 
 fn daemon_program() -> PathBuf {

@@ -7,6 +7,8 @@ pub mod daemon_client;
 pub mod helper_protocol;
 pub mod lfs_agent;
 pub mod lfs_protocol;
+pub mod man_pages;
+pub mod output;
 pub mod progress;
 pub mod remote_helper;
 pub mod service;

@@ -42,6 +42,11 @@ pub fn tools_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools")
 }
 
+/// The TMPDIR for processes of the test whose scratch space is `root`.
+pub fn temp_dir_in(root: &Path) -> PathBuf {
+    root.join("tmpdir")
+}
+
 /// Polls `check` until it yields a value or `limit` passes.
 pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
@@ -72,6 +77,7 @@ impl TestEnv {
 
     pub fn with_server(kind: ServerKind) -> Self {
         let root = tempfile::Builder::new().prefix("git-s3-test-").tempdir().expect("temp dir");
+        std::fs::create_dir_all(temp_dir_in(root.path())).expect("the test's temp dir");
         let server = S3Server::start(kind, root.path());
         let bucket = "test-bucket".to_string();
         server.create_bucket(&bucket);
@@ -152,6 +158,9 @@ impl TestEnv {
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("LANG", "C")
+            // git, the shims, the daemon they start and the Python tool all make temporary
+            // files; the system's temp dir outlives the test.
+            .env("TMPDIR", temp_dir_in(self.root.path()))
             .env("XDG_RUNTIME_DIR", self.socket_dir.path())
             .env("GIT_REMOTE_S3_STATE_DIR", self.state_dir())
             // Everything at debug (the AWS SDK too) but the HTTP/2 frames.

@@ -238,6 +238,7 @@ fn spawn(kind: ServerKind, port: u16, scratch: &Path) -> (Child, Option<PathBuf>
         }
     };
     let child = command
+        .env("TMPDIR", crate::temp_dir_in(scratch))
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err)

@@ -98,6 +98,30 @@ fn daemon_of_another_version_is_replaced_after_an_upgrade() {
 }
 
 #[test]
+fn a_daemon_that_cannot_start_is_reported_at_once_in_its_own_words() {
+    let mut env = TestEnv::new();
+    // A setting the daemon refuses while it parses its arguments, before it listens.
+    env.set_env("GIT_REMOTE_S3_MAX_REQUESTS", "lots");
+    let started = Instant::now();
+    let stderr = env.git_fails(&env.path(""), &["ls-remote", &env.url("repo")]);
+    let took = started.elapsed();
+    assert!(stderr.contains("git-s3d exited as it started"), "{stderr}");
+    assert!(stderr.contains("invalid value 'lots'"), "the daemon's own reason: {stderr}");
+    assert!(!stderr.contains("did not become ready"), "it did not wait for the start deadline: {stderr}");
+    // The goal is a second; the bound leaves a loaded 2-core machine room while staying well
+    // under the 15 s start deadline this used to wait out.
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+
+    let output = env.git_s3(&["daemon", "start"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(128), "{stderr}");
+    assert!(
+        stderr.starts_with("fatal: git-s3d exited as it started") && stderr.contains("invalid value 'lots'"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn unreachable_endpoint_fails_fast_with_one_line() {
     let mut env = TestEnv::new();
     let closed_port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
@@ -171,6 +195,9 @@ fn another_user_cannot_use_the_daemon() {
         .arg("--socket")
         .arg(&socket)
         .env("GIT_REMOTE_S3_STATE_DIR", &socket_dir)
+        // nobody cannot create root's cache folder and falls back to one in its temp dir:
+        // that must go with the test.
+        .env("TMPDIR", &socket_dir)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()

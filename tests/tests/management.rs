@@ -310,6 +310,46 @@ fn completions_and_man_page_come_from_the_cli_definition() {
 }
 
 #[test]
+fn git_s3_help_shows_the_manual_once_installed() {
+    let env = TestEnv::new();
+    // Where `cargo install` puts programs: <prefix>/bin, on PATH.
+    let bin = env.path("prefix/bin");
+    std::fs::create_dir_all(&bin).expect("bin dir");
+    std::fs::copy(bin_dir().join("git-s3"), bin.join("git-s3")).expect("install git-s3");
+    let on_path = |mut command: std::process::Command| {
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+        command.env("PATH", path).current_dir(env.path(""));
+        env.run(command)
+    };
+
+    let mut install = env.command(bin.join("git-s3"));
+    install.args(["man", "--install"]);
+    let output = on_path(install);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let pages = env.path("prefix/share/man/man1");
+    assert!(stdout(&output).contains(&pages.display().to_string()), "{}", stdout(&output));
+    for page in ["git-s3.1", "git-s3-ls.1", "git-s3-daemon-status.1"] {
+        let text = std::fs::read_to_string(pages.join(page)).unwrap_or_default();
+        assert!(text.contains(".TH"), "{page} is a man page: {text}");
+    }
+
+    if std::process::Command::new("man").arg("-w").arg("man").output().is_err() {
+        eprintln!("skipped the rest: man is not installed");
+        return;
+    }
+    // git turns `git s3 --help` into `man git-s3`; man searches share/man beside each PATH folder.
+    let mut locate = env.command("man");
+    locate.args(["-w", "git-s3"]);
+    let output = on_path(locate);
+    assert_eq!(stdout(&output).trim(), pages.join("git-s3.1").display().to_string());
+    let mut help = env.command("git");
+    help.args(["s3", "--help"]).env("MANPAGER", "cat").env("PAGER", "cat");
+    let output = on_path(help);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout(&output).contains("Manage s3:// git remotes"), "{}", stdout(&output));
+}
+
+#[test]
 fn daemon_restart_and_logs() {
     let env = TestEnv::new();
     let output = env.git_s3(&["daemon", "start"]);

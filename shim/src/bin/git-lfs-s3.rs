@@ -7,7 +7,8 @@ use std::process::{Command, ExitCode};
 use clap::{Parser, Subcommand};
 use git_s3_proto::endpoint::Endpoint;
 use git_s3_proto::url::{LFS_ALIAS_HOST, S3Url, lfs_alias_url};
-use git_s3_shim::lfs_agent::{self, DebugLog};
+use git_s3_shim::lfs_agent::{self, AgentError, DebugLog};
+use git_s3_shim::{outln, output};
 use tokio::io::BufReader;
 
 const AGENT: &str = "git-lfs-s3";
@@ -63,11 +64,11 @@ fn main() -> ExitCode {
         Some(Cmd::Uninstall) => uninstall(),
         Some(Cmd::EnableDebug) => {
             git(&["config", "--replace-all", &format!("lfs.customtransfer.{AGENT}.args"), "debug"])
-                .map(|_| println!("debug enabled: see {}", debug_log_path().unwrap_or_default()))
+                .map(|_| outln!("debug enabled: see {}", debug_log_path().unwrap_or_default()))
         }
         Some(Cmd::DisableDebug) => {
             let _ = git(&["config", "--unset-all", &format!("lfs.customtransfer.{AGENT}.args")]);
-            println!("debug disabled");
+            outln!("debug disabled");
             Ok(())
         }
     };
@@ -89,9 +90,13 @@ fn run_agent(debug: bool) -> Result<(), String> {
     let mut log = DebugLog::new(log);
     runtime.block_on(async {
         let endpoint = Endpoint::from_process_env().map_err(|e| e.to_string())?;
-        lfs_agent::run(BufReader::new(tokio::io::stdin()), tokio::io::stdout(), &endpoint, &mut log)
-            .await
-            .map_err(|e| e.to_string())
+        lfs_agent::run(BufReader::new(tokio::io::stdin()), tokio::io::stdout(), &endpoint, &mut log).await.map_err(
+            |e| match e {
+                // git-lfs went away: it has nothing more to hear.
+                AgentError::Io(e) if e.kind() == std::io::ErrorKind::BrokenPipe => output::die_of_closed_pipe(),
+                e => e.to_string(),
+            },
+        )
     })
 }
 
@@ -120,17 +125,17 @@ fn install(remote: Option<&str>, url: Option<&str>) -> Result<(), String> {
             }
             git(&["config", "--replace-all", &format!("remote.{remote}.lfsurl"), &alias])?;
             git(&["config", "--replace-all", &format!("lfs.{alias}.standalonetransferagent"), AGENT])?;
-            println!("{AGENT} installed for remote '{remote}' (LFS alias: {alias})");
+            outln!("{AGENT} installed for remote '{remote}' (LFS alias: {alias})");
         }
         (None, Some(url)) => {
             let parsed = S3Url::parse(url).map_err(|e| e.to_string())?;
             git(&["config", "--replace-all", LFS_URL_KEY, &parsed.to_string()])?;
             git(&["config", "--replace-all", "lfs.standalonetransferagent", AGENT])?;
-            println!("{AGENT} installed: LFS objects of this repository live at {parsed}");
+            outln!("{AGENT} installed: LFS objects of this repository live at {parsed}");
         }
         (None, None) => {
             git(&["config", "--replace-all", "lfs.standalonetransferagent", AGENT])?;
-            println!("{AGENT} installed");
+            outln!("{AGENT} installed");
         }
     }
     Ok(())
@@ -145,8 +150,8 @@ fn write_lfsconfig(url: &str) -> Result<(), String> {
     let file = format!("{top}/.lfsconfig");
     let alias = lfs_alias_url(&parsed.bucket, &parsed.prefix);
     git(&["config", "--file", &file, "lfs.url", &alias])?;
-    println!("wrote {file} (lfs.url = {alias}); commit it: git add .lfsconfig && git commit");
-    println!("users who ran 'git-lfs-s3 install --global' then clone with LFS content and no extra step");
+    outln!("wrote {file} (lfs.url = {alias}); commit it: git add .lfsconfig && git commit");
+    outln!("users who ran 'git-lfs-s3 install --global' then clone with LFS content and no extra step");
     Ok(())
 }
 
@@ -154,7 +159,7 @@ fn install_global() -> Result<(), String> {
     let scoped = format!("lfs.https://{LFS_ALIAS_HOST}/.standalonetransferagent");
     git(&["config", "--global", "--replace-all", &format!("lfs.customtransfer.{AGENT}.path"), AGENT])?;
     git(&["config", "--global", "--replace-all", &scoped, AGENT])?;
-    println!("{AGENT} installed for this user: repositories whose .lfsconfig points into S3 use it");
+    outln!("{AGENT} installed for this user: repositories whose .lfsconfig points into S3 use it");
     Ok(())
 }
 
@@ -169,7 +174,7 @@ fn uninstall() -> Result<(), String> {
     for key in config.lines() {
         git(&["config", "--unset-all", key])?;
     }
-    println!("{AGENT} uninstalled");
+    outln!("{AGENT} uninstalled");
     Ok(())
 }
 

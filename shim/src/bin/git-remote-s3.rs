@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use git_s3_proto::endpoint::Endpoint;
 use git_s3_shim::caller;
 use git_s3_shim::daemon_backend::DaemonBackend;
-use git_s3_shim::remote_helper;
+use git_s3_shim::output;
+use git_s3_shim::remote_helper::{self, HelperError};
 use git_s3_shim::terminal::printable;
 use tokio::io::BufReader;
 
@@ -31,9 +32,13 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         let endpoint = Endpoint::from_process_env().map_err(|e| e.to_string())?;
         let mut backend = DaemonBackend::new(endpoint, caller::remote(&name, &url));
-        remote_helper::run(BufReader::new(tokio::io::stdin()), tokio::io::stdout(), &mut backend)
-            .await
-            .map_err(|e| e.to_string())
+        remote_helper::run(BufReader::new(tokio::io::stdin()), tokio::io::stdout(), &mut backend).await.map_err(|e| {
+            match e {
+                // git went away: it has nothing more to hear.
+                HelperError::Io(e) if e.kind() == std::io::ErrorKind::BrokenPipe => output::die_of_closed_pipe(),
+                e => e.to_string(),
+            }
+        })
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -16,7 +16,7 @@ use git_s3_shim::daemon_backend::describe;
 use git_s3_shim::daemon_client::{self, Client, ConnectError};
 use git_s3_shim::progress::{ProgressDisplay, human_bytes};
 use git_s3_shim::terminal::printable;
-use git_s3_shim::{caller, service};
+use git_s3_shim::{caller, man_pages, out, outln, output, service};
 
 /// Exit status of `daemon status` when no daemon runs (as `systemctl status` does).
 const EXIT_NOT_RUNNING: u8 = 3;
@@ -85,8 +85,16 @@ enum TopCommand {
     Daemon(DaemonCommand),
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
-    /// Print the man page (roff).
-    Man,
+    /// Print the man page (roff), or install the pages where `man` and `git s3 --help` find them.
+    Man {
+        /// Write git-s3.1 and a page per subcommand into <DIR>/man1 [default: share/man beside
+        /// the folder this program is in, e.g. ~/.cargo/share/man]
+        #[arg(long)]
+        install: bool,
+        /// The man folder --install writes into, e.g. ~/.local/share/man.
+        #[arg(long, requires = "install", value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -195,11 +203,22 @@ async fn run(command: TopCommand, endpoint: &Endpoint) -> Result<ExitCode, Strin
         TopCommand::Lfs(LfsCommand::Pull(args)) => lfs_sync(endpoint, args, false).await,
         TopCommand::Lfs(LfsCommand::Push(args)) => lfs_sync(endpoint, args, true).await,
         TopCommand::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "git-s3", &mut std::io::stdout());
+            clap_complete::generate(shell, &mut Cli::command(), "git-s3", &mut output::Stdout);
             ok
         }
-        TopCommand::Man => {
-            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).map_err(|e| e.to_string())?;
+        TopCommand::Man { install: false, .. } => {
+            clap_mangen::Man::new(Cli::command()).render(&mut output::Stdout).map_err(|e| e.to_string())?;
+            ok
+        }
+        TopCommand::Man { install: true, dir } => {
+            let written = man_pages::install(Cli::command(), dir).map_err(|e| e.to_string())?;
+            if let Some(folder) = written.first().and_then(|page| page.parent()) {
+                outln!(
+                    "wrote {} man pages to {}: 'git s3 --help' and 'man git-s3' show them",
+                    written.len(),
+                    folder.display()
+                );
+            }
             ok
         }
         TopCommand::Ls { remote } => {
@@ -213,15 +232,15 @@ async fn run(command: TopCommand, endpoint: &Endpoint) -> Result<ExitCode, Strin
         TopCommand::Unprotect { remote, branch } => protect(endpoint, &remote, &branch, false).await,
         TopCommand::DeleteBranch { remote, branch, yes, force } => {
             if !yes && !confirm(&format!("Delete branch '{branch}' on {remote}?"))? {
-                println!("nothing deleted");
+                outln!("nothing deleted");
                 return Ok(ExitCode::FAILURE);
             }
             let mut client = connect(endpoint).await?;
             let request = DeleteBranchRequest { caller: Some(me()?), remote: Some(remote_arg(&remote)), branch, force };
             let reply = client.delete_branch(request).await.map_err(|s| describe(&s, endpoint))?.into_inner();
-            println!("deleted {}", printable(&reply.r#ref));
+            outln!("deleted {}", printable(&reply.r#ref));
             if !reply.new_head.is_empty() {
-                println!("HEAD now points at {}", printable(&reply.new_head));
+                outln!("HEAD now points at {}", printable(&reply.new_head));
             }
             ok
         }
@@ -283,7 +302,7 @@ async fn protect(endpoint: &Endpoint, remote: &str, branch: &str, protected: boo
     let reply = client.set_protection(request).await.map_err(|s| describe(&s, endpoint))?.into_inner();
     let state = if protected { "protected" } else { "not protected" };
     let already = if reply.changed { "" } else { " (already)" };
-    println!("{} is {state}{already}", printable(&reply.r#ref));
+    outln!("{} is {state}{already}", printable(&reply.r#ref));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -319,7 +338,7 @@ async fn lfs_sync(endpoint: &Endpoint, args: LfsSyncArgs, push: bool) -> Result<
         (true, true) => ("Would upload", "already in the bucket"),
     };
     for line in &done.would_move {
-        println!("{}", printable(line));
+        outln!("{}", printable(line));
     }
     let secs = done.elapsed_ms as f64 / 1000.0;
     let rate = if args.dry_run || done.moved == 0 {
@@ -327,7 +346,7 @@ async fn lfs_sync(endpoint: &Endpoint, args: LfsSyncArgs, push: bool) -> Result<
     } else {
         format!(" in {secs:.1}s ({}/s)", human_bytes(done.moved_bytes as f64 / secs.max(0.001)))
     };
-    println!(
+    outln!(
         "{verb} {} LFS objects ({}){rate}; {} {already}, {} in all",
         done.moved,
         human_bytes(done.moved_bytes as f64),
@@ -367,18 +386,18 @@ fn confirm(question: &str) -> Result<bool, String> {
 }
 
 fn print_listing(reply: &git_s3_proto::InspectReply) {
-    println!("{}", printable(&reply.url));
-    println!("format: {}", printable(&reply.format));
+    outln!("{}", printable(&reply.url));
+    outln!("format: {}", printable(&reply.format));
     for warning in &reply.warnings {
         eprintln!("warning: {}", printable(warning));
     }
     if reply.refs.is_empty() {
-        println!("(no refs)");
+        outln!("(no refs)");
     }
     let names: Vec<_> = reply.refs.iter().map(|r| printable(&r.name)).collect();
     let width = names.iter().map(|name| name.chars().count()).max().unwrap_or(3).max(3);
     if !reply.refs.is_empty() {
-        println!("{:<width$}  {:<8}  {:>11}  {:>6}  NOTES", "REF", "OBJECT", "SIZE", "AGE");
+        outln!("{:<width$}  {:<8}  {:>11}  {:>6}  NOTES", "REF", "OBJECT", "SIZE", "AGE");
     }
     for (r, name) in reply.refs.iter().zip(&names) {
         let mut notes = Vec::new();
@@ -397,21 +416,21 @@ fn print_listing(reply: &git_s3_proto::InspectReply) {
             }
             None => ("-".into(), "-".into(), "-".into()),
         };
-        println!("{name:<width$}  {oid:<8}  {size:>11}  {age:>6}  {}", notes.join(", "));
+        outln!("{name:<width$}  {oid:<8}  {size:>11}  {age:>6}  {}", notes.join(", "));
     }
     match reply.head.as_str() {
-        "" => println!("HEAD: (not set)"),
-        head => println!("HEAD -> {}", printable(head)),
+        "" => outln!("HEAD: (not set)"),
+        head => outln!("HEAD -> {}", printable(head)),
     }
 }
 
 fn print_findings(findings: &[git_s3_proto::Finding]) {
     if findings.is_empty() {
-        println!("healthy: nothing to repair");
+        outln!("healthy: nothing to repair");
     }
     for f in findings {
         let action = if f.action.is_empty() { String::new() } else { format!(": {}", f.action) };
-        println!("{}", printable(&format!("{}: {}{action}", f.subject, f.problem)));
+        outln!("{}", printable(&format!("{}: {}{action}", f.subject, f.problem)));
     }
 }
 
@@ -448,7 +467,7 @@ async fn daemon(command: DaemonCommand, endpoint: &Endpoint) -> Result<ExitCode,
         DaemonCommand::Start => {
             let mut client = connect(endpoint).await?;
             let reply = client.status(StatusRequest {}).await.map_err(|s| s.message().to_string())?.into_inner();
-            println!("git-s3d {} is running (pid {}, socket {})", reply.version, reply.pid, reply.socket);
+            outln!("git-s3d {} is running (pid {}, socket {})", reply.version, reply.pid, reply.socket);
             Ok(ExitCode::SUCCESS)
         }
         DaemonCommand::Stop => {
@@ -472,7 +491,7 @@ async fn stop(endpoint: &Endpoint) -> Result<(), String> {
     let mut client = match daemon_client::connect_existing(endpoint).await {
         Ok(client) => client,
         Err(ConnectError::NotRunning(socket)) => {
-            println!("git-s3d is not running (socket {})", socket.display());
+            outln!("git-s3d is not running (socket {})", socket.display());
             return Ok(());
         }
         Err(e) => return Err(e.to_string()),
@@ -491,7 +510,7 @@ async fn stop(endpoint: &Endpoint) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     daemon_client::wait_until_gone(endpoint).await.map_err(|e| e.to_string())?;
-    println!("git-s3d stopped");
+    outln!("git-s3d stopped");
     Ok(())
 }
 
@@ -505,9 +524,9 @@ fn connection_broke(status: &tonic::Status) -> bool {
 
 fn not_running(socket: &std::path::Path, json: bool) {
     if json {
-        println!("{}", serde_json::json!({ "running": false, "socket": socket.display().to_string() }));
+        outln!("{}", serde_json::json!({ "running": false, "socket": socket.display().to_string() }));
     } else {
-        println!("git-s3d is not running (socket {})", socket.display());
+        outln!("git-s3d is not running (socket {})", socket.display());
     }
 }
 
@@ -516,7 +535,7 @@ async fn logs(endpoint: &Endpoint, lines: usize, follow: bool) -> Result<ExitCod
     let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let all: Vec<&str> = text.lines().collect();
     for line in &all[all.len().saturating_sub(lines)..] {
-        println!("{line}");
+        outln!("{line}");
     }
     if !follow {
         return Ok(ExitCode::SUCCESS);
@@ -526,8 +545,8 @@ async fn logs(endpoint: &Endpoint, lines: usize, follow: bool) -> Result<ExitCod
         tokio::time::sleep(Duration::from_millis(200)).await;
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         if text.len() > shown {
-            print!("{}", &text[shown..]);
-            let _ = std::io::stdout().flush();
+            out!("{}", &text[shown..]);
+            let _ = output::Stdout.flush();
         }
         shown = text.len();
     }
@@ -554,14 +573,14 @@ fn install_service(print: bool, manager: ServiceManager) -> Result<ExitCode, Str
     let files = service_files(manager)?;
     for file in &files {
         if print {
-            println!("# {}\n{}", file.path.display(), file.content);
+            outln!("# {}\n{}", file.path.display(), file.content);
             continue;
         }
         if let Some(dir) = file.path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
         std::fs::write(&file.path, &file.content).map_err(|e| format!("cannot write {}: {e}", file.path.display()))?;
-        println!("wrote {}", file.path.display());
+        outln!("wrote {}", file.path.display());
     }
     if print {
         return Ok(ExitCode::SUCCESS);
@@ -601,7 +620,7 @@ fn uninstall_service() -> Result<ExitCode, String> {
     }
     for file in files {
         match std::fs::remove_file(&file.path) {
-            Ok(()) => println!("removed {}", file.path.display()),
+            Ok(()) => outln!("removed {}", file.path.display()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(format!("cannot remove {}: {e}", file.path.display())),
         }
@@ -656,35 +675,35 @@ fn print_status(status: &StatusReply, json: bool) {
             })).collect::<Vec<_>>(),
             "recent_errors": errors,
         });
-        println!("{value}");
+        outln!("{value}");
         return;
     }
-    println!("git-s3d {} (pid {}), up {}", status.version, status.pid, human_age(status.uptime_s));
-    println!("socket:     {}", status.socket);
+    outln!("git-s3d {} (pid {}), up {}", status.version, status.pid, human_age(status.uptime_s));
+    outln!("socket:     {}", status.socket);
     let exits = match (status.managed, status.idle_timeout_s) {
         (true, _) => "never (run by the service manager)".to_string(),
         (false, 0) => "never".to_string(),
         (false, secs) => format!("after {} idle", human_age(secs)),
     };
-    println!("exits:      {exits}");
-    println!("S3 clients: {}   sessions: {}   requests served: {}", status.clients, status.sessions, status.requests);
+    outln!("exits:      {exits}");
+    outln!("S3 clients: {}   sessions: {}   requests served: {}", status.clients, status.sessions, status.requests);
     let lookups = status.listing_cache_hits + status.listing_cache_misses;
     if lookups > 0 {
-        println!("ref listings from cache: {} of {lookups}", status.listing_cache_hits);
+        outln!("ref listings from cache: {} of {lookups}", status.listing_cache_hits);
     }
-    println!(
+    outln!(
         "S3 transfer requests in flight: {} of {} (peak {}), bodies in memory at most {}",
         status.transfer_requests,
         status.max_transfer_requests,
         status.peak_transfer_requests,
         human_bytes(status.max_inflight_bytes as f64)
     );
-    println!(
+    outln!(
         "sent by pushes: {}   received by fetches: {}",
         human_bytes(status.pushed_bytes as f64),
         human_bytes(status.fetched_bytes as f64)
     );
-    println!(
+    outln!(
         "pack cache: {} packs, {} of {} in {}",
         status.pack_cache_packs,
         human_bytes(status.pack_cache_bytes as f64),
@@ -693,7 +712,7 @@ fn print_status(status: &StatusReply, json: bool) {
     );
     for found in &status.bucket_regions {
         let at = if found.endpoint.is_empty() { String::new() } else { format!(" at {}", found.endpoint) };
-        println!(
+        outln!(
             "bucket region: {}{} is in {} (requests went to {} first)",
             printable(&found.bucket),
             printable(&at),
@@ -702,28 +721,23 @@ fn print_status(status: &StatusReply, json: bool) {
         );
     }
     if status.activities.is_empty() {
-        println!("working on: nothing");
+        outln!("working on: nothing");
     } else {
-        println!("working on:");
+        outln!("working on:");
         for a in &status.activities {
             let secs = a.elapsed_ms as f64 / 1000.0;
             if a.bytes > 0 {
                 let rate = human_bytes(a.bytes as f64 / secs.max(0.001));
-                println!(
-                    "  {} {} ({secs:.1}s, {}, {rate}/s)",
-                    a.what,
-                    printable(&a.remote),
-                    human_bytes(a.bytes as f64)
-                );
+                outln!("  {} {} ({secs:.1}s, {}, {rate}/s)", a.what, printable(&a.remote), human_bytes(a.bytes as f64));
             } else {
-                println!("  {} {} ({secs:.1}s)", a.what, printable(&a.remote));
+                outln!("  {} {} ({secs:.1}s)", a.what, printable(&a.remote));
             }
         }
     }
     if !status.recent_errors.is_empty() {
-        println!("recent errors:");
+        outln!("recent errors:");
         for e in &status.recent_errors {
-            println!("  {}: {}", e.what, printable(&e.message));
+            outln!("  {}: {}", e.what, printable(&e.message));
         }
     }
 }
