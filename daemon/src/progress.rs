@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// How often a running transfer reports.
 const PROGRESS_PERIOD: Duration = Duration::from_millis(250);
@@ -16,20 +17,49 @@ pub enum Event {
     Message(String),
 }
 
-/// Where an operation's events go. Progress is dropped when the client reads slowly; messages
-/// are not. Every meter's bytes also add up in `total`, which `status` shows.
+/// Where an operation's events go, and how it learns that its client went away (Ctrl-C, a
+/// killed git). Progress is dropped when the client reads slowly; messages are not. Every
+/// meter's bytes also add up in `total`, which `status` shows.
 #[derive(Clone)]
 pub struct Events {
     tx: mpsc::Sender<Event>,
     total: Arc<AtomicU64>,
     /// Whether the client shows progress at all (git's `option progress`).
     progress: bool,
+    client_gone: CancellationToken,
 }
+
+/// What an operation given up because its client went away reports, to nobody but the log.
+pub const CANCELLED: &str = "cancelled: the client went away";
 
 impl Events {
     pub fn channel(total: Arc<AtomicU64>, progress: bool) -> (Self, mpsc::Receiver<Event>) {
         let (tx, rx) = mpsc::channel(64);
-        (Self { tx, total, progress }, rx)
+        (Self { tx, total, progress, client_gone: CancellationToken::new() }, rx)
+    }
+
+    /// Tells the operation that nobody waits for it any more.
+    pub fn client_left(&self) {
+        self.client_gone.cancel();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.client_gone.is_cancelled()
+    }
+
+    /// Resolves once the client went away.
+    pub async fn cancelled(&self) {
+        self.client_gone.cancelled().await
+    }
+
+    /// Runs `work` unless the client goes away first; then `work` is dropped (and with it its
+    /// transfers, child processes and temporary files) and `None` comes back.
+    pub async fn unless_cancelled<T>(&self, work: impl Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            biased;
+            result = work => Some(result),
+            () = self.cancelled() => None,
+        }
     }
 
     pub async fn message(&self, text: impl Into<String>) {

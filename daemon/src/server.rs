@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::git::Git;
 use crate::lfs_sync::{self, SyncRequest};
 use crate::listing_cache::ListingKey;
-use crate::progress::{Event, Events};
+use crate::progress::{CANCELLED, Event, Events};
 use crate::remote::{self, Remote, TRANSFER_ERROR_CODE};
 use crate::state::DaemonState;
 use crate::store::{self, ManageError, Repository, StoreError};
@@ -179,7 +179,11 @@ impl Daemon for Service {
             label,
             progress,
             move |events| async move {
-                let keeps = repo.fetch(wanted, &events).await?;
+                let fetched = events.unless_cancelled(repo.fetch(wanted, &events)).await?;
+                let keeps = match fetched {
+                    Ok(keeps) => keeps,
+                    Err(e) => return Some(Err(e)),
+                };
                 if cloning {
                     let url = &remote.config.url;
                     if let Err(e) = lfs::configure_clone(
@@ -198,16 +202,17 @@ impl Daemon for Service {
                             .await;
                     }
                 }
-                Ok::<_, StoreError>(keeps)
+                Some(Ok::<_, StoreError>(keeps))
             },
             fetch_event,
             |result| match result {
-                Ok(keeps) => Ok(proto::FetchEvent {
+                None => Err(Status::cancelled(CANCELLED)),
+                Some(Ok(keeps)) => Ok(proto::FetchEvent {
                     event: Some(proto::fetch_event::Event::Done(proto::FetchDone {
                         pack_locks: keeps.iter().map(|p| p.display().to_string()).collect(),
                     })),
                 }),
-                Err(e) => Err(Status::aborted(e.to_string())),
+                Some(Err(e)) => Err(Status::aborted(e.to_string())),
             },
         );
         Ok(Response::new(stream))
@@ -287,10 +292,11 @@ impl Daemon for Service {
             what,
             config.url.to_string(),
             progress,
-            move |events| async move { lfs_sync::sync(&store, &git, &sync, &events).await },
+            move |events| async move { events.unless_cancelled(lfs_sync::sync(&store, &git, &sync, &events)).await },
             lfs_sync_event,
             |result| match result {
-                Ok(outcome) => Ok(proto::LfsSyncEvent {
+                None => Err(Status::cancelled(CANCELLED)),
+                Some(Ok(outcome)) => Ok(proto::LfsSyncEvent {
                     event: Some(proto::lfs_sync_event::Event::Done(proto::LfsSyncDone {
                         objects: outcome.objects,
                         present: outcome.present,
@@ -305,7 +311,7 @@ impl Daemon for Service {
                             .collect(),
                     })),
                 }),
-                Err(e) => Err(Status::aborted(e.to_string())),
+                Some(Err(e)) => Err(Status::aborted(e.to_string())),
             },
         );
         Ok(Response::new(stream))
@@ -508,8 +514,10 @@ async fn serve_lfs(
     Ok(())
 }
 
-/// Runs an operation as a daemon task that goes on to the end even if its client disconnects
-/// (a push stops only at a safe point), streaming its events and then its result.
+/// Runs an operation as a daemon task, streaming its events and then its result. When the client
+/// goes away (Ctrl-C, a killed git) the operation is told (`Events::cancelled`) and decides how
+/// to stop: a fetch or an LFS sync at once, a push before its point of no return or else once it
+/// has finished. Either way it is awaited to its end here, so its cleanup runs.
 fn stream_operation<T, R, Fut>(
     state: Arc<DaemonState>,
     what: &'static str,
@@ -529,12 +537,16 @@ where
     tasks.spawn(async move {
         let activity = state.begin(what, &label);
         let (events, mut event_rx) = Events::channel(activity.bytes(), progress);
-        let work = work(events);
+        let work = work(events.clone());
         tokio::pin!(work);
         let result = loop {
             tokio::select! {
                 result = &mut work => break result,
                 Some(event) = event_rx.recv() => forward(&tx, event, wrap).await,
+                () = tx.closed(), if !events.is_cancelled() => {
+                    tracing::info!(what, remote = %label, "the client went away; stopping its work");
+                    events.client_left();
+                }
             }
         };
         while let Ok(event) = event_rx.try_recv() {

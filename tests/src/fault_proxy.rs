@@ -97,6 +97,8 @@ struct Shared {
     /// Requests that move data (see `moves_data`) between their arrival and their answer.
     data_in_flight: AtomicUsize,
     data_peak: AtomicUsize,
+    /// Answers being written to the client right now (a slow one takes a while).
+    answering: AtomicUsize,
 }
 
 /// Whether a request moves data: every GET (objects, ranges, listings), and every PUT that
@@ -122,6 +124,23 @@ impl<'a> InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.data_in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Counts one answer being written while it lives: it ends when the answer is out or the client
+/// hung up.
+struct Answering<'a>(&'a Shared);
+
+impl<'a> Answering<'a> {
+    fn start(shared: &'a Shared) -> Self {
+        shared.answering.fetch_add(1, Ordering::SeqCst);
+        Self(shared)
+    }
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        self.0.answering.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -172,6 +191,17 @@ impl FaultProxy {
 
     pub fn add(&self, rule: Rule) {
         self.shared.rules.lock().expect("rules").push(rule);
+    }
+
+    /// Drops every rule: from now on requests pass untouched.
+    pub fn clear_rules(&self) {
+        self.shared.rules.lock().expect("rules").clear();
+    }
+
+    /// Answers still being written to the client (a trickling one goes on until the client
+    /// hangs up).
+    pub fn answers_in_progress(&self) -> usize {
+        self.shared.answering.load(Ordering::SeqCst)
     }
 
     /// Every request seen so far.
@@ -258,6 +288,7 @@ fn serve_connection(client: TcpStream, upstream: &str, shared: &Shared) -> std::
         server_writer.write_all(&request.body)?;
         let answer = read_answer(server_reader, method == "HEAD")?;
         drop(in_flight);
+        let _answering = Answering::start(shared);
         match fault {
             None => {
                 writer.write_all(&answer.head)?;

@@ -19,6 +19,7 @@ use std::task::{Context, Poll};
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::CompletedPart;
+use tempfile::TempPath;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::task::JoinSet;
 
@@ -153,16 +154,10 @@ impl Base {
 
 /// Objects the base lacks, as `git pack-objects` wrote them.
 struct NewObjects {
-    file: PathBuf,
+    file: TempPath,
     pack_len: u64,
     objects: u32,
     oids: Vec<Oid>,
-}
-
-impl Drop for NewObjects {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.file);
-    }
 }
 
 impl BundleRepo {
@@ -255,19 +250,20 @@ impl BundleRepo {
             local.chain.iter().map(|link| Piece::File { path: link.objects.clone(), range: link.range.clone() }),
         );
         let new_body_range = new_body.clone();
-        pieces.push(Piece::File { path: new_objects.file.clone(), range: new_body });
+        pieces.push(Piece::File { path: new_objects.file.to_path_buf(), range: new_body });
         let object = Assembly { pieces };
         let uploaded = plan.uploaded_bytes(header_len, appended_len);
         let meter = events.meter(format!("Sending {dst}"), uploaded);
         let key = self.layout.bundle(dst, new_oid);
-        let trailer = match self.upload_composed(&key, &base, &plan, object, &record, prepared, meter.counter()).await {
-            Ok(trailer) => trailer,
-            Err(Failure::NoPartCopy) => {
-                self.composer.mark_without_part_copy(&store);
-                return Err(Failure::NoPartCopy);
-            }
-            Err(other) => return Err(other),
-        };
+        let trailer =
+            match self.upload_composed(&key, &base, &plan, object, &record, prepared, events, meter.counter()).await {
+                Ok(trailer) => trailer,
+                Err(Failure::NoPartCopy) => {
+                    self.composer.mark_without_part_copy(&store);
+                    return Err(Failure::NoPartCopy);
+                }
+                Err(other) => return Err(other),
+            };
         meter.finish();
         tracing::info!(
             refname = %dst, base = %base.key, uploaded, copied = body_len - (plan.first.end - plan.first.start)
@@ -392,12 +388,8 @@ impl BundleRepo {
 
     /// Downloads the old bundle's pack into the cache, checks it against its trailer and indexes it.
     async fn download_pack(&self, base: &Base, events: &Events) -> Result<CachedPack, Failure> {
-        let path = self.composer.packs.temp_path("download");
-        let result = self.download_pack_to(base, &path, events).await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&path).await;
-        }
-        let oids = result?;
+        let path = self.composer.packs.temp_path("download")?;
+        let oids = self.download_pack_to(base, &path, events).await?;
         let composer = self.composer.clone();
         let trailer = base.trailer.clone();
         Ok(tokio::task::spawn_blocking(move || composer.packs.insert_pack(&trailer, &path, 0, &oids, false))
@@ -460,7 +452,7 @@ impl BundleRepo {
                 oids.push(oid);
             }
         }
-        let file = self.composer.packs.temp_path("appended");
+        let file = self.composer.packs.temp_path("appended")?;
         let mut new_objects = NewObjects { file, pack_len: 0, objects: 0, oids };
         let out = std::fs::File::create(&new_objects.file)?;
         let mut child = self
@@ -509,6 +501,7 @@ impl BundleRepo {
         mut object: Assembly,
         record: &BuildRecord,
         prepared: &Prepared,
+        events: &Events,
         sent: Arc<AtomicU64>,
     ) -> Result<String, Failure> {
         let metadata = vec![(BUILD_METADATA_KEY.to_string(), record.encode())];
@@ -551,6 +544,10 @@ impl BundleRepo {
         while !in_flight.is_empty() {
             completed.push(join_part(&mut in_flight).await.map_err(part_failure)?);
         }
+        if let Err(why) = prepared.pass_point_of_no_return(events) {
+            upload.abort().await;
+            return Err(Failure::Refused(why));
+        }
         // We may make it the ref's value only while we hold the lock.
         if let Err(e) = prepared.lock.confirm().await {
             upload.abort().await;
@@ -563,7 +560,7 @@ impl BundleRepo {
     /// Keeps the new pack in the cache for the next push of this ref, sharing the old one's files.
     async fn remember_pack(&self, base: CachedPack, new_objects: &NewObjects, body: Range<u64>, trailer: &str) {
         let composer = self.composer.clone();
-        let (file, oids, trailer) = (new_objects.file.clone(), new_objects.oids.clone(), trailer.to_string());
+        let (file, oids, trailer) = (new_objects.file.to_path_buf(), new_objects.oids.clone(), trailer.to_string());
         let objects = new_objects.objects;
         let result = tokio::task::spawn_blocking(move || {
             composer
@@ -581,21 +578,20 @@ impl BundleRepo {
 
 impl BundleRepo {
     /// Where a whole bundle being uploaded is copied to for the pack cache, when composing is on.
-    pub(super) fn whole_bundle_copy(&self) -> Option<(PathBuf, std::fs::File)> {
+    pub(super) fn whole_bundle_copy(&self) -> Option<(TempPath, std::fs::File)> {
         if self.config.compose == ComposeMode::Off {
             return None;
         }
-        let path = self.composer.packs.temp_path("bundle");
+        let path = self.composer.packs.temp_path("bundle").ok()?;
         let file = std::fs::File::create(&path).ok()?;
         Some((path, file))
     }
 
     /// Takes the pack of a whole bundle just uploaded (copied to `path` on its way) into the
     /// cache, so the next push of the ref composes without downloading it.
-    pub(super) async fn remember_whole_bundle(&self, path: &Path, tip: &str) {
-        if let Err(why) = self.try_remember_whole_bundle(path, tip).await {
+    pub(super) async fn remember_whole_bundle(&self, path: TempPath, tip: &str) {
+        if let Err(why) = self.try_remember_whole_bundle(&path, tip).await {
             tracing::debug!(%why, "the whole bundle's pack is not cached");
-            let _ = tokio::fs::remove_file(path).await;
         }
     }
 

@@ -18,6 +18,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
+use tempfile::TempPath;
 
 use super::pack::{PACK_HEADER_BYTES, PackHeader, pack_body};
 use crate::object_format::{ObjectFormat, Oid};
@@ -140,8 +141,10 @@ impl PackCache {
     }
 
     /// A fresh path for a file being written, on the cache's file system.
-    pub fn temp_path(&self, what: &str) -> PathBuf {
-        self.dir.join("tmp").join(format!("{what}-{}", new_stem()))
+    /// A new name under `tmp/`, whose file is removed when the name is dropped: whatever an
+    /// operation given up half-way was writing goes with it.
+    pub fn temp_path(&self, what: &str) -> io::Result<TempPath> {
+        TempPath::try_from_path(self.dir.join("tmp").join(format!("{what}-{}", new_stem())))
     }
 
     fn entry_path(&self, trailer: &str) -> PathBuf {
@@ -177,7 +180,7 @@ impl PackCache {
         copy: bool,
     ) -> io::Result<CachedPack> {
         if copy {
-            let tmp = self.temp_path("objects");
+            let tmp = self.temp_path("objects")?;
             fs::copy(file, &tmp)?;
             return self.insert_pack(trailer, &tmp, pack_start, oids, false);
         }
@@ -214,7 +217,7 @@ impl PackCache {
         chain.push(Link { objects: objects_path.clone(), range, oids: oids_path.clone() });
         let _writing = self.writing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let held = self.hold(trailer, objects, chain);
-        write_oids(&self.temp_path("oids"), &oids_path, oids)?;
+        write_oids(&self.temp_path("oids")?, &oids_path, oids)?;
         fs::rename(file, &objects_path)?;
         self.write_entry(trailer, objects, &held.chain)?;
         self.evict_unlocked();
@@ -238,7 +241,7 @@ impl PackCache {
             let stem = link.objects.file_stem().and_then(|s| s.to_str()).ok_or_else(|| io::Error::other("bad link"))?;
             text.push_str(&format!("link {stem} {} {}\n", link.range.start, link.range.end));
         }
-        let tmp = self.temp_path("entry");
+        let tmp = self.temp_path("entry")?;
         fs::write(&tmp, text)?;
         fs::rename(tmp, self.entry_path(trailer))
     }

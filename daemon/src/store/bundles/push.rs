@@ -3,7 +3,7 @@
 
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use futures::StreamExt;
 use tokio::io::AsyncReadExt;
@@ -16,7 +16,7 @@ use super::{BundleRepo, Head, release};
 use crate::bucket::PutOptions;
 use crate::git::{Git, GitError, last_line};
 use crate::layout::check_refname;
-use crate::progress::Events;
+use crate::progress::{CANCELLED, Events};
 use crate::store::{PushBatch, PushCommand, Pushed, RefOutcome, Refusal, StoreError, check_object_format};
 use crate::transfer::{TransferError, upload_stream};
 
@@ -33,6 +33,17 @@ pub(super) struct Prepared {
     forced: bool,
     /// The remote already has this value.
     unchanged: bool,
+    /// The new bundle is becoming visible: the push finishes, whoever waits for it.
+    past_no_return: AtomicBool,
+}
+
+impl Prepared {
+    /// Called right before the new bundle becomes the ref's value (its upload completes): from
+    /// here on the push finishes even if its client goes away. Refuses when it is gone already.
+    pub(super) fn pass_point_of_no_return(&self, events: &Events) -> Result<(), String> {
+        self.past_no_return.store(true, Ordering::SeqCst);
+        if events.is_cancelled() { Err(CANCELLED.into()) } else { Ok(()) }
+    }
 }
 
 impl BundleRepo {
@@ -48,7 +59,7 @@ impl BundleRepo {
             let batch = &batch;
             futures::stream::iter(batch.commands.clone())
                 .map(|command| async move {
-                    let result = match self.prepare(&command, batch).await {
+                    let result = match self.prepare(&command, batch, events).await {
                         Ok(prepared) => self.write_and_commit(prepared, batch, events).await,
                         Err(why) => Err(why),
                     };
@@ -114,7 +125,7 @@ impl BundleRepo {
         let mut prepared = Vec::new();
         let mut failure = None;
         for command in &batch.commands {
-            match self.prepare(command, batch).await {
+            match self.prepare(command, batch, events).await {
                 Ok(p) => prepared.push(p),
                 Err(why) => {
                     failure = Some((command.dst.clone(), why));
@@ -131,6 +142,17 @@ impl BundleRepo {
                     failure = Some((p.command.dst.clone(), Refusal::Failed(why)));
                     break;
                 }
+            }
+            // The commit of every ref is this push's point of no return; a client gone before it
+            // leaves every ref as it was.
+            if failure.is_none()
+                && events.is_cancelled()
+                && let Some(last) = prepared.last()
+            {
+                for done in &prepared {
+                    self.remove_uploaded(done).await;
+                }
+                failure = Some((last.command.dst.clone(), Refusal::Failed(CANCELLED.into())));
             }
         }
         if let Some((failed_dst, why)) = failure {
@@ -163,7 +185,10 @@ impl BundleRepo {
 
     /// Takes the ref's lock and decides, from a fresh read of the ref folder, whether and how the
     /// command may proceed. Errors are git's reserved words where git has them.
-    async fn prepare(&self, command: &PushCommand, batch: &PushBatch) -> Result<Prepared, Refusal> {
+    async fn prepare(&self, command: &PushCommand, batch: &PushBatch, events: &Events) -> Result<Prepared, Refusal> {
+        if events.is_cancelled() {
+            return Err(Refusal::Failed(CANCELLED.into()));
+        }
         let dst = &command.dst;
         check_refname(dst).map_err(|why| Refusal::InvalidRefName(why.to_string()))?;
         let new_oid = if command.src.is_empty() {
@@ -232,11 +257,36 @@ impl BundleRepo {
             _ => {}
         }
         let unchanged = current == new_oid;
-        Ok(Prepared { command: command.clone(), new_oid, state, lock, forced, unchanged })
+        Ok(Prepared {
+            command: command.clone(),
+            new_oid,
+            state,
+            lock,
+            forced,
+            unchanged,
+            past_no_return: AtomicBool::new(false),
+        })
     }
 
-    /// Uploads the new bundle; the ref folder then holds old and new until `commit`.
+    /// Uploads the new bundle; the ref folder then holds old and new until `commit`. When the
+    /// client goes away before the upload passes its point of no return, the upload is given up
+    /// with everything it started (the multipart upload is aborted, `git bundle create` killed,
+    /// temporary files removed) and the ref stays as it was.
     async fn upload(&self, prepared: &Prepared, events: &Events) -> Result<(), String> {
+        let given_up = async {
+            events.cancelled().await;
+            if prepared.past_no_return.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            biased;
+            result = self.upload_new_bundle(prepared, events) => result,
+            () = given_up => Err(CANCELLED.into()),
+        }
+    }
+
+    async fn upload_new_bundle(&self, prepared: &Prepared, events: &Events) -> Result<(), String> {
         let Some(new_oid) = prepared.new_oid.as_deref().filter(|_| !prepared.unchanged) else {
             return Ok(());
         };
@@ -273,6 +323,7 @@ impl BundleRepo {
                 let stderr = stderr_task.await.unwrap_or_default();
                 return Err(format!("git bundle create failed: {}", last_line(&stderr)));
             }
+            prepared.pass_point_of_no_return(events)?;
             prepared.lock.confirm().await.map_err(|e| e.to_string())
         })
         .await;
@@ -285,12 +336,8 @@ impl BundleRepo {
             Err(TransferError::Refused(why)) => Err(why),
             Err(e) => Err(e.to_string()),
         };
-        match (&outcome, copy_path) {
-            (Ok(()), Some(path)) => self.remember_whole_bundle(&path, new_oid).await,
-            (Err(_), Some(path)) => {
-                let _ = tokio::fs::remove_file(path).await;
-            }
-            (_, None) => {}
+        if let (Ok(()), Some(path)) = (&outcome, copy_path) {
+            self.remember_whole_bundle(path, new_oid).await;
         }
         outcome
     }

@@ -8,6 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use tempfile::TempPath;
 use tokio::io::AsyncWriteExt;
 
 use super::BundleRepo;
@@ -68,7 +69,7 @@ impl BundleRepo {
         // With the pack this bundle was built on at hand, the tail completes a copy of the new
         // pack for the pack cache: the next push composes without downloading anything.
         let prefix = self.local_prefix(bundle, &segments[from], format).await;
-        let tail_copy = prefix.as_ref().map(|_| self.composer.packs.temp_path("tail"));
+        let tail_copy = prefix.as_ref().and_then(|_| self.composer.packs.temp_path("tail").ok());
         let mut copy = tail_copy.as_ref().and_then(|path| std::fs::File::create(path).ok());
         let mut trailer = Vec::with_capacity(format.raw_len());
         tracing::debug!(
@@ -110,20 +111,11 @@ impl BundleRepo {
         let (fed, output) = tokio::join!(feed, child.wait_with_output());
         let copied = copy.is_some();
         drop(copy);
-        let remove_copy = |copy: &Option<PathBuf>| {
-            if let Some(path) = copy {
-                let _ = std::fs::remove_file(path);
-            }
-        };
         let output = output.map_err(GitError::Spawn)?;
         if !output.status.success() {
-            remove_copy(&tail_copy);
             return Err(NoTail(format!("git index-pack: {}", last_line(&output.stderr))));
         }
-        if let Err(e) = fed {
-            remove_copy(&tail_copy);
-            return Err(e.into());
-        }
+        fed?;
         meter.finish();
         let (keep, pack) = keep_file(&output.stdout, pack_dir);
         // Everything the wanted tip reaches must be here now, or the pack is of no use.
@@ -132,7 +124,6 @@ impl BundleRepo {
             .succeeds(&["rev-list", "--objects", "--quiet", &bundle.oid, "--not", &segments[from].base])
             .await?;
         if !connected {
-            remove_copy(&tail_copy);
             if let Some(pack) = pack {
                 remove_pack(pack_dir, &pack).await;
             }
@@ -143,12 +134,9 @@ impl BundleRepo {
             Some(pack) => self.git.index_object_ids(&pack_dir.join(format!("pack-{pack}.idx"))).await.ok(),
             None => None,
         };
-        match (prefix, tail_copy, indexed, copied) {
-            (Some(prefix), Some(tail), Some(indexed), true) => {
-                let tail = TailCopy { file: tail, objects, trailer: hex::encode(&trailer), indexed };
-                self.cache_tail(prefix, tail).await;
-            }
-            (_, tail_copy, _, _) => remove_copy(&tail_copy),
+        if let (Some(prefix), Some(tail), Some(indexed), true) = (prefix, tail_copy, indexed, copied) {
+            let tail = TailCopy { file: tail, objects, trailer: hex::encode(&trailer), indexed };
+            self.cache_tail(prefix, tail).await;
         }
         Ok(keep)
     }
@@ -175,10 +163,8 @@ impl BundleRepo {
         let (composer, git) = (self.composer.clone(), self.git.clone());
         tokio::spawn(async move {
             let _bringing = bringing;
-            let file = tail.file.clone();
             if let Err(why) = remember_tail(&composer, &git, prefix, tail).await {
                 tracing::debug!(%why, "the fetched pack is not cached");
-                let _ = tokio::fs::remove_file(file).await;
             }
         });
     }
@@ -186,7 +172,7 @@ impl BundleRepo {
 
 /// The objects of a tail fetch, copied as they arrived, and what they make of the pack.
 struct TailCopy {
-    file: PathBuf,
+    file: TempPath,
     objects: u32,
     /// The whole new pack's trailer (the bundle's last 20 or 32 bytes).
     trailer: String,
@@ -217,7 +203,6 @@ async fn remember_tail(composer: &Arc<Composer>, git: &Git, prefix: Prefix, tail
     let prefix_len: u64 = prefix.chain.iter().map(|l| l.range.end - l.range.start).sum();
     if composer.packs.get(&tail.trailer, PACK_HEADER_BYTES + prefix_len + len + format.trailer_bytes()).is_some() {
         // This daemon composed the bundle itself.
-        let _ = tokio::fs::remove_file(&tail.file).await;
         return Ok(());
     }
     let chain = prefix.chain.clone();
@@ -234,7 +219,7 @@ async fn remember_tail(composer: &Arc<Composer>, git: &Git, prefix: Prefix, tail
     let objects = prefix.objects.checked_add(tail.objects).ok_or("more objects than a pack can count")?;
     let mut pieces = vec![Piece::Bytes(PackHeader { version: 2, objects }.to_bytes().to_vec())];
     pieces.extend(prefix.chain.iter().map(|l| Piece::File { path: l.objects.clone(), range: l.range.clone() }));
-    pieces.push(Piece::File { path: tail.file.clone(), range: 0..len });
+    pieces.push(Piece::File { path: tail.file.to_path_buf(), range: 0..len });
     let whole = Assembly { pieces };
     let composer = composer.clone();
     tokio::task::spawn_blocking(move || {
