@@ -3,50 +3,9 @@
 //! extra step. Real git, git-lfs, daemon and shims against moto.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 use git_s3_tests::fault_proxy::FaultProxy;
-use git_s3_tests::{TestEnv, bin_dir, incompressible_bytes, sha256_hex};
-
-/// `git s3 …` run in `dir`.
-fn git_s3_in(env: &TestEnv, dir: &Path, args: &[&str]) -> Output {
-    let mut command = env.command(bin_dir().join("git-s3"));
-    command.args(args).current_dir(dir);
-    env.run(command)
-}
-
-fn git_s3_ok(env: &TestEnv, dir: &Path, args: &[&str]) -> String {
-    let output = git_s3_in(env, dir, args);
-    assert!(
-        output.status.success(),
-        "git s3 {} failed:\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// A clone that has pointers, not content (as CI jobs make them before pulling in bulk).
-fn clone_without_lfs_content(env: &TestEnv, url: &str, name: &str) -> PathBuf {
-    clone_without_lfs_content_with(env, url, name, &[])
-}
-
-/// The same, with more `git clone` options (e.g. `--bare`).
-fn clone_without_lfs_content_with(env: &TestEnv, url: &str, name: &str, options: &[&str]) -> PathBuf {
-    let clone = env.path(name);
-    let mut command = env.command("git");
-    command
-        .env("GIT_LFS_SKIP_SMUDGE", "1")
-        .args(["clone", "-q"])
-        .args(options)
-        .arg(url)
-        .arg(&clone)
-        .current_dir(env.path(""));
-    let output = env.run(command);
-    assert!(output.status.success(), "clone: {}", String::from_utf8_lossy(&output.stderr));
-    clone
-}
+use git_s3_tests::{TestEnv, incompressible_bytes, sha256_hex};
 
 /// Files of many sizes: two larger than one request (downloaded in parallel ranges), the rest
 /// between 1 and 64 KiB.
@@ -79,13 +38,13 @@ fn a_fresh_clone_pulls_every_object_at_once_and_a_second_pull_moves_nothing() {
     let url = env.url("bulk");
     let files = mixed_files(200);
     let work = lfs_repo(&env, &url, &files);
-    let pushed = git_s3_ok(&env, &work, &["lfs", "push"]);
+    let pushed = env.git_s3_ok(&work, &["lfs", "push"]);
     assert!(pushed.contains("Uploaded 200 LFS objects"), "{pushed}");
     // The code goes up without git-lfs's own upload (its pre-push hook).
     env.git_ok(&work, &["push", "-q", "--no-verify", "origin", "main"]);
 
-    let clone = clone_without_lfs_content(&env, &url, "clone");
-    let pulled = git_s3_ok(&env, &clone, &["lfs", "pull"]);
+    let clone = env.clone_without_lfs_content(&url, "clone", &[]);
+    let pulled = env.git_s3_ok(&clone, &["lfs", "pull"]);
     assert!(pulled.contains("Downloaded 200 LFS objects"), "{pulled}");
     env.git_ok(&clone, &["lfs", "fsck"]);
     for (name, bytes) in &files {
@@ -93,7 +52,7 @@ fn a_fresh_clone_pulls_every_object_at_once_and_a_second_pull_moves_nothing() {
     }
     assert_eq!(env.git_ok(&clone, &["status", "--porcelain"]), "", "the work tree is clean");
 
-    let again = git_s3_ok(&env, &clone, &["lfs", "pull"]);
+    let again = env.git_s3_ok(&clone, &["lfs", "pull"]);
     assert!(again.contains("Downloaded 0 LFS objects") && again.contains("200 already here"), "{again}");
 }
 
@@ -104,9 +63,9 @@ fn a_bare_mirror_pulls_every_object_of_every_commit() {
     let files = mixed_files(6)[2..].to_vec();
     let work = lfs_repo(&env, &url, &files);
     env.git_ok(&work, &["push", "-q", "origin", "main"]);
-    let mirror = clone_without_lfs_content_with(&env, &url, "mirror.git", &["--bare"]);
+    let mirror = env.clone_without_lfs_content(&url, "mirror.git", &["--bare"]);
 
-    let pulled = git_s3_ok(&env, &mirror, &["lfs", "pull", "--all"]);
+    let pulled = env.git_s3_ok(&mirror, &["lfs", "pull", "--all"]);
     assert!(pulled.contains("Downloaded 4 LFS objects"), "{pulled}");
     for (name, bytes) in &files {
         let stored = stored_in(&mirror, &sha256_hex(bytes));
@@ -131,8 +90,8 @@ fn an_object_whose_bytes_do_not_hash_to_its_id_is_refused_and_not_placed() {
     forge(2, files[2].1.len());
     forge(3, files[3].1.len() + 4096);
 
-    let clone = clone_without_lfs_content(&env, &url, "clone");
-    let pulled = git_s3_in(&env, &clone, &["lfs", "pull"]);
+    let clone = env.clone_without_lfs_content(&url, "clone", &[]);
+    let pulled = env.git_s3_in(&clone, &["lfs", "pull"]);
     let stderr = String::from_utf8_lossy(&pulled.stderr);
     assert!(!pulled.status.success(), "a corrupt object fails the pull");
     let failure = |index: usize| stderr.lines().find(|line| line.contains(&oid(index))).unwrap_or_default().to_string();
@@ -163,13 +122,13 @@ fn a_push_lists_the_bucket_once_and_uploads_only_what_it_lacks() {
     let url = env.url("lacks");
     let files = mixed_files(22)[2..].to_vec();
     let work = lfs_repo(&env, &url, &files);
-    git_s3_ok(&env, &work, &["lfs", "push"]);
+    env.git_s3_ok(&work, &["lfs", "push"]);
     for i in 0..5 {
         env.commit(&work, &format!("new{i}.bin"), incompressible_bytes(2048 + i, 500 + i as u64), "more");
     }
 
     let before = proxy.seen().len();
-    let planned = git_s3_ok(&env, &work, &["lfs", "push", "--dry-run"]);
+    let planned = env.git_s3_ok(&work, &["lfs", "push", "--dry-run"]);
     assert!(
         planned.contains("Would upload 5 LFS objects") && planned.contains("20 already in the bucket"),
         "{planned}"
@@ -179,7 +138,7 @@ fn a_push_lists_the_bucket_once_and_uploads_only_what_it_lacks() {
     assert!(dry.iter().all(|s| s.method == "GET"), "a dry run writes nothing: {dry:?}");
 
     let before = proxy.seen().len();
-    let pushed = git_s3_ok(&env, &work, &["lfs", "push"]);
+    let pushed = env.git_s3_ok(&work, &["lfs", "push"]);
     assert!(pushed.contains("Uploaded 5 LFS objects"), "{pushed}");
     let requests: Vec<_> = proxy.seen()[before..]
         .iter()
@@ -204,12 +163,12 @@ fn an_lfs_store_moves_to_s3_with_fetch_all_and_one_bulk_push() {
     env.git_ok(&work, &["push", "-q", "origin", "main"]);
 
     // A team member's clone: everything from the old store, then all of it into the new one.
-    let member = clone_without_lfs_content(&env, &old_url, "member");
+    let member = env.clone_without_lfs_content(&old_url, "member", &[]);
     env.git_ok(&member, &["lfs", "fetch", "--all", "origin"]);
     let new_url = env.url("new-home");
     env.git_ok(&member, &["remote", "add", "s3", &new_url]);
     env.git_ok(&member, &["push", "-q", "--no-verify", "s3", "main"]);
-    let moved = git_s3_ok(&env, &member, &["lfs", "push", "--all", "s3"]);
+    let moved = env.git_s3_ok(&member, &["lfs", "push", "--all", "s3"]);
     assert!(moved.contains("Uploaded 11 LFS objects"), "{moved}");
 
     let mut expected: Vec<String> =
