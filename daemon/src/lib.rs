@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod git;
 pub mod layout;
 pub mod lfs;
+pub mod lfs_endpoint;
 pub mod lfs_sync;
 pub mod listener;
 pub mod listing_cache;
