@@ -152,6 +152,37 @@ fn a_push_lists_the_bucket_once_and_uploads_only_what_it_lacks() {
 }
 
 #[test]
+fn a_push_of_a_handful_of_objects_asks_about_each_instead_of_listing_a_remote_holding_many() {
+    let mut env = TestEnv::new();
+    let proxy: FaultProxy = env.route_through_proxy();
+    // A remote whose listing takes two pages.
+    for i in 0..1001u32 {
+        env.server.put(&env.bucket, &format!("busy/lfs/{}", sha256_hex(&i.to_le_bytes())), Vec::new());
+    }
+    let files = mixed_files(5)[2..].to_vec();
+    let work = lfs_repo(&env, &env.url("busy"), &files);
+
+    let requests_of = |push: &[&str]| {
+        let before = proxy.seen().len();
+        let said = env.git_s3_ok(&work, push);
+        let seen: Vec<_> = proxy.seen()[before..]
+            .iter()
+            .filter(|s| s.path.contains("/busy/lfs") || s.query.contains("prefix=busy%2Flfs"))
+            .cloned()
+            .collect();
+        let count = |method: &str| seen.iter().filter(|s| s.method == method && !s.query.contains("list-type")).count();
+        let lists = seen.iter().filter(|s| s.query.contains("list-type=2")).count();
+        (said, (count("HEAD"), count("PUT"), lists))
+    };
+    let (pushed, requests) = requests_of(&["lfs", "push"]);
+    assert!(pushed.contains("Uploaded 3 LFS objects"), "{pushed}");
+    assert_eq!(requests, (3, 3, 0), "(HEAD, PUT, LIST)");
+    let (again, requests) = requests_of(&["lfs", "push"]);
+    assert!(again.contains("Uploaded 0 LFS objects") && again.contains("3 already in the bucket"), "{again}");
+    assert_eq!(requests, (3, 0, 0), "(HEAD, PUT, LIST)");
+}
+
+#[test]
 fn an_lfs_store_moves_to_s3_with_fetch_all_and_one_bulk_push() {
     let env = TestEnv::new();
     let old_url = env.url("old-home");
