@@ -20,6 +20,7 @@ pub mod requests;
 pub mod scheduler;
 pub mod scratch;
 pub mod server;
+pub mod shared_repository;
 pub mod state;
 pub mod store;
 pub mod transfer;

@@ -183,6 +183,31 @@ fn a_push_of_a_handful_of_objects_asks_about_each_instead_of_listing_a_remote_ho
 }
 
 #[test]
+fn placed_objects_honour_core_shared_repository() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new();
+    let url = env.url("shared");
+    let files = mixed_files(5)[2..].to_vec();
+    let work = lfs_repo(&env, &url, &files);
+    env.git_ok(&work, &["push", "-q", "origin", "main"]);
+    let clone = env.clone_without_lfs_content(&url, "clone", &[]);
+    let mode = |path: &Path| std::fs::metadata(path).expect("placed").permissions().mode() & 0o7777;
+
+    // One file per setting, as a team changes it over time.
+    for ((name, bytes), setting) in files.iter().zip(["group", "0640", "all"]) {
+        env.git_ok(&clone, &["config", "core.sharedRepository", setting]);
+        env.git_s3_ok(&clone, &["lfs", "pull", "-I", name]);
+        let object = stored_object(&clone, &sha256_hex(bytes));
+        let file = mode(&object);
+        match setting {
+            "group" => assert_eq!(file & 0o660, 0o660, "{name}: {file:o}, group may read and write"),
+            "0640" => assert_eq!(file, 0o640, "{name}: exactly the mode asked for"),
+            _ => assert_eq!(file & 0o664, 0o664, "{name}: {file:o}, everybody may read"),
+        }
+    }
+}
+
+#[test]
 fn an_lfs_store_moves_to_s3_with_fetch_all_and_one_bulk_push() {
     let env = TestEnv::new();
     let old_url = env.url("old-home");
