@@ -85,17 +85,20 @@ pub async fn sync(
     to_move.sort_by_key(|pointer| std::cmp::Reverse(pointer.size));
     let total: u64 = to_move.iter().map(|p| p.size).sum();
     let title = if request.push { "Uploading LFS objects" } else { "Downloading LFS objects" };
-    let meter = events.meter(title, total);
+    let meter = events.object_meter(title, total, to_move.len() as u64);
     let counter = meter.counter();
     let results: Vec<(Pointer, Result<(), LfsError>)> = futures::stream::iter(to_move)
         .map(|pointer| {
-            let counter = &counter;
+            let (counter, meter) = (&counter, &meter);
             async move {
                 let result = if request.push {
                     upload(store, &pointer, counter).await
                 } else {
                     store.download_into_place(&pointer.oid, pointer.size, counter).await
                 };
+                if result.is_ok() {
+                    meter.object_done();
+                }
                 (pointer, result)
             }
         })

@@ -565,8 +565,8 @@ async fn forward<T>(tx: &mpsc::Sender<Result<T, Status>>, event: Event, wrap: fn
 
 fn progress(event: Event) -> Result<proto::Progress, String> {
     match event {
-        Event::Progress { title, done_bytes, total_bytes, finished } => {
-            Ok(proto::Progress { title, done_bytes, total_bytes, finished })
+        Event::Progress { title, done_bytes, total_bytes, done_objects, total_objects, finished } => {
+            Ok(proto::Progress { title, done_bytes, total_bytes, finished, done_objects, total_objects })
         }
         Event::Message(text) => Err(text),
     }

@@ -3,9 +3,10 @@
 //! extra step. Real git, git-lfs, daemon and shims against moto.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use git_s3_tests::fault_proxy::FaultProxy;
-use git_s3_tests::{TestEnv, incompressible_bytes, sha256_hex};
+use git_s3_tests::{Fault, Rule, TestEnv, incompressible_bytes, sha256_hex};
 
 /// Files of many sizes: two larger than one request (downloaded in parallel ranges), the rest
 /// between 1 and 64 KiB.
@@ -205,6 +206,31 @@ fn placed_objects_honour_core_shared_repository() {
             _ => assert_eq!(file & 0o664, 0o664, "{name}: {file:o}, everybody may read"),
         }
     }
+}
+
+#[test]
+fn a_bulk_pull_on_a_terminal_counts_objects_as_well_as_bytes() {
+    let mut env = TestEnv::new();
+    let proxy = env.route_through_proxy();
+    let url = env.url("shown");
+    let files = mixed_files(5)[2..].to_vec();
+    let work = lfs_repo(&env, &url, &files);
+    env.git_ok(&work, &["push", "-q", "origin", "main"]);
+    let clone = env.clone_without_lfs_content(&url, "clone", &[]);
+    // The downloads end apart, so the line is drawn while one is still coming (progress shows
+    // only for transfers that last more than a second).
+    for delay_ms in [300, 1600, 2400] {
+        proxy.add(Rule::new("GET", "/shown/lfs/", Fault::Delay(Duration::from_millis(delay_ms))));
+    }
+
+    // `script` gives the command a terminal, where progress is shown.
+    let mut pull = env.command("script");
+    pull.args(["-qec", "git s3 lfs pull", "/dev/null"]).current_dir(&clone);
+    let output = env.run(pull);
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{shown}");
+    assert!(shown.contains("Downloading LFS objects:  66% (2/3), "), "{shown:?}");
+    assert!(shown.contains("Downloading LFS objects: 100% (3/3), ") && shown.contains(", done."), "{shown:?}");
 }
 
 #[test]
