@@ -233,6 +233,143 @@ fn a_bulk_pull_on_a_terminal_counts_objects_as_well_as_bytes() {
     assert!(shown.contains("Downloading LFS objects: 100% (3/3), ") && shown.contains(", done."), "{shown:?}");
 }
 
+/// Whether git-lfs's storage of `repo` holds `content` (by its id).
+fn holds(repo: &Path, content: &[u8]) -> bool {
+    stored_object(repo, &sha256_hex(content)).exists()
+}
+
+#[test]
+fn include_and_exclude_patterns_choose_which_objects_move() {
+    let env = TestEnv::new();
+    let url = env.url("patterns");
+    let work = lfs_repo(&env, &url, &[]);
+    let [kept, also_kept, skipped, other] =
+        [1, 2, 3, 4].map(|seed| incompressible_bytes(4096 + seed, 40 + seed as u64));
+    for (path, content) in
+        [("assets/a.bin", &kept), ("assets/b.bin", &also_kept), ("assets/skip.bin", &skipped), ("other/c.bin", &other)]
+    {
+        env.commit(&work, path, content, path);
+    }
+    let bucket_holds = |content: &[u8]| env.keys(&format!("patterns/lfs/{}", sha256_hex(content))).len() == 1;
+
+    let pushed = env.git_s3_ok(&work, &["lfs", "push", "-I", "assets/**", "-X", "assets/skip.bin"]);
+    assert!(pushed.contains("Uploaded 2 LFS objects"), "{pushed}");
+    assert!(bucket_holds(&kept) && bucket_holds(&also_kept) && !bucket_holds(&skipped) && !bucket_holds(&other));
+    env.git_s3_ok(&work, &["lfs", "push"]);
+    env.git_ok(&work, &["push", "-q", "--no-verify", "origin", "main"]);
+
+    let clone = env.clone_without_lfs_content(&url, "clone", &[]);
+    let pulled = env.git_s3_ok(&clone, &["lfs", "pull", "-X", "assets/**"]);
+    assert!(pulled.contains("Downloaded 1 LFS objects"), "{pulled}");
+    assert!(holds(&clone, &other) && !holds(&clone, &kept));
+    assert!(std::fs::read(clone.join("other/c.bin")).expect("checked out") == other, "its content is written");
+    let pulled = env.git_s3_ok(&clone, &["lfs", "pull", "-I", "assets/*.bin", "-X", "assets/skip.bin"]);
+    assert!(pulled.contains("Downloaded 2 LFS objects"), "{pulled}");
+    assert!(holds(&clone, &kept) && holds(&clone, &also_kept) && !holds(&clone, &skipped));
+}
+
+#[test]
+fn named_commits_move_the_objects_of_their_trees() {
+    let env = TestEnv::new();
+    let url = env.url("named");
+    let [first, second, topic] = [1, 2, 3].map(|seed| incompressible_bytes(8192 + seed, 50 + seed as u64));
+    let work = lfs_repo(&env, &url, &[("model.bin".to_string(), first.clone())]);
+    env.git_ok(&work, &["tag", "v1"]);
+    env.commit(&work, "model.bin", &second, "a better model");
+    env.git_ok(&work, &["checkout", "-q", "-b", "topic"]);
+    env.commit(&work, "extra.bin", &topic, "an experiment");
+    env.git_ok(&work, &["checkout", "-q", "main"]);
+    let bucket_holds = |content: &[u8]| env.keys(&format!("named/lfs/{}", sha256_hex(content))).len() == 1;
+
+    let pushed = env.git_s3_ok(&work, &["lfs", "push", "origin", "v1"]);
+    assert!(pushed.contains("Uploaded 1 LFS objects"), "{pushed}");
+    assert!(bucket_holds(&first) && !bucket_holds(&second), "a tag's tree, not main's");
+    let pushed = env.git_s3_ok(&work, &["lfs", "push", "origin", "main", "topic"]);
+    assert!(
+        pushed.contains("Uploaded 2 LFS objects") && pushed.contains("2 in all"),
+        "v1's is in neither tree: {pushed}"
+    );
+    env.git_ok(&work, &["push", "-q", "--no-verify", "origin", "main", "topic", "v1"]);
+
+    let clone = env.clone_without_lfs_content(&url, "clone", &[]);
+    let pulled = env.git_s3_ok(&clone, &["lfs", "pull", "origin", "v1"]);
+    assert!(pulled.contains("Downloaded 1 LFS objects"), "{pulled}");
+    assert!(holds(&clone, &first) && !holds(&clone, &second) && !holds(&clone, &topic));
+    let pulled = env.git_s3_ok(&clone, &["lfs", "pull", "origin", "main", "origin/topic"]);
+    assert!(pulled.contains("Downloaded 2 LFS objects"), "{pulled}");
+    assert!(std::fs::read(clone.join("model.bin")).expect("checked out") == second, "main's content is written");
+    assert!(holds(&clone, &topic));
+}
+
+#[test]
+fn a_repository_whose_code_lives_elsewhere_pushes_and_pulls_its_lfs_objects_in_bulk() {
+    let env = TestEnv::new();
+    env.enable_lfs();
+    let host = env.path("code-host.git");
+    env.git_ok(&env.path(""), &["init", "-q", "--bare", &host.to_string_lossy()]);
+    let work = env.new_repo("work");
+    env.git_ok(&work, &["remote", "add", "origin", &host.to_string_lossy()]);
+    env.git_ok(&work, &["lfs", "track", "*.bin"]);
+    let lfs_url = env.url("assets");
+    env.lfs_agent(&work, &["install", "--url", &lfs_url, "--lfsconfig"]);
+    let files = mixed_files(6)[2..].to_vec();
+    for (name, bytes) in &files {
+        std::fs::write(work.join(name), bytes).expect("write an LFS file");
+    }
+    env.git_ok(&work, &["add", "."]);
+    env.git_ok(&work, &["commit", "-q", "-m", "models, their LFS home in S3"]);
+    let pushed = env.git_s3_ok(&work, &["lfs", "push"]);
+    assert!(pushed.contains("Uploaded 4 LFS objects"), "{pushed}");
+    assert_eq!(env.keys("assets/lfs/").len(), 4);
+    env.git_ok(&work, &["push", "-q", "--no-verify", "origin", "main"]);
+
+    // One clone is told where the objects live, the other finds it in the committed .lfsconfig.
+    let told = env.clone_without_lfs_content(&host.to_string_lossy(), "told", &[]);
+    env.lfs_agent(&told, &["install", "--url", &lfs_url]);
+    let committed = env.clone_without_lfs_content(&host.to_string_lossy(), "committed", &[]);
+    for clone in [told, committed] {
+        let pulled = env.git_s3_ok(&clone, &["lfs", "pull"]);
+        assert!(pulled.contains("Downloaded 4 LFS objects"), "{pulled}");
+        for (name, bytes) in &files {
+            assert!(std::fs::read(clone.join(name)).expect("checked out") == *bytes, "{name} in {}", clone.display());
+        }
+    }
+}
+
+#[test]
+fn a_worktree_pulls_and_pushes_through_the_lfs_storage_it_shares() {
+    let env = TestEnv::new();
+    let url = env.url("trees");
+    let files = mixed_files(5)[2..].to_vec();
+    let work = lfs_repo(&env, &url, &files);
+    env.git_ok(&work, &["push", "-q", "origin", "main"]);
+    let clone = env.clone_without_lfs_content(&url, "clone", &[]);
+    let storage = env.path("lfs-storage");
+    env.git_ok(&clone, &["config", "lfs.storage", &storage.to_string_lossy()]);
+    let tree = env.path("tree");
+    let mut add = env.command("git");
+    add.env("GIT_LFS_SKIP_SMUDGE", "1").args(["worktree", "add", "-q", "-b", "feature"]).arg(&tree).current_dir(&clone);
+    assert!(env.run(add).status.success(), "git worktree add");
+
+    let pulled = env.git_s3_ok(&tree, &["lfs", "pull"]);
+    assert!(pulled.contains("Downloaded 3 LFS objects"), "{pulled}");
+    let in_storage = |content: &[u8]| {
+        let oid = sha256_hex(content);
+        storage.join("objects").join(&oid[..2]).join(&oid[2..4]).join(&oid).exists()
+    };
+    for (name, bytes) in &files {
+        assert!(in_storage(bytes) && !holds(&clone, bytes), "{name} is in lfs.storage, shared by the worktrees");
+        assert!(std::fs::read(tree.join(name)).expect("checked out") == *bytes, "{name} in the worktree");
+    }
+
+    let added = incompressible_bytes(12 * 1024, 60);
+    env.commit(&tree, "feature.bin", &added, "a feature's model");
+    assert!(in_storage(&added), "git-lfs keeps it in lfs.storage");
+    let pushed = env.git_s3_ok(&tree, &["lfs", "push"]);
+    assert!(pushed.contains("Uploaded 1 LFS objects"), "{pushed}");
+    assert_eq!(env.keys(&format!("trees/lfs/{}", sha256_hex(&added))).len(), 1);
+}
+
 #[test]
 fn an_lfs_store_moves_to_s3_with_fetch_all_and_one_bulk_push() {
     let env = TestEnv::new();
