@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use git_s3_tests::fault_proxy::FaultProxy;
-use git_s3_tests::{Fault, Rule, TestEnv, incompressible_bytes, sha256_hex};
+use git_s3_tests::{Fault, Rule, ServerKind, TestEnv, incompressible_bytes, sha256_hex};
 
 /// Files of many sizes: two larger than one request (downloaded in parallel ranges), the rest
 /// between 1 and 64 KiB.
@@ -154,7 +154,15 @@ fn a_push_lists_the_bucket_once_and_uploads_only_what_it_lacks() {
 
 #[test]
 fn a_push_of_a_handful_of_objects_asks_about_each_instead_of_listing_a_remote_holding_many() {
-    let mut env = TestEnv::new();
+    push_of_a_handful_to_a_remote_holding_many(TestEnv::new());
+}
+
+#[test]
+fn a_push_of_a_handful_of_objects_asks_about_each_on_s3s_fs_too() {
+    push_of_a_handful_to_a_remote_holding_many(TestEnv::with_server(ServerKind::S3sFs));
+}
+
+fn push_of_a_handful_to_a_remote_holding_many(mut env: TestEnv) {
     let proxy: FaultProxy = env.route_through_proxy();
     // A remote whose listing takes two pages.
     for i in 0..1001u32 {
