@@ -70,14 +70,15 @@ fn endpoint_keys(remote: &str, operation: Operation) -> Vec<(String, bool)> {
 }
 
 /// The endpoint that settings name for `remote`, if any: the first key of git-lfs's order that
-/// is set, each key looked up in git config before `.lfsconfig` (git config overrides it).
+/// is set, each key looked up in git config before `.lfsconfig` (git config overrides it). An
+/// empty value names nothing: it is how a user sets aside a committed `.lfsconfig` locally.
 pub fn configured(remote: &str, operation: Operation, git_config: &Entries, lfsconfig: &Entries) -> Option<Endpoint> {
     endpoint_keys(remote, operation).into_iter().find_map(|(key, lfsconfig_may_set)| {
-        if let Some(url) = git_config.get(&key) {
-            return Some(Endpoint { url: url.clone(), from: format!("{key} in git config") });
-        }
-        let url = lfsconfig.get(&key).filter(|_| lfsconfig_may_set)?;
-        Some(Endpoint { url: url.clone(), from: format!("{key} in .lfsconfig") })
+        let (url, file) = match git_config.get(&key) {
+            Some(url) => (url, "git config"),
+            None => (lfsconfig.get(&key).filter(|_| lfsconfig_may_set)?, ".lfsconfig"),
+        };
+        (!url.is_empty()).then(|| Endpoint { url: url.clone(), from: format!("{key} in {file}") })
     })
 }
 
@@ -206,6 +207,16 @@ mod tests {
         );
         let committed = [("s3.lfsurl", "s3://b/x"), ("remote.origin.lfspushurl", "s3://b/y")];
         assert_eq!(chosen(Operation::Upload, &[], &committed), None);
+        assert_eq!(
+            chosen(
+                Operation::Download,
+                &[("lfs.url", ""), ("remote.origin.lfsurl", "s3://b/r")],
+                &[("lfs.url", "s3://b/c")]
+            )
+            .as_deref(),
+            Some("s3://b/r remote.origin.lfsurl in git config"),
+            "an empty lfs.url in git config sets the committed one aside"
+        );
     }
 
     #[test]
