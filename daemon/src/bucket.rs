@@ -9,6 +9,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::copy_object::builders::CopyObjectFluentBuilder;
 use aws_sdk_s3::operation::create_multipart_upload::builders::CreateMultipartUploadFluentBuilder;
+use aws_sdk_s3::operation::list_multipart_uploads::ListMultipartUploadsOutput;
 use aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{EncodingType, ServerSideEncryption};
@@ -514,38 +515,62 @@ impl Bucket {
         format!("{}/{}", self.name, percent_encode_key(key))
     }
 
-    /// Multipart uploads in progress under `prefix`, all pages.
+    /// Multipart uploads in progress under `prefix`, all pages. As with `list`, a listing S3
+    /// cannot send as XML (a key holding a control character) is asked for again URL-encoded.
     pub async fn open_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>, S3Error> {
+        match self.upload_pages(prefix, false).await {
+            Err(ListFailure::Unreadable { detail, .. }) => {
+                tracing::warn!(%prefix, %detail, "the listing of uploads cannot be read; asking for it URL-encoded");
+                self.upload_pages(prefix, true).await.map_err(|failure| match failure {
+                    ListFailure::Unreadable { last_readable, detail } => {
+                        S3Error::UnreadableListing { prefix: prefix.to_string(), last_readable, detail }
+                    }
+                    ListFailure::S3(e) => e,
+                })
+            }
+            Err(ListFailure::S3(e)) => Err(e),
+            Ok(uploads) => Ok(uploads),
+        }
+    }
+
+    async fn upload_pages(&self, prefix: &str, url_encoded: bool) -> Result<Vec<OpenUpload>, ListFailure> {
         let mut uploads = Vec::new();
-        let (mut next_key_marker, mut next_id_marker) = (None::<String>, None::<String>);
+        let mut markers: Option<UploadMarkers> = None;
         loop {
-            let (key_marker, id_marker) = (next_key_marker.take(), next_id_marker.take());
+            let marker = markers.take();
+            let _admission = self.scheduler.admit_request().await;
             let page = self
                 .follow(|| async {
-                    self.client()
+                    let request = self
+                        .client()
                         .list_multipart_uploads()
                         .bucket(&self.name)
                         .prefix(prefix)
-                        .set_key_marker(key_marker.clone())
-                        .set_upload_id_marker(id_marker.clone())
-                        .send()
-                        .await
-                        .map_err(|e| self.classify("ListMultipartUploads", prefix, e))
+                        .set_encoding_type(url_encoded.then_some(EncodingType::Url))
+                        .set_key_marker(marker.as_ref().map(|m| m.key.clone()))
+                        .set_upload_id_marker(marker.as_ref().and_then(|m| m.upload_id.clone()));
+                    match request.send().await {
+                        Ok(page) => Ok(Ok(page)),
+                        // A 200 whose body could not be read.
+                        Err(e) if status_of(&e) == Some(200) => Ok(Err(innermost_cause(&e))),
+                        Err(e) => Err(self.classify("ListMultipartUploads", prefix, e)),
+                    }
                 })
-                .await?;
-            for upload in page.uploads() {
-                let (Some(key), Some(upload_id)) = (upload.key(), upload.upload_id()) else { continue };
-                uploads.push(OpenUpload {
-                    key: key.to_string(),
-                    upload_id: upload_id.to_string(),
-                    initiated: upload.initiated().and_then(|t| SystemTime::try_from(*t).ok()),
-                });
+                .await
+                .map_err(ListFailure::S3)?;
+            let page = match page {
+                Ok(page) => page,
+                Err(detail) => {
+                    let last_readable = uploads.last().map(|u: &OpenUpload| u.key.clone());
+                    return Err(ListFailure::Unreadable { last_readable, detail });
+                }
+            };
+            let (read, next) = read_upload_page(&page);
+            uploads.extend(read);
+            match next {
+                Some(next) => markers = Some(next),
+                None => return Ok(uploads),
             }
-            if page.is_truncated() != Some(true) || page.next_key_marker().is_none() {
-                return Ok(uploads);
-            }
-            next_key_marker = page.next_key_marker().map(str::to_string);
-            next_id_marker = page.next_upload_id_marker().map(str::to_string);
         }
     }
 
@@ -565,6 +590,7 @@ impl Bucket {
         let mut latest = None;
         let mut marker = None::<String>;
         loop {
+            let _admission = self.scheduler.admit_request().await;
             let page = self
                 .client()
                 .list_parts()
@@ -755,6 +781,40 @@ fn percent_encode_key(key: &str) -> String {
     utf8_percent_encode(key, COPY_SOURCE_ESCAPED).to_string()
 }
 
+/// Where the next page of a listing of uploads starts.
+#[derive(Debug, PartialEq, Eq)]
+struct UploadMarkers {
+    key: String,
+    upload_id: Option<String>,
+}
+
+/// The uploads of one page of `ListMultipartUploads`, and where the next page starts (`None`:
+/// this was the last). Keys and the key marker of a URL-encoded page are decoded: the marker
+/// goes back to S3 as the key it names.
+fn read_upload_page(page: &ListMultipartUploadsOutput) -> (Vec<OpenUpload>, Option<UploadMarkers>) {
+    let decode = |text: &str| {
+        if page.encoding_type() == Some(&EncodingType::Url) { url_decode_key(text) } else { text.to_string() }
+    };
+    let uploads = page
+        .uploads()
+        .iter()
+        .filter_map(|upload| {
+            Some(OpenUpload {
+                key: decode(upload.key()?),
+                upload_id: upload.upload_id()?.to_string(),
+                initiated: upload.initiated().and_then(|t| SystemTime::try_from(*t).ok()),
+            })
+        })
+        .collect();
+    let next = match (page.is_truncated(), page.next_key_marker()) {
+        (Some(true), Some(key)) => {
+            Some(UploadMarkers { key: decode(key), upload_id: page.next_upload_id_marker().map(str::to_string) })
+        }
+        _ => None,
+    };
+    (uploads, next)
+}
+
 /// A key of a listing asked for with `encoding-type=url`.
 fn url_decode_key(key: &str) -> String {
     percent_decode_str(&key.replace('+', " ")).decode_utf8_lossy().into_owned()
@@ -802,4 +862,42 @@ fn innermost_cause(err: &dyn std::error::Error) -> String {
         cause = source;
     }
     cause.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_s3::types::MultipartUpload;
+
+    fn upload(key: &str, id: &str) -> MultipartUpload {
+        MultipartUpload::builder().key(key).upload_id(id).build()
+    }
+
+    #[test]
+    fn a_url_encoded_page_of_uploads_is_decoded_and_its_marker_goes_back_decoded() {
+        let page = ListMultipartUploadsOutput::builder()
+            .encoding_type(EncodingType::Url)
+            .uploads(upload("p/refs/heads/a%01b/x.bundle", "1"))
+            .uploads(upload("p/lfs/with+space%23", "2"))
+            .is_truncated(true)
+            .next_key_marker("p/lfs/with+space%23")
+            .next_upload_id_marker("2")
+            .build();
+        let (uploads, next) = read_upload_page(&page);
+        let keys: Vec<&str> = uploads.iter().map(|u| u.key.as_str()).collect();
+        assert_eq!(keys, ["p/refs/heads/a\u{1}b/x.bundle", "p/lfs/with space#"]);
+        assert_eq!(next, Some(UploadMarkers { key: "p/lfs/with space#".into(), upload_id: Some("2".into()) }));
+    }
+
+    #[test]
+    fn a_plain_page_is_read_as_it_is_and_the_last_page_has_no_next() {
+        let page = ListMultipartUploadsOutput::builder()
+            .uploads(upload("p/lfs/a+b%41", "1"))
+            .is_truncated(false)
+            .next_key_marker("p/lfs/a+b%41")
+            .build();
+        let (uploads, next) = read_upload_page(&page);
+        assert_eq!(uploads[0].key, "p/lfs/a+b%41");
+        assert_eq!(next, None);
+    }
 }

@@ -19,6 +19,7 @@ use crate::bucket::{Bucket, EncryptedWith, S3Error, next_chunk_within};
 use crate::git::{Git, GitError};
 use crate::layout::{Layout, is_lfs_oid};
 use crate::scheduler::Scheduler;
+use crate::shared_repository::{Sharing, SharingError};
 use crate::transfer::{MultipartUpload, TransferError, join_part, part_size_for};
 
 /// Objects up to this size go in one request.
@@ -60,6 +61,8 @@ pub enum LfsError {
     Transfer(#[from] TransferError),
     #[error(transparent)]
     Invalid(#[from] crate::requests::InvalidRequest),
+    #[error(transparent)]
+    Sharing(#[from] SharingError),
 }
 
 /// A repository's LFS objects in the bucket, and where its LFS files live locally.
@@ -71,6 +74,8 @@ pub struct LfsStore {
     git_common_dir: PathBuf,
     /// Where git-lfs keeps objects (`lfs.storage`, else `<common dir>/lfs`).
     storage_dir: PathBuf,
+    /// Who may read and write what is placed there (`core.sharedRepository`).
+    sharing: Sharing,
 }
 
 impl LfsStore {
@@ -81,7 +86,9 @@ impl LfsStore {
             Ok(storage) if !storage.is_empty() => git_common_dir.join(storage),
             _ => git_common_dir.join("lfs"),
         };
-        Ok(Self { bucket, layout, scheduler, git_common_dir, storage_dir })
+        let shared = git.run(&["config", "--get", "core.sharedRepository"]).await.ok();
+        let sharing = Sharing::parse(shared.as_deref())?;
+        Ok(Self { bucket, layout, scheduler, git_common_dir, storage_dir, sharing })
     }
 
     fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LfsError + 'a {
@@ -261,13 +268,13 @@ impl LfsStore {
             chunks.push(chunk);
         }
         verify(oid, hasher)?;
-        let (tmp_dir, oid) = (self.tmp_dir(), oid.to_string());
+        let (tmp_dir, oid, sharing) = (self.tmp_dir(), oid.to_string(), self.sharing);
         blocking(move || {
-            let mut file = temp_file(&tmp_dir, &oid)?;
+            let mut file = temp_file(&tmp_dir, &oid, sharing)?;
             for chunk in &chunks {
                 file.write_all(chunk).map_err(Self::io("cannot write", file.path()))?;
             }
-            finish(file, target)
+            finish(file, target, sharing)
         })
         .await
     }
@@ -283,9 +290,9 @@ impl LfsStore {
         received: &AtomicU64,
         target: Option<PathBuf>,
     ) -> Result<PathBuf, LfsError> {
-        let (tmp_dir, named) = (self.tmp_dir(), oid.to_string());
+        let (tmp_dir, named, sharing) = (self.tmp_dir(), oid.to_string(), self.sharing);
         let file = blocking(move || {
-            let file = temp_file(&tmp_dir, &named)?;
+            let file = temp_file(&tmp_dir, &named, sharing)?;
             file.as_file().set_len(size).map_err(Self::io("cannot size", file.path()))?;
             Ok(file)
         })
@@ -319,7 +326,7 @@ impl LfsStore {
             path: self.tmp_dir(),
             source: std::io::Error::other("the download's file is still in use"),
         })?;
-        blocking(move || finish(file, target)).await
+        blocking(move || finish(file, target, sharing)).await
     }
 
     /// Writes bytes `offset..offset+len` of the object at the same place in `file`, in batches
@@ -498,18 +505,21 @@ fn verify(oid: &str, hasher: Sha256) -> Result<(), LfsError> {
 }
 
 /// A temp file in `dir` (created if need be) for a download of `oid`, named after it as
-/// git-lfs names its own.
-fn temp_file(dir: &Path, oid: &str) -> Result<NamedTempFile, LfsError> {
-    std::fs::create_dir_all(dir).map_err(LfsStore::io("cannot create", dir))?;
+/// git-lfs names its own, created as git-lfs creates objects (0666 less the umask).
+fn temp_file(dir: &Path, oid: &str, sharing: Sharing) -> Result<NamedTempFile, LfsError> {
+    use std::os::unix::fs::PermissionsExt;
+    sharing.create_dir_all(dir).map_err(LfsStore::io("cannot create", dir))?;
     tempfile::Builder::new()
         .prefix(&format!("{oid}-s3-"))
+        .permissions(std::fs::Permissions::from_mode(0o666))
         .tempfile_in(dir)
         .map_err(LfsStore::io("cannot create a temp file in", dir))
 }
 
-/// Renames a verified download's temp file to `target`, or keeps it where it is when `None`;
-/// returns where it now is.
-fn finish(file: NamedTempFile, target: Option<PathBuf>) -> Result<PathBuf, LfsError> {
+/// Gives a verified download the mode `core.sharedRepository` asks for, then renames its temp
+/// file to `target`, or keeps it where it is when `None`; returns where it now is.
+fn finish(file: NamedTempFile, target: Option<PathBuf>, sharing: Sharing) -> Result<PathBuf, LfsError> {
+    sharing.apply(file.path()).map_err(LfsStore::io("cannot set the mode of", file.path()))?;
     let Some(target) = target else {
         return file.into_temp_path().keep().map_err(|e| LfsError::Io {
             what: "cannot keep",
@@ -518,7 +528,7 @@ fn finish(file: NamedTempFile, target: Option<PathBuf>) -> Result<PathBuf, LfsEr
         });
     };
     if let Some(dir) = target.parent() {
-        std::fs::create_dir_all(dir).map_err(LfsStore::io("cannot create", dir))?;
+        sharing.create_dir_all(dir).map_err(LfsStore::io("cannot create", dir))?;
     }
     // On failure the temp file comes back inside the error and is removed with it.
     file.persist(&target).map_err(|e| LfsError::Io {

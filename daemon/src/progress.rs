@@ -13,7 +13,15 @@ const PROGRESS_PERIOD: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Progress { title: String, done_bytes: u64, total_bytes: u64, finished: bool },
+    /// Totals are 0 when unknown; objects are 0 for transfers that do not count them.
+    Progress {
+        title: String,
+        done_bytes: u64,
+        total_bytes: u64,
+        done_objects: u64,
+        total_objects: u64,
+        finished: bool,
+    },
     Message(String),
 }
 
@@ -69,27 +77,55 @@ impl Events {
 
     /// Starts counting bytes for one transfer; reports until finished or dropped.
     pub fn meter(&self, title: impl Into<String>, total_bytes: u64) -> Meter {
-        self.meter_into(title.into(), total_bytes, self.total.clone())
+        self.meter_into(Scale { title: title.into(), total_bytes, total_objects: 0 }, self.total.clone())
+    }
+
+    /// Starts counting bytes and whole objects for a transfer of many objects.
+    pub fn object_meter(&self, title: impl Into<String>, total_bytes: u64, total_objects: u64) -> Meter {
+        self.meter_into(Scale { title: title.into(), total_bytes, total_objects }, self.total.clone())
     }
 
     /// A meter whose bytes the user sees but the operation's total leaves out: a transfer in the
     /// other direction (a push that first downloads what it builds on).
     pub fn side_meter(&self, title: impl Into<String>, total_bytes: u64) -> Meter {
-        self.meter_into(title.into(), total_bytes, Arc::new(AtomicU64::new(0)))
+        self.meter_into(Scale { title: title.into(), total_bytes, total_objects: 0 }, Arc::new(AtomicU64::new(0)))
     }
 
-    fn meter_into(&self, title: String, total_bytes: u64, total: Arc<AtomicU64>) -> Meter {
+    fn meter_into(&self, scale: Scale, total: Arc<AtomicU64>) -> Meter {
         let bytes = Arc::new(AtomicU64::new(0));
-        let counted = Counted { bytes: bytes.clone(), added: Arc::new(AtomicU64::new(0)), total };
-        let ticker = tokio::spawn(tick(self.tx.clone(), title.clone(), counted.clone(), total_bytes, self.progress));
-        Meter { bytes, counted, ticker, title, total_bytes, tx: self.tx.clone(), progress: self.progress }
+        let objects = Arc::new(AtomicU64::new(0));
+        let counted = Counted { bytes: bytes.clone(), objects, added: Arc::new(AtomicU64::new(0)), total };
+        let ticker = tokio::spawn(tick(self.tx.clone(), scale.clone(), counted.clone(), self.progress));
+        Meter { bytes, counted, ticker, scale, tx: self.tx.clone(), progress: self.progress }
     }
 }
 
-/// A meter's bytes, and how many of them the operation's total already has.
+/// What a meter measures against.
+#[derive(Clone)]
+struct Scale {
+    title: String,
+    total_bytes: u64,
+    total_objects: u64,
+}
+
+impl Scale {
+    fn event(&self, done_bytes: u64, done_objects: u64, finished: bool) -> Event {
+        Event::Progress {
+            title: self.title.clone(),
+            done_bytes,
+            total_bytes: self.total_bytes,
+            done_objects,
+            total_objects: self.total_objects,
+            finished,
+        }
+    }
+}
+
+/// A meter's bytes and objects, and how many of the bytes the operation's total already has.
 #[derive(Clone)]
 struct Counted {
     bytes: Arc<AtomicU64>,
+    objects: Arc<AtomicU64>,
     added: Arc<AtomicU64>,
     total: Arc<AtomicU64>,
 }
@@ -108,8 +144,7 @@ pub struct Meter {
     counted: Counted,
     progress: bool,
     ticker: JoinHandle<()>,
-    title: String,
-    total_bytes: u64,
+    scale: Scale,
     tx: mpsc::Sender<Event>,
 }
 
@@ -122,19 +157,21 @@ impl Meter {
         self.bytes.clone()
     }
 
+    /// One more whole object done (for an `object_meter`).
+    pub fn object_done(&self) {
+        self.counted.objects.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn finish(self) {
         self.ticker.abort();
         let done = self.counted.sync_total();
         if !self.progress {
             return;
         }
-        let total = if self.total_bytes == 0 { done } else { self.total_bytes };
-        let _ = self.tx.try_send(Event::Progress {
-            title: self.title.clone(),
-            done_bytes: done,
-            total_bytes: total,
-            finished: true,
-        });
+        // A transfer of unknown size ends at 100% of what it moved.
+        let total_bytes = if self.scale.total_bytes == 0 { done } else { self.scale.total_bytes };
+        let scale = Scale { total_bytes, ..self.scale.clone() };
+        let _ = self.tx.try_send(scale.event(done, self.counted.objects.load(Ordering::Relaxed), true));
     }
 }
 
@@ -145,15 +182,42 @@ impl Drop for Meter {
 }
 
 /// Keeps the operation's total current and, when the client shows progress, reports.
-async fn tick(tx: mpsc::Sender<Event>, title: String, counted: Counted, total_bytes: u64, progress: bool) {
-    let mut last = u64::MAX;
+async fn tick(tx: mpsc::Sender<Event>, scale: Scale, counted: Counted, progress: bool) {
+    let mut last = (u64::MAX, u64::MAX);
     loop {
         tokio::time::sleep(PROGRESS_PERIOD).await;
-        let done = counted.sync_total();
+        let done = (counted.sync_total(), counted.objects.load(Ordering::Relaxed));
         if progress && done != last {
             last = done;
-            let _ =
-                tx.try_send(Event::Progress { title: title.clone(), done_bytes: done, total_bytes, finished: false });
+            let _ = tx.try_send(scale.event(done.0, done.1, false));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_object_meter_reports_objects_done_and_to_do_beside_bytes() {
+        let (events, mut rx) = Events::channel(Arc::new(AtomicU64::new(0)), true);
+        let meter = events.object_meter("Downloading LFS objects", 300, 3);
+        meter.add(200);
+        meter.object_done();
+        meter.object_done();
+        meter.finish();
+        let mut last = None;
+        while let Ok(event) = rx.try_recv() {
+            last = Some(event);
+        }
+        let expected = Event::Progress {
+            title: "Downloading LFS objects".into(),
+            done_bytes: 200,
+            total_bytes: 300,
+            done_objects: 2,
+            total_objects: 3,
+            finished: true,
+        };
+        assert_eq!(last, Some(expected));
     }
 }

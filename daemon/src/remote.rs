@@ -9,11 +9,11 @@ use std::sync::Arc;
 use crate::bucket::Bucket;
 use crate::clients::ClientCache;
 use crate::config::{self, ConfigError, RemoteConfig};
-use crate::git::{Git, GitError};
+use crate::git::Git;
 use crate::layout::Layout;
 use crate::lfs::{LfsError, LfsStore};
+use crate::lfs_endpoint::{self, Operation, is_s3_url};
 use crate::scheduler::Scheduler;
-use git_s3_proto::url::parse_lfs_alias;
 
 pub use crate::lfs::TRANSFER_ERROR_CODE;
 
@@ -67,71 +67,54 @@ impl Remote {
     }
 }
 
-/// git config key naming the S3 home of a repository's LFS objects when its code lives
-/// elsewhere (`git-lfs-s3 install --url`).
-pub const LFS_URL_KEY: &str = "s3.lfsurl";
-
 #[derive(Debug, thiserror::Error)]
 pub enum OpenLfsError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(
-        "cannot tell where LFS objects of remote '{remote}' live: {source}; use 'git-lfs-s3 install --url s3://bucket/prefix'"
+        "cannot tell where LFS objects of remote '{remote}' live: it is neither a remote of this repository nor a URL; use 'git-lfs-s3 install --url s3://bucket/prefix'"
     )]
-    UnknownRemote { remote: String, source: GitError },
+    UnknownRemote { remote: String },
+    #[error(
+        "git-lfs sends the LFS objects of '{remote}' to {url} ({from}), which is not in S3; to keep them in S3 use 'git-lfs-s3 install --url s3://bucket/prefix'"
+    )]
+    NotInS3 { remote: String, url: String, from: String },
     #[error(transparent)]
     Lfs(#[from] LfsError),
 }
 
-/// The S3 location git-lfs was pointed at with an alias URL, found where git-lfs looks for its
-/// endpoint: `remote.<remote>.lfsurl` and `lfs.url` in git config, then in the repository's
-/// `.lfsconfig` (the work tree's file, the index's, HEAD's: a clone's first checkout has only
-/// HEAD's). git-lfs tells an agent the remote's name, not the endpoint it chose.
-async fn lfs_alias_in_config(git: &Git, remote: &str) -> Option<String> {
-    let keys = [format!("remote.{remote}.lfsurl"), "lfs.url".to_string()];
-    let top = git.run(&["rev-parse", "--show-toplevel"]).await.ok();
-    let lfsconfig = top.map(|top| format!("{top}/.lfsconfig"));
-    let mut sources: Vec<Vec<&str>> = vec![vec![]];
-    if let Some(file) = &lfsconfig {
-        sources.push(vec!["--file", file]);
-    }
-    sources.push(vec!["--blob", ":.lfsconfig"]);
-    sources.push(vec!["--blob", "HEAD:.lfsconfig"]);
-    for source in &sources {
-        for key in &keys {
-            let args: Vec<&str> = ["config"].into_iter().chain(source.iter().copied()).chain(["--get", key]).collect();
-            if let Ok(value) = git.run(&args).await
-                && let Some(location) = parse_lfs_alias(&value)
-            {
-                return Some(location.to_string());
-            }
-        }
-    }
-    None
+/// Who named the remote of an LFS transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    /// git-lfs, to its agent: git-lfs's endpoint rules say where the objects go.
+    GitLfs,
+    /// The user, as the argument of `git s3 lfs pull|push`: an `s3://` URL there is meant as
+    /// it is and beats any setting; a remote's name goes through git-lfs's rules.
+    Argument,
 }
 
-/// The LFS store for what git-lfs calls `remote` (a remote's name or a URL). An `s3.lfsurl` in
-/// git config wins: it is how a repository whose code lives elsewhere keeps LFS objects in S3.
+/// The LFS store for `remote` (a remote's name or a URL) and `operation`, where git-lfs's
+/// endpoint rules put it (see `lfs_endpoint`).
 pub async fn open_lfs(
     clients: &Arc<ClientCache>,
     scheduler: Arc<Scheduler>,
     caller: &CallerContext,
     remote: &str,
+    operation: Operation,
+    naming: Naming,
 ) -> Result<(LfsStore, RemoteConfig), OpenLfsError> {
     let git = Git::new(caller.cwd.clone(), caller.env.clone());
-    let configured = git.run(&["config", "--get", LFS_URL_KEY]).await.ok().filter(|u| !u.is_empty());
-    let is_s3 = |url: &str| url.starts_with("s3://") || url.starts_with("s3+zip://");
-    let url = match configured {
-        Some(url) => url,
-        None if is_s3(remote) => remote.to_string(),
-        None => match git.run(&["remote", "get-url", "--", remote]).await {
-            Ok(url) if is_s3(&url) => url,
-            // Code elsewhere, LFS objects in S3 (an alias URL in git config or `.lfsconfig`).
-            other => match lfs_alias_in_config(&git, remote).await {
-                Some(url) => url,
-                None => other.map_err(|source| OpenLfsError::UnknownRemote { remote: remote.to_string(), source })?,
-            },
-        },
+    let url = if naming == Naming::Argument && is_s3_url(remote) {
+        remote.to_string()
+    } else {
+        let endpoint = lfs_endpoint::find(&git, remote, operation)
+            .await
+            .ok_or_else(|| OpenLfsError::UnknownRemote { remote: remote.to_string() })?;
+        endpoint.s3_location().ok_or_else(|| OpenLfsError::NotInS3 {
+            remote: remote.to_string(),
+            url: endpoint.url.clone(),
+            from: endpoint.from.clone(),
+        })?
     };
     let Remote { bucket, layout, config, git } = Remote::at(clients, &scheduler, caller, git, remote, &url).await?;
     let store = LfsStore::open(bucket, layout, scheduler, &git).await?;

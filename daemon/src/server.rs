@@ -13,10 +13,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::git::Git;
+use crate::lfs_endpoint::Operation;
 use crate::lfs_sync::{self, SyncRequest};
 use crate::listing_cache::ListingKey;
 use crate::progress::{CANCELLED, Event, Events};
-use crate::remote::{self, Remote, TRANSFER_ERROR_CODE};
+use crate::remote::{self, Naming, Remote, TRANSFER_ERROR_CODE};
 use crate::state::DaemonState;
 use crate::store::{self, ManageError, Repository, StoreError};
 use crate::{lfs, requests};
@@ -273,10 +274,17 @@ impl Daemon for Service {
         let request = request.into_inner();
         let progress = request.verbosity.is_some_and(|v| v.progress);
         let caller = requests::caller_context(request.caller)?;
-        let (store, config) =
-            remote::open_lfs(&self.state.clients, self.state.scheduler.clone(), &caller, &request.remote)
-                .await
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let operation = if request.push { Operation::Upload } else { Operation::Download };
+        let (store, config) = remote::open_lfs(
+            &self.state.clients,
+            self.state.scheduler.clone(),
+            &caller,
+            &request.remote,
+            operation,
+            Naming::Argument,
+        )
+        .await
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let git = Git::new(caller.cwd.clone(), caller.env.clone());
         let sync = SyncRequest {
             push: request.push,
@@ -436,7 +444,11 @@ async fn serve_lfs(
         return Err(Status::invalid_argument("an LFS session starts with init"));
     };
     let caller = requests::caller_context(init.caller)?;
-    let (store, config) = match remote::open_lfs(&state.clients, state.scheduler.clone(), &caller, &init.remote).await {
+    let operation = Operation::from_git_lfs(&init.operation);
+    let opened =
+        remote::open_lfs(&state.clients, state.scheduler.clone(), &caller, &init.remote, operation, Naming::GitLfs)
+            .await;
+    let (store, config) = match opened {
         Ok(opened) => opened,
         Err(e) => {
             send_lfs(tx, Event::Init(proto::LfsInitDone { error: e.to_string() })).await;
@@ -567,8 +579,8 @@ async fn forward<T>(tx: &mpsc::Sender<Result<T, Status>>, event: Event, wrap: fn
 
 fn progress(event: Event) -> Result<proto::Progress, String> {
     match event {
-        Event::Progress { title, done_bytes, total_bytes, finished } => {
-            Ok(proto::Progress { title, done_bytes, total_bytes, finished })
+        Event::Progress { title, done_bytes, total_bytes, done_objects, total_objects, finished } => {
+            Ok(proto::Progress { title, done_bytes, total_bytes, finished, done_objects, total_objects })
         }
         Event::Message(text) => Err(text),
     }

@@ -36,6 +36,21 @@ impl ProgressDisplay {
 
 fn render(progress: &Progress, elapsed: Duration) -> String {
     let rate = progress.done_bytes as f64 / elapsed.as_secs_f64().max(0.001);
+    // Transfers of many objects count them as git-lfs does ("50% (1/2), 10 MB"), bytes beside.
+    if let Some(percent) = progress.done_objects.saturating_mul(100).checked_div(progress.total_objects) {
+        let percent = percent.min(100);
+        let bytes = match progress.total_bytes {
+            0 => human_bytes(progress.done_bytes as f64),
+            total => format!("{}/{}", human_bytes(progress.done_bytes as f64), human_bytes(total as f64)),
+        };
+        return format!(
+            "{}: {percent:3}% ({}/{}), {bytes} | {}/s",
+            progress.title,
+            progress.done_objects,
+            progress.total_objects,
+            human_bytes(rate)
+        );
+    }
     if let Some(percent) = progress.done_bytes.saturating_mul(100).checked_div(progress.total_bytes) {
         let percent = percent.min(100);
         format!(
@@ -72,11 +87,23 @@ mod tests {
             title: "Receiving refs/heads/main".into(),
             done_bytes: 512 * 1024,
             total_bytes: 1024 * 1024,
-            finished: false,
+            ..Default::default()
         };
         assert_eq!(
             render(&p, Duration::from_secs(2)),
             "Receiving refs/heads/main:  50% (512.00 KiB/1.00 MiB) | 256.00 KiB/s"
+        );
+        let many = Progress {
+            title: "Downloading LFS objects".into(),
+            done_bytes: 3 * 1024 * 1024,
+            total_bytes: 4 * 1024 * 1024,
+            done_objects: 150,
+            total_objects: 200,
+            finished: false,
+        };
+        assert_eq!(
+            render(&many, Duration::from_secs(3)),
+            "Downloading LFS objects:  75% (150/200), 3.00 MiB/4.00 MiB | 1.00 MiB/s"
         );
         assert_eq!(human_bytes(100.0), "100 bytes");
     }

@@ -30,6 +30,9 @@ pub enum Fault {
     /// Send the server's answer in pieces of this many bytes, one every `pause`: slow, but
     /// steady.
     Trickle { bytes: usize, pause: Duration },
+    /// Let the server answer a listing of multipart uploads, then URL-encode its keys as S3 does
+    /// when asked with `encoding-type=url` (moto ignores that parameter for this listing).
+    UrlEncodeUploadKeys,
     /// Play a bucket that lives in this region, as AWS does: a request signed for any other
     /// region gets `301 PermanentRedirect` with `x-amz-bucket-region`; one signed for it passes.
     BucketRegion(&'static str),
@@ -302,6 +305,11 @@ fn serve_connection(client: TcpStream, upstream: &str, shared: &Shared) -> std::
                 writer.flush()?;
                 return reset(writer);
             }
+            Some(Fault::UrlEncodeUploadKeys) => {
+                let answer = url_encode_upload_keys(answer);
+                writer.write_all(&answer.head)?;
+                writer.write_all(&answer.body)?;
+            }
             Some(Fault::Delay(pause)) => {
                 std::thread::sleep(pause);
                 writer.write_all(&answer.head)?;
@@ -325,6 +333,78 @@ fn serve_connection(client: TcpStream, upstream: &str, shared: &Shared) -> std::
             Some(Fault::Status(..) | Fault::BucketRegion(_)) => unreachable!("answered above"),
         }
     }
+}
+
+/// A `ListMultipartUploads` answer as S3 sends it for `encoding-type=url`: every `<Key>` and
+/// `<NextKeyMarker>` percent-encoded, and `<EncodingType>url</EncodingType>`. Other answers pass.
+fn url_encode_upload_keys(answer: Message) -> Message {
+    let text = String::from_utf8_lossy(&answer.body).into_owned();
+    let Some(end) = text.find("</ListMultipartUploadsResult>") else { return answer };
+    let mut encoded = String::new();
+    let mut rest = &text[..end];
+    while let Some((before, tag, after)) = ["<Key>", "<NextKeyMarker>"]
+        .iter()
+        .filter_map(|tag| rest.find(tag).map(|at| (at, *tag)))
+        .min()
+        .map(|(at, tag)| (&rest[..at], tag, &rest[at + tag.len()..]))
+    {
+        let close = format!("</{}", &tag[1..]);
+        let Some(value_end) = after.find(&close) else { break };
+        encoded.push_str(before);
+        encoded.push_str(tag);
+        encoded.push_str(&percent_encode(&xml_unescape(&after[..value_end])));
+        rest = &after[value_end..];
+    }
+    encoded.push_str(rest);
+    encoded.push_str("<EncodingType>url</EncodingType>");
+    encoded.push_str(&text[end..]);
+    let head = String::from_utf8_lossy(&answer.head)
+        .lines()
+        .filter(|line| !line.to_ascii_lowercase().starts_with("content-length:") && !line.is_empty())
+        .map(|line| format!("{line}\r\n"))
+        .collect::<String>()
+        + &format!("content-length: {}\r\n\r\n", encoded.len());
+    Message { head: head.into_bytes(), body: encoded.into_bytes() }
+}
+
+fn xml_unescape(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find('&') {
+        out.push_str(&rest[..at]);
+        let Some(end) = rest[at..].find(';') else { break };
+        let entity = &rest[at + 1..at + end];
+        let decoded = match entity {
+            "amp" => Some('&'),
+            "lt" => Some('<'),
+            "gt" => Some('>'),
+            "quot" => Some('"'),
+            "apos" => Some('\''),
+            _ => entity
+                .strip_prefix("#x")
+                .map(|hex| u32::from_str_radix(hex, 16))
+                .or_else(|| entity.strip_prefix('#').map(|dec| dec.parse()))
+                .and_then(Result::ok)
+                .and_then(char::from_u32),
+        };
+        match decoded {
+            Some(c) => out.push(c),
+            None => out.push_str(&rest[at..=at + end]),
+        }
+        rest = &rest[at + end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// S3's URL encoding of a key: unreserved characters and `/` as they are, the rest `%XX`.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Closes with a TCP reset, as a dying server or middlebox would.

@@ -263,6 +263,43 @@ impl TestEnv {
         self.run(command)
     }
 
+    /// `git s3 …` run in `dir`.
+    pub fn git_s3_in(&self, dir: &Path, args: &[&str]) -> Output {
+        let mut command = self.command(bin_dir().join("git-s3"));
+        command.args(args).current_dir(dir);
+        self.run(command)
+    }
+
+    /// `git s3 …` run in `dir`; returns its stdout, failing the test on an error.
+    pub fn git_s3_ok(&self, dir: &Path, args: &[&str]) -> String {
+        let output = self.git_s3_in(dir, args);
+        assert!(
+            output.status.success(),
+            "git s3 {} failed:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// A clone that has pointers, not content (as CI jobs make them before pulling in bulk),
+    /// made with more `git clone` options (e.g. `--bare`).
+    pub fn clone_without_lfs_content(&self, url: &str, name: &str, options: &[&str]) -> PathBuf {
+        let clone = self.path(name);
+        let mut command = self.command("git");
+        command
+            .env("GIT_LFS_SKIP_SMUDGE", "1")
+            .args(["clone", "-q"])
+            .args(options)
+            .arg(url)
+            .arg(&clone)
+            .current_dir(self.path(""));
+        let output = self.run(command);
+        assert!(output.status.success(), "clone: {}", String::from_utf8_lossy(&output.stderr));
+        clone
+    }
+
     /// The daemon's `status --json`, or `None` when it is not running.
     pub fn daemon_status(&self) -> Option<serde_json::Value> {
         let output = self.git_s3(&["daemon", "status", "--json"]);

@@ -316,3 +316,22 @@ fn a_killed_push_leaves_no_scratch_space_behind_and_stop_returns_once_the_daemon
 fn dir_entries(dir: &Path) -> Vec<std::path::PathBuf> {
     std::fs::read_dir(dir).map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default()
 }
+
+#[test]
+fn an_upload_whose_key_holds_a_control_character_is_listed_url_encoded_and_aborted() {
+    let mut env = TestEnv::new();
+    let proxy: FaultProxy = env.route_through_proxy();
+    pushed_repo(&env, "ctlup");
+    // A push killed mid-upload of a branch whose name holds a control character.
+    env.server.upload_with_unsendable_key(&env.bucket, &format!("ctlup/refs/heads/a\u{1}b/{STRANGER}.bundle"));
+    // S3 sends such a listing URL-encoded when asked; moto does not, so the proxy plays S3.
+    proxy.add(Rule::new("GET", "", Fault::UrlEncodeUploadKeys).query("encoding-type=url").times(usize::MAX));
+
+    let output = env.git_s3(&["doctor", &env.url("ctlup"), "--yes"]);
+    let report = text(&output.stdout);
+    assert!(output.status.success(), "{report}{}", text(&output.stderr));
+    no_escape_sequences(&report);
+    assert!(report.contains("unfinished upload") && report.contains("aborted it"), "{report}");
+    assert!(proxy.seen().iter().any(|s| s.query.contains("uploads") && s.query.contains("encoding-type=url")));
+    assert_eq!(env.server.open_multipart_uploads(&env.bucket), 0, "the upload was aborted");
+}

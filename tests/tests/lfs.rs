@@ -244,3 +244,32 @@ fn the_agent_refuses_bad_requests_object_by_object_and_goes_on() {
     assert_eq!(last_progress["bytesSoFar"], 5, "the last progress event equals the size");
     assert_eq!(lfs_keys(&env, "refuse"), vec![format!("refuse/lfs/{oid}")]);
 }
+
+#[test]
+fn uninstall_undoes_install_at_the_level_it_was_made() {
+    let env = TestEnv::new();
+    env.enable_lfs();
+    let home = env.path("");
+    // Another agent's setting of this user's, which is not ours to remove.
+    env.git_ok(&home, &["config", "--global", "lfs.https://lfs.example.com/.standalonetransferagent", "other-agent"]);
+    let user_config = |env: &TestEnv| env.git_ok(&home, &["config", "--global", "--list"]);
+    let before = user_config(&env);
+    env.lfs_agent(&home, &["install", "--global"]);
+    assert_ne!(user_config(&env), before, "install --global writes this user's config");
+    let repo = env.new_repo("work");
+    env.git_ok(&repo, &["remote", "add", "origin", &env.url("uninstalled")]);
+    env.lfs_agent(&repo, &["install", "--remote", "origin"]);
+    let local_config = |env: &TestEnv| env.git_ok(&repo, &["config", "--local", "--list"]);
+    assert!(local_config(&env).contains("lfs-alias"), "{}", local_config(&env));
+
+    // In the repository: its own settings go, the user's stay.
+    let global_installed = user_config(&env);
+    env.lfs_agent(&repo, &["uninstall"]);
+    let local = local_config(&env);
+    assert!(!local.contains("git-lfs-s3") && !local.contains("lfs-alias"), "{local}");
+    assert_eq!(user_config(&env), global_installed, "a repository's uninstall leaves the user's config alone");
+
+    let said = env.lfs_agent(&home, &["uninstall", "--global"]);
+    assert!(said.contains("uninstalled for this user"), "{said}");
+    assert_eq!(user_config(&env), before, "uninstall --global removes exactly what install --global wrote");
+}

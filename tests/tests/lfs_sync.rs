@@ -3,50 +3,10 @@
 //! extra step. Real git, git-lfs, daemon and shims against moto.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::time::Duration;
 
 use git_s3_tests::fault_proxy::FaultProxy;
-use git_s3_tests::{TestEnv, bin_dir, incompressible_bytes, sha256_hex};
-
-/// `git s3 …` run in `dir`.
-fn git_s3_in(env: &TestEnv, dir: &Path, args: &[&str]) -> Output {
-    let mut command = env.command(bin_dir().join("git-s3"));
-    command.args(args).current_dir(dir);
-    env.run(command)
-}
-
-fn git_s3_ok(env: &TestEnv, dir: &Path, args: &[&str]) -> String {
-    let output = git_s3_in(env, dir, args);
-    assert!(
-        output.status.success(),
-        "git s3 {} failed:\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// A clone that has pointers, not content (as CI jobs make them before pulling in bulk).
-fn clone_without_lfs_content(env: &TestEnv, url: &str, name: &str) -> PathBuf {
-    clone_without_lfs_content_with(env, url, name, &[])
-}
-
-/// The same, with more `git clone` options (e.g. `--bare`).
-fn clone_without_lfs_content_with(env: &TestEnv, url: &str, name: &str, options: &[&str]) -> PathBuf {
-    let clone = env.path(name);
-    let mut command = env.command("git");
-    command
-        .env("GIT_LFS_SKIP_SMUDGE", "1")
-        .args(["clone", "-q"])
-        .args(options)
-        .arg(url)
-        .arg(&clone)
-        .current_dir(env.path(""));
-    let output = env.run(command);
-    assert!(output.status.success(), "clone: {}", String::from_utf8_lossy(&output.stderr));
-    clone
-}
+use git_s3_tests::{Fault, Rule, ServerKind, TestEnv, incompressible_bytes, sha256_hex};
 
 /// Files of many sizes: two larger than one request (downloaded in parallel ranges), the rest
 /// between 1 and 64 KiB.
@@ -79,13 +39,13 @@ fn a_fresh_clone_pulls_every_object_at_once_and_a_second_pull_moves_nothing() {
     let url = env.url("bulk");
     let files = mixed_files(200);
     let work = lfs_repo(&env, &url, &files);
-    let pushed = git_s3_ok(&env, &work, &["lfs", "push"]);
+    let pushed = env.git_s3_ok(&work, &["lfs", "push"]);
     assert!(pushed.contains("Uploaded 200 LFS objects"), "{pushed}");
     // The code goes up without git-lfs's own upload (its pre-push hook).
     env.git_ok(&work, &["push", "-q", "--no-verify", "origin", "main"]);
 
-    let clone = clone_without_lfs_content(&env, &url, "clone");
-    let pulled = git_s3_ok(&env, &clone, &["lfs", "pull"]);
+    let clone = env.clone_without_lfs_content(&url, "clone", &[]);
+    let pulled = env.git_s3_ok(&clone, &["lfs", "pull"]);
     assert!(pulled.contains("Downloaded 200 LFS objects"), "{pulled}");
     env.git_ok(&clone, &["lfs", "fsck"]);
     for (name, bytes) in &files {
@@ -93,7 +53,7 @@ fn a_fresh_clone_pulls_every_object_at_once_and_a_second_pull_moves_nothing() {
     }
     assert_eq!(env.git_ok(&clone, &["status", "--porcelain"]), "", "the work tree is clean");
 
-    let again = git_s3_ok(&env, &clone, &["lfs", "pull"]);
+    let again = env.git_s3_ok(&clone, &["lfs", "pull"]);
     assert!(again.contains("Downloaded 0 LFS objects") && again.contains("200 already here"), "{again}");
 }
 
@@ -104,9 +64,9 @@ fn a_bare_mirror_pulls_every_object_of_every_commit() {
     let files = mixed_files(6)[2..].to_vec();
     let work = lfs_repo(&env, &url, &files);
     env.git_ok(&work, &["push", "-q", "origin", "main"]);
-    let mirror = clone_without_lfs_content_with(&env, &url, "mirror.git", &["--bare"]);
+    let mirror = env.clone_without_lfs_content(&url, "mirror.git", &["--bare"]);
 
-    let pulled = git_s3_ok(&env, &mirror, &["lfs", "pull", "--all"]);
+    let pulled = env.git_s3_ok(&mirror, &["lfs", "pull", "--all"]);
     assert!(pulled.contains("Downloaded 4 LFS objects"), "{pulled}");
     for (name, bytes) in &files {
         let stored = stored_in(&mirror, &sha256_hex(bytes));
@@ -131,8 +91,8 @@ fn an_object_whose_bytes_do_not_hash_to_its_id_is_refused_and_not_placed() {
     forge(2, files[2].1.len());
     forge(3, files[3].1.len() + 4096);
 
-    let clone = clone_without_lfs_content(&env, &url, "clone");
-    let pulled = git_s3_in(&env, &clone, &["lfs", "pull"]);
+    let clone = env.clone_without_lfs_content(&url, "clone", &[]);
+    let pulled = env.git_s3_in(&clone, &["lfs", "pull"]);
     let stderr = String::from_utf8_lossy(&pulled.stderr);
     assert!(!pulled.status.success(), "a corrupt object fails the pull");
     let failure = |index: usize| stderr.lines().find(|line| line.contains(&oid(index))).unwrap_or_default().to_string();
@@ -163,13 +123,13 @@ fn a_push_lists_the_bucket_once_and_uploads_only_what_it_lacks() {
     let url = env.url("lacks");
     let files = mixed_files(22)[2..].to_vec();
     let work = lfs_repo(&env, &url, &files);
-    git_s3_ok(&env, &work, &["lfs", "push"]);
+    env.git_s3_ok(&work, &["lfs", "push"]);
     for i in 0..5 {
         env.commit(&work, &format!("new{i}.bin"), incompressible_bytes(2048 + i, 500 + i as u64), "more");
     }
 
     let before = proxy.seen().len();
-    let planned = git_s3_ok(&env, &work, &["lfs", "push", "--dry-run"]);
+    let planned = env.git_s3_ok(&work, &["lfs", "push", "--dry-run"]);
     assert!(
         planned.contains("Would upload 5 LFS objects") && planned.contains("20 already in the bucket"),
         "{planned}"
@@ -179,7 +139,7 @@ fn a_push_lists_the_bucket_once_and_uploads_only_what_it_lacks() {
     assert!(dry.iter().all(|s| s.method == "GET"), "a dry run writes nothing: {dry:?}");
 
     let before = proxy.seen().len();
-    let pushed = git_s3_ok(&env, &work, &["lfs", "push"]);
+    let pushed = env.git_s3_ok(&work, &["lfs", "push"]);
     assert!(pushed.contains("Uploaded 5 LFS objects"), "{pushed}");
     let requests: Vec<_> = proxy.seen()[before..]
         .iter()
@@ -190,6 +150,232 @@ fn a_push_lists_the_bucket_once_and_uploads_only_what_it_lacks() {
     let heads = requests.iter().filter(|s| s.method == "HEAD").count();
     let lists = requests.iter().filter(|s| s.method == "GET" && s.query.contains("list-type=2")).count();
     assert_eq!((puts, heads, lists), (5, 0, 1), "{requests:?}");
+}
+
+#[test]
+fn a_push_of_a_handful_of_objects_asks_about_each_instead_of_listing_a_remote_holding_many() {
+    push_of_a_handful_to_a_remote_holding_many(TestEnv::new());
+}
+
+#[test]
+fn a_push_of_a_handful_of_objects_asks_about_each_on_s3s_fs_too() {
+    push_of_a_handful_to_a_remote_holding_many(TestEnv::with_server(ServerKind::S3sFs));
+}
+
+fn push_of_a_handful_to_a_remote_holding_many(mut env: TestEnv) {
+    let proxy: FaultProxy = env.route_through_proxy();
+    // A remote whose listing takes two pages.
+    for i in 0..1001u32 {
+        env.server.put(&env.bucket, &format!("busy/lfs/{}", sha256_hex(&i.to_le_bytes())), Vec::new());
+    }
+    let files = mixed_files(5)[2..].to_vec();
+    let work = lfs_repo(&env, &env.url("busy"), &files);
+
+    let requests_of = |push: &[&str]| {
+        let before = proxy.seen().len();
+        let said = env.git_s3_ok(&work, push);
+        let seen: Vec<_> = proxy.seen()[before..]
+            .iter()
+            .filter(|s| s.path.contains("/busy/lfs") || s.query.contains("prefix=busy%2Flfs"))
+            .cloned()
+            .collect();
+        let count = |method: &str| seen.iter().filter(|s| s.method == method && !s.query.contains("list-type")).count();
+        let lists = seen.iter().filter(|s| s.query.contains("list-type=2")).count();
+        (said, (count("HEAD"), count("PUT"), lists))
+    };
+    let (pushed, requests) = requests_of(&["lfs", "push"]);
+    assert!(pushed.contains("Uploaded 3 LFS objects"), "{pushed}");
+    assert_eq!(requests, (3, 3, 0), "(HEAD, PUT, LIST)");
+    let (again, requests) = requests_of(&["lfs", "push"]);
+    assert!(again.contains("Uploaded 0 LFS objects") && again.contains("3 already in the bucket"), "{again}");
+    assert_eq!(requests, (3, 0, 0), "(HEAD, PUT, LIST)");
+}
+
+#[test]
+fn placed_objects_honour_core_shared_repository() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new();
+    let url = env.url("shared");
+    let files = mixed_files(5)[2..].to_vec();
+    let work = lfs_repo(&env, &url, &files);
+    env.git_ok(&work, &["push", "-q", "origin", "main"]);
+    let clone = env.clone_without_lfs_content(&url, "clone", &[]);
+    let mode = |path: &Path| std::fs::metadata(path).expect("placed").permissions().mode() & 0o7777;
+
+    // One file per setting, as a team changes it over time.
+    for ((name, bytes), setting) in files.iter().zip(["group", "0640", "all"]) {
+        env.git_ok(&clone, &["config", "core.sharedRepository", setting]);
+        env.git_s3_ok(&clone, &["lfs", "pull", "-I", name]);
+        let object = stored_object(&clone, &sha256_hex(bytes));
+        let file = mode(&object);
+        match setting {
+            "group" => assert_eq!(file & 0o660, 0o660, "{name}: {file:o}, group may read and write"),
+            "0640" => assert_eq!(file, 0o640, "{name}: exactly the mode asked for"),
+            _ => assert_eq!(file & 0o664, 0o664, "{name}: {file:o}, everybody may read"),
+        }
+    }
+}
+
+#[test]
+fn a_bulk_pull_on_a_terminal_counts_objects_as_well_as_bytes() {
+    let mut env = TestEnv::new();
+    let proxy = env.route_through_proxy();
+    let url = env.url("shown");
+    let files = mixed_files(5)[2..].to_vec();
+    let work = lfs_repo(&env, &url, &files);
+    env.git_ok(&work, &["push", "-q", "origin", "main"]);
+    let clone = env.clone_without_lfs_content(&url, "clone", &[]);
+    // The downloads end apart, so the line is drawn while one is still coming (progress shows
+    // only for transfers that last more than a second).
+    for delay_ms in [300, 1600, 2400] {
+        proxy.add(Rule::new("GET", "/shown/lfs/", Fault::Delay(Duration::from_millis(delay_ms))));
+    }
+
+    // `script` gives the command a terminal, where progress is shown.
+    let mut pull = env.command("script");
+    pull.args(["-qec", "git s3 lfs pull", "/dev/null"]).current_dir(&clone);
+    let output = env.run(pull);
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{shown}");
+    assert!(shown.contains("Downloading LFS objects:  66% (2/3), "), "{shown:?}");
+    assert!(shown.contains("Downloading LFS objects: 100% (3/3), ") && shown.contains(", done."), "{shown:?}");
+}
+
+/// Whether git-lfs's storage of `repo` holds `content` (by its id).
+fn holds(repo: &Path, content: &[u8]) -> bool {
+    stored_object(repo, &sha256_hex(content)).exists()
+}
+
+#[test]
+fn include_and_exclude_patterns_choose_which_objects_move() {
+    let env = TestEnv::new();
+    let url = env.url("patterns");
+    let work = lfs_repo(&env, &url, &[]);
+    let [kept, also_kept, skipped, other] =
+        [1, 2, 3, 4].map(|seed| incompressible_bytes(4096 + seed, 40 + seed as u64));
+    for (path, content) in
+        [("assets/a.bin", &kept), ("assets/b.bin", &also_kept), ("assets/skip.bin", &skipped), ("other/c.bin", &other)]
+    {
+        env.commit(&work, path, content, path);
+    }
+    let bucket_holds = |content: &[u8]| env.keys(&format!("patterns/lfs/{}", sha256_hex(content))).len() == 1;
+
+    let pushed = env.git_s3_ok(&work, &["lfs", "push", "-I", "assets/**", "-X", "assets/skip.bin"]);
+    assert!(pushed.contains("Uploaded 2 LFS objects"), "{pushed}");
+    assert!(bucket_holds(&kept) && bucket_holds(&also_kept) && !bucket_holds(&skipped) && !bucket_holds(&other));
+    env.git_s3_ok(&work, &["lfs", "push"]);
+    env.git_ok(&work, &["push", "-q", "--no-verify", "origin", "main"]);
+
+    let clone = env.clone_without_lfs_content(&url, "clone", &[]);
+    let pulled = env.git_s3_ok(&clone, &["lfs", "pull", "-X", "assets/**"]);
+    assert!(pulled.contains("Downloaded 1 LFS objects"), "{pulled}");
+    assert!(holds(&clone, &other) && !holds(&clone, &kept));
+    assert!(std::fs::read(clone.join("other/c.bin")).expect("checked out") == other, "its content is written");
+    let pulled = env.git_s3_ok(&clone, &["lfs", "pull", "-I", "assets/*.bin", "-X", "assets/skip.bin"]);
+    assert!(pulled.contains("Downloaded 2 LFS objects"), "{pulled}");
+    assert!(holds(&clone, &kept) && holds(&clone, &also_kept) && !holds(&clone, &skipped));
+}
+
+#[test]
+fn named_commits_move_the_objects_of_their_trees() {
+    let env = TestEnv::new();
+    let url = env.url("named");
+    let [first, second, topic] = [1, 2, 3].map(|seed| incompressible_bytes(8192 + seed, 50 + seed as u64));
+    let work = lfs_repo(&env, &url, &[("model.bin".to_string(), first.clone())]);
+    env.git_ok(&work, &["tag", "v1"]);
+    env.commit(&work, "model.bin", &second, "a better model");
+    env.git_ok(&work, &["checkout", "-q", "-b", "topic"]);
+    env.commit(&work, "extra.bin", &topic, "an experiment");
+    env.git_ok(&work, &["checkout", "-q", "main"]);
+    let bucket_holds = |content: &[u8]| env.keys(&format!("named/lfs/{}", sha256_hex(content))).len() == 1;
+
+    let pushed = env.git_s3_ok(&work, &["lfs", "push", "origin", "v1"]);
+    assert!(pushed.contains("Uploaded 1 LFS objects"), "{pushed}");
+    assert!(bucket_holds(&first) && !bucket_holds(&second), "a tag's tree, not main's");
+    let pushed = env.git_s3_ok(&work, &["lfs", "push", "origin", "main", "topic"]);
+    assert!(
+        pushed.contains("Uploaded 2 LFS objects") && pushed.contains("2 in all"),
+        "v1's is in neither tree: {pushed}"
+    );
+    env.git_ok(&work, &["push", "-q", "--no-verify", "origin", "main", "topic", "v1"]);
+
+    let clone = env.clone_without_lfs_content(&url, "clone", &[]);
+    let pulled = env.git_s3_ok(&clone, &["lfs", "pull", "origin", "v1"]);
+    assert!(pulled.contains("Downloaded 1 LFS objects"), "{pulled}");
+    assert!(holds(&clone, &first) && !holds(&clone, &second) && !holds(&clone, &topic));
+    let pulled = env.git_s3_ok(&clone, &["lfs", "pull", "origin", "main", "origin/topic"]);
+    assert!(pulled.contains("Downloaded 2 LFS objects"), "{pulled}");
+    assert!(std::fs::read(clone.join("model.bin")).expect("checked out") == second, "main's content is written");
+    assert!(holds(&clone, &topic));
+}
+
+#[test]
+fn a_repository_whose_code_lives_elsewhere_pushes_and_pulls_its_lfs_objects_in_bulk() {
+    let env = TestEnv::new();
+    env.enable_lfs();
+    let host = env.path("code-host.git");
+    env.git_ok(&env.path(""), &["init", "-q", "--bare", &host.to_string_lossy()]);
+    let work = env.new_repo("work");
+    env.git_ok(&work, &["remote", "add", "origin", &host.to_string_lossy()]);
+    env.git_ok(&work, &["lfs", "track", "*.bin"]);
+    let lfs_url = env.url("assets");
+    env.lfs_agent(&work, &["install", "--url", &lfs_url, "--lfsconfig"]);
+    let files = mixed_files(6)[2..].to_vec();
+    for (name, bytes) in &files {
+        std::fs::write(work.join(name), bytes).expect("write an LFS file");
+    }
+    env.git_ok(&work, &["add", "."]);
+    env.git_ok(&work, &["commit", "-q", "-m", "models, their LFS home in S3"]);
+    let pushed = env.git_s3_ok(&work, &["lfs", "push"]);
+    assert!(pushed.contains("Uploaded 4 LFS objects"), "{pushed}");
+    assert_eq!(env.keys("assets/lfs/").len(), 4);
+    env.git_ok(&work, &["push", "-q", "--no-verify", "origin", "main"]);
+
+    // One clone is told where the objects live, the other finds it in the committed .lfsconfig.
+    let told = env.clone_without_lfs_content(&host.to_string_lossy(), "told", &[]);
+    env.lfs_agent(&told, &["install", "--url", &lfs_url]);
+    let committed = env.clone_without_lfs_content(&host.to_string_lossy(), "committed", &[]);
+    for clone in [told, committed] {
+        let pulled = env.git_s3_ok(&clone, &["lfs", "pull"]);
+        assert!(pulled.contains("Downloaded 4 LFS objects"), "{pulled}");
+        for (name, bytes) in &files {
+            assert!(std::fs::read(clone.join(name)).expect("checked out") == *bytes, "{name} in {}", clone.display());
+        }
+    }
+}
+
+#[test]
+fn a_worktree_pulls_and_pushes_through_the_lfs_storage_it_shares() {
+    let env = TestEnv::new();
+    let url = env.url("trees");
+    let files = mixed_files(5)[2..].to_vec();
+    let work = lfs_repo(&env, &url, &files);
+    env.git_ok(&work, &["push", "-q", "origin", "main"]);
+    let clone = env.clone_without_lfs_content(&url, "clone", &[]);
+    let storage = env.path("lfs-storage");
+    env.git_ok(&clone, &["config", "lfs.storage", &storage.to_string_lossy()]);
+    let tree = env.path("tree");
+    let mut add = env.command("git");
+    add.env("GIT_LFS_SKIP_SMUDGE", "1").args(["worktree", "add", "-q", "-b", "feature"]).arg(&tree).current_dir(&clone);
+    assert!(env.run(add).status.success(), "git worktree add");
+
+    let pulled = env.git_s3_ok(&tree, &["lfs", "pull"]);
+    assert!(pulled.contains("Downloaded 3 LFS objects"), "{pulled}");
+    let in_storage = |content: &[u8]| {
+        let oid = sha256_hex(content);
+        storage.join("objects").join(&oid[..2]).join(&oid[2..4]).join(&oid).exists()
+    };
+    for (name, bytes) in &files {
+        assert!(in_storage(bytes) && !holds(&clone, bytes), "{name} is in lfs.storage, shared by the worktrees");
+        assert!(std::fs::read(tree.join(name)).expect("checked out") == *bytes, "{name} in the worktree");
+    }
+
+    let added = incompressible_bytes(12 * 1024, 60);
+    env.commit(&tree, "feature.bin", &added, "a feature's model");
+    assert!(in_storage(&added), "git-lfs keeps it in lfs.storage");
+    let pushed = env.git_s3_ok(&tree, &["lfs", "push"]);
+    assert!(pushed.contains("Uploaded 1 LFS objects"), "{pushed}");
+    assert_eq!(env.keys(&format!("trees/lfs/{}", sha256_hex(&added))).len(), 1);
 }
 
 #[test]
@@ -204,12 +390,12 @@ fn an_lfs_store_moves_to_s3_with_fetch_all_and_one_bulk_push() {
     env.git_ok(&work, &["push", "-q", "origin", "main"]);
 
     // A team member's clone: everything from the old store, then all of it into the new one.
-    let member = clone_without_lfs_content(&env, &old_url, "member");
+    let member = env.clone_without_lfs_content(&old_url, "member", &[]);
     env.git_ok(&member, &["lfs", "fetch", "--all", "origin"]);
     let new_url = env.url("new-home");
     env.git_ok(&member, &["remote", "add", "s3", &new_url]);
     env.git_ok(&member, &["push", "-q", "--no-verify", "s3", "main"]);
-    let moved = git_s3_ok(&env, &member, &["lfs", "push", "--all", "s3"]);
+    let moved = env.git_s3_ok(&member, &["lfs", "push", "--all", "s3"]);
     assert!(moved.contains("Uploaded 11 LFS objects"), "{moved}");
 
     let mut expected: Vec<String> =

@@ -2,11 +2,12 @@
 //! and the commands that set it up. As an agent it speaks JSON lines with git-lfs on
 //! stdin/stdout; the transfers are done by the git-s3d daemon.
 
+use std::collections::BTreeSet;
 use std::process::{Command, ExitCode};
 
 use clap::{Parser, Subcommand};
 use git_s3_proto::endpoint::Endpoint;
-use git_s3_proto::url::{LFS_ALIAS_HOST, S3Url, lfs_alias_url};
+use git_s3_proto::url::{LFS_ALIAS_HOST, S3Url, lfs_alias_url, parse_lfs_alias};
 use git_s3_shim::lfs_agent::{self, AgentError, DebugLog};
 use git_s3_shim::{outln, output};
 use tokio::io::BufReader;
@@ -40,8 +41,13 @@ enum Cmd {
         #[arg(long)]
         global: bool,
     },
-    /// Remove what `install` configured.
-    Uninstall,
+    /// Remove what `install` configured in this repository (with --global: what
+    /// `install --global` configured for this user).
+    Uninstall {
+        /// Undo `install --global`: remove the agent from this user's git config.
+        #[arg(long)]
+        global: bool,
+    },
     /// Log the agent's traffic to <git dir>/lfs/tmp/git-lfs-s3.log.
     EnableDebug,
     DisableDebug,
@@ -61,7 +67,7 @@ fn main() -> ExitCode {
                 _ => Ok(()),
             })
         }
-        Some(Cmd::Uninstall) => uninstall(),
+        Some(Cmd::Uninstall { global }) => uninstall(if global { "--global" } else { "--local" }),
         Some(Cmd::EnableDebug) => {
             git(&["config", "--replace-all", &format!("lfs.customtransfer.{AGENT}.args"), "debug"])
                 .map(|_| outln!("debug enabled: see {}", debug_log_path().unwrap_or_default()))
@@ -163,19 +169,55 @@ fn install_global() -> Result<(), String> {
     Ok(())
 }
 
-fn uninstall() -> Result<(), String> {
-    let config = git(&[
-        "config",
-        "--name-only",
-        "--get-regexp",
-        "^(lfs\\..*standalonetransferagent|lfs\\.customtransfer\\.git-lfs-s3\\..*|s3\\.lfsurl)$",
-    ])
-    .unwrap_or_default();
-    for key in config.lines() {
-        git(&["config", "--unset-all", key])?;
+/// Removes what `install` wrote to one git config file (`--local` or `--global`): the agent's
+/// command, `s3.lfsurl`, the standalone-agent settings naming this agent and the LFS alias URLs
+/// (without the agent git-lfs would try to reach the alias host). Other agents' settings stay.
+fn uninstall(scope: &str) -> Result<(), String> {
+    let ours = config_entries(
+        scope,
+        "^(lfs\\..*standalonetransferagent|lfs\\.customtransfer\\.git-lfs-s3\\..*|s3\\.lfsurl|remote\\..*\\.lfsurl)$",
+    )?
+    .into_iter()
+    .filter(|(key, value)| {
+        if key.ends_with(".standalonetransferagent") {
+            value == AGENT
+        } else if key.starts_with("remote.") {
+            parse_lfs_alias(value).is_some()
+        } else {
+            true
+        }
+    })
+    .collect::<BTreeSet<_>>();
+    for (key, value) in ours {
+        git(&["config", scope, "--fixed-value", "--unset-all", &key, &value])?;
     }
-    outln!("{AGENT} uninstalled");
+    let whose = if scope == "--global" { " for this user" } else { "" };
+    outln!("{AGENT} uninstalled{whose}");
     Ok(())
+}
+
+/// `(key, value)` of every entry of one git config file whose key matches `pattern`.
+fn config_entries(scope: &str, pattern: &str) -> Result<Vec<(String, String)>, String> {
+    let output = Command::new("git")
+        .args(["config", scope, "--null", "--get-regexp", pattern])
+        .output()
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    // Exit 1: no key matches.
+    if output.status.code() == Some(1) {
+        return Ok(Vec::new());
+    }
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).trim().to_string());
+    }
+    let listed = String::from_utf8_lossy(&output.stdout);
+    Ok(listed
+        .split('\0')
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            let (key, value) = entry.split_once('\n').unwrap_or((entry, ""));
+            (key.to_string(), value.to_string())
+        })
+        .collect())
 }
 
 /// Runs git here and returns its trimmed stdout, or its stderr as the error.

@@ -108,7 +108,8 @@ enum LfsCommand {
 
 #[derive(clap::Args)]
 struct LfsSyncArgs {
-    /// A remote's name or an s3:// URL.
+    /// A remote's name (its LFS objects found where git-lfs finds them) or an s3:// URL (used as
+    /// it is, over any configured LFS location).
     #[arg(default_value = "origin")]
     remote: String,
     /// Commits whose trees' LFS objects move (not their history's: see --all) [default: HEAD]
