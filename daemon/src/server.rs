@@ -274,6 +274,14 @@ impl Daemon for Service {
         let request = request.into_inner();
         let progress = request.verbosity.is_some_and(|v| v.progress);
         let caller = requests::caller_context(request.caller)?;
+        let git = Git::new(caller.cwd.clone(), caller.env.clone());
+        // Whatever the remote, bulk sync moves a repository's objects: without one there is nothing to ask S3 about.
+        if git.run(&["rev-parse", "--git-dir"]).await.is_err() {
+            let verb = if request.push { "push" } else { "pull" };
+            return Err(Status::failed_precondition(format!(
+                "not in a git repository; run 'git s3 lfs {verb}' inside the repository whose LFS objects should move"
+            )));
+        }
         let operation = if request.push { Operation::Upload } else { Operation::Download };
         let (store, config) = remote::open_lfs(
             &self.state.clients,
@@ -285,7 +293,6 @@ impl Daemon for Service {
         )
         .await
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let git = Git::new(caller.cwd.clone(), caller.env.clone());
         let sync = SyncRequest {
             push: request.push,
             refs: request.refs,

@@ -55,6 +55,14 @@ fn a_fresh_clone_pulls_every_object_at_once_and_a_second_pull_moves_nothing() {
 
     let again = env.git_s3_ok(&clone, &["lfs", "pull"]);
     assert!(again.contains("Downloaded 0 LFS objects") && again.contains("200 already here"), "{again}");
+
+    // Outside any repository, even with the bucket named, there is nothing to pull into.
+    let nowhere = env.path("not-a-repository");
+    std::fs::create_dir_all(&nowhere).expect("a plain folder");
+    let outside = env.git_s3_in(&nowhere, &["lfs", "pull", &url]);
+    assert!(!outside.status.success());
+    let stderr = String::from_utf8_lossy(&outside.stderr);
+    assert!(stderr.contains("not in a git repository") && !stderr.contains("install --url"), "{stderr}");
 }
 
 #[test]
