@@ -18,7 +18,6 @@ use tokio::task::JoinSet;
 use crate::bucket::{Bucket, EncryptedWith, S3Error, next_chunk_within};
 use crate::git::{Git, GitError};
 use crate::layout::{Layout, is_lfs_oid};
-use crate::scheduler::Scheduler;
 use crate::shared_repository::{Sharing, SharingError};
 use crate::transfer::{MultipartUpload, TransferError, join_part, part_size_for};
 
@@ -69,7 +68,6 @@ pub enum LfsError {
 pub struct LfsStore {
     pub bucket: Bucket,
     pub layout: Layout,
-    pub scheduler: Arc<Scheduler>,
     /// The git directory shared by all worktrees: uploads must come from inside it.
     git_common_dir: PathBuf,
     /// Where git-lfs keeps objects (`lfs.storage`, else `<common dir>/lfs`).
@@ -79,7 +77,7 @@ pub struct LfsStore {
 }
 
 impl LfsStore {
-    pub async fn open(bucket: Bucket, layout: Layout, scheduler: Arc<Scheduler>, git: &Git) -> Result<Self, LfsError> {
+    pub async fn open(bucket: Bucket, layout: Layout, git: &Git) -> Result<Self, LfsError> {
         let git_common_dir =
             PathBuf::from(git.run(&["rev-parse", "--path-format=absolute", "--git-common-dir"]).await?);
         let storage_dir = match git.run(&["config", "--get", "lfs.storage"]).await {
@@ -88,7 +86,7 @@ impl LfsStore {
         };
         let shared = git.run(&["config", "--get", "core.sharedRepository"]).await.ok();
         let sharing = Sharing::parse(shared.as_deref())?;
-        Ok(Self { bucket, layout, scheduler, git_common_dir, storage_dir, sharing })
+        Ok(Self { bucket, layout, git_common_dir, storage_dir, sharing })
     }
 
     fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LfsError + 'a {
@@ -132,7 +130,7 @@ impl LfsStore {
 
     /// One PUT carrying the SHA-256 of the content: S3 itself refuses content that is not `oid`.
     async fn upload_whole(&self, oid: &str, key: &str, path: &Path, size: u64) -> Result<(), LfsError> {
-        let _admission = self.scheduler.admit(size).await;
+        let _admission = self.bucket.scheduler().admit(size).await;
         let body = ByteStream::from_path(path).await.map_err(|e| LfsError::Io {
             what: "cannot read",
             path: path.to_path_buf(),
@@ -181,7 +179,7 @@ impl LfsStore {
         while offset < size {
             let len = part_size.min(size - offset);
             // Admission before spawning: at most the scheduler's worth of parts exist at once.
-            let admission = self.scheduler.admit(len).await;
+            let admission = self.bucket.scheduler().admit(len).await;
             let (parts, path, counter) = (upload.parts(), path.to_path_buf(), Arc::clone(&shared_sent));
             tasks.spawn(async move {
                 let body = ByteStream::read_from()
@@ -253,7 +251,7 @@ impl LfsStore {
         received: &AtomicU64,
         target: Option<PathBuf>,
     ) -> Result<PathBuf, LfsError> {
-        let _admission = self.scheduler.admit(size).await;
+        let _admission = self.bucket.scheduler().admit(size).await;
         let mut body = self.get(oid, key, None).await?;
         let mut hasher = Sha256::new();
         let mut chunks = Vec::new();
@@ -340,7 +338,7 @@ impl LfsStore {
         len: u64,
         received: &AtomicU64,
     ) -> Result<(), LfsError> {
-        let _admission = self.scheduler.admit(len).await;
+        let _admission = self.bucket.scheduler().admit(len).await;
         let mut body = self.get(oid, key, Some((offset, len))).await?;
         let mut batch = Vec::new();
         let (mut batch_bytes, mut at, end) = (0, offset, offset + len);

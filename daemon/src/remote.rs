@@ -97,7 +97,7 @@ pub enum Naming {
 /// endpoint rules put it (see `lfs_endpoint`).
 pub async fn open_lfs(
     clients: &Arc<ClientCache>,
-    scheduler: Arc<Scheduler>,
+    scheduler: &Arc<Scheduler>,
     caller: &CallerContext,
     remote: &str,
     operation: Operation,
@@ -116,7 +116,7 @@ pub async fn open_lfs(
             from: endpoint.from.clone(),
         })?
     };
-    let Remote { bucket, layout, config, git } = Remote::at(clients, &scheduler, caller, git, remote, &url).await?;
-    let store = LfsStore::open(bucket, layout, scheduler, &git).await?;
+    let Remote { bucket, layout, config, git } = Remote::at(clients, scheduler, caller, git, remote, &url).await?;
+    let store = LfsStore::open(bucket, layout, &git).await?;
     Ok((store, config))
 }

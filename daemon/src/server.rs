@@ -285,7 +285,7 @@ impl Daemon for Service {
         let operation = if request.push { Operation::Upload } else { Operation::Download };
         let (store, config) = remote::open_lfs(
             &self.state.clients,
-            self.state.scheduler.clone(),
+            &self.state.scheduler,
             &caller,
             &request.remote,
             operation,
@@ -453,8 +453,7 @@ async fn serve_lfs(
     let caller = requests::caller_context(init.caller)?;
     let operation = Operation::from_git_lfs(&init.operation);
     let opened =
-        remote::open_lfs(&state.clients, state.scheduler.clone(), &caller, &init.remote, operation, Naming::GitLfs)
-            .await;
+        remote::open_lfs(&state.clients, &state.scheduler, &caller, &init.remote, operation, Naming::GitLfs).await;
     let (store, config) = match opened {
         Ok(opened) => opened,
         Err(e) => {

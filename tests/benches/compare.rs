@@ -162,7 +162,7 @@ impl Bench {
     }
 }
 
-/// `BENCH_ONLY=lfs` (or `small`, `shim`, `history`, `branches`) runs one group, for profiling; the results
+/// `BENCH_ONLY=lfs` (or `small`, `shim`, `history`, `branches`, `mix`) runs one group, for profiling; the results
 /// file is written only by a full run.
 fn selected(group: &str) -> bool {
     std::env::var("BENCH_ONLY").map_or(true, |only| only == group)
@@ -248,6 +248,10 @@ fn main() {
     if selected("lfs") {
         eprintln!("bench: LFS");
         lfs(&bench, &mut rows, &mut notes);
+    }
+    if selected("mix") {
+        eprintln!("bench: four clients at once, shipped defaults");
+        mixed_load(&Bench::new(ServerKind::S3sFs), &mut notes);
     }
     if std::env::var("BENCH_ONLY").is_ok() {
         for row in &rows {
@@ -342,15 +346,105 @@ fn shim_start(bench: &Bench, rows: &mut Vec<Row>) {
 }
 
 /// A repository with ~200 MB of history (40 commits of 5 MiB that do not compress).
-fn large_history(bench: &Bench, rows: &mut Vec<Row>, notes: &mut Vec<String>) {
-    let env = &bench.env;
-    let repo = env.new_repo("history");
+fn history_repo(env: &TestEnv, name: &str) -> PathBuf {
+    let repo = env.new_repo(name);
     for i in 0..40u64 {
         std::fs::write(repo.join(format!("blob{i:02}.dat")), incompressible_bytes(5 * MIB as usize, 100 + i))
             .expect("write");
         env.git_ok(&repo, &["add", "."]);
         env.git_ok(&repo, &["commit", "-q", "-m", &format!("chunk {i}")]);
     }
+    repo
+}
+
+/// The daemon's memory under load, with the shipped defaults: a fresh daemon serves four
+/// clients at once — one making 20 composed pushes (a one-line change each) and two making 10
+/// clones each of a 200 MB history, while the fourth moves 5 GiB of LFS objects up and then down
+/// (`git s3 lfs push|pull --all`). Its peak RSS (VmHWM) is the figure.
+fn mixed_load(bench: &Bench, notes: &mut Vec<String>) {
+    let env = &bench.env;
+    let repo = history_repo(env, "mix");
+    let url = env.url("mix");
+    bench.git(Tool::Ours, &repo, &["push", "-q", &url, "main"]);
+    let pusher = env.path("mix-pusher");
+    bench.git(Tool::Ours, &env.path(""), &["clone", "-q", &url, pusher.to_str().unwrap()]);
+
+    let lfs = env.new_repo("mix-lfs");
+    env.git_ok(&lfs, &["lfs", "track", "*.bin"]);
+    for i in 0..20u64 {
+        std::fs::write(lfs.join(format!("big{i:02}.bin")), incompressible_bytes(256 * MIB as usize, 500 + i))
+            .expect("write");
+    }
+    env.git_ok(&lfs, &["add", "."]);
+    env.git_ok(&lfs, &["commit", "-q", "-m", "5 GiB of LFS objects"]);
+    env.git_ok(&lfs, &["remote", "add", "origin", &env.url("mix-lfs")]);
+    let objects = lfs.join(".git/lfs/objects");
+
+    bench.stop_daemon();
+    let started = Instant::now();
+    let (pushes, clones, lfs_up, lfs_down) = std::thread::scope(|scope| {
+        let pushes = scope.spawn(|| {
+            let mut took = Stats::default();
+            for i in 0..20 {
+                env.commit(&pusher, "CHANGELOG", format!("change {i}\n"), "one-line change");
+                took.0.push(bench.time(Tool::Ours, &pusher, &["push", "-q", "origin", "HEAD:refs/heads/topic"]));
+            }
+            took
+        });
+        let cloners: Vec<_> = (0..2)
+            .map(|c| {
+                let url = &url;
+                scope.spawn(move || {
+                    let mut took = Stats::default();
+                    for i in 0..10 {
+                        let dest = env.path(&format!("mix-clone-{c}-{i}"));
+                        took.0.push(bench.time(
+                            Tool::Ours,
+                            &env.path(""),
+                            &["clone", "-q", url, dest.to_str().unwrap()],
+                        ));
+                        let _ = std::fs::remove_dir_all(&dest);
+                    }
+                    took
+                })
+            })
+            .collect();
+        let lfs_sync = scope.spawn(|| {
+            let up = bench.time(Tool::Ours, &lfs, &["s3", "lfs", "push", "--all", "origin"]);
+            let aside = lfs.join(".git/lfs/objects.kept");
+            std::fs::rename(&objects, &aside).expect("set objects aside");
+            let down = bench.time(Tool::Ours, &lfs, &["s3", "lfs", "pull", "--all", "origin"]);
+            (up, down)
+        });
+        let pushes = pushes.join().expect("pusher");
+        let mut clones = Stats::default();
+        for cloner in cloners {
+            clones.0.extend(cloner.join().expect("cloner").0);
+        }
+        let (up, down) = lfs_sync.join().expect("LFS");
+        (pushes, clones, up, down)
+    });
+    let elapsed = started.elapsed();
+    let peak_mib = env
+        .daemon_status()
+        .and_then(|status| status["pid"].as_u64())
+        .map_or(0.0, |pid| peak_rss_kib(pid) as f64 / 1024.0);
+    let status = env.daemon_status().unwrap_or_default();
+    let budget = status["transfer_requests"]["max_inflight_bytes"].as_u64().unwrap_or(0) / MIB;
+    let max_requests = status["transfer_requests"]["max"].as_u64().unwrap_or(0);
+    notes.push(format!(
+        "Four clients at once on one fresh daemon with the shipped defaults ({max_requests} requests, {budget} MiB of bodies in memory): 20 composed pushes of a one-line change ({}), 20 clones of a 200 MB history ({}), and 5 GiB of LFS objects up ({}) and down ({}), all done in {}. Daemon peak RSS (VmHWM): {peak_mib:.0} MiB (goal < 150 MiB).",
+        pushes.cell(),
+        clones.cell(),
+        ms(lfs_up),
+        ms(lfs_down),
+        ms(elapsed)
+    ));
+}
+
+fn large_history(bench: &Bench, rows: &mut Vec<Row>, notes: &mut Vec<String>) {
+    let env = &bench.env;
+    let repo = history_repo(env, "history");
     let prefix = |tool| if tool == Tool::Ours { "history-ours" } else { "history-py" };
     for tool in [Tool::Ours, Tool::Python] {
         bench.git(tool, &repo, &["push", &env.url(prefix(tool)), "main"]);
