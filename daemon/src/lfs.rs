@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use crate::bucket::{Bucket, EncryptedWith, S3Error, next_chunk_within};
 use crate::git::{Git, GitError};
 use crate::layout::{Layout, is_lfs_oid};
+use crate::scheduler::STREAMED_BODY_BYTES;
 use crate::shared_repository::{Sharing, SharingError};
 use crate::transfer::{MultipartUpload, TransferError, join_part, part_size_for};
 
@@ -130,7 +131,8 @@ impl LfsStore {
 
     /// One PUT carrying the SHA-256 of the content: S3 itself refuses content that is not `oid`.
     async fn upload_whole(&self, oid: &str, key: &str, path: &Path, size: u64) -> Result<(), LfsError> {
-        let _admission = self.bucket.scheduler().admit(size).await;
+        // Streamed from the file: what it holds in memory is the SDK's buffers, not the object.
+        let _admission = self.bucket.scheduler().admit(size.min(STREAMED_BODY_BYTES)).await;
         let body = ByteStream::from_path(path).await.map_err(|e| LfsError::Io {
             what: "cannot read",
             path: path.to_path_buf(),
@@ -179,7 +181,7 @@ impl LfsStore {
         while offset < size {
             let len = part_size.min(size - offset);
             // Admission before spawning: at most the scheduler's worth of parts exist at once.
-            let admission = self.bucket.scheduler().admit(len).await;
+            let admission = self.bucket.scheduler().admit(len.min(STREAMED_BODY_BYTES)).await;
             let (parts, path, counter) = (upload.parts(), path.to_path_buf(), Arc::clone(&shared_sent));
             tasks.spawn(async move {
                 let body = ByteStream::read_from()
@@ -338,7 +340,8 @@ impl LfsStore {
         len: u64,
         received: &AtomicU64,
     ) -> Result<(), LfsError> {
-        let _admission = self.bucket.scheduler().admit(len).await;
+        // Written out in batches as it arrives: a batch being written and the next arriving.
+        let _admission = self.bucket.scheduler().admit(len.min(2 * WRITE_BATCH_BYTES)).await;
         let mut body = self.get(oid, key, Some((offset, len))).await?;
         let mut batch = Vec::new();
         let (mut batch_bytes, mut at, end) = (0, offset, offset + len);
