@@ -277,19 +277,7 @@ impl Bucket {
     }
 
     async fn list_once(&self, prefix: &str) -> Result<Vec<ObjectInfo>, S3Error> {
-        match self.list_pages(prefix, false).await {
-            Err(ListFailure::Unreadable { detail, .. }) => {
-                tracing::warn!(%prefix, %detail, "the listing cannot be read; asking for it URL-encoded");
-                self.list_pages(prefix, true).await.map_err(|failure| match failure {
-                    ListFailure::Unreadable { last_readable, detail } => {
-                        S3Error::UnreadableListing { prefix: prefix.to_string(), last_readable, detail }
-                    }
-                    ListFailure::S3(e) => e,
-                })
-            }
-            Err(ListFailure::S3(e)) => Err(e),
-            Ok(objects) => Ok(objects),
-        }
+        read_listing(prefix, "the listing", |url_encoded| self.list_pages(prefix, url_encoded)).await
     }
 
     async fn list_pages(&self, prefix: &str, url_encoded: bool) -> Result<Vec<ObjectInfo>, ListFailure> {
@@ -518,19 +506,7 @@ impl Bucket {
     /// Multipart uploads in progress under `prefix`, all pages. As with `list`, a listing S3
     /// cannot send as XML (a key holding a control character) is asked for again URL-encoded.
     pub async fn open_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>, S3Error> {
-        match self.upload_pages(prefix, false).await {
-            Err(ListFailure::Unreadable { detail, .. }) => {
-                tracing::warn!(%prefix, %detail, "the listing of uploads cannot be read; asking for it URL-encoded");
-                self.upload_pages(prefix, true).await.map_err(|failure| match failure {
-                    ListFailure::Unreadable { last_readable, detail } => {
-                        S3Error::UnreadableListing { prefix: prefix.to_string(), last_readable, detail }
-                    }
-                    ListFailure::S3(e) => e,
-                })
-            }
-            Err(ListFailure::S3(e)) => Err(e),
-            Ok(uploads) => Ok(uploads),
-        }
+        read_listing(prefix, "the listing of uploads", |url_encoded| self.upload_pages(prefix, url_encoded)).await
     }
 
     async fn upload_pages(&self, prefix: &str, url_encoded: bool) -> Result<Vec<OpenUpload>, ListFailure> {
@@ -828,6 +804,27 @@ fn server_time<E>(err: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> 
     let date = err.raw_response()?.headers().get("date")?;
     let parsed = aws_smithy_types::DateTime::from_str(date, Format::HttpDate).ok()?;
     SystemTime::try_from(parsed).ok()
+}
+
+/// A listing's pages (`pages(url_encoded)`); when S3's answer cannot be read (a key XML cannot
+/// carry), the same listing asked for again URL-encoded.
+async fn read_listing<T, Fut>(prefix: &str, what: &str, pages: impl Fn(bool) -> Fut) -> Result<T, S3Error>
+where
+    Fut: Future<Output = Result<T, ListFailure>>,
+{
+    match pages(false).await {
+        Err(ListFailure::Unreadable { detail, .. }) => {
+            tracing::warn!(%prefix, %detail, "{what} cannot be read; asking for it URL-encoded");
+            pages(true).await.map_err(|failure| match failure {
+                ListFailure::Unreadable { last_readable, detail } => {
+                    S3Error::UnreadableListing { prefix: prefix.to_string(), last_readable, detail }
+                }
+                ListFailure::S3(e) => e,
+            })
+        }
+        Err(ListFailure::S3(e)) => Err(e),
+        Ok(found) => Ok(found),
+    }
 }
 
 /// At most `limit` bytes of an object's body; past that, reading stops with an error.

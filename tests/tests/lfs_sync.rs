@@ -317,17 +317,25 @@ fn named_commits_move_the_objects_of_their_trees() {
     assert!(holds(&clone, &topic));
 }
 
-#[test]
-fn a_repository_whose_code_lives_elsewhere_pushes_and_pulls_its_lfs_objects_in_bulk() {
-    let env = TestEnv::new();
+/// A repository whose code goes to a plain git host and whose LFS objects go to `prefix` in S3
+/// (`git-lfs-s3 install --url … --lfsconfig`): the host, the work repository, the LFS URL, and
+/// what the install said.
+fn code_elsewhere(env: &TestEnv, prefix: &str) -> (PathBuf, PathBuf, String, String) {
     env.enable_lfs();
     let host = env.path("code-host.git");
     env.git_ok(&env.path(""), &["init", "-q", "--bare", &host.to_string_lossy()]);
     let work = env.new_repo("work");
     env.git_ok(&work, &["remote", "add", "origin", &host.to_string_lossy()]);
     env.git_ok(&work, &["lfs", "track", "*.bin"]);
-    let lfs_url = env.url("assets");
-    env.lfs_agent(&work, &["install", "--url", &lfs_url, "--lfsconfig"]);
+    let lfs_url = env.url(prefix);
+    let installed = env.lfs_agent(&work, &["install", "--url", &lfs_url, "--lfsconfig"]);
+    (host, work, lfs_url, installed)
+}
+
+#[test]
+fn a_repository_whose_code_lives_elsewhere_pushes_and_pulls_its_lfs_objects_in_bulk() {
+    let env = TestEnv::new();
+    let (host, work, lfs_url, _) = code_elsewhere(&env, "assets");
     let files = mixed_files(6)[2..].to_vec();
     for (name, bytes) in &files {
         std::fs::write(work.join(name), bytes).expect("write an LFS file");
@@ -421,14 +429,7 @@ fn an_lfs_store_moves_to_s3_with_fetch_all_and_one_bulk_push() {
 #[test]
 fn a_clone_of_a_plain_remote_checks_out_lfs_content_from_s3_with_no_extra_step() {
     let env = TestEnv::new();
-    env.enable_lfs();
-    let host = env.path("code-host.git");
-    env.git_ok(&env.path(""), &["init", "-q", "--bare", &host.to_string_lossy()]);
-    let work = env.new_repo("work");
-    env.git_ok(&work, &["remote", "add", "origin", &host.to_string_lossy()]);
-    env.git_ok(&work, &["lfs", "track", "*.bin"]);
-    let lfs_url = env.url("lfs-only");
-    let installed = env.lfs_agent(&work, &["install", "--url", &lfs_url, "--lfsconfig"]);
+    let (host, work, _, installed) = code_elsewhere(&env, "lfs-only");
     assert!(installed.contains(".lfsconfig"), "{installed}");
     let content = incompressible_bytes(300 * 1024, 5);
     std::fs::write(work.join("model.bin"), &content).expect("write an LFS file");

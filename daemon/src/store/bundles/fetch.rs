@@ -10,7 +10,7 @@ use tokio::process::{Child, ChildStdin};
 use super::header::{self, BundleHeader};
 use super::keys::BundleKeys;
 use super::pack::BuildRecord;
-use super::tail::NoTail;
+use super::tail::{CacheFill, NoTail};
 use super::{BundleError, BundleRepo};
 use crate::bucket::{Body, Bucket};
 use crate::git::{GitError, last_line};
@@ -49,9 +49,15 @@ impl BundleRepo {
         let quarantine =
             Quarantine::new(&objects).map_err(|source| StoreError::Quarantine { what: "create", source })?;
         let inside = BundleRepo { git: quarantine.git(&self.git), ..self.clone() };
-        let mut keeps = Vec::new();
-        inside.fetch_into(wanted, &quarantine.pack_dir(), events, &mut keeps).await?;
-        quarantine.migrate(&keeps).map_err(|source| StoreError::Quarantine { what: "move the packs out of", source })
+        let (mut keeps, mut fills) = (Vec::new(), Vec::new());
+        inside.fetch_into(wanted, &quarantine.pack_dir(), events, &mut keeps, &mut fills).await?;
+        let keeps = quarantine
+            .migrate(&keeps)
+            .map_err(|source| StoreError::Quarantine { what: "move the packs out of", source })?;
+        for fill in fills {
+            self.fill_cache(fill).await;
+        }
+        Ok(keeps)
     }
 
     async fn fetch_into(
@@ -60,6 +66,7 @@ impl BundleRepo {
         pack_dir: &Path,
         events: &Events,
         keeps: &mut Vec<PathBuf>,
+        fills: &mut Vec<CacheFill>,
     ) -> Result<(), StoreError> {
         let oids: Vec<&str> = wanted.iter().map(|(_, oid)| oid.as_str()).collect();
         if let Some(remote) = oids.iter().find_map(|oid| ObjectFormat::of_hex(oid)) {
@@ -79,7 +86,9 @@ impl BundleRepo {
         bundles.sort_by_key(|b| std::cmp::Reverse(b.size));
         let mut bundles = bundles.into_iter();
         if let Some(first) = bundles.next() {
-            keeps.extend(self.fetch_ref(&first, pack_dir, events).await?);
+            let (keep, fill) = self.fetch_ref(&first, pack_dir, events).await?;
+            keeps.extend(keep);
+            fills.extend(fill);
         }
         // Owned items: closures over borrowed ones trip the compiler's Send check.
         let results: Vec<_> = futures::stream::iter(bundles)
@@ -90,7 +99,10 @@ impl BundleRepo {
         let mut failure = None;
         for result in results {
             match result {
-                Ok(keep) => keeps.extend(keep),
+                Ok((keep, fill)) => {
+                    keeps.extend(keep);
+                    fills.extend(fill);
+                }
                 Err(e) => failure = failure.or(Some(e)),
             }
         }
@@ -117,23 +129,23 @@ impl BundleRepo {
         bundle: &RemoteBundle,
         pack_dir: &Path,
         events: &Events,
-    ) -> Result<Option<PathBuf>, StoreError> {
+    ) -> Result<(Option<PathBuf>, Option<CacheFill>), StoreError> {
         let (refname, oid) = (&bundle.refname, &bundle.oid);
         if self.git.has_object(oid).await? {
             tracing::debug!(%refname, "an earlier bundle of this fetch brought it");
-            return Ok(None);
+            return Ok((None, None));
         }
-        let keep = match self.fetch_tail(bundle, pack_dir, events).await {
-            Ok(keep) => keep,
+        let fetched = match self.fetch_tail(bundle, pack_dir, events).await {
+            Ok(fetched) => fetched,
             Err(NoTail(why)) => {
                 tracing::debug!(%refname, %why, "fetching the whole bundle");
-                self.unbundle(refname, oid, pack_dir, events).await?
+                (self.unbundle(refname, oid, pack_dir, events).await?, None)
             }
         };
         if !self.git.has_object(oid).await? {
             return Err(StoreError::NotFetched { refname: refname.clone(), oid: oid.clone() });
         }
-        Ok(keep)
+        Ok(fetched)
     }
 
     /// Streams one bundle from S3 into `git index-pack`, never holding it whole.

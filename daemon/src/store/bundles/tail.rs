@@ -38,7 +38,7 @@ impl BundleRepo {
         bundle: &RemoteBundle,
         pack_dir: &Path,
         events: &Events,
-    ) -> Result<Option<PathBuf>, NoTail> {
+    ) -> Result<(Option<PathBuf>, Option<CacheFill>), NoTail> {
         let segments = &bundle.record.segments;
         if segments.is_empty() {
             return Err(NoTail("the bundle records no appended segments".into()));
@@ -134,11 +134,13 @@ impl BundleRepo {
             Some(pack) => self.git.index_object_ids(&pack_dir.join(format!("pack-{pack}.idx"))).await.ok(),
             None => None,
         };
-        if let (Some(prefix), Some(tail), Some(indexed), true) = (prefix, tail_copy, indexed, copied) {
-            let tail = TailCopy { file: tail, objects, trailer: hex::encode(&trailer), indexed };
-            self.cache_tail(prefix, tail).await;
-        }
-        Ok(keep)
+        let fill = match (prefix, tail_copy, indexed, copied) {
+            (Some(prefix), Some(file), Some(indexed), true) => {
+                Some(CacheFill { prefix, tail: TailCopy { file, objects, trailer: hex::encode(&trailer), indexed } })
+            }
+            _ => None,
+        };
+        Ok((keep, fill))
     }
 
     /// Where the pack `segment` was appended to is at hand: the pack cache, or this repository.
@@ -157,8 +159,9 @@ impl BundleRepo {
 
     /// Completes the copy of the new pack in the background (the fetch does not wait): checks
     /// that the pack it was built on and the tail hash to the bundle's trailer, then caches it. A
-    /// push that wants it meanwhile waits for it.
-    async fn cache_tail(&self, prefix: Prefix, tail: TailCopy) {
+    /// push that wants it meanwhile waits for it. Started once the fetch's packs are in place in
+    /// the repository (the pack it was built on may be one of them).
+    pub(super) async fn fill_cache(&self, CacheFill { prefix, tail }: CacheFill) {
         let bringing = self.composer.bringing(&tail.trailer).lock_owned().await;
         let (composer, git) = (self.composer.clone(), self.git.clone());
         tokio::spawn(async move {
@@ -168,6 +171,12 @@ impl BundleRepo {
             }
         });
     }
+}
+
+/// What a tail fetch leaves for the pack cache: the new pack's prefix at hand and its tail.
+pub(super) struct CacheFill {
+    prefix: Prefix,
+    tail: TailCopy,
 }
 
 /// The objects of a tail fetch, copied as they arrived, and what they make of the pack.
