@@ -129,14 +129,9 @@ impl BundleRepo {
             }
             return Err(NoTail("the appended objects need objects this repository lacks".into()));
         }
-        // Read now: the pack leaves this fetch's quarantine before the cache takes the tail.
-        let indexed = match &pack {
-            Some(pack) => self.git.index_object_ids(&pack_dir.join(format!("pack-{pack}.idx"))).await.ok(),
-            None => None,
-        };
-        let fill = match (prefix, tail_copy, indexed, copied) {
-            (Some(prefix), Some(file), Some(indexed), true) => {
-                Some(CacheFill { prefix, tail: TailCopy { file, objects, trailer: hex::encode(&trailer), indexed } })
+        let fill = match (prefix, tail_copy, pack, copied) {
+            (Some(prefix), Some(file), Some(pack), true) => {
+                Some(CacheFill { prefix, tail: TailCopy { file, objects, trailer: hex::encode(&trailer), pack } })
             }
             _ => None,
         };
@@ -185,8 +180,9 @@ struct TailCopy {
     objects: u32,
     /// The whole new pack's trailer (the bundle's last 20 or 32 bytes).
     trailer: String,
-    /// The objects of the pack git indexed (with the delta bases `--fix-thin` added).
-    indexed: Vec<String>,
+    /// The name (hash) of the pack git indexed from the fetched objects (with the delta bases
+    /// `--fix-thin` added), in the repository once the cache fill starts.
+    pack: String,
 }
 
 /// The pack a tail was appended to, at hand.
@@ -220,8 +216,15 @@ async fn remember_tail(composer: &Arc<Composer>, git: &Git, prefix: Prefix, tail
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     // The index also lists the delta bases --fix-thin copied in: those are in the prefix.
-    let oids: Vec<Oid> =
-        tail.indexed.iter().filter_map(|oid| Oid::from_hex(oid)).filter(|oid| !in_prefix.contains(oid)).collect();
+    let index = git.git_path("objects/pack").await.map_err(|e| e.to_string())?.join(format!("pack-{}.idx", tail.pack));
+    let oids: Vec<Oid> = git
+        .index_object_ids(&index)
+        .await
+        .map_err(|e| e.to_string())?
+        .iter()
+        .filter_map(|oid| Oid::from_hex(oid))
+        .filter(|oid| !in_prefix.contains(oid))
+        .collect();
     if oids.len() != tail.objects as usize {
         return Err(format!("the fetched pack holds {} new objects, the record says {}", oids.len(), tail.objects));
     }
