@@ -351,6 +351,18 @@ impl Bucket {
         }
     }
 
+    /// `get_small`, with the version (ETag) the bytes are of: what a conditional write of the
+    /// object names as the one it replaces.
+    pub async fn get_small_tagged(&self, key: &str, limit: usize) -> Result<Option<(Vec<u8>, Option<String>)>, S3Error> {
+        match self.get(key, 0, None, None, limit as u64).await? {
+            Some(object) => {
+                let etag = object.etag.clone();
+                Ok(Some((read_bounded(key, object, limit).await?, etag)))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// The object from byte `start` on (a streaming body), or `None` when it does not exist;
     /// with `if_match`, only while it is still that version
     /// (a changed object is an error, not a silently different body).

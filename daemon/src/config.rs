@@ -96,6 +96,19 @@ pub struct RemoteConfig {
     /// KMS key (id, ARN or alias) every object written is encrypted with; `None`: the bucket's
     /// default encryption.
     pub kms_key_id: Option<String>,
+    /// The storage format a push to an empty prefix creates (`s3.format`); a prefix that holds
+    /// a repository is read in the format it holds, whatever this says.
+    pub format: NewRemoteFormat,
+}
+
+/// `s3.format` / `remote.<name>.s3format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NewRemoteFormat {
+    /// The layout shared with the Python tool: a bundle per ref.
+    #[default]
+    Bundles,
+    /// Packs and one manifest: one copy of history, atomic pushes.
+    Native,
 }
 
 /// Reads git config in the caller's repository and combines it with the URL and environment.
@@ -187,6 +200,14 @@ fn resolve_from(
         }
         (mode, _) => mode,
     };
+    let format = match lookup("format") {
+        None => NewRemoteFormat::Bundles,
+        Some((_, v)) if v.eq_ignore_ascii_case("bundles") => NewRemoteFormat::Bundles,
+        Some((_, v)) if v.eq_ignore_ascii_case("native") => NewRemoteFormat::Native,
+        Some((key, value)) => {
+            return Err(ConfigError::BadValue { key, value, why: "use bundles (shared with the Python tool) or native" });
+        }
+    };
     let seconds = |name: &str, default: Duration| match non_empty_env(name) {
         None => Ok(default),
         Some(value) => match value.parse::<u64>() {
@@ -212,6 +233,7 @@ fn resolve_from(
         body_idle,
         compose,
         kms_key_id,
+        format,
     })
 }
 

@@ -5,6 +5,7 @@
 
 pub mod fault_proxy;
 pub mod history;
+pub mod project;
 pub mod s3_server;
 
 use std::path::{Path, PathBuf};

@@ -5,15 +5,19 @@
 //! the one for a remote.
 
 pub mod bundles;
+mod download;
 mod manage;
+pub mod native;
 mod push;
 mod refs;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::bucket::S3Error;
+use crate::config::NewRemoteFormat;
 use crate::git::{Git, GitError};
 use crate::object_format::ObjectFormat;
 use crate::progress::Events;
@@ -23,19 +27,23 @@ use crate::scratch::Scratch;
 pub use bundles::{DEFAULT_PACK_CACHE_BYTES, PackCache};
 pub use manage::{DEFAULT_UPLOAD_IDLE, DoctorOptions, Finding, ManageError, age_s, branch_ref};
 pub use push::{PushBatch, PushCommand, Pushed, RefOutcome, Refusal};
-pub use refs::{Inventory, RefSummary, RemoteRefs, StoredValue};
+pub(crate) use push::judge;
+pub use refs::{Inventory, RefSummary, RemoteRefs, StoredValue, choose_head};
 
 /// How a remote lays out its refs and objects in the bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// The layout shared with awslabs/git-remote-s3: a bundle per ref (shared/s3-layout.md).
     Bundles,
+    /// Packs and one manifest (`native/LAYOUT.md`): history stored once, atomic pushes.
+    Native,
 }
 
 impl Format {
     pub fn name(self) -> &'static str {
         match self {
             Format::Bundles => "bundles",
+            Format::Native => "native",
         }
     }
 }
@@ -81,11 +89,27 @@ pub struct Resources {
     pub composer: Arc<bundles::Composer>,
     /// Where temporary repositories go.
     pub scratch: Arc<Scratch>,
+    /// What native remotes' immutable objects said.
+    native: Arc<native::Caches>,
+    /// The format each remote was last found in.
+    formats: Arc<Mutex<HashMap<String, Known>>>,
+}
+
+/// A remote's format as last found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Known {
+    Bundles,
+    Native { bundles_beside: bool },
 }
 
 impl Resources {
     pub fn new(packs: PackCache, scratch: Scratch) -> Self {
-        Self { composer: Arc::new(bundles::Composer::new(packs)), scratch: Arc::new(scratch) }
+        Self {
+            composer: Arc::new(bundles::Composer::new(packs)),
+            scratch: Arc::new(scratch),
+            native: Arc::default(),
+            formats: Arc::default(),
+        }
     }
 
     pub fn pack_cache(&self) -> &PackCache {
@@ -93,10 +117,79 @@ impl Resources {
     }
 }
 
-/// The repository a remote's prefix holds. Every remote is in the shared layout so far; another
-/// format is chosen here, by what the prefix holds, and nowhere else.
+/// How a repository, opened in the format its remote was last found in, says that the remote
+/// holds something else now: the next command looks at the prefix again.
+#[derive(Clone)]
+pub struct FormatWatch {
+    formats: Arc<Mutex<HashMap<String, Known>>>,
+    remote: String,
+}
+
+impl FormatWatch {
+    pub fn look_again(&self) {
+        if let Ok(mut formats) = self.formats.lock() {
+            formats.remove(&self.remote);
+        }
+    }
+}
+
+/// The repository a remote's prefix holds, in the format it holds: a prefix with a native
+/// manifest is native (bundles beside it are a warning), one with bundles is in the shared
+/// layout, and an empty one is whatever `s3.format` asks a first push to create. The one place
+/// a format is chosen.
+///
+/// What a prefix holds is learnt once per daemon (a HEAD of the native root and one short
+/// listing) and remembered, so that the shared layout's hot paths cost no request more: its
+/// listing of `P/refs/` sees a native root appear (the root lives there) and makes the next
+/// command look again; a native remote whose root went away is looked at again too.
 pub async fn open(resources: &Resources, remote: Remote) -> Result<Box<dyn Repository>, StoreError> {
-    Ok(Box::new(bundles::BundleRepo::new(remote, resources.composer.clone(), resources.scratch.clone())))
+    let watch = FormatWatch {
+        formats: resources.formats.clone(),
+        remote: format!("{:?} {} {}", remote.config.s3.endpoint, remote.bucket.name(), remote.layout),
+    };
+    let remembered = watch.formats.lock().ok().and_then(|formats| formats.get(&watch.remote).copied());
+    let known = match remembered {
+        Some(known) => Some(known),
+        None => {
+            let known = look_at(&remote).await?;
+            if let (Some(known), Ok(mut formats)) = (known, watch.formats.lock()) {
+                formats.insert(watch.remote.clone(), known);
+            }
+            known
+        }
+    };
+    let native = match known {
+        Some(Known::Native { bundles_beside }) => Some(bundles_beside),
+        Some(Known::Bundles) => None,
+        None => (remote.config.format == NewRemoteFormat::Native).then_some(false),
+    };
+    Ok(match native {
+        Some(bundles_beside) => Box::new(native::NativeRepo::new(
+            remote,
+            resources.scratch.clone(),
+            resources.native.clone(),
+            bundles_beside,
+            watch,
+        )),
+        None => Box::new(bundles::BundleRepo::new(remote, resources.composer.clone(), resources.scratch.clone(), watch)),
+    })
+}
+
+/// What the prefix holds; `None` when it is empty (asked again next time: that costs little).
+async fn look_at(remote: &Remote) -> Result<Option<Known>, StoreError> {
+    let refs = remote.layout.key("refs/");
+    let root_key = native::root_key(&remote.layout);
+    let (root, any_refs) = tokio::join!(remote.bucket.head(&root_key), remote.bucket.has_any(&refs));
+    Ok(match (root?.is_some(), any_refs?) {
+        (true, _) => {
+            // A native remote keeps nothing else under `P/refs/`: this listing is short.
+            let listed = remote.bucket.list(&refs).await?;
+            let bundles_beside = listed.iter().any(|o| bundles::is_bundle_key(&remote.layout, &o.key));
+            Some(Known::Native { bundles_beside })
+        }
+        (false, true) => Some(Known::Bundles),
+        (false, false) => None,
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +210,8 @@ pub enum StoreError {
     ObjectFormat(#[from] FormatMismatch),
     #[error(transparent)]
     Bundles(#[from] bundles::BundleError),
+    #[error(transparent)]
+    Native(#[from] native::NativeError),
 }
 
 /// A repository and a remote whose object ids differ in kind: neither can take the other's.

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use crate::git::Git;
 use crate::object_format::ObjectFormat;
 
 /// One push command, as git sent it.
@@ -84,6 +85,54 @@ impl fmt::Display for Refusal {
 impl<E: std::error::Error> From<E> for Refusal {
     fn from(e: E) -> Self {
         Refusal::Failed(e.to_string())
+    }
+}
+
+/// Decides, as git's receive-pack would, whether `command` may move its ref from `current` (the
+/// remote's value now) to `new` (`None`: delete). Returns whether the move is forced.
+pub(crate) async fn judge(
+    git: &Git,
+    command: &PushCommand,
+    batch: &PushBatch,
+    current: Option<&str>,
+    new: Option<&str>,
+    protected: bool,
+) -> Result<bool, Refusal> {
+    let dst = &command.dst;
+    // A lease is what the pusher expects; without one, what git was told.
+    let lease = batch.leases.get(dst).map(|expected| expected.trim());
+    match lease {
+        Some(expected) => {
+            // git's null id (all zeros, in either format) means "must not exist".
+            let expected = expected.bytes().any(|b| b != b'0').then_some(expected);
+            if expected != current {
+                return Err(Refusal::StaleInfo);
+            }
+        }
+        None if current != batch.advertised.get(dst).map(String::as_str) => return Err(Refusal::FetchFirst),
+        None => {}
+    }
+    let may_force = command.force || lease.is_some();
+    match (current, new) {
+        (Some(_), None) if protected => Err(Refusal::Protected),
+        (Some(current), Some(new)) if current != new => {
+            let fast_forward = match git.has_object(current).await? {
+                true => git.is_ancestor(current, new).await.unwrap_or(false),
+                false if !may_force => return Err(Refusal::FetchFirst),
+                false => false,
+            };
+            if fast_forward {
+                return Ok(false);
+            }
+            if !may_force {
+                return Err(Refusal::NonFastForward);
+            }
+            if protected {
+                return Err(Refusal::Protected);
+            }
+            Ok(true)
+        }
+        _ => Ok(false),
     }
 }
 

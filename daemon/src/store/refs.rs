@@ -47,3 +47,14 @@ pub struct StoredValue {
     pub size: u64,
     pub age_s: u64,
 }
+
+/// The branch a remote's HEAD should name, among `branches`: `preferred` if it is one of them,
+/// else `main`, else `master`, else the first.
+pub fn choose_head<'a>(branches: &[&'a str], preferred: Option<&str>) -> Option<&'a str> {
+    let find = |wanted: &str| branches.iter().copied().find(|b| *b == wanted);
+    preferred
+        .and_then(find)
+        .or_else(|| find("refs/heads/main"))
+        .or_else(|| find("refs/heads/master"))
+        .or_else(|| branches.first().copied())
+}

@@ -99,6 +99,7 @@ impl BundleRepo {
             git,
             composer: self.composer.clone(),
             scratch: self.scratch.clone(),
+            watch: self.watch.clone(),
         }
     }
 }

@@ -1,26 +1,22 @@
 //! Fetch: streams a ref's bundle from S3 straight into `git index-pack`, never holding it whole.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
-use tokio::process::{Child, ChildStdin};
 
 use super::header::{self, BundleHeader};
 use super::keys::BundleKeys;
 use super::pack::BuildRecord;
 use super::tail::{CacheFill, NoTail};
 use super::{BundleError, BundleRepo};
-use crate::bucket::{Body, Bucket};
 use crate::git::{GitError, last_line};
 use crate::object_format::ObjectFormat;
 use crate::progress::Events;
 use crate::quarantine::Quarantine;
+use crate::store::download::{ResumingBody, index_pack, keep_file};
 use crate::store::{StoreError, check_object_format};
 
-/// Pipe buffer towards `git index-pack` (Linux allows up to 1 MiB for unprivileged users).
-const INDEX_PACK_PIPE_BYTES: usize = 1024 * 1024;
 /// Bundles downloaded at once by one fetch.
 const BUNDLES_IN_FLIGHT: usize = 4;
 /// Bundles looked at (HEAD) at once by one fetch.
@@ -187,7 +183,7 @@ impl BundleRepo {
         };
         self.check_header(&header, oid).await.map_err(corrupt)?;
 
-        let (child, mut stdin) = self.index_pack(refname, !header.prerequisites.is_empty())?;
+        let (child, mut stdin) = index_pack(&self.git, refname, !header.prerequisites.is_empty())?;
         let feed = async {
             stdin.write_all(&buf[header_len..]).await?;
             while let Some(chunk) = body.next().await.map_err(std::io::Error::other)? {
@@ -220,94 +216,5 @@ impl BundleRepo {
             }
         }
         Ok(())
-    }
-}
-
-impl BundleRepo {
-    /// `git index-pack --stdin --keep` into the caller's repository (`fix_thin`: deltas may refer
-    /// to objects it already has), and its stdin with the pipe enlarged.
-    pub(super) fn index_pack(&self, refname: &str, fix_thin: bool) -> Result<(Child, ChildStdin), GitError> {
-        let keep = format!("--keep=git-remote-s3 fetch {refname}");
-        let mut args = vec!["index-pack", "--stdin", keep.as_str()];
-        if fix_thin {
-            args.push("--fix-thin");
-        }
-        let mut child = self
-            .git
-            .command(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(GitError::Spawn)?;
-        let stdin =
-            child.stdin.take().ok_or_else(|| GitError::Spawn(std::io::Error::other("git index-pack has no stdin")))?;
-        // index-pack reads in small pieces; a larger pipe means far fewer wake-ups of both sides.
-        if let Err(e) = rustix::pipe::fcntl_setpipe_size(&stdin, INDEX_PACK_PIPE_BYTES) {
-            tracing::debug!(error = %e, "could not enlarge the pipe to index-pack");
-        }
-        Ok((child, stdin))
-    }
-}
-
-/// The `.keep` file `git index-pack --keep` left (it prints `keep\t<hash>`), and the pack's hash.
-pub(super) fn keep_file(stdout: &[u8], pack_dir: &Path) -> (Option<PathBuf>, Option<String>) {
-    let stdout = String::from_utf8_lossy(stdout);
-    let hash = stdout.lines().find_map(|line| line.strip_prefix("keep\t")).map(|h| h.trim().to_string());
-    (hash.as_ref().map(|h| pack_dir.join(format!("pack-{h}.keep"))), hash)
-}
-
-/// Times one download picks up where a broken connection left it.
-const DOWNLOAD_RESUMES: u32 = 3;
-
-/// An object's body that survives broken connections and stalls: it asks again for the rest (of
-/// the same version, by ETag) and goes on from there.
-struct ResumingBody<'a> {
-    bucket: &'a Bucket,
-    key: &'a str,
-    etag: Option<String>,
-    body: Option<Body>,
-    size: u64,
-    received: u64,
-    resumes: u32,
-}
-
-impl<'a> ResumingBody<'a> {
-    fn new(bucket: &'a Bucket, key: &'a str, body: Body) -> Self {
-        let (etag, size) = (body.etag.clone(), body.len);
-        Self { bucket, key, etag, body: Some(body), size, received: 0, resumes: 0 }
-    }
-}
-
-impl ResumingBody<'_> {
-    async fn next(&mut self) -> Result<Option<bytes::Bytes>, String> {
-        loop {
-            let Some(body) = self.body.as_mut() else { return Err("the download was given up".into()) };
-            match body.next_chunk().await {
-                Ok(Some(chunk)) => {
-                    self.received += chunk.len() as u64;
-                    return Ok(Some(chunk));
-                }
-                Ok(None) => return Ok(None),
-                // Past the last byte there is nothing to resume (a checksum that did not match).
-                Err(e) if self.resumes < DOWNLOAD_RESUMES && self.etag.is_some() && self.received < self.size => {
-                    self.resumes += 1;
-                    tracing::info!(key = %self.key, at = self.received, error = %e, "download broke off; resuming");
-                    // The broken body's admission goes back before the rest is asked for.
-                    self.body = None;
-                    let rest = self
-                        .bucket
-                        .get_from(self.key, self.received, self.etag.as_deref())
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .ok_or("the object disappeared during the download")?;
-                    if rest.len != self.size - self.received.min(self.size) {
-                        return Err(format!("{e} (and the server did not resume at byte {})", self.received));
-                    }
-                    self.body = Some(rest);
-                }
-                Err(e) => return Err(e.to_string()),
-            }
-        }
     }
 }

@@ -7,7 +7,7 @@ use super::keys::{BundleKeys, RefKey};
 use crate::bucket::ObjectInfo;
 use crate::layout::{Layout, check_refname};
 use crate::object_format::ObjectFormat;
-use crate::store::{Format, Inventory, RefSummary, RemoteRefs, StoredValue, age_s};
+use crate::store::{Format, Inventory, RefSummary, RemoteRefs, StoredValue, age_s, choose_head};
 
 /// What one ref folder holds.
 #[derive(Debug, Clone, Default)]
@@ -42,6 +42,8 @@ pub struct Listing {
     pub bad_head: Option<String>,
     /// Ref folders whose names git cannot use (spaces, control characters, `..`): never advertised.
     pub unusable: BTreeSet<String>,
+    /// The prefix holds a native-format manifest too (`store::native`).
+    pub native_beside: bool,
 }
 
 /// Ref names a warning names before it says "and N more".
@@ -110,6 +112,11 @@ impl Listing {
                 "left out {other_format} ref(s) whose objects are not {format} like the rest; 'git s3 ls' lists them"
             ));
         }
+        if self.native_beside {
+            warnings.push(
+                "this remote's prefix holds a native-format manifest beside its bundles; the next command reads the native one ('git s3 doctor' shows both)".into(),
+            );
+        }
         if let Some(why) = &self.bad_head {
             warnings.push(format!("the remote's HEAD {why}; ignoring it ('git s3 doctor' repairs it)"));
         }
@@ -129,17 +136,6 @@ impl Listing {
     }
 }
 
-/// The branch a remote's HEAD should name, among `branches`: `preferred` if it is one of them,
-/// else `main`, else `master`, else the first.
-pub fn choose_head<'a>(branches: &[&'a str], preferred: Option<&str>) -> Option<&'a str> {
-    let find = |wanted: &str| branches.iter().copied().find(|b| *b == wanted);
-    preferred
-        .and_then(find)
-        .or_else(|| find("refs/heads/main"))
-        .or_else(|| find("refs/heads/master"))
-        .or_else(|| branches.first().copied())
-}
-
 /// The branch HEAD should name among the listed branches other than `excluding`.
 pub fn default_branch<'a>(listing: &'a Listing, excluding: &str) -> Option<&'a str> {
     let branches: Vec<&str> =
@@ -151,7 +147,12 @@ pub fn default_branch<'a>(listing: &'a Listing, excluding: &str) -> Option<&'a s
 /// named in `unusable`): git would cut such a name short and then miss the ref it asked for.
 pub fn parse_listing(layout: &Layout, objects: Vec<ObjectInfo>) -> Listing {
     let mut listing = Listing::default();
+    let native_root = crate::store::native::root_key(layout);
     for object in objects {
+        if object.key == native_root {
+            listing.native_beside = true;
+            continue;
+        }
         let key = layout.classify(&object.key);
         let refname = match &key {
             RefKey::Bundle { refname, .. }

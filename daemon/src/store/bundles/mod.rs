@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{
-    DoctorOptions, Finding, Format, Inventory, ManageError, PushBatch, RefOutcome, RemoteRefs, Repository, StoreError,
+    DoctorOptions, Finding, Format, FormatWatch, Inventory, ManageError, PushBatch, RefOutcome, RemoteRefs, Repository, StoreError,
 };
 use crate::bucket::{Bucket, S3Error};
 use crate::config::RemoteConfig;
@@ -61,6 +61,11 @@ impl From<LockError> for ManageError {
     }
 }
 
+/// Whether `key` is a ref's bundle in this layout.
+pub fn is_bundle_key(layout: &Layout, key: &str) -> bool {
+    matches!(layout.classify(key), keys::RefKey::Bundle { .. })
+}
+
 /// One repository in a bucket, reached on behalf of one caller.
 #[derive(Clone)]
 pub struct BundleRepo {
@@ -71,6 +76,8 @@ pub struct BundleRepo {
     pub composer: Arc<Composer>,
     /// Where temporary repositories go.
     pub scratch: Arc<Scratch>,
+    /// Told when the prefix turns out to hold a native manifest.
+    pub watch: FormatWatch,
 }
 
 #[async_trait::async_trait]
@@ -109,9 +116,9 @@ impl Repository for BundleRepo {
 }
 
 impl BundleRepo {
-    pub fn new(remote: Remote, composer: Arc<Composer>, scratch: Arc<Scratch>) -> Self {
+    pub fn new(remote: Remote, composer: Arc<Composer>, scratch: Arc<Scratch>, watch: FormatWatch) -> Self {
         let Remote { bucket, layout, config, git } = remote;
-        Self { bucket, layout, config, git, composer, scratch }
+        Self { bucket, layout, config, git, composer, scratch, watch }
     }
 
     /// Every ref folder the bucket holds, and HEAD when `with_head` asks for it.
@@ -121,6 +128,9 @@ impl BundleRepo {
             if with_head { self.read_head().await } else { Ok(Head::Missing) }
         });
         let mut listing = parse_listing(&self.layout, objects?);
+        if listing.native_beside {
+            self.watch.look_again();
+        }
         match head? {
             Head::Missing => {}
             Head::Ref(name) => listing.head = Some(name),

@@ -10,14 +10,14 @@ use tokio::io::AsyncReadExt;
 
 use super::compose::{Composed, Teed};
 use super::keys::{BundleKeys, RefKey};
-use super::listing::{RefState, choose_head, default_branch};
+use super::listing::{RefState, default_branch};
 use super::lock::RefLock;
 use super::{BundleRepo, Head, release};
 use crate::bucket::PutOptions;
 use crate::git::{Git, GitError, last_line};
 use crate::layout::check_refname;
 use crate::progress::{CANCELLED, Events};
-use crate::store::{PushBatch, PushCommand, Pushed, RefOutcome, Refusal, StoreError, check_object_format};
+use crate::store::{PushBatch, PushCommand, Pushed, RefOutcome, Refusal, StoreError, check_object_format, choose_head, judge};
 use crate::transfer::{TransferError, upload_stream};
 
 /// Refs pushed at once by one non-atomic push.
@@ -222,40 +222,11 @@ impl BundleRepo {
             Err(e) => return Err((e.into(), lock)),
         };
         let current = state.current().map(|b| b.oid.clone());
-        if current.as_deref() != batch.advertised.get(dst).map(String::as_str) {
-            return Err((Refusal::FetchFirst, lock));
-        }
-        let lease = batch.leases.get(dst).map(|expected| expected.trim());
-        if let Some(expected) = lease {
-            // git's null id (all zeros, in either format) means "must not exist".
-            let expected = expected.bytes().any(|b| b != b'0').then_some(expected);
-            if expected != current.as_deref() {
-                return Err((Refusal::StaleInfo, lock));
-            }
-        }
-        let may_force = command.force || lease.is_some();
-        let mut forced = false;
-        match (&current, &new_oid) {
-            (Some(_), None) if state.protected => return Err((Refusal::Protected, lock)),
-            (Some(current), Some(new)) if current != new => {
-                let fast_forward = match self.git.has_object(current).await {
-                    Ok(true) => self.git.is_ancestor(current, new).await.unwrap_or(false),
-                    Ok(false) if !may_force => return Err((Refusal::FetchFirst, lock)),
-                    Ok(false) => false,
-                    Err(e) => return Err((e.into(), lock)),
-                };
-                if !fast_forward {
-                    if !may_force {
-                        return Err((Refusal::NonFastForward, lock));
-                    }
-                    if state.protected {
-                        return Err((Refusal::Protected, lock));
-                    }
-                    forced = true;
-                }
-            }
-            _ => {}
-        }
+        let forced = match judge(&self.git, command, batch, current.as_deref(), new_oid.as_deref(), state.protected).await
+        {
+            Ok(forced) => forced,
+            Err(why) => return Err((why, lock)),
+        };
         let unchanged = current == new_oid;
         Ok(Prepared {
             command: command.clone(),

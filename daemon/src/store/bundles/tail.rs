@@ -13,7 +13,8 @@ use tokio::io::AsyncWriteExt;
 
 use super::BundleRepo;
 use super::compose::{Assembly, Composer, Piece, pack_from_repository, repository_pack};
-use super::fetch::{RemoteBundle, keep_file};
+use super::fetch::RemoteBundle;
+use crate::store::download::{index_pack, keep_file};
 use super::pack::{self, PACK_HEADER_BYTES, PackHeader, Segment};
 use super::pack_cache::{Appended, CachedPack, oids_of};
 use crate::git::{Git, GitError, last_line};
@@ -77,7 +78,7 @@ impl BundleRepo {
             "fetching only the change: the segments after a tip this repository has"
         );
 
-        let (child, mut stdin) = self.index_pack(&bundle.refname, true)?;
+        let (child, mut stdin) = index_pack(&self.git, &bundle.refname, true)?;
         let meter = events.meter(format!("Receiving {}", bundle.refname), end - start);
         let feed = async {
             let header = PackHeader { version: 2, objects }.to_bytes();

@@ -1,0 +1,142 @@
+//! `git s3` verbs on a native remote: show it, protect or delete a branch (each one commit of the
+//! root), and `doctor`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use super::manifest::RefTable;
+use super::{NativeRepo, Snapshot, packs_prefix};
+use crate::store::bundles::is_bundle_key;
+use crate::store::{
+    DoctorOptions, Finding, Format, Inventory, ManageError, RefSummary, StoreError, StoredValue, age_s, branch_ref,
+    choose_head,
+};
+
+impl NativeRepo {
+    pub(super) async fn describe(&self) -> Result<Inventory, StoreError> {
+        let snapshot = self.snapshot().await?;
+        let refs = snapshot
+            .refs
+            .iter()
+            .map(|(name, oid)| RefSummary {
+                name: name.clone(),
+                values: vec![StoredValue { oid: oid.clone(), size: 0, age_s: 0 }],
+                protected: snapshot.root.is_protected(name),
+                lock_age_s: None,
+            })
+            .collect();
+        Ok(Inventory { format: Format::Native, refs, head: snapshot.root.head.clone(), warnings: self.warnings() })
+    }
+
+    pub(super) async fn mark_protected(&self, branch: &str, protect: bool) -> Result<(String, bool), ManageError> {
+        let refname = branch_ref(branch)?;
+        let name = &refname;
+        let changed = self
+            .commit_with(move |snapshot: Arc<Snapshot>| {
+                Box::pin(async move {
+                if protect && !snapshot.refs.contains_key(name) {
+                    return Err(ManageError::NoSuchRef(name.clone()));
+                }
+                if snapshot.root.is_protected(name) == protect {
+                    return Ok((None, false));
+                }
+                let mut next = snapshot.root.successor();
+                if protect {
+                    next.protected.push(name.clone());
+                    next.protected.sort();
+                } else {
+                    next.protected.retain(|p| p != name);
+                }
+                Ok((Some((next, snapshot.refs.clone())), true))
+                })
+            })
+            .await?;
+        Ok((refname, changed))
+    }
+
+    pub(super) async fn delete_ref(&self, branch: &str, force: bool) -> Result<(String, Option<String>), ManageError> {
+        let refname = branch_ref(branch)?;
+        let name = &refname;
+        let moved = self
+            .commit_with(move |snapshot: Arc<Snapshot>| {
+                Box::pin(async move {
+                if !snapshot.refs.contains_key(name) {
+                    return Err(ManageError::NoSuchRef(name.clone()));
+                }
+                if snapshot.root.is_protected(name) && !force {
+                    return Err(ManageError::Protected(name.clone()));
+                }
+                let mut refs: RefTable = snapshot.refs.clone();
+                refs.remove(name);
+                let mut next = snapshot.root.successor();
+                next.protected.retain(|p| p != name);
+                let mut moved = None;
+                if next.head.as_ref() == Some(name) {
+                    let branches: Vec<&str> =
+                        refs.keys().map(String::as_str).filter(|n| n.starts_with("refs/heads/")).collect();
+                    next.head = choose_head(&branches, None).map(str::to_string);
+                    moved = next.head.clone();
+                }
+                Ok((Some((next, refs)), moved))
+                })
+            })
+            .await?;
+        Ok((refname, moved))
+    }
+
+    /// What is wrong with a native remote: packs the manifest names but the bucket lacks, packs
+    /// no manifest names (pushes that lost their race or were cut short; removed once older than
+    /// an hour, so that no push in flight loses its pack), bundles of the shared layout beside it.
+    pub(super) async fn diagnose(&self, options: &DoctorOptions) -> Result<Vec<Finding>, StoreError> {
+        let snapshot = self.snapshot().await?;
+        let mut findings = Vec::new();
+        let stored = self.bucket.list(&packs_prefix(&self.layout)).await?;
+        let stored_keys: HashSet<&str> = stored.iter().map(|o| o.key.as_str()).collect();
+        for pack in &snapshot.root.packs {
+            for extension in ["pack", "idx", "tips"] {
+                let key = super::pack_key(&self.layout, &pack.name, extension);
+                if !stored_keys.contains(key.as_str()) {
+                    findings.push(Finding {
+                        subject: key,
+                        problem: "named by the manifest but missing: fetches that need it fail".into(),
+                        action: "push the refs it held again from a clone that has them".into(),
+                        fixed: false,
+                    });
+                }
+            }
+        }
+        let named: HashSet<&str> = snapshot.root.packs.iter().map(|p| p.name.as_str()).collect();
+        for object in &stored {
+            let Some(file) = object.key.strip_prefix(&packs_prefix(&self.layout)) else { continue };
+            let name = file.strip_prefix("pack-").and_then(|f| f.split('.').next()).unwrap_or(file);
+            if named.contains(name) {
+                continue;
+            }
+            let age = age_s(object.last_modified);
+            let old_enough = age > options.upload_idle.as_secs();
+            let problem = format!("not named by the manifest ({age}s old): a push that lost its race or was cut short");
+            let (action, fixed) = match (old_enough, options.dry_run) {
+                (false, _) => ("left alone while a push may still commit it".to_string(), false),
+                (true, true) => ("would delete it".to_string(), false),
+                (true, false) => {
+                    self.bucket.delete(&object.key).await?;
+                    ("deleted it".to_string(), true)
+                }
+            };
+            findings.push(Finding { subject: object.key.clone(), problem, action, fixed });
+        }
+        let bundles = self.bucket.list(&self.layout.key("refs/")).await?;
+        let count = bundles.iter().filter(|o| is_bundle_key(&self.layout, &o.key)).count();
+        if count > 0 {
+            findings.push(Finding {
+                subject: self.layout.key("refs/"),
+                problem: format!(
+                    "{count} bundle(s) of the shared layout beside the native manifest; they are not read (the Python tool, or a migration in flight, wrote them)"
+                ),
+                action: "if nothing needs them, delete them".into(),
+                fixed: false,
+            });
+        }
+        Ok(findings)
+    }
+}

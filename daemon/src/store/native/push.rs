@@ -1,0 +1,320 @@
+//! Push: one pack of what the remote lacks (with its index and its tips), then every ref of the
+//! push in one commit of the root. `--atomic` is all or none by construction; a non-atomic push
+//! commits the refs it may move and reports the others as git does.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use tokio::io::AsyncWriteExt;
+
+use super::manifest::{PackEntry, RefTable};
+use super::{NativeError, NativeRepo, Snapshot, pack_key};
+use crate::git::{GitError, last_line};
+use crate::layout::check_refname;
+use crate::object_format::ObjectFormat;
+use crate::progress::{CANCELLED, Events};
+use crate::store::{PushBatch, Pushed, RefOutcome, Refusal, StoreError, check_object_format, choose_head, judge};
+use crate::transfer::{TransferError, upload_stream};
+
+/// What one command of the batch asks, once its source is resolved.
+struct Wanted {
+    dst: String,
+    /// `None` deletes the ref.
+    new: Option<String>,
+}
+
+impl NativeRepo {
+    pub(super) async fn push_batch(&self, batch: PushBatch, events: &Events) -> Vec<RefOutcome> {
+        if let Err(e) = check_object_format(&self.git, batch.remote_format).await {
+            return RefOutcome::refuse_all(&batch, &e.into());
+        }
+        match self.push_resolved(&batch, events).await {
+            Ok(outcomes) => outcomes,
+            Err(e) => RefOutcome::refuse_all(&batch, &Refusal::Failed(e.to_string())),
+        }
+    }
+
+    async fn push_resolved(&self, batch: &PushBatch, events: &Events) -> Result<Vec<RefOutcome>, StoreError> {
+        // Each command's new value, or why it cannot be pushed at all.
+        let mut wanted: Vec<Result<Wanted, Refusal>> = Vec::new();
+        for command in &batch.commands {
+            let dst = command.dst.clone();
+            wanted.push(match check_refname(&dst) {
+                Err(why) => Err(Refusal::InvalidRefName(why.to_string())),
+                Ok(()) if command.src.is_empty() => Ok(Wanted { dst, new: None }),
+                Ok(()) => match self.git.resolve(&command.src).await? {
+                    Some(oid) => Ok(Wanted { dst, new: Some(oid) }),
+                    None => Err(Refusal::NoSuchSource(command.src.clone())),
+                },
+            });
+        }
+        let snapshot = self.snapshot().await?;
+        check_object_format(&self.git, snapshot.object_format()).await?;
+        let verdicts = self.judge_all(batch, &wanted, &snapshot).await;
+        if batch.atomic && verdicts.iter().any(Result::is_err) {
+            return Ok(atomic_failure(batch, verdicts));
+        }
+        if batch.dry_run {
+            return Ok(outcomes(batch, verdicts));
+        }
+        let tips: BTreeSet<String> = wanted
+            .iter()
+            .zip(&verdicts)
+            .filter(|(_, verdict)| verdict.is_ok())
+            .filter_map(|(w, _)| w.as_ref().ok())
+            .filter(|w| w.new.is_some() && w.new.as_ref() != snapshot.refs.get(&w.dst))
+            .filter_map(|w| w.new.clone())
+            .collect();
+        let pack = if tips.is_empty() {
+            None
+        } else {
+            tokio::select! {
+                biased;
+                pack = self.send_pack(&tips, &snapshot, events) => pack?,
+                () = events.cancelled() => return Ok(RefOutcome::refuse_all(batch, &Refusal::Failed(CANCELLED.into()))),
+            }
+        };
+        // The commit is this push's point of no return: a client gone before it changes nothing.
+        if events.is_cancelled() {
+            return Ok(RefOutcome::refuse_all(batch, &Refusal::Failed(CANCELLED.into())));
+        }
+        let preferred = self.git.run(&["symbolic-ref", "-q", "HEAD"]).await.ok();
+        let object_format = self.git.object_format().await?;
+        let wanted = &wanted;
+        let pack = &pack;
+        let preferred = preferred.as_deref();
+        let committed = self
+            .commit_with(move |snapshot: Arc<Snapshot>| {
+                Box::pin(async move {
+                let snapshot = &*snapshot;
+                let verdicts = self.judge_all(batch, wanted, snapshot).await;
+                if batch.atomic && verdicts.iter().any(Result::is_err) {
+                    return Ok::<_, StoreError>((None, atomic_failure(batch, verdicts)));
+                }
+                let mut refs = snapshot.refs.clone();
+                let mut changed = false;
+                let mut pushed_branches = Vec::new();
+                for (w, verdict) in wanted.iter().zip(&verdicts) {
+                    let (Ok(w), Ok(_)) = (w, verdict) else { continue };
+                    changed |= match &w.new {
+                        Some(new) => refs.insert(w.dst.clone(), new.clone()).as_ref() != Some(new),
+                        None => refs.remove(&w.dst).is_some(),
+                    };
+                    if w.new.is_some() && w.dst.starts_with("refs/heads/") {
+                        pushed_branches.push(w.dst.as_str());
+                    }
+                }
+                let mut next = snapshot.root.successor();
+                if let Some(pack) = pack.as_ref().filter(|p| !snapshot.root.has_pack(&p.name)) {
+                    next.packs.push(pack.clone());
+                    changed = true;
+                }
+                next.object_format.get_or_insert_with(|| object_format.name().to_string());
+                next.protected.retain(|name| refs.contains_key(name));
+                let head = choose_next_head(snapshot.root.head.as_deref(), &refs, &pushed_branches, preferred);
+                changed |= head != next.head;
+                next.head = head;
+                let answer = outcomes(batch, verdicts);
+                Ok((changed.then_some((next, refs)), answer))
+                })
+            })
+            .await;
+        match committed {
+            Ok(outcomes) => Ok(outcomes),
+            Err(e) => Ok(RefOutcome::refuse_all(batch, &Refusal::Failed(e.to_string()))),
+        }
+    }
+
+    /// Each command judged against `snapshot`: whether it moves its ref by force, or why not.
+    /// A ref that already has the value pushed is fine whatever git was told (a retry of a
+    /// commit that won after all).
+    async fn judge_all(
+        &self,
+        batch: &PushBatch,
+        wanted: &[Result<Wanted, Refusal>],
+        snapshot: &Snapshot,
+    ) -> Vec<Result<bool, Refusal>> {
+        let mut verdicts = Vec::with_capacity(wanted.len());
+        for (command, w) in batch.commands.iter().zip(wanted) {
+            verdicts.push(match w {
+                Err(why) => Err(why.clone()),
+                Ok(w) => {
+                    let current = snapshot.refs.get(&w.dst).map(String::as_str);
+                    let advertised = batch.advertised.get(&w.dst).map(String::as_str);
+                    if current.is_some() && current == w.new.as_deref() && current != advertised {
+                        Ok(false)
+                    } else {
+                        let protected = snapshot.root.is_protected(&w.dst);
+                        judge(&self.git, command, batch, current, w.new.as_deref(), protected).await
+                    }
+                }
+            });
+        }
+        verdicts
+    }
+
+    /// Packs what `tips` need and the remote lacks — everything reachable from them but not from
+    /// a remote ref this repository has — into one self-contained pack, and uploads it with its
+    /// index and its tips. `None` when the remote lacks nothing.
+    async fn send_pack(
+        &self,
+        tips: &BTreeSet<String>,
+        snapshot: &Snapshot,
+        events: &Events,
+    ) -> Result<Option<PackEntry>, StoreError> {
+        let remote_values: BTreeSet<&str> = snapshot.refs.values().map(String::as_str).collect();
+        let remote_values: Vec<&str> = remote_values.into_iter().collect();
+        let bases = self.git.present(&remote_values).await?;
+        let dir = self.scratch.tempdir("native-push-").map_err(StoreError::TempDir)?;
+        let mut input: String = tips.iter().map(|tip| format!("{tip}\n")).collect();
+        input.extend(bases.iter().map(|base| format!("^{base}\n")));
+        let name = self.pack_objects(&dir.path().join("pack"), input).await?;
+        let pack_path = dir.path().join(format!("pack-{name}.pack"));
+        let idx_path = dir.path().join(format!("pack-{name}.idx"));
+        let objects = pack_object_count(&pack_path).await?;
+        if objects == 0 {
+            return Ok(None);
+        }
+        let bytes = file_len(&pack_path).await?;
+        let idx_bytes = file_len(&idx_path).await?;
+        let entry = PackEntry { name: name.clone(), objects, bytes, idx_bytes };
+        if snapshot.root.has_pack(&name) {
+            return Ok(Some(entry));
+        }
+        let meter = events.meter("Sending pack", bytes + idx_bytes);
+        let tips_text: String = tips.iter().map(|tip| format!("{tip}\n")).collect();
+        let (pack_at, idx_at, tips_at) =
+            (pack_key(&self.layout, &name, "pack"), pack_key(&self.layout, &name, "idx"), pack_key(&self.layout, &name, "tips"));
+        let (pack, idx, tips) = tokio::join!(
+            self.upload_file(&pack_at, &pack_path, meter.counter()),
+            self.upload_file(&idx_at, &idx_path, meter.counter()),
+            self.bucket.put_bytes(&tips_at, tips_text.into_bytes(), Default::default()),
+        );
+        pack?;
+        idx?;
+        tips?;
+        meter.finish();
+        Ok(Some(entry))
+    }
+
+    /// `git pack-objects --revs` of `input` (tips, and `^base` lines) into `<base>-<name>.pack`
+    /// and `.idx`; returns the pack's name.
+    async fn pack_objects(&self, base: &Path, input: String) -> Result<String, StoreError> {
+        let base = base.to_string_lossy();
+        let mut child = self
+            .git
+            .command(["pack-objects", "--revs", "--delta-base-offset", "-q", base.as_ref()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(GitError::Spawn)?;
+        let mut stdin = child.stdin.take().ok_or_else(|| GitError::Spawn(std::io::Error::other("no stdin")))?;
+        let feed = async move {
+            stdin.write_all(input.as_bytes()).await?;
+            stdin.shutdown().await
+        };
+        let (fed, output) = tokio::join!(feed, child.wait_with_output());
+        let output = output.map_err(GitError::Spawn)?;
+        if !output.status.success() {
+            return Err(GitError::Failed { command: "pack-objects".into(), stderr: last_line(&output.stderr) }.into());
+        }
+        fed.map_err(GitError::Spawn)?;
+        let name = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        if ObjectFormat::of_hex(&name).is_none() {
+            return Err(GitError::Unexpected { command: "pack-objects".into(), output: name }.into());
+        }
+        Ok(name)
+    }
+
+    async fn upload_file(&self, key: &str, path: &Path, counter: Arc<AtomicU64>) -> Result<(), StoreError> {
+        let mut file = tokio::fs::File::open(path).await.map_err(NativeError::LocalPack)?;
+        match upload_stream(&self.bucket, key, &mut file, counter, async || Ok(())).await {
+            Ok(_) => Ok(()),
+            Err(TransferError::S3(e)) => Err(e.into()),
+            Err(TransferError::Read(e)) => Err(NativeError::LocalPack(e).into()),
+            Err(TransferError::Refused(why)) => Err(NativeError::LocalPack(std::io::Error::other(why)).into()),
+        }
+    }
+}
+
+/// HEAD after a push: kept while it names a ref; else the pusher's current branch if it was
+/// pushed, else main, else master, else the first branch.
+fn choose_next_head(
+    head: Option<&str>,
+    refs: &RefTable,
+    pushed_branches: &[&str],
+    preferred: Option<&str>,
+) -> Option<String> {
+    if let Some(head) = head.filter(|h| refs.contains_key(*h)) {
+        return Some(head.to_string());
+    }
+    let choice = choose_head(pushed_branches, preferred).or_else(|| {
+        let branches: Vec<&str> = refs.keys().map(String::as_str).filter(|n| n.starts_with("refs/heads/")).collect();
+        choose_head(&branches, None).map(|b| refs.get_key_value(b).map_or(b, |(k, _)| k.as_str()))
+    });
+    choice.map(str::to_string)
+}
+
+fn outcomes(batch: &PushBatch, verdicts: Vec<Result<bool, Refusal>>) -> Vec<RefOutcome> {
+    batch
+        .commands
+        .iter()
+        .zip(verdicts)
+        .map(|(c, verdict)| RefOutcome { dst: c.dst.clone(), result: verdict.map(|forced| Pushed { forced }) })
+        .collect()
+}
+
+/// The first refusal stands; every other ref of the atomic push was not written either.
+fn atomic_failure(batch: &PushBatch, verdicts: Vec<Result<bool, Refusal>>) -> Vec<RefOutcome> {
+    let mut first = true;
+    batch
+        .commands
+        .iter()
+        .zip(verdicts)
+        .map(|(c, verdict)| {
+            let result = match verdict {
+                Err(why) if first => {
+                    first = false;
+                    Err(why)
+                }
+                _ => Err(Refusal::AtomicPushFailed),
+            };
+            RefOutcome { dst: c.dst.clone(), result }
+        })
+        .collect()
+}
+
+/// The object count in a pack's header (`PACK`, version, count).
+async fn pack_object_count(path: &Path) -> Result<u64, StoreError> {
+    use tokio::io::AsyncReadExt;
+    let mut header = [0u8; 12];
+    let mut file = tokio::fs::File::open(path).await.map_err(NativeError::LocalPack)?;
+    file.read_exact(&mut header).await.map_err(NativeError::LocalPack)?;
+    Ok(u64::from(u32::from_be_bytes([header[8], header[9], header[10], header[11]])))
+}
+
+async fn file_len(path: &Path) -> Result<u64, StoreError> {
+    Ok(tokio::fs::metadata(path).await.map_err(NativeError::LocalPack)?.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_stays_while_it_names_a_ref() {
+        let refs: RefTable =
+            [("refs/heads/dev", "a"), ("refs/heads/main", "b")].map(|(n, o)| (n.to_string(), o.to_string())).into();
+        assert_eq!(choose_next_head(Some("refs/heads/dev"), &refs, &[], None).as_deref(), Some("refs/heads/dev"));
+        assert_eq!(choose_next_head(Some("refs/heads/gone"), &refs, &[], None).as_deref(), Some("refs/heads/main"));
+        assert_eq!(
+            choose_next_head(None, &refs, &["refs/heads/dev"], Some("refs/heads/dev")).as_deref(),
+            Some("refs/heads/dev")
+        );
+        assert_eq!(choose_next_head(None, &RefTable::new(), &[], None), None);
+    }
+}

@@ -1,0 +1,309 @@
+//! The native format, as a user who chose it for a project with many refs meets it: a mirror
+//! push stores the history once, a clone downloads it once, a change costs its own bytes, and
+//! pushes are atomic — on moto and on s3s-fs.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use git_s3_tests::project::{ProjectShape, project_repository};
+use git_s3_tests::{ServerKind, TestEnv, finish_within};
+
+const KIB: u64 = 1024;
+
+/// `git show-ref` of a repository, as `(oid, ref)` pairs, HEAD left out.
+fn local_refs(env: &TestEnv, repo: &Path) -> BTreeSet<(String, String)> {
+    env.git_ok(repo, &["show-ref"])
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(o, n)| (o.to_string(), n.to_string())))
+        .filter(|(_, n)| !n.starts_with("refs/remotes/"))
+        .collect()
+}
+
+fn remote_refs(env: &TestEnv, repo: &Path) -> BTreeSet<(String, String)> {
+    env.ls_remote(repo, "origin").into_iter().filter(|(_, n)| n != "HEAD").collect()
+}
+
+/// Bytes of the objects under `prefix` that are new or changed since `before` was taken.
+fn bytes_written(env: &TestEnv, prefix: &str, before: &[(String, u64)]) -> u64 {
+    sizes(env, prefix).into_iter().filter(|entry| !before.contains(entry)).map(|(_, size)| size).sum()
+}
+
+fn sizes(env: &TestEnv, prefix: &str) -> Vec<(String, u64)> {
+    env.keys(prefix).into_iter().map(|k| (k.clone(), env.server.size(&env.bucket, &k).unwrap_or(0))).collect()
+}
+
+/// A project with a native remote `origin` at `prefix`.
+fn project_with_native_remote(env: &TestEnv, name: &str, prefix: &str) -> PathBuf {
+    let work = project_repository(env, name, ProjectShape::SMALL);
+    env.git_ok(&work, &["remote", "add", "origin", &env.url(prefix)]);
+    env.git_ok(&work, &["config", "remote.origin.s3format", "native"]);
+    work
+}
+
+/// The size of the whole history as one bundle: what one copy of it costs.
+fn history_bytes(env: &TestEnv, repo: &Path) -> u64 {
+    let bundle = env.path("history.bundle");
+    env.git_ok(repo, &["bundle", "create", "-q", bundle.to_str().expect("path"), "--all"]);
+    std::fs::metadata(&bundle).expect("bundle").len()
+}
+
+fn a_project_lives_in_one_copy_of_its_history(env: &TestEnv) {
+    let work = project_with_native_remote(env, "work", "project");
+    let history = history_bytes(env, &work);
+
+    // A mirror push: 308 refs, one pack.
+    env.git_ok(&work, &["push", "-q", "--mirror", "origin"]);
+    let keys = env.keys("project/");
+    assert!(keys.contains(&"project/refs/native.json".to_string()), "{keys:?}");
+    assert!(!keys.iter().any(|k| k.ends_with(".bundle")), "{keys:?}");
+    let packs: Vec<&String> = keys.iter().filter(|k| k.ends_with(".pack")).collect();
+    assert_eq!(packs.len(), 1, "{keys:?}");
+    let stored: u64 = sizes(env, "project/").iter().map(|(_, s)| s).sum();
+    assert!(stored <= history * 13 / 10, "the bucket holds {stored} bytes for a history of {history}");
+    assert_eq!(remote_refs(env, &work), local_refs(env, &work));
+    assert_eq!(remote_refs(env, &work).len(), 1 + 8 + 300);
+    assert!(env.git_s3_ok(&work, &["ls", "origin"]).contains("format: native"));
+
+    // A clone needs no setting: the prefix says what it holds.
+    let fetched_before = env.fetched_bytes();
+    let clone = env.clone_repo(&env.url("project"), "clone");
+    let fetched = env.fetched_bytes() - fetched_before;
+    assert!(fetched <= history * 12 / 10, "the clone downloaded {fetched} bytes for a history of {history}");
+    env.git_ok(&clone, &["fsck", "--strict", "--no-progress"]);
+    assert_eq!(env.rev_parse(&clone, "HEAD"), env.rev_parse(&work, "main"));
+    assert_eq!(env.git_ok(&clone, &["tag"]).lines().count(), 300);
+
+    // A one-line change costs its own bytes, both ways.
+    let mut text = std::fs::read_to_string(work.join("file-3.txt")).expect("file");
+    text.push_str("one more line\n");
+    let change = env.commit(&work, "file-3.txt", text, "a one-line change");
+    let before = sizes(env, "project/");
+    env.git_ok(&work, &["push", "-q", "origin", "main"]);
+    let written = bytes_written(env, "project/", &before);
+    assert!(written <= 64 * KIB, "a one-line push wrote {written} bytes");
+    let fetched_before = env.fetched_bytes();
+    env.git_ok(&clone, &["pull", "-q", "--ff-only"]);
+    let fetched = env.fetched_bytes() - fetched_before;
+    assert!(fetched <= 64 * KIB, "fetching a one-line change downloaded {fetched} bytes");
+    assert_eq!(env.rev_parse(&clone, "HEAD"), change);
+
+    // A branch deleted by one pusher is gone for everyone, and the history still clones whole.
+    env.git_ok(&clone, &["push", "-q", "origin", ":refs/heads/topic-0"]);
+    assert!(!remote_refs(env, &work).iter().any(|(_, n)| n == "refs/heads/topic-0"));
+    let second = env.clone_repo(&env.url("project"), "second-clone");
+    env.git_ok(&second, &["fsck", "--strict", "--no-progress"]);
+    assert_eq!(env.rev_parse(&second, "HEAD"), change);
+}
+
+#[test]
+fn a_project_lives_in_one_copy_of_its_history_on_moto() {
+    a_project_lives_in_one_copy_of_its_history(&TestEnv::new());
+}
+
+#[test]
+fn a_project_lives_in_one_copy_of_its_history_on_s3s_fs() {
+    a_project_lives_in_one_copy_of_its_history(&TestEnv::with_server(ServerKind::S3sFs));
+}
+
+#[test]
+fn atomic_pushes_are_all_or_none_and_leases_are_checked_at_the_commit() {
+    use std::io::{BufRead, BufReader, Write};
+    let env = TestEnv::new();
+    let url = env.url("atomic");
+    let work = env.new_repo("work");
+    env.git_ok(&work, &["remote", "add", "origin", &url]);
+    env.git_ok(&work, &["config", "remote.origin.s3format", "native"]);
+    let first = env.rev_parse(&work, "HEAD");
+    env.commit(&work, "a", "a\n", "second");
+    env.git_ok(&work, &["push", "-q", "origin", "main"]);
+    env.git_s3_ok(&work, &["protect", "origin", "main"]);
+
+    // The remote refuses one ref (main is protected), so it writes none.
+    env.git_ok(&work, &["branch", "topic", first.as_str()]);
+    let stderr = env.git_fails(&work, &["push", "--atomic", "origin", "+refs/heads/topic:refs/heads/main", "topic"]);
+    assert!(stderr.contains("protected"), "{stderr}");
+    let refs = remote_refs(&env, &work);
+    assert_eq!(refs.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>(), vec!["refs/heads/main"]);
+    env.git_s3_ok(&work, &["unprotect", "origin", "main"]);
+
+    // A lease git saw hold, lost to a push that lands between git's listing and its push.
+    let bob = env.clone_repo(&url, "bob");
+    let listed = env.rev_parse(&bob, "origin/main");
+    env.commit(&bob, "b", "b\n", "bob's work");
+    env.git_ok(&bob, &["branch", "bob-topic"]);
+    let mut helper = env.spawn_remote_helper(&bob, &url);
+    let mut stdin = helper.stdin.take().expect("stdin");
+    let mut stdout = BufReader::new(helper.stdout.take().expect("stdout"));
+    let mut read_block = || {
+        let mut block = String::new();
+        loop {
+            let mut line = String::new();
+            stdout.read_line(&mut line).expect("read");
+            if line.trim().is_empty() {
+                return block;
+            }
+            block.push_str(&line);
+        }
+    };
+    writeln!(stdin, "list for-push").expect("write");
+    assert!(read_block().contains(&listed));
+    let alice = env.commit(&work, "c", "c\n", "alice's work");
+    env.git_ok(&work, &["push", "-q", "origin", "main"]);
+    write!(
+        stdin,
+        "option atomic true\noption cas refs/heads/main:{listed}\npush +refs/heads/main:refs/heads/main\npush refs/heads/bob-topic:refs/heads/bob-topic\n\n"
+    )
+    .expect("write");
+    // One line answers each option; a block, the push.
+    let answer = read_block();
+    let answer = answer.strip_prefix("ok\nok\n").unwrap_or_else(|| panic!("options refused: {answer}"));
+    assert!(answer.contains("error refs/heads/main stale info"), "{answer}");
+    assert!(answer.contains("error refs/heads/bob-topic atomic push failed"), "{answer}");
+    drop(stdin);
+    let _ = helper.wait();
+    let refs = remote_refs(&env, &work);
+    assert_eq!(refs.into_iter().collect::<Vec<_>>(), vec![(alice.clone(), "refs/heads/main".to_string())]);
+
+    // With the lease it holds, the same force push goes through.
+    env.git_ok(&bob, &["fetch", "-q"]);
+    env.git_ok(&bob, &["push", "-q", &format!("--force-with-lease=main:{alice}"), "origin", "main"]);
+    assert_eq!(env.ls_remote(&bob, "origin").iter().find(|(_, n)| n == "refs/heads/main").map(|(o, _)| o.clone()), Some(env.rev_parse(&bob, "main")));
+}
+
+/// Pushers race: of different branches, all land; of one branch, exactly one wins each round
+/// and no push reported `ok` is lost.
+fn pushers_race(env: &TestEnv) {
+    const PUSHERS: usize = 8;
+    const ROUNDS: usize = 4;
+    let limit = Duration::from_secs(120);
+    let url = env.url("race");
+    let seed = env.new_repo("seed");
+    env.git_ok(&seed, &["remote", "add", "origin", &url]);
+    env.git_ok(&seed, &["config", "remote.origin.s3format", "native"]);
+    env.git_ok(&seed, &["push", "-q", "origin", "main"]);
+    let clones: Vec<PathBuf> = (0..PUSHERS).map(|i| env.clone_repo(&url, &format!("pusher-{i}"))).collect();
+
+    let spawn = |i: usize, refspec: String| {
+        let mut push = env.command("git");
+        push.args(["push", "origin", &refspec]).current_dir(&clones[i]).stdout(Stdio::null()).stderr(Stdio::piped());
+        push.spawn().expect("spawn git push")
+    };
+    // Different branches: every one lands.
+    let tips: Vec<String> =
+        clones.iter().enumerate().map(|(i, c)| env.commit(c, &format!("own-{i}"), "x\n", "own branch")).collect();
+    let pushes: Vec<_> = (0..PUSHERS).map(|i| spawn(i, format!("HEAD:refs/heads/pusher-{i}"))).collect();
+    for (i, push) in pushes.into_iter().enumerate() {
+        let output = finish_within(push, limit, &format!("pusher {i}"));
+        assert!(output.status.success(), "pusher {i}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let refs = remote_refs(env, &seed);
+    for (i, tip) in tips.iter().enumerate() {
+        assert!(refs.contains(&(tip.clone(), format!("refs/heads/pusher-{i}"))), "pusher {i} lost: {refs:?}");
+    }
+
+    // One branch: exactly one winner per round, and what it was told holds.
+    for round in 0..ROUNDS {
+        for clone in &clones {
+            env.git_ok(clone, &["fetch", "-q", "origin"]);
+            env.git_ok(clone, &["reset", "-q", "--hard", "origin/main"]);
+        }
+        let commits: Vec<String> = clones
+            .iter()
+            .enumerate()
+            .map(|(i, c)| env.commit(c, &format!("race-{i}"), format!("round {round}\n"), "race"))
+            .collect();
+        let pushes: Vec<_> = (0..PUSHERS).map(|i| spawn(i, "main".to_string())).collect();
+        let outputs: Vec<_> = pushes
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| finish_within(p, limit, &format!("round {round}, pusher {i}")))
+            .collect();
+        let winners: Vec<usize> = (0..PUSHERS).filter(|&i| outputs[i].status.success()).collect();
+        let report = || {
+            outputs.iter().map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).collect::<Vec<_>>().join("\n")
+        };
+        assert_eq!(winners.len(), 1, "round {round}: exactly one winner\n{}", report());
+        let main = env.ls_remote(&seed, "origin").into_iter().find(|(_, n)| n == "refs/heads/main").map(|(o, _)| o);
+        assert_eq!(main, Some(commits[winners[0]].clone()), "round {round}: the winner's push was lost\n{}", report());
+    }
+    let last = env.clone_repo(&url, "last");
+    env.git_ok(&last, &["fsck", "--strict", "--no-progress"]);
+}
+
+#[test]
+fn pushers_race_on_moto() {
+    pushers_race(&TestEnv::new());
+}
+
+#[test]
+fn pushers_race_on_s3s_fs() {
+    pushers_race(&TestEnv::with_server(ServerKind::S3sFs));
+}
+
+#[test]
+fn a_damaged_remote_gives_clear_errors_and_a_wrong_record_costs_only_bytes() {
+    let env = TestEnv::new();
+    let work = project_with_native_remote(&env, "work", "damaged");
+    env.git_ok(&work, &["push", "-q", "--mirror", "origin"]);
+    let url = env.url("damaged");
+
+    // A repository whose record of fetched packs lies (copied from a clone, objects gone)
+    // still fetches everything it lacks.
+    let clone = env.clone_repo(&url, "clone");
+    let fresh = env.path("fresh");
+    std::fs::create_dir_all(&fresh).expect("dir");
+    env.git_ok(&fresh, &["init", "-q"]);
+    env.git_ok(&fresh, &["remote", "add", "origin", &url]);
+    let records = clone.join(".git/git-remote-s3");
+    let copied = fresh.join(".git/git-remote-s3");
+    std::fs::create_dir_all(&copied).expect("dir");
+    for entry in std::fs::read_dir(&records).expect("the clone keeps a record of its packs") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), copied.join(entry.file_name())).expect("copy");
+    }
+    env.git_ok(&fresh, &["fetch", "-q", "origin"]);
+    env.git_ok(&fresh, &["fsck", "--strict", "--no-progress"]);
+    assert_eq!(env.rev_parse(&fresh, "origin/main"), env.rev_parse(&work, "main"));
+
+    // A pack whose bytes are not what its name says.
+    let pack = env.keys("damaged/native/packs/").into_iter().find(|k| k.ends_with(".pack")).expect("a pack");
+    let original = env.server.get(&env.bucket, &pack);
+    let mut lying = original.clone();
+    let middle = lying.len() / 2;
+    lying[middle] ^= 0xff;
+    env.server.put(&env.bucket, &pack, lying);
+    let stderr = env.git_fails(&env.path(""), &["clone", "-q", &url, "lying"]);
+    assert!(stderr.contains("does not hold the pack its name says") && stderr.contains("git s3 doctor"), "{stderr}");
+    assert!(!env.path("lying").exists());
+
+    // A manifest naming a pack the bucket lacks.
+    env.server.put(&env.bucket, &pack, original);
+    let tips = pack.replace(".pack", ".tips");
+    let idx = pack.replace(".pack", ".idx");
+    env.server.copy(&env.bucket, &pack, "damaged/elsewhere.pack");
+    env.server.client().0.block_on(async {
+        let (_, client) = env.server.client();
+        client.delete_object().bucket(&env.bucket).key(&pack).send().await.expect("delete");
+    });
+    let stderr = env.git_fails(&env.path(""), &["clone", "-q", &url, "missing"]);
+    assert!(stderr.contains("missing from the bucket"), "{stderr}");
+    let doctor = env.git_s3_in(&work, &["doctor", "origin"]);
+    let doctor = String::from_utf8_lossy(&doctor.stdout).into_owned() + &String::from_utf8_lossy(&doctor.stderr);
+    assert!(doctor.contains(&pack) && doctor.contains("missing"), "{doctor}");
+    assert!(env.keys("damaged/").contains(&tips) && env.keys("damaged/").contains(&idx));
+    env.server.copy(&env.bucket, "damaged/elsewhere.pack", &pack);
+
+    // A forged manifest: a clear error, nothing written.
+    env.server.put(&env.bucket, "damaged/refs/native.json", b"{\"format\": \"git-remote-s3 native\"}".to_vec());
+    let stderr = env.git_fails(&work, &["ls-remote", "origin"]);
+    assert!(stderr.contains("native manifest") && stderr.contains("git s3 doctor"), "{stderr}");
+    let root = serde_json::json!({
+        "format": "git-remote-s3 native", "version": 1, "object_format": "sha1", "generation": 9,
+        "commit": "x", "head": null, "shards": ["0".repeat(64)], "packs": [],
+    });
+    env.server.put(&env.bucket, "damaged/refs/native.json", serde_json::to_vec(&root).expect("json"));
+    let stderr = env.git_fails(&work, &["ls-remote", "origin"]);
+    assert!(stderr.contains("missing from the bucket"), "{stderr}");
+}
