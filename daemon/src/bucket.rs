@@ -353,7 +353,11 @@ impl Bucket {
 
     /// `get_small`, with the version (ETag) the bytes are of: what a conditional write of the
     /// object names as the one it replaces.
-    pub async fn get_small_tagged(&self, key: &str, limit: usize) -> Result<Option<(Vec<u8>, Option<String>)>, S3Error> {
+    pub async fn get_small_tagged(
+        &self,
+        key: &str,
+        limit: usize,
+    ) -> Result<Option<(Vec<u8>, Option<String>)>, S3Error> {
         match self.get(key, 0, None, None, limit as u64).await? {
             Some(object) => {
                 let etag = object.etag.clone();

@@ -205,7 +205,11 @@ fn resolve_from(
         Some((_, v)) if v.eq_ignore_ascii_case("bundles") => NewRemoteFormat::Bundles,
         Some((_, v)) if v.eq_ignore_ascii_case("native") => NewRemoteFormat::Native,
         Some((key, value)) => {
-            return Err(ConfigError::BadValue { key, value, why: "use bundles (shared with the Python tool) or native" });
+            return Err(ConfigError::BadValue {
+                key,
+                value,
+                why: "use bundles (shared with the Python tool) or native",
+            });
         }
     };
     let seconds = |name: &str, default: Duration| match non_empty_env(name) {

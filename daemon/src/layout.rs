@@ -1,10 +1,12 @@
 //! Key spelling every storage format shares: the repository's prefix `P`, `P/HEAD` (the default
-//! branch, which the Python tool reads too) and `P/lfs/<oid>` (git-lfs objects, whatever holds
-//! the refs). Each format spells its own keys in its folder under `store/`.
+//! branch, which the Python tool reads too), `P/<ref>/repo.zip` (what `s3+zip://` publishes) and
+//! `P/lfs/<oid>` (git-lfs objects, whatever holds the refs). Each format spells its own keys in its folder under `store/`.
 
 use std::fmt;
 
 pub const HEAD_FILE: &str = "HEAD";
+/// The archive an `s3+zip://` remote publishes beside each ref (for AWS CodePipeline).
+pub const ZIP_FILE: &str = "repo.zip";
 
 /// The repository's prefix `P`; every key is `P/…`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -29,6 +31,11 @@ impl Layout {
     /// Everything the remote stores is under this.
     pub fn root(&self) -> String {
         self.key("")
+    }
+
+    /// `P/<ref>/repo.zip`: the zip of a ref's tree that `s3+zip://` remotes publish.
+    pub fn zip(&self, refname: &str) -> String {
+        self.key(&format!("{refname}/{ZIP_FILE}"))
     }
 
     pub fn lfs_object(&self, oid: &str) -> String {

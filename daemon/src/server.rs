@@ -37,12 +37,13 @@ impl Service {
         let remote = Remote::open(&self.state.clients, &self.state.scheduler, &context, &remote.name, &remote.url)
             .await
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let label = remote.config.url.to_string();
+        let url = remote.config.url.to_string();
         let repo = store::open(&self.state.store, remote.clone()).await.map_err(|e| {
             self.state.record_error("open", &e.to_string());
             Status::aborted(e.to_string())
         })?;
-        let listing_key = ListingKey { session, remote: label.clone() };
+        let label = format!("{url} ({})", repo.format());
+        let listing_key = ListingKey { session, remote: url };
         Ok(Opened { repo, remote, label, listing_key })
     }
 }
@@ -52,7 +53,7 @@ struct Opened {
     repo: Box<dyn Repository>,
     /// Where it lives, for what is not the repository's (LFS, the caller's git).
     remote: Remote,
-    /// The remote as users write it, for status and logs.
+    /// The remote as users write it and its format, for status and logs.
     label: String,
     listing_key: ListingKey,
 }
@@ -366,7 +367,7 @@ impl Daemon for Service {
             })
             .collect();
         Ok(Response::new(proto::InspectReply {
-            url: opened.label,
+            url: opened.remote.config.url.to_string(),
             refs,
             head: inventory.head.unwrap_or_default(),
             warnings: inventory.warnings,

@@ -326,3 +326,95 @@ fn kill_9_at_random_moments_never_leaves_a_ref_between_old_and_new() {
     let composed_trials = trials.div_ceil(3);
     assert!(composed_pushes * 2 >= composed_trials, "only {composed_pushes} pushes were composed");
 }
+
+/// The native format under `kill -9`: an atomic push of a branch, a second branch and a new tag
+/// leaves all three as they were or all three as pushed, whoever dies when; the next push goes
+/// through at once (there are no locks to wait for), and a clone is whole.
+#[test]
+fn kill_9_during_native_pushes_leaves_every_ref_old_or_new_together() {
+    const NATIVE_PREFIX: &str = "crash-native";
+    let trials: usize = std::env::var("CRASH_TRIALS").ok().and_then(|v| v.parse().ok()).map_or(24, |t: usize| t / 3);
+    let seed: u64 = std::env::var("CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed_0021);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let env = crash_env();
+    let repo = env.new_repo("native");
+    env.git_ok(&repo, &["remote", "add", "origin", &env.url(NATIVE_PREFIX)]);
+    env.git_ok(&repo, &["config", "remote.origin.s3format", "native"]);
+    let spawn = |tag: &str| {
+        let mut push = env.command("git");
+        push.args(["push", "--atomic", "--force", "origin", "main", "side", &format!("refs/tags/{tag}")])
+            .current_dir(&repo)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        std::os::unix::process::CommandExt::process_group(&mut push, 0);
+        push.spawn().expect("spawn git push")
+    };
+    let state = || {
+        let listed = env.ls_remote(&repo, "origin");
+        let value = |name: &str| listed.iter().find(|(_, r)| r == name).map(|(o, _)| o.clone());
+        (
+            value("refs/heads/main"),
+            value("refs/heads/side"),
+            listed.iter().filter(|(_, r)| r.starts_with("refs/tags/")).count(),
+        )
+    };
+    const MAX_SIZE: usize = 4 * 1024 * 1024;
+    let next = |trial: usize, size: usize| {
+        let (main, _) = next_commit(&env, &repo, Workload::Push, trial, size);
+        env.git_ok(&repo, &["checkout", "-q", "-B", "side", "main"]);
+        let side = env.commit(&repo, "side.txt", format!("side {trial}\n"), "side");
+        env.git_ok(&repo, &["checkout", "-q", "main"]);
+        env.git_ok(&repo, &["tag", "-a", "-m", "release", &format!("t{trial}"), &side]);
+        (main, side)
+    };
+    let (mut old_main, mut old_side) = next(1_000, MAX_SIZE);
+    let started = Instant::now();
+    let output = finish_within(spawn("t1000"), BOUND, "the first push");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let window = started.elapsed() * 3 / 2;
+    let mut old_tags = 1;
+    let (mut killed_count, mut took_new) = (0, 0);
+    for trial in 0..trials {
+        let victim = [Victim::Daemon, Victim::Shim, Victim::Git][trial % 3];
+        let (new_main, new_side) = next(trial, rng.usize(64 * 1024..MAX_SIZE));
+        env.git_ok(&repo, &["ls-remote", "origin"]);
+        let daemon = env.daemon_status().and_then(|s| Pid::from_raw(s["pid"].as_i64().unwrap_or(0) as i32));
+        let delay = Duration::from_millis(rng.u64(0..window.as_millis().max(1) as u64));
+        let push = spawn(&format!("t{trial}"));
+        let group = Pid::from_raw(push.id() as i32).expect("pid");
+        std::thread::sleep(delay); // the seeded random moment of the crash, not a synchronisation
+        let target = match victim {
+            Victim::Daemon => daemon,
+            Victim::Git => Some(group),
+            Victim::Shim => {
+                group_members(group).into_iter().find(|(_, comm)| comm == "git-remote-s3").map(|(pid, _)| pid)
+            }
+        };
+        killed_count += usize::from(target.is_some_and(kill));
+        finish_within(push, BOUND, &format!("trial {trial}: git push"));
+        wait_for("the push's processes to end", BOUND, || group_members(group).is_empty().then_some(()));
+        if env.daemon_status().is_some() {
+            wait_for("the daemon to finish what the push started", BOUND, || {
+                let status = env.daemon_status()?;
+                status["activities"].as_array().is_none_or(|a| a.is_empty()).then_some(())
+            });
+        }
+        let now = state();
+        let old = (Some(old_main.clone()), Some(old_side.clone()), old_tags);
+        let new = (Some(new_main.clone()), Some(new_side.clone()), old_tags + 1);
+        assert!(now == old || now == new, "trial {trial} ({victim:?}): {now:?} is neither {old:?} nor {new:?}");
+        took_new += usize::from(now == new);
+        // The next push goes through at once: nothing is locked.
+        let output = finish_within(spawn(&format!("t{trial}")), BOUND, "the push after a crash");
+        assert!(output.status.success(), "trial {trial}: {}", String::from_utf8_lossy(&output.stderr));
+        assert_eq!(state(), new, "trial {trial}");
+        (old_main, old_side, old_tags) = (new_main, new_side, old_tags + 1);
+    }
+    eprintln!(
+        "native crash trials (seed {seed:#x}): {trials} trials, {killed_count} kills, {took_new} took the new state"
+    );
+    let clone = env.clone_repo(&env.url(NATIVE_PREFIX), "clone-native");
+    assert_eq!(env.rev_parse(&clone, "HEAD"), old_main);
+    env.git_ok(&clone, &["fsck", "--strict", "--no-progress"]);
+    assert_eq!(env.git_ok(&clone, &["tag"]).lines().count(), old_tags);
+}

@@ -169,7 +169,22 @@ fn atomic_pushes_are_all_or_none_and_leases_are_checked_at_the_commit() {
     // With the lease it holds, the same force push goes through.
     env.git_ok(&bob, &["fetch", "-q"]);
     env.git_ok(&bob, &["push", "-q", &format!("--force-with-lease=main:{alice}"), "origin", "main"]);
-    assert_eq!(env.ls_remote(&bob, "origin").iter().find(|(_, n)| n == "refs/heads/main").map(|(o, _)| o.clone()), Some(env.rev_parse(&bob, "main")));
+    assert_eq!(
+        env.ls_remote(&bob, "origin").iter().find(|(_, n)| n == "refs/heads/main").map(|(o, _)| o.clone()),
+        Some(env.rev_parse(&bob, "main"))
+    );
+
+    // SHA-256 repositories too, and a SHA-1 one is told it cannot push there.
+    let sha256 = env.path("sha256");
+    std::fs::create_dir_all(&sha256).expect("dir");
+    env.git_ok(&sha256, &["init", "-q", "--object-format=sha256"]);
+    let tip = env.commit(&sha256, "a", "a\n", "first");
+    env.git_ok(&sha256, &["-c", "s3.format=native", "push", "-q", &env.url("sha256"), "main"]);
+    let clone = env.clone_repo(&env.url("sha256"), "sha256-clone");
+    assert_eq!(env.rev_parse(&clone, "HEAD"), tip);
+    env.git_ok(&clone, &["fsck", "--strict", "--no-progress"]);
+    let stderr = env.git_fails(&work, &["push", &env.url("sha256"), "main:refs/heads/sha1"]);
+    assert!(stderr.contains("sha256"), "{stderr}");
 }
 
 /// Pushers race: of different branches, all land; of one branch, exactly one wins each round
@@ -221,9 +236,8 @@ fn pushers_race(env: &TestEnv) {
             .map(|(i, p)| finish_within(p, limit, &format!("round {round}, pusher {i}")))
             .collect();
         let winners: Vec<usize> = (0..PUSHERS).filter(|&i| outputs[i].status.success()).collect();
-        let report = || {
-            outputs.iter().map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).collect::<Vec<_>>().join("\n")
-        };
+        let report =
+            || outputs.iter().map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).collect::<Vec<_>>().join("\n");
         assert_eq!(winners.len(), 1, "round {round}: exactly one winner\n{}", report());
         let main = env.ls_remote(&seed, "origin").into_iter().find(|(_, n)| n == "refs/heads/main").map(|(o, _)| o);
         assert_eq!(main, Some(commits[winners[0]].clone()), "round {round}: the winner's push was lost\n{}", report());

@@ -331,13 +331,23 @@ fn zip_remotes_publish_an_archive_of_the_pushed_commit() {
         git_s3_tests::bin_dir().display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    push.env("PATH", path).current_dir(&work).args(["push", &format!("s3+zip://{}/zipped", env.bucket), "main"]);
+    push.env("PATH", &path).current_dir(&work).args(["push", &format!("s3+zip://{}/zipped", env.bucket), "main"]);
     let output = env.run(push);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let zip = env.server.get(&env.bucket, "zipped/refs/heads/main/repo.zip");
     assert_eq!(&zip[..2], b"PK");
     let listing = String::from_utf8_lossy(&zip).into_owned();
     assert!(listing.contains("README") && !listing.contains("other.txt"), "the zip is of the pushed commit {oid}");
+
+    // A native remote publishes the same zip.
+    push = env.command("git");
+    let url = format!("s3+zip://{}/zipped-native", env.bucket);
+    push.env("PATH", path).current_dir(&work).args(["-c", "s3.format=native", "push", &url, "main"]);
+    let output = env.run(push);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(env.keys("zipped-native/").contains(&"zipped-native/refs/native.json".to_string()));
+    let zip = env.server.get(&env.bucket, "zipped-native/refs/heads/main/repo.zip");
+    assert_eq!(&zip[..2], b"PK");
 }
 
 #[test]

@@ -10,6 +10,7 @@ mod manage;
 pub mod native;
 mod push;
 mod refs;
+mod zip;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -26,8 +27,8 @@ use crate::scratch::Scratch;
 
 pub use bundles::{DEFAULT_PACK_CACHE_BYTES, PackCache};
 pub use manage::{DEFAULT_UPLOAD_IDLE, DoctorOptions, Finding, ManageError, age_s, branch_ref};
-pub use push::{PushBatch, PushCommand, Pushed, RefOutcome, Refusal};
 pub(crate) use push::judge;
+pub use push::{PushBatch, PushCommand, Pushed, RefOutcome, Refusal};
 pub use refs::{Inventory, RefSummary, RemoteRefs, StoredValue, choose_head};
 
 /// How a remote lays out its refs and objects in the bucket.
@@ -171,7 +172,9 @@ pub async fn open(resources: &Resources, remote: Remote) -> Result<Box<dyn Repos
             bundles_beside,
             watch,
         )),
-        None => Box::new(bundles::BundleRepo::new(remote, resources.composer.clone(), resources.scratch.clone(), watch)),
+        None => {
+            Box::new(bundles::BundleRepo::new(remote, resources.composer.clone(), resources.scratch.clone(), watch))
+        }
     })
 }
 

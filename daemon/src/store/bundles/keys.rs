@@ -2,12 +2,11 @@
 //! per ref, `P/<ref>/`, holding its bundle, lock, protection mark and zip. The only place that
 //! spells them; `P/HEAD` and `P/lfs/` are every format's (`crate::layout`).
 
-use crate::layout::Layout;
+use crate::layout::{Layout, ZIP_FILE};
 use crate::object_format::ObjectFormat;
 
 pub const LOCK_FILE: &str = "LOCK#.lock";
 pub const PROTECTED_FILE: &str = "PROTECTED#";
-pub const ZIP_FILE: &str = "repo.zip";
 const BUNDLE_SUFFIX: &str = ".bundle";
 
 /// What a key under `refs_prefix()` is.
@@ -38,7 +37,6 @@ pub trait BundleKeys {
     fn bundle(&self, refname: &str, oid: &str) -> String;
     fn lock(&self, refname: &str) -> String;
     fn protected(&self, refname: &str) -> String;
-    fn zip(&self, refname: &str) -> String;
     /// Classifies a key listed under `refs_prefix()`. Bundles follow the Python tool's rule:
     /// the ref has at least three path segments and the file is `<40 hex>.bundle` (or
     /// `<64 hex>.bundle` in a SHA-256 repository, which the Python tool does not read).
@@ -64,10 +62,6 @@ impl BundleKeys for Layout {
 
     fn protected(&self, refname: &str) -> String {
         self.key(&format!("{refname}/{PROTECTED_FILE}"))
-    }
-
-    fn zip(&self, refname: &str) -> String {
-        self.key(&format!("{refname}/{ZIP_FILE}"))
     }
 
     fn classify(&self, key: &str) -> RefKey {

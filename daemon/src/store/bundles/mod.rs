@@ -20,7 +20,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{
-    DoctorOptions, Finding, Format, FormatWatch, Inventory, ManageError, PushBatch, RefOutcome, RemoteRefs, Repository, StoreError,
+    DoctorOptions, Finding, Format, FormatWatch, Inventory, ManageError, PushBatch, RefOutcome, RemoteRefs, Repository,
+    StoreError,
 };
 use crate::bucket::{Bucket, S3Error};
 use crate::config::RemoteConfig;

@@ -17,7 +17,10 @@ use crate::bucket::PutOptions;
 use crate::git::{Git, GitError, last_line};
 use crate::layout::check_refname;
 use crate::progress::{CANCELLED, Events};
-use crate::store::{PushBatch, PushCommand, Pushed, RefOutcome, Refusal, StoreError, check_object_format, choose_head, judge};
+use crate::store::zip::publish_zip;
+use crate::store::{
+    PushBatch, PushCommand, Pushed, RefOutcome, Refusal, StoreError, check_object_format, choose_head, judge,
+};
 use crate::transfer::{TransferError, upload_stream};
 
 /// Refs pushed at once by one non-atomic push.
@@ -222,11 +225,11 @@ impl BundleRepo {
             Err(e) => return Err((e.into(), lock)),
         };
         let current = state.current().map(|b| b.oid.clone());
-        let forced = match judge(&self.git, command, batch, current.as_deref(), new_oid.as_deref(), state.protected).await
-        {
-            Ok(forced) => forced,
-            Err(why) => return Err((why, lock)),
-        };
+        let forced =
+            match judge(&self.git, command, batch, current.as_deref(), new_oid.as_deref(), state.protected).await {
+                Ok(forced) => forced,
+                Err(why) => return Err((why, lock)),
+            };
         let unchanged = current == new_oid;
         Ok(Prepared {
             command: command.clone(),
@@ -357,7 +360,7 @@ impl BundleRepo {
             self.bucket.delete(&old.key).await?;
         }
         if self.config.url.zip {
-            self.publish_zip(dst, new_oid).await?;
+            publish_zip(&self.bucket, &self.layout, &self.git, dst, new_oid).await?;
         }
         Ok(())
     }
@@ -409,17 +412,5 @@ impl BundleRepo {
                 Ok(None)
             }
         }
-    }
-
-    async fn publish_zip(&self, dst: &str, oid: &str) -> Result<(), StoreError> {
-        let summary = self.git.run(&["log", "-1", "--pretty=%h %s", oid]).await?;
-        let zip = self.git.run_bytes(&["archive", "--format=zip", oid]).await?;
-        let options = PutOptions {
-            metadata: vec![("codepipeline-artifact-revision-summary".into(), summary)],
-            content_disposition: Some(format!("attachment; filename=repo-{}.zip", &oid[..8.min(oid.len())])),
-            ..Default::default()
-        };
-        self.bucket.put_bytes(&self.layout.zip(dst), zip, options).await?;
-        Ok(())
     }
 }

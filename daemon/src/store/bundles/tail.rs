@@ -14,12 +14,12 @@ use tokio::io::AsyncWriteExt;
 use super::BundleRepo;
 use super::compose::{Assembly, Composer, Piece, pack_from_repository, repository_pack};
 use super::fetch::RemoteBundle;
-use crate::store::download::{index_pack, keep_file};
 use super::pack::{self, PACK_HEADER_BYTES, PackHeader, Segment};
 use super::pack_cache::{Appended, CachedPack, oids_of};
 use crate::git::{Git, GitError, last_line};
 use crate::object_format::{ObjectFormat, Oid};
 use crate::progress::Events;
+use crate::store::download::{index_pack, keep_file};
 
 /// Why the change alone could not be fetched (the whole bundle is, then).
 #[derive(Debug)]

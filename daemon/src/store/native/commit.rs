@@ -62,7 +62,8 @@ impl NativeRepo {
         // A store that checks and then writes lets a rival's write land shortly after ours; give
         // it the time a write takes before looking. S3 itself needs no such wait.
         if self.config.s3.endpoint.is_some() {
-            tokio::time::sleep((started.elapsed() * 2).clamp(Duration::from_millis(20), Duration::from_millis(500))).await;
+            tokio::time::sleep((started.elapsed() * 2).clamp(Duration::from_millis(20), Duration::from_millis(500)))
+                .await;
         }
         let (now, _) = self.read_root().await?;
         let won = now.descends_from(&next.commit);

@@ -77,8 +77,12 @@ impl NativeRepo {
             .migrate(&keeps)
             .map_err(|source| StoreError::Quarantine { what: "move the packs out of", source })?;
         // Only packs the remote still names: merged ones leave the record with the manifest.
-        let now: Vec<&str> =
-            root.packs.iter().map(|p| p.name.as_str()).filter(|n| record.contains(*n) || fetched.contains(*n)).collect();
+        let now: Vec<&str> = root
+            .packs
+            .iter()
+            .map(|p| p.name.as_str())
+            .filter(|n| record.contains(*n) || fetched.contains(*n))
+            .collect();
         if let Err(e) = write_record(&record_path, &now) {
             tracing::warn!(error = %e, "could not record the fetched packs; the next fetch may download some again");
         }
@@ -174,7 +178,8 @@ impl NativeRepo {
     ) -> Result<Option<PathBuf>, StoreError> {
         let key = pack_key(&self.layout, &pack.name, "pack");
         let bad = |why: String| StoreError::from(NativeError::BadPack { key: key.clone(), why });
-        let body = self.bucket.get_from(&key, 0, None).await?.ok_or_else(|| NativeError::Missing { key: key.clone() })?;
+        let body =
+            self.bucket.get_from(&key, 0, None).await?.ok_or_else(|| NativeError::Missing { key: key.clone() })?;
         let meter = events.meter(format!("Receiving pack {}", &pack.name[..12]), body.len);
         let mut body = ResumingBody::new(&self.bucket, &key, body);
         let (child, mut stdin) = index_pack(git, &format!("pack {}", pack.name), false)?;

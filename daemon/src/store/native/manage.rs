@@ -34,20 +34,20 @@ impl NativeRepo {
         let changed = self
             .commit_with(move |snapshot: Arc<Snapshot>| {
                 Box::pin(async move {
-                if protect && !snapshot.refs.contains_key(name) {
-                    return Err(ManageError::NoSuchRef(name.clone()));
-                }
-                if snapshot.root.is_protected(name) == protect {
-                    return Ok((None, false));
-                }
-                let mut next = snapshot.root.successor();
-                if protect {
-                    next.protected.push(name.clone());
-                    next.protected.sort();
-                } else {
-                    next.protected.retain(|p| p != name);
-                }
-                Ok((Some((next, snapshot.refs.clone())), true))
+                    if protect && !snapshot.refs.contains_key(name) {
+                        return Err(ManageError::NoSuchRef(name.clone()));
+                    }
+                    if snapshot.root.is_protected(name) == protect {
+                        return Ok((None, false));
+                    }
+                    let mut next = snapshot.root.successor();
+                    if protect {
+                        next.protected.push(name.clone());
+                        next.protected.sort();
+                    } else {
+                        next.protected.retain(|p| p != name);
+                    }
+                    Ok((Some((next, snapshot.refs.clone())), true))
                 })
             })
             .await?;
@@ -60,24 +60,24 @@ impl NativeRepo {
         let moved = self
             .commit_with(move |snapshot: Arc<Snapshot>| {
                 Box::pin(async move {
-                if !snapshot.refs.contains_key(name) {
-                    return Err(ManageError::NoSuchRef(name.clone()));
-                }
-                if snapshot.root.is_protected(name) && !force {
-                    return Err(ManageError::Protected(name.clone()));
-                }
-                let mut refs: RefTable = snapshot.refs.clone();
-                refs.remove(name);
-                let mut next = snapshot.root.successor();
-                next.protected.retain(|p| p != name);
-                let mut moved = None;
-                if next.head.as_ref() == Some(name) {
-                    let branches: Vec<&str> =
-                        refs.keys().map(String::as_str).filter(|n| n.starts_with("refs/heads/")).collect();
-                    next.head = choose_head(&branches, None).map(str::to_string);
-                    moved = next.head.clone();
-                }
-                Ok((Some((next, refs)), moved))
+                    if !snapshot.refs.contains_key(name) {
+                        return Err(ManageError::NoSuchRef(name.clone()));
+                    }
+                    if snapshot.root.is_protected(name) && !force {
+                        return Err(ManageError::Protected(name.clone()));
+                    }
+                    let mut refs: RefTable = snapshot.refs.clone();
+                    refs.remove(name);
+                    let mut next = snapshot.root.successor();
+                    next.protected.retain(|p| p != name);
+                    let mut moved = None;
+                    if next.head.as_ref() == Some(name) {
+                        let branches: Vec<&str> =
+                            refs.keys().map(String::as_str).filter(|n| n.starts_with("refs/heads/")).collect();
+                        next.head = choose_head(&branches, None).map(str::to_string);
+                        moved = next.head.clone();
+                    }
+                    Ok((Some((next, refs)), moved))
                 })
             })
             .await?;

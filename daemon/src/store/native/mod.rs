@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt;
 
 use super::{
-    DoctorOptions, Finding, Format, FormatWatch, Inventory, ManageError, PushBatch, RefOutcome, RemoteRefs, Repository, StoreError,
+    DoctorOptions, Finding, Format, FormatWatch, Inventory, ManageError, PushBatch, RefOutcome, RemoteRefs, Repository,
+    StoreError,
 };
 use crate::bucket::Bucket;
 use crate::config::RemoteConfig;
@@ -68,11 +69,14 @@ pub enum NativeError {
     Contended,
 }
 
+/// The refs of one shard, `(refname, oid)`, as read once.
+type ShardRefs = Arc<Vec<(String, String)>>;
+
 /// What the daemon remembers of native remotes for its whole life: immutable objects only, so
 /// nothing here can go stale.
 #[derive(Default)]
 pub struct Caches {
-    shards: Mutex<HashMap<String, Arc<Vec<(String, String)>>>>,
+    shards: Mutex<HashMap<String, ShardRefs>>,
     tips: Mutex<HashMap<String, Arc<Vec<String>>>>,
 }
 
@@ -80,11 +84,11 @@ pub struct Caches {
 const CACHED_ENTRIES: usize = 65_536;
 
 impl Caches {
-    fn shard(&self, name: &str) -> Option<Arc<Vec<(String, String)>>> {
+    fn shard(&self, name: &str) -> Option<ShardRefs> {
         self.shards.lock().ok()?.get(name).cloned()
     }
 
-    fn keep_shard(&self, name: &str, refs: Arc<Vec<(String, String)>>) {
+    fn keep_shard(&self, name: &str, refs: ShardRefs) {
         if let Ok(mut shards) = self.shards.lock() {
             if shards.len() >= CACHED_ENTRIES {
                 shards.clear();
@@ -158,7 +162,11 @@ impl Repository for NativeRepo {
         Ok(snapshot.remote_refs(with_head, self.warnings()))
     }
 
-    async fn fetch(&self, wanted: Vec<(String, String)>, events: &Events) -> Result<Vec<std::path::PathBuf>, StoreError> {
+    async fn fetch(
+        &self,
+        wanted: Vec<(String, String)>,
+        events: &Events,
+    ) -> Result<Vec<std::path::PathBuf>, StoreError> {
         self.fetch_wanted(wanted, events).await
     }
 
@@ -230,11 +238,11 @@ impl NativeRepo {
         // Owned items: closures over borrowed ones trip the compiler's Send check.
         let named: Vec<(usize, String)> =
             root.shards.iter().enumerate().filter_map(|(i, s)| Some((i, s.clone()?))).collect();
-        let shards: Vec<Result<Arc<Vec<(String, String)>>, StoreError>> = futures::stream::iter(named)
-                .map(|(index, name)| async move { self.read_shard(&name, index, count).await })
-                .buffer_unordered(SHARDS_IN_FLIGHT)
-                .collect()
-                .await;
+        let shards: Vec<Result<ShardRefs, StoreError>> = futures::stream::iter(named)
+            .map(|(index, name)| async move { self.read_shard(&name, index, count).await })
+            .buffer_unordered(SHARDS_IN_FLIGHT)
+            .collect()
+            .await;
         let mut refs = RefTable::new();
         let mut formats = std::collections::HashSet::new();
         for shard in shards {
@@ -250,7 +258,12 @@ impl NativeRepo {
         Ok(Snapshot { root, etag, refs })
     }
 
-    async fn read_shard(&self, name: &str, index: usize, count: usize) -> Result<Arc<Vec<(String, String)>>, StoreError> {
+    async fn read_shard(
+        &self,
+        name: &str,
+        index: usize,
+        count: usize,
+    ) -> Result<ShardRefs, StoreError> {
         if let Some(refs) = self.caches.shard(name) {
             return Ok(refs);
         }

@@ -16,6 +16,7 @@ use crate::git::{GitError, last_line};
 use crate::layout::check_refname;
 use crate::object_format::ObjectFormat;
 use crate::progress::{CANCELLED, Events};
+use crate::store::zip::publish_zip;
 use crate::store::{PushBatch, Pushed, RefOutcome, Refusal, StoreError, check_object_format, choose_head, judge};
 use crate::transfer::{TransferError, upload_stream};
 
@@ -89,42 +90,61 @@ impl NativeRepo {
         let committed = self
             .commit_with(move |snapshot: Arc<Snapshot>| {
                 Box::pin(async move {
-                let snapshot = &*snapshot;
-                let verdicts = self.judge_all(batch, wanted, snapshot).await;
-                if batch.atomic && verdicts.iter().any(Result::is_err) {
-                    return Ok::<_, StoreError>((None, atomic_failure(batch, verdicts)));
-                }
-                let mut refs = snapshot.refs.clone();
-                let mut changed = false;
-                let mut pushed_branches = Vec::new();
-                for (w, verdict) in wanted.iter().zip(&verdicts) {
-                    let (Ok(w), Ok(_)) = (w, verdict) else { continue };
-                    changed |= match &w.new {
-                        Some(new) => refs.insert(w.dst.clone(), new.clone()).as_ref() != Some(new),
-                        None => refs.remove(&w.dst).is_some(),
-                    };
-                    if w.new.is_some() && w.dst.starts_with("refs/heads/") {
-                        pushed_branches.push(w.dst.as_str());
+                    let snapshot = &*snapshot;
+                    let verdicts = self.judge_all(batch, wanted, snapshot).await;
+                    if batch.atomic && verdicts.iter().any(Result::is_err) {
+                        return Ok::<_, StoreError>((None, atomic_failure(batch, verdicts)));
                     }
-                }
-                let mut next = snapshot.root.successor();
-                if let Some(pack) = pack.as_ref().filter(|p| !snapshot.root.has_pack(&p.name)) {
-                    next.packs.push(pack.clone());
-                    changed = true;
-                }
-                next.object_format.get_or_insert_with(|| object_format.name().to_string());
-                next.protected.retain(|name| refs.contains_key(name));
-                let head = choose_next_head(snapshot.root.head.as_deref(), &refs, &pushed_branches, preferred);
-                changed |= head != next.head;
-                next.head = head;
-                let answer = outcomes(batch, verdicts);
-                Ok((changed.then_some((next, refs)), answer))
+                    let mut refs = snapshot.refs.clone();
+                    let mut changed = false;
+                    let mut pushed_branches = Vec::new();
+                    for (w, verdict) in wanted.iter().zip(&verdicts) {
+                        let (Ok(w), Ok(_)) = (w, verdict) else { continue };
+                        changed |= match &w.new {
+                            Some(new) => refs.insert(w.dst.clone(), new.clone()).as_ref() != Some(new),
+                            None => refs.remove(&w.dst).is_some(),
+                        };
+                        if w.new.is_some() && w.dst.starts_with("refs/heads/") {
+                            pushed_branches.push(w.dst.as_str());
+                        }
+                    }
+                    let mut next = snapshot.root.successor();
+                    if let Some(pack) = pack.as_ref().filter(|p| !snapshot.root.has_pack(&p.name)) {
+                        next.packs.push(pack.clone());
+                        changed = true;
+                    }
+                    next.object_format.get_or_insert_with(|| object_format.name().to_string());
+                    next.protected.retain(|name| refs.contains_key(name));
+                    let head = choose_next_head(snapshot.root.head.as_deref(), &refs, &pushed_branches, preferred);
+                    changed |= head != next.head;
+                    next.head = head;
+                    let answer = outcomes(batch, verdicts);
+                    Ok((changed.then_some((next, refs)), answer))
                 })
             })
             .await;
-        match committed {
-            Ok(outcomes) => Ok(outcomes),
-            Err(e) => Ok(RefOutcome::refuse_all(batch, &Refusal::Failed(e.to_string()))),
+        let outcomes = match committed {
+            Ok(outcomes) => outcomes,
+            Err(e) => return Ok(RefOutcome::refuse_all(batch, &Refusal::Failed(e.to_string()))),
+        };
+        if self.config.url.zip {
+            self.publish_zips(wanted, &outcomes, events).await;
+        }
+        Ok(outcomes)
+    }
+
+    /// `s3+zip://`: the zip beside each ref pushed, removed with a deleted one. The refs are
+    /// committed already; a zip that cannot be written is a warning.
+    async fn publish_zips(&self, wanted: &[Result<Wanted, Refusal>], outcomes: &[RefOutcome], events: &Events) {
+        for (w, outcome) in wanted.iter().zip(outcomes) {
+            let (Ok(w), Ok(_)) = (w, &outcome.result) else { continue };
+            let result = match &w.new {
+                Some(oid) => publish_zip(&self.bucket, &self.layout, &self.git, &w.dst, oid).await,
+                None => self.bucket.delete(&self.layout.zip(&w.dst)).await.map_err(StoreError::from),
+            };
+            if let Err(e) = result {
+                events.message(format!("warning: {} was pushed but its zip was not written: {e}", w.dst)).await;
+            }
         }
     }
 
@@ -186,8 +206,11 @@ impl NativeRepo {
         }
         let meter = events.meter("Sending pack", bytes + idx_bytes);
         let tips_text: String = tips.iter().map(|tip| format!("{tip}\n")).collect();
-        let (pack_at, idx_at, tips_at) =
-            (pack_key(&self.layout, &name, "pack"), pack_key(&self.layout, &name, "idx"), pack_key(&self.layout, &name, "tips"));
+        let (pack_at, idx_at, tips_at) = (
+            pack_key(&self.layout, &name, "pack"),
+            pack_key(&self.layout, &name, "idx"),
+            pack_key(&self.layout, &name, "tips"),
+        );
         let (pack, idx, tips) = tokio::join!(
             self.upload_file(&pack_at, &pack_path, meter.counter()),
             self.upload_file(&idx_at, &idx_path, meter.counter()),
