@@ -313,13 +313,18 @@ impl Bucket {
         Ok(objects)
     }
 
-    /// Whether anything is stored under `prefix` (one request, one key).
+    /// Whether anything is stored under `prefix` (one request, one key; asked again URL-encoded
+    /// when the key cannot be sent as XML, as `list` does).
     pub async fn has_any(&self, prefix: &str) -> Result<bool, S3Error> {
         let _admission = self.scheduler.admit_request().await;
         let page = self
             .follow(|| async move {
-                let request = self.client().list_objects_v2().bucket(&self.name).prefix(prefix).max_keys(1);
-                request.send().await.map_err(|e| self.classify("ListObjectsV2", prefix, e))
+                let request = || self.client().list_objects_v2().bucket(&self.name).prefix(prefix).max_keys(1);
+                match request().send().await {
+                    Err(e) if status_of(&e) == Some(200) => request().encoding_type(EncodingType::Url).send().await,
+                    answer => answer,
+                }
+                .map_err(|e| self.classify("ListObjectsV2", prefix, e))
             })
             .await?;
         Ok(!page.contents().is_empty())

@@ -57,6 +57,12 @@ impl Git {
         Self { cwd: self.cwd.clone(), env: Arc::new(env), git_dir: Some(git_dir.to_path_buf()) }
     }
 
+    /// A git for a repository of our own at `git_dir`, run there: it needs nothing of the
+    /// caller's working directory, which may be gone by the time background work runs.
+    pub fn detached(&self, git_dir: &Path) -> Self {
+        Self { cwd: git_dir.to_path_buf(), ..self.for_repository(git_dir) }
+    }
+
     /// The same git, writing new objects to `objects` and reading `alternate`'s (and those of
     /// any alternates the caller named) too.
     pub fn with_object_directory(&self, objects: &Path, alternate: &Path) -> Self {

@@ -46,6 +46,11 @@ impl Events {
         (Self { tx, total, progress, client_gone: CancellationToken::new() }, rx)
     }
 
+    /// For the daemon's own background work: nobody watches it, and no client can cancel it.
+    pub fn unobserved() -> Self {
+        Self::channel(Arc::new(AtomicU64::new(0)), false).0
+    }
+
     /// Tells the operation that nobody waits for it any more.
     pub fn client_left(&self) {
         self.client_gone.cancel();

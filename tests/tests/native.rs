@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use git_s3_tests::project::{ProjectShape, project_repository};
-use git_s3_tests::{ServerKind, TestEnv, finish_within};
+use git_s3_tests::{ServerKind, TestEnv, finish_within, wait_for};
 
 const KIB: u64 = 1024;
 
@@ -281,6 +281,12 @@ fn a_damaged_remote_gives_clear_errors_and_a_wrong_record_costs_only_bytes() {
     env.git_ok(&fresh, &["fsck", "--strict", "--no-progress"]);
     assert_eq!(env.rev_parse(&fresh, "origin/main"), env.rev_parse(&work, "main"));
 
+    // An index that lies is never used for what a clone keeps: git index-pack indexes afresh.
+    let idx = env.keys("damaged/native/packs/").into_iter().find(|k| k.ends_with(".idx")).expect("an index");
+    env.server.put(&env.bucket, &idx, b"not an index at all".to_vec());
+    let indexed = env.clone_repo(&url, "despite-the-index");
+    env.git_ok(&indexed, &["fsck", "--strict", "--no-progress"]);
+
     // A pack whose bytes are not what its name says.
     let pack = env.keys("damaged/native/packs/").into_iter().find(|k| k.ends_with(".pack")).expect("a pack");
     let original = env.server.get(&env.bucket, &pack);
@@ -320,4 +326,71 @@ fn a_damaged_remote_gives_clear_errors_and_a_wrong_record_costs_only_bytes() {
     env.server.put(&env.bucket, "damaged/refs/native.json", serde_json::to_vec(&root).expect("json"));
     let stderr = env.git_fails(&work, &["ls-remote", "origin"]);
     assert!(stderr.contains("missing from the bucket"), "{stderr}");
+}
+
+/// The packs of a native remote, as its root names them: `(name, objects)`.
+fn root_packs(env: &TestEnv, prefix: &str) -> Vec<(String, u64)> {
+    let root: serde_json::Value =
+        serde_json::from_slice(&env.server.get(&env.bucket, &format!("{prefix}/refs/native.json"))).expect("root");
+    root["packs"]
+        .as_array()
+        .expect("packs")
+        .iter()
+        .map(|p| (p["name"].as_str().expect("name").to_string(), p["objects"].as_u64().expect("objects")))
+        .collect()
+}
+
+#[test]
+fn many_pushes_leave_few_packs_and_a_fetch_still_costs_the_change() {
+    let env = TestEnv::new();
+    let work = project_with_native_remote(&env, "work", "compact");
+    env.git_ok(&work, &["push", "-q", "origin", "main"]);
+    let history =
+        env.server.size(&env.bucket, &format!("compact/native/packs/pack-{}.pack", root_packs(&env, "compact")[0].0));
+    let history = history.expect("the first pack");
+    let url = env.url("compact");
+    let mut reader = None;
+    for push in 0..40 {
+        env.commit(&work, &format!("push-{}.txt", push % 5), format!("push {push}\n"), "a small change");
+        env.git_ok(&work, &["push", "-q", "origin", "main"]);
+        // Compaction runs in the background after the push: once it is done, each pack holds at
+        // least twice the objects of the next smaller one, so there are at most log2(objects) + 1.
+        let packs = wait_for("the packs to be compacted", Duration::from_secs(60), || {
+            let packs = root_packs(&env, "compact");
+            let mut objects: Vec<u64> = packs.iter().map(|(_, o)| *o).collect();
+            objects.sort();
+            objects.windows(2).all(|w| w[1] >= 2 * w[0]).then_some(packs)
+        });
+        let objects: u64 = packs.iter().map(|(_, o)| o).sum();
+        assert!(packs.len() as f64 <= (objects as f64).log2() + 1.0, "{packs:?}");
+        if push == 10 {
+            reader = Some(env.clone_repo(&url, "reader"));
+        }
+    }
+    let packs = root_packs(&env, "compact");
+    assert!(packs.len() < 10, "{} packs after 41 pushes", packs.len());
+
+    // A repository that fetched before the compactions downloads what it lacks, not the history.
+    let reader = reader.expect("the reader");
+    let before = env.fetched_bytes();
+    env.git_ok(&reader, &["pull", "-q", "--ff-only"]);
+    let fetched = env.fetched_bytes() - before;
+    assert!(fetched < history / 2, "the fetch downloaded {fetched} bytes; the history is {history}");
+    assert_eq!(env.rev_parse(&reader, "HEAD"), env.rev_parse(&work, "main"));
+    env.git_ok(&reader, &["fsck", "--strict", "--no-progress"]);
+
+    // Replaced packs stay for fetches in flight until doctor sweeps them after the grace period.
+    let named: BTreeSet<String> = packs.iter().map(|(n, _)| n.clone()).collect();
+    let stored = |env: &TestEnv| -> BTreeSet<String> {
+        env.keys("compact/native/packs/")
+            .iter()
+            .filter_map(|k| k.strip_prefix("compact/native/packs/pack-")?.strip_suffix(".pack").map(str::to_string))
+            .collect()
+    };
+    assert!(stored(&env).len() > named.len());
+    env.git_s3_ok(&work, &["doctor", "origin", "--yes", "--upload-idle", "0"]);
+    assert_eq!(stored(&env), named);
+    let clone = env.clone_repo(&url, "after-the-sweep");
+    env.git_ok(&clone, &["fsck", "--strict", "--no-progress"]);
+    assert_eq!(env.rev_parse(&clone, "HEAD"), env.rev_parse(&work, "main"));
 }

@@ -183,7 +183,9 @@ async fn look_at(remote: &Remote) -> Result<Option<Known>, StoreError> {
     let refs = remote.layout.key("refs/");
     let root_key = native::root_key(&remote.layout);
     let (root, any_refs) = tokio::join!(remote.bucket.head(&root_key), remote.bucket.has_any(&refs));
-    Ok(match (root?.is_some(), any_refs?) {
+    // A listing's error says more than a HEAD's (which has no body to carry S3's error code).
+    let any_refs = any_refs?;
+    Ok(match (root?.is_some(), any_refs) {
         (true, _) => {
             // A native remote keeps nothing else under `P/refs/`: this listing is short.
             let listed = remote.bucket.list(&refs).await?;

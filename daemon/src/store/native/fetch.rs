@@ -38,6 +38,18 @@ impl NativeRepo {
         wanted: Vec<(String, String)>,
         events: &Events,
     ) -> Result<Vec<PathBuf>, StoreError> {
+        match self.fetch_once(&wanted, events).await {
+            // The root this fetch read named a pack a compaction has replaced and a sweep removed
+            // since: the current root names its successor.
+            Err(StoreError::Native(NativeError::Missing { key })) => {
+                tracing::info!(%key, "a pack went away during the fetch; reading the manifest again");
+                self.fetch_once(&wanted, events).await
+            }
+            other => other,
+        }
+    }
+
+    async fn fetch_once(&self, wanted: &[(String, String)], events: &Events) -> Result<Vec<PathBuf>, StoreError> {
         let oids: Vec<&str> = wanted.iter().map(|(_, oid)| oid.as_str()).collect();
         if let Some(remote) = oids.iter().find_map(|oid| ObjectFormat::of_hex(oid)) {
             check_object_format(&self.git, Some(remote)).await?;
@@ -68,7 +80,7 @@ impl NativeRepo {
             fetched.extend(more.iter().map(|p| p.name.clone()));
             keeps.extend(self.download(&inside, more, &pack_dir, events).await?);
         }
-        for (refname, oid) in &wanted {
+        for (refname, oid) in wanted {
             if !inside.has_object(oid).await? {
                 return Err(StoreError::NotFetched { refname: refname.clone(), oid: oid.clone() });
             }
@@ -126,7 +138,7 @@ impl NativeRepo {
     }
 
     /// A pack's tips, `None` when they cannot be read (then the pack counts as needed).
-    async fn read_tips(&self, name: &str) -> Result<Option<Arc<Vec<String>>>, StoreError> {
+    pub(super) async fn read_tips(&self, name: &str) -> Result<Option<Arc<Vec<String>>>, StoreError> {
         if let Some(tips) = self.caches.tips(name) {
             return Ok(Some(tips));
         }
@@ -147,7 +159,7 @@ impl NativeRepo {
     }
 
     /// Downloads `packs` into the quarantine `git` writes to; returns their `.keep` files.
-    async fn download(
+    pub(super) async fn download(
         &self,
         git: &Git,
         packs: Vec<PackEntry>,

@@ -106,24 +106,46 @@ impl NativeRepo {
             }
         }
         let named: HashSet<&str> = snapshot.root.packs.iter().map(|p| p.name.as_str()).collect();
+        let now = super::compact::now_s();
+        let mut swept = HashSet::new();
         for object in &stored {
             let Some(file) = object.key.strip_prefix(&packs_prefix(&self.layout)) else { continue };
             let name = file.strip_prefix("pack-").and_then(|f| f.split('.').next()).unwrap_or(file);
             if named.contains(name) {
                 continue;
             }
-            let age = age_s(object.last_modified);
-            let old_enough = age > options.upload_idle.as_secs();
-            let problem = format!("not named by the manifest ({age}s old): a push that lost its race or was cut short");
+            // A retired pack counts from when it left the root; any other from when it was written.
+            let retired = snapshot.root.retired.iter().find(|r| r.name == name);
+            let age = match retired {
+                Some(r) => now.saturating_sub(r.at),
+                None => age_s(object.last_modified),
+            };
+            let old_enough = age >= options.upload_idle.as_secs();
+            let problem = match retired {
+                Some(_) => format!("replaced by a compaction {age}s ago; kept for fetches that started before it"),
+                None => format!("not named by the manifest ({age}s old): a push that lost its race or was cut short"),
+            };
             let (action, fixed) = match (old_enough, options.dry_run) {
-                (false, _) => ("left alone while a push may still commit it".to_string(), false),
+                (false, _) => ("left alone for the grace period (--upload-idle)".to_string(), false),
                 (true, true) => ("would delete it".to_string(), false),
                 (true, false) => {
                     self.bucket.delete(&object.key).await?;
+                    swept.insert(name.to_string());
                     ("deleted it".to_string(), true)
                 }
             };
             findings.push(Finding { subject: object.key.clone(), problem, action, fixed });
+        }
+        if snapshot.root.retired.iter().any(|r| swept.contains(&r.name)) {
+            let swept = &swept;
+            self.commit_with(move |snapshot: Arc<Snapshot>| {
+                Box::pin(async move {
+                    let mut next = snapshot.root.successor();
+                    next.retired.retain(|r| !swept.contains(&r.name));
+                    Ok::<_, StoreError>((Some((next, snapshot.refs.clone())), ()))
+                })
+            })
+            .await?;
         }
         let bundles = self.bucket.list(&self.layout.key("refs/")).await?;
         let count = bundles.iter().filter(|o| is_bundle_key(&self.layout, &o.key)).count();

@@ -45,6 +45,17 @@ pub struct Root {
     pub shards: Vec<Option<String>>,
     /// Every pack the remote's objects are in, oldest first.
     pub packs: Vec<PackEntry>,
+    /// Packs a compaction replaced: still in the bucket for fetches that read an older root,
+    /// until `git s3 doctor` sweeps them after the grace period.
+    #[serde(default)]
+    pub retired: Vec<Retired>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retired {
+    pub name: String,
+    /// When it left the root, in seconds since the Unix epoch (the compacting daemon's clock).
+    pub at: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +81,7 @@ impl Root {
             protected: Vec::new(),
             shards: vec![None],
             packs: Vec::new(),
+            retired: Vec::new(),
         }
     }
 
@@ -96,8 +108,9 @@ impl Root {
         if let Some(bad) = root.shards.iter().flatten().find(|s| !is_sha256_hex(s)) {
             return Err(format!("it names a shard '{bad}' that is not a SHA-256"));
         }
-        if let Some(bad) = root.packs.iter().find(|p| ObjectFormat::of_hex(&p.name).is_none()) {
-            return Err(format!("it names a pack '{}' that is not a pack name", bad.name));
+        let names = root.packs.iter().map(|p| &p.name).chain(root.retired.iter().map(|r| &r.name));
+        if let Some(bad) = names.into_iter().find(|name| ObjectFormat::of_hex(name).is_none()) {
+            return Err(format!("it names a pack '{bad}' that is not a pack name"));
         }
         for name in root.head.iter().chain(&root.protected) {
             check_refname(name).map_err(|why| format!("it names a ref '{name}' git cannot use ({why})"))?;

@@ -4,6 +4,7 @@
 //! objects. LAYOUT.md beside this file is the exact specification.
 
 mod commit;
+mod compact;
 mod fetch;
 mod manage;
 mod manifest;
@@ -258,12 +259,7 @@ impl NativeRepo {
         Ok(Snapshot { root, etag, refs })
     }
 
-    async fn read_shard(
-        &self,
-        name: &str,
-        index: usize,
-        count: usize,
-    ) -> Result<ShardRefs, StoreError> {
+    async fn read_shard(&self, name: &str, index: usize, count: usize) -> Result<ShardRefs, StoreError> {
         if let Some(refs) = self.caches.shard(name) {
             return Ok(refs);
         }

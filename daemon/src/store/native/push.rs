@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::manifest::{PackEntry, RefTable};
 use super::{NativeError, NativeRepo, Snapshot, pack_key};
-use crate::git::{GitError, last_line};
+use crate::git::{Git, GitError, last_line};
 use crate::layout::check_refname;
 use crate::object_format::ObjectFormat;
 use crate::progress::{CANCELLED, Events};
@@ -109,9 +109,9 @@ impl NativeRepo {
                         }
                     }
                     let mut next = snapshot.root.successor();
-                    if let Some(pack) = pack.as_ref().filter(|p| !snapshot.root.has_pack(&p.name)) {
+                    // The pack goes in with the first ref it gives a new value.
+                    if let Some(pack) = pack.as_ref().filter(|p| changed && !snapshot.root.has_pack(&p.name)) {
                         next.packs.push(pack.clone());
-                        changed = true;
                     }
                     next.object_format.get_or_insert_with(|| object_format.name().to_string());
                     next.protected.retain(|name| refs.contains_key(name));
@@ -129,6 +129,15 @@ impl NativeRepo {
         };
         if self.config.url.zip {
             self.publish_zips(wanted, &outcomes, events).await;
+        }
+        if pack.is_some() && outcomes.iter().any(|o| o.result.is_ok()) {
+            // The remote's work, not the client's: it goes on after the client leaves.
+            let repo = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = repo.compact().await {
+                    tracing::warn!(error = %e, "compaction failed; the next push tries again");
+                }
+            });
         }
         Ok(outcomes)
     }
@@ -191,26 +200,45 @@ impl NativeRepo {
         let dir = self.scratch.tempdir("native-push-").map_err(StoreError::TempDir)?;
         let mut input: String = tips.iter().map(|tip| format!("{tip}\n")).collect();
         input.extend(bases.iter().map(|base| format!("^{base}\n")));
-        let name = self.pack_objects(&dir.path().join("pack"), input).await?;
-        let pack_path = dir.path().join(format!("pack-{name}.pack"));
-        let idx_path = dir.path().join(format!("pack-{name}.idx"));
+        let name = self.pack_objects_with(&self.git, &["--revs"], &dir.path().join("pack"), input).await?;
+        if snapshot.root.has_pack(&name) {
+            return self.pack_entry(dir.path(), "pack", &name).await;
+        }
+        self.upload_pack(dir.path(), "pack", &name, tips, events).await
+    }
+
+    /// The entry of the pack `git pack-objects` wrote as `<dir>/<base>-<name>.pack`; `None`
+    /// when it holds no object.
+    async fn pack_entry(&self, dir: &Path, base: &str, name: &str) -> Result<Option<PackEntry>, StoreError> {
+        let pack_path = dir.join(format!("{base}-{name}.pack"));
         let objects = pack_object_count(&pack_path).await?;
         if objects == 0 {
             return Ok(None);
         }
         let bytes = file_len(&pack_path).await?;
-        let idx_bytes = file_len(&idx_path).await?;
-        let entry = PackEntry { name: name.clone(), objects, bytes, idx_bytes };
-        if snapshot.root.has_pack(&name) {
-            return Ok(Some(entry));
-        }
-        let meter = events.meter("Sending pack", bytes + idx_bytes);
+        let idx_bytes = file_len(&dir.join(format!("{base}-{name}.idx"))).await?;
+        Ok(Some(PackEntry { name: name.to_string(), objects, bytes, idx_bytes }))
+    }
+
+    /// Uploads the pack `<dir>/<base>-<name>.pack`, its index and `tips`; `None` when it holds
+    /// no object (nothing is uploaded then).
+    pub(super) async fn upload_pack(
+        &self,
+        dir: &Path,
+        base: &str,
+        name: &str,
+        tips: &BTreeSet<String>,
+        events: &Events,
+    ) -> Result<Option<PackEntry>, StoreError> {
+        let Some(entry) = self.pack_entry(dir, base, name).await? else { return Ok(None) };
+        let meter = events.meter("Sending pack", entry.bytes + entry.idx_bytes);
         let tips_text: String = tips.iter().map(|tip| format!("{tip}\n")).collect();
         let (pack_at, idx_at, tips_at) = (
-            pack_key(&self.layout, &name, "pack"),
-            pack_key(&self.layout, &name, "idx"),
-            pack_key(&self.layout, &name, "tips"),
+            pack_key(&self.layout, name, "pack"),
+            pack_key(&self.layout, name, "idx"),
+            pack_key(&self.layout, name, "tips"),
         );
+        let (pack_path, idx_path) = (dir.join(format!("{base}-{name}.pack")), dir.join(format!("{base}-{name}.idx")));
         let (pack, idx, tips) = tokio::join!(
             self.upload_file(&pack_at, &pack_path, meter.counter()),
             self.upload_file(&idx_at, &idx_path, meter.counter()),
@@ -223,13 +251,21 @@ impl NativeRepo {
         Ok(Some(entry))
     }
 
-    /// `git pack-objects --revs` of `input` (tips, and `^base` lines) into `<base>-<name>.pack`
-    /// and `.idx`; returns the pack's name.
-    async fn pack_objects(&self, base: &Path, input: String) -> Result<String, StoreError> {
+    /// `git pack-objects <options>` of `input` into `<base>-<name>.pack` and `.idx`, in the
+    /// repository of `git`; returns the pack's name.
+    pub(super) async fn pack_objects_with(
+        &self,
+        git: &Git,
+        options: &[&str],
+        base: &Path,
+        input: String,
+    ) -> Result<String, StoreError> {
         let base = base.to_string_lossy();
-        let mut child = self
-            .git
-            .command(["pack-objects", "--revs", "--delta-base-offset", "-q", base.as_ref()])
+        let mut args = vec!["pack-objects", "--delta-base-offset", "-q"];
+        args.extend(options);
+        args.push(base.as_ref());
+        let mut child = git
+            .command(&args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -277,7 +313,7 @@ fn choose_next_head(
     }
     let choice = choose_head(pushed_branches, preferred).or_else(|| {
         let branches: Vec<&str> = refs.keys().map(String::as_str).filter(|n| n.starts_with("refs/heads/")).collect();
-        choose_head(&branches, None).map(|b| refs.get_key_value(b).map_or(b, |(k, _)| k.as_str()))
+        choose_head(&branches, None)
     });
     choice.map(str::to_string)
 }
