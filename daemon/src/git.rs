@@ -133,6 +133,45 @@ impl Git {
         }
     }
 
+    /// The object each of `revs` names (`None`: nothing), in order, from one `git cat-file`.
+    pub async fn resolve_all(&self, revs: &[&str]) -> Result<Vec<Option<String>>, GitError> {
+        if revs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut child = self
+            .command(["cat-file", "--batch-check=%(objectname)"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(GitError::Spawn)?;
+        let mut stdin = child.stdin.take().ok_or_else(|| GitError::Spawn(std::io::Error::other("no stdin")))?;
+        let input: String = revs.iter().map(|rev| format!("{rev}\n")).collect();
+        let feed = async move {
+            stdin.write_all(input.as_bytes()).await?;
+            stdin.shutdown().await
+        };
+        let (fed, output) = tokio::join!(feed, child.wait_with_output());
+        let output = output.map_err(GitError::Spawn)?;
+        fed.map_err(GitError::Spawn)?;
+        if !output.status.success() {
+            return Err(GitError::Failed {
+                command: "cat-file --batch-check".into(),
+                stderr: last_line(&output.stderr),
+            });
+        }
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let answers: Vec<Option<String>> =
+            stdout.lines().map(|line| ObjectFormat::of_hex(line).map(|_| line.to_string())).collect();
+        if answers.len() != revs.len() {
+            return Err(GitError::Unexpected {
+                command: "cat-file --batch-check".into(),
+                output: format!("{} answers to {} questions", answers.len(), revs.len()),
+            });
+        }
+        Ok(answers)
+    }
+
     pub async fn has_object(&self, oid: &str) -> Result<bool, GitError> {
         self.succeeds(&["cat-file", "-e", oid]).await
     }

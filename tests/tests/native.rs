@@ -394,3 +394,28 @@ fn many_pushes_leave_few_packs_and_a_fetch_still_costs_the_change() {
     env.git_ok(&clone, &["fsck", "--strict", "--no-progress"]);
     assert_eq!(env.rev_parse(&clone, "HEAD"), env.rev_parse(&work, "main"));
 }
+
+#[test]
+fn a_one_ref_push_to_a_remote_of_ten_thousand_refs_writes_a_few_kib() {
+    let env = TestEnv::new();
+    let work = env.new_repo("work");
+    env.git_ok(&work, &["remote", "add", "origin", &env.url("wide")]);
+    env.git_ok(&work, &["config", "remote.origin.s3format", "native"]);
+    let head = env.rev_parse(&work, "HEAD");
+    let updates: String = (0..10_000).map(|i| format!("create refs/tags/build-{i:05} {head}\n")).collect();
+    let mut update_ref = env.command("git");
+    update_ref.args(["update-ref", "--stdin"]).current_dir(&work).stdin(Stdio::piped());
+    let mut child = update_ref.spawn().expect("git update-ref");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), updates.as_bytes()).expect("feed");
+    assert!(child.wait().expect("git update-ref").success());
+    env.git_ok(&work, &["push", "-q", "--mirror", "origin"]);
+    assert_eq!(remote_refs(&env, &work).len(), 10_001);
+
+    let before = sizes(&env, "wide/");
+    env.commit(&work, "a", "a one-line change\n", "one line");
+    env.git_ok(&work, &["push", "-q", "origin", "main"]);
+    let written = bytes_written(&env, "wide/", &before);
+    assert!(written <= 256 * KIB, "a one-ref push to 10,000 refs wrote {written} bytes");
+    let clone = env.clone_repo(&env.url("wide"), "clone");
+    assert_eq!(env.git_ok(&clone, &["tag"]).lines().count(), 10_000);
+}

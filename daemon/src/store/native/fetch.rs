@@ -80,10 +80,9 @@ impl NativeRepo {
             fetched.extend(more.iter().map(|p| p.name.clone()));
             keeps.extend(self.download(&inside, more, &pack_dir, events).await?);
         }
-        for (refname, oid) in wanted {
-            if !inside.has_object(oid).await? {
-                return Err(StoreError::NotFetched { refname: refname.clone(), oid: oid.clone() });
-            }
+        let fetched_now = inside.present(&oids).await?;
+        if let Some((refname, oid)) = wanted.iter().find(|(_, oid)| !fetched_now.contains(oid)) {
+            return Err(StoreError::NotFetched { refname: refname.clone(), oid: oid.clone() });
         }
         let keeps = quarantine
             .migrate(&keeps)

@@ -39,17 +39,19 @@ impl NativeRepo {
     }
 
     async fn push_resolved(&self, batch: &PushBatch, events: &Events) -> Result<Vec<RefOutcome>, StoreError> {
-        // Each command's new value, or why it cannot be pushed at all.
+        // Each command's new value, or why it cannot be pushed at all; sources resolved at once
+        // (a mirror push may name thousands).
+        let sources: Vec<&str> = batch.commands.iter().filter(|c| !c.src.is_empty()).map(|c| c.src.as_str()).collect();
+        let mut resolved = self.git.resolve_all(&sources).await?.into_iter();
         let mut wanted: Vec<Result<Wanted, Refusal>> = Vec::new();
         for command in &batch.commands {
             let dst = command.dst.clone();
-            wanted.push(match check_refname(&dst) {
-                Err(why) => Err(Refusal::InvalidRefName(why.to_string())),
-                Ok(()) if command.src.is_empty() => Ok(Wanted { dst, new: None }),
-                Ok(()) => match self.git.resolve(&command.src).await? {
-                    Some(oid) => Ok(Wanted { dst, new: Some(oid) }),
-                    None => Err(Refusal::NoSuchSource(command.src.clone())),
-                },
+            let new = if command.src.is_empty() { None } else { Some(resolved.next().flatten()) };
+            wanted.push(match (check_refname(&dst), new) {
+                (Err(why), _) => Err(Refusal::InvalidRefName(why.to_string())),
+                (Ok(()), None) => Ok(Wanted { dst, new: None }),
+                (Ok(()), Some(Some(oid))) => Ok(Wanted { dst, new: Some(oid) }),
+                (Ok(()), Some(None)) => Err(Refusal::NoSuchSource(command.src.clone())),
             });
         }
         let snapshot = self.snapshot().await?;
