@@ -400,6 +400,32 @@ impl Daemon for Service {
         Ok(Response::new(proto::DeleteBranchReply { r#ref: refname, new_head: new_head.unwrap_or_default() }))
     }
 
+    async fn migrate(&self, request: Request<proto::MigrateRequest>) -> Result<Response<proto::MigrateReply>, Status> {
+        let request = request.into_inner();
+        let to = match request.to.as_str() {
+            "bundles" => store::Format::Bundles,
+            "native" => store::Format::Native,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "cannot migrate to '{other}'; use --to bundles or --to native"
+                )));
+            }
+        };
+        let opened = self.open(request.caller, request.remote).await?;
+        let _activity = self.state.begin("migrate", &opened.label);
+        self.state.listings.forget(&opened.listing_key);
+        let migration = store::migrate(&self.state.store, opened.remote, to, request.dry_run).await.map_err(|e| {
+            self.state.record_error("migrate", &e.to_string());
+            Status::aborted(e.to_string())
+        })?;
+        Ok(Response::new(proto::MigrateReply {
+            from: migration.from.name().to_string(),
+            to: migration.to.name().to_string(),
+            refs: migration.refs as u64,
+            steps: migration.steps,
+        }))
+    }
+
     async fn doctor(&self, request: Request<proto::DoctorRequest>) -> Result<Response<proto::DoctorReply>, Status> {
         let request = request.into_inner();
         let opened = self.open(request.caller, request.remote).await?;

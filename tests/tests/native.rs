@@ -419,3 +419,66 @@ fn a_one_ref_push_to_a_remote_of_ten_thousand_refs_writes_a_few_kib() {
     let clone = env.clone_repo(&env.url("wide"), "clone");
     assert_eq!(env.git_ok(&clone, &["tag"]).lines().count(), 10_000);
 }
+
+#[test]
+fn a_remote_the_python_tool_wrote_migrates_to_native_and_back() {
+    let env = TestEnv::new();
+    let url = env.url("migrating");
+    let work = env.new_repo("work");
+    env.commit(&work, "a", "a\n", "second");
+    for branch in ["dev", "release"] {
+        env.git_ok(&work, &["checkout", "-q", "-b", branch, "main"]);
+        env.commit(&work, branch, format!("{branch}\n"), branch);
+    }
+    env.git_ok(&work, &["checkout", "-q", "main"]);
+    env.git_ok(&work, &["tag", "-a", "-m", "one", "v1", "main~1"]);
+    env.git_ok(&work, &["tag", "v2", "dev"]);
+    env.git_ok(&work, &["remote", "add", "origin", &url]);
+    env.python_git_ok(&work, &["push", "-q", "origin", "main", "dev", "release", "v1", "v2"]);
+    env.git_s3_ok(&work, &["protect", "origin", "release"]);
+    let refs = remote_refs(&env, &work);
+    assert_eq!(refs.len(), 5);
+    let head = |env: &TestEnv| env.git_ok(&work, &["ls-remote", "--symref", "origin", "HEAD"]);
+    let head_before = head(&env);
+
+    // A dry run says what it would do and changes nothing.
+    let keys = env.keys("migrating/");
+    let plan = env.git_s3_ok(&work, &["migrate", "origin", "--to", "native", "--dry-run"]);
+    assert!(plan.contains("would copy 5 ref(s)") && plan.contains("1 protected"), "{plan}");
+    assert_eq!(env.keys("migrating/"), keys);
+
+    // Into the native format: the same refs, HEAD and protection; no bundle left.
+    let said = env.git_s3_ok(&work, &["migrate", "origin", "--to", "native"]);
+    assert!(said.contains("now in the native format"), "{said}");
+    let keys = env.keys("migrating/");
+    assert!(keys.contains(&"migrating/refs/native.json".to_string()), "{keys:?}");
+    assert!(!keys.iter().any(|k| k.ends_with(".bundle") || k.ends_with("/HEAD")), "{keys:?}");
+    assert!(env.git_s3_ok(&work, &["ls", "origin"]).contains("format: native"));
+    assert_eq!(remote_refs(&env, &work), refs);
+    assert_eq!(head(&env), head_before);
+    env.git_ok(&work, &["checkout", "-q", "release"]);
+    env.git_ok(&work, &["commit", "-q", "--amend", "-m", "rewritten"]);
+    let stderr = env.git_fails(&work, &["push", "--force", "origin", "release"]);
+    assert!(stderr.contains("protected"), "{stderr}");
+    env.git_ok(&work, &["checkout", "-q", "main"]);
+    let clone = env.clone_repo(&url, "native-clone");
+    env.git_ok(&clone, &["fsck", "--strict", "--no-progress"]);
+
+    // And back, for a Python reader: it clones what it pushed.
+    env.git_s3_ok(&work, &["migrate", "origin", "--to", "bundles"]);
+    assert!(
+        env.keys("migrating/native/").is_empty()
+            && !env.keys("migrating/").contains(&"migrating/refs/native.json".to_string())
+    );
+    assert!(env.git_s3_ok(&work, &["ls", "origin"]).contains("format: bundles"));
+    assert_eq!(remote_refs(&env, &work), refs);
+    let python_clone = env.path("python-clone");
+    env.python_git_ok(&env.path(""), &["clone", "-q", &url, &python_clone.to_string_lossy()]);
+    env.git_ok(&python_clone, &["fsck", "--strict", "--no-progress"]);
+    assert_eq!(
+        env.rev_parse(&python_clone, "origin/release"),
+        refs.iter().find(|(_, n)| n == "refs/heads/release").map(|(o, _)| o.clone()).expect("release")
+    );
+    let stderr = env.git_fails(&work, &["push", "--force", "origin", "release"]);
+    assert!(stderr.contains("protected"), "{stderr}");
+}

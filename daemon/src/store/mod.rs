@@ -7,6 +7,7 @@
 pub mod bundles;
 mod download;
 mod manage;
+mod migrate;
 pub mod native;
 mod push;
 mod refs;
@@ -27,6 +28,7 @@ use crate::scratch::Scratch;
 
 pub use bundles::{DEFAULT_PACK_CACHE_BYTES, PackCache};
 pub use manage::{DEFAULT_UPLOAD_IDLE, DoctorOptions, Finding, ManageError, age_s, branch_ref};
+pub use migrate::{MigrateError, Migration, migrate};
 pub(crate) use push::judge;
 pub use push::{PushBatch, PushCommand, Pushed, RefOutcome, Refusal};
 pub use refs::{Inventory, RefSummary, RemoteRefs, StoredValue, choose_head};
@@ -159,23 +161,26 @@ pub async fn open(resources: &Resources, remote: Remote) -> Result<Box<dyn Repos
             known
         }
     };
-    let native = match known {
-        Some(Known::Native { bundles_beside }) => Some(bundles_beside),
-        Some(Known::Bundles) => None,
-        None => (remote.config.format == NewRemoteFormat::Native).then_some(false),
-    };
-    Ok(match native {
-        Some(bundles_beside) => Box::new(native::NativeRepo::new(
+    let known = known.unwrap_or(match remote.config.format {
+        NewRemoteFormat::Native => Known::Native { bundles_beside: false },
+        NewRemoteFormat::Bundles => Known::Bundles,
+    });
+    Ok(open_known(resources, remote, known, watch))
+}
+
+fn open_known(resources: &Resources, remote: Remote, known: Known, watch: FormatWatch) -> Box<dyn Repository> {
+    match known {
+        Known::Native { bundles_beside } => Box::new(native::NativeRepo::new(
             remote,
             resources.scratch.clone(),
             resources.native.clone(),
             bundles_beside,
             watch,
         )),
-        None => {
+        Known::Bundles => {
             Box::new(bundles::BundleRepo::new(remote, resources.composer.clone(), resources.scratch.clone(), watch))
         }
-    })
+    }
 }
 
 /// What the prefix holds; `None` when it is empty (asked again next time: that costs little).

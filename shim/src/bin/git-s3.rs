@@ -9,8 +9,8 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser, Subcommand};
 use git_s3_proto::endpoint::Endpoint;
 use git_s3_proto::{
-    DeleteBranchRequest, DoctorRequest, InspectRequest, LfsSyncEvent, LfsSyncRequest, Remote, SetProtectionRequest,
-    StatusReply, StatusRequest, StopRequest, Verbosity,
+    DeleteBranchRequest, DoctorRequest, InspectRequest, LfsSyncEvent, LfsSyncRequest, MigrateRequest, Remote,
+    SetProtectionRequest, StatusReply, StatusRequest, StopRequest, Verbosity,
 };
 use git_s3_shim::daemon_backend::describe;
 use git_s3_shim::daemon_client::{self, Client, ConnectError};
@@ -72,6 +72,17 @@ enum TopCommand {
         /// Delete even a protected branch.
         #[arg(long)]
         force: bool,
+    },
+    /// Move the remote into the other storage format: `native` (history stored once, atomic
+    /// pushes) or `bundles` (the layout the Python git-remote-s3 reads).
+    Migrate {
+        remote: String,
+        /// The format to move into.
+        #[arg(long, value_parser = ["native", "bundles"])]
+        to: String,
+        /// Say what would be done; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Refuse force pushes and deletes of a branch.
     Protect { remote: String, branch: String },
@@ -227,6 +238,18 @@ async fn run(command: TopCommand, endpoint: &Endpoint) -> Result<ExitCode, Strin
             let request = InspectRequest { caller: Some(me()?), remote: Some(remote_arg(&remote)) };
             let reply = client.inspect(request).await.map_err(|s| describe(&s, endpoint))?.into_inner();
             print_listing(&reply);
+            ok
+        }
+        TopCommand::Migrate { remote, to, dry_run } => {
+            let mut client = connect(endpoint).await?;
+            let request = MigrateRequest { caller: Some(me()?), remote: Some(remote_arg(&remote)), to, dry_run };
+            let reply = client.migrate(request).await.map_err(|s| describe(&s, endpoint))?.into_inner();
+            for step in &reply.steps {
+                outln!("{}", printable(step));
+            }
+            if !dry_run && reply.from != reply.to {
+                outln!("{} is now in the {} format ({} refs)", printable(&remote), printable(&reply.to), reply.refs);
+            }
             ok
         }
         TopCommand::Protect { remote, branch } => protect(endpoint, &remote, &branch, true).await,

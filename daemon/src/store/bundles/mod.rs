@@ -67,6 +67,32 @@ pub fn is_bundle_key(layout: &Layout, key: &str) -> bool {
     matches!(layout.classify(key), keys::RefKey::Bundle { .. })
 }
 
+/// Removes what a migration moved out of this layout: the bundles of exactly `values`
+/// (`(refname, oid)`: a bundle a push wrote since stays), those refs' protection marks, and
+/// `P/HEAD`. Returns the bundles left behind, with their refs.
+pub async fn remove_migrated(
+    bucket: &Bucket,
+    layout: &Layout,
+    values: &[(String, String)],
+) -> Result<Vec<(String, String)>, S3Error> {
+    let moved: std::collections::HashSet<(&str, &str)> = values.iter().map(|(r, o)| (r.as_str(), o.as_str())).collect();
+    let mut left = Vec::new();
+    for object in bucket.list(&layout.refs_prefix()).await? {
+        match layout.classify(&object.key) {
+            keys::RefKey::Bundle { refname, oid } if moved.contains(&(refname.as_str(), oid.as_str())) => {
+                bucket.delete(&object.key).await?;
+            }
+            keys::RefKey::Bundle { refname, oid } => left.push((refname, oid)),
+            keys::RefKey::Protected { refname } if values.iter().any(|(r, _)| *r == refname) => {
+                bucket.delete(&object.key).await?;
+            }
+            _ => {}
+        }
+    }
+    bucket.delete(&layout.head()).await?;
+    Ok(left)
+}
+
 /// One repository in a bucket, reached on behalf of one caller.
 #[derive(Clone)]
 pub struct BundleRepo {

@@ -36,6 +36,16 @@ pub fn root_key(layout: &Layout) -> String {
     layout.key("refs/native.json")
 }
 
+/// Removes a native repository that a migration moved out: the root first (from then on
+/// readers find the other format), then its shards and packs.
+pub async fn remove_migrated(bucket: &Bucket, layout: &Layout) -> Result<(), crate::bucket::S3Error> {
+    bucket.delete(&root_key(layout)).await?;
+    for object in bucket.list(&layout.key("native/")).await? {
+        bucket.delete(&object.key).await?;
+    }
+    Ok(())
+}
+
 fn shard_key(layout: &Layout, name: &str) -> String {
     layout.key(&format!("native/refs/{name}"))
 }

@@ -1,0 +1,184 @@
+//! `git s3 migrate`: a remote moved from one storage format to the other. The new format is
+//! written beside the old one and committed whole (one root write into the native format, which
+//! readers prefer; the bundles written before the native root goes, out of it), checked, and only
+//! then is the old format removed: our readers see the old repository or the new one, never
+//! half of one. A Python reader sees the bundles until they are deleted, one by one.
+
+use super::{
+    Format, FormatWatch, Known, ManageError, PushBatch, PushCommand, RemoteRefs, Resources, StoreError, bundles,
+    native, open, open_known,
+};
+use crate::git::GitError;
+use crate::progress::Events;
+use crate::remote::Remote;
+
+/// What a migration did, or would do.
+#[derive(Debug, Clone)]
+pub struct Migration {
+    pub from: Format,
+    pub to: Format,
+    pub refs: usize,
+    /// One line per step, in the order taken.
+    pub steps: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("the remote holds no refs; nothing to migrate (a first push creates the format s3.format names)")]
+    Empty,
+    #[error("the migration could not write {refname} in the {to} format ({why}); the remote still reads as before")]
+    Refused { refname: String, to: Format, why: String },
+    #[error(
+        "after the migration the {to} format lists other refs than were migrated; the old format is kept, run 'git s3 doctor'"
+    )]
+    Mismatch { to: Format },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Manage(#[from] ManageError),
+}
+
+impl From<GitError> for MigrateError {
+    fn from(e: GitError) -> Self {
+        StoreError::from(e).into()
+    }
+}
+
+/// Moves the repository at `remote` into the format `to`.
+pub async fn migrate(
+    resources: &Resources,
+    remote: Remote,
+    to: Format,
+    dry_run: bool,
+) -> Result<Migration, MigrateError> {
+    let source = open(resources, remote.clone()).await?;
+    let from = source.format();
+    let listed = source.list(true).await?;
+    let mut migration = Migration { from, to, refs: listed.refs.len(), steps: Vec::new() };
+    if from == to {
+        migration.steps.push(format!("the remote is in the {to} format already; nothing to do"));
+        return Ok(migration);
+    }
+    if listed.refs.is_empty() {
+        return Err(MigrateError::Empty);
+    }
+    let protected: Vec<String> =
+        source.inventory().await?.refs.into_iter().filter(|r| r.protected).map(|r| r.name).collect();
+    if dry_run {
+        migration.steps.push(format!(
+            "would copy {} ref(s){} from the {from} format into the {to} format, then remove the {from} format",
+            listed.refs.len(),
+            if protected.is_empty() { String::new() } else { format!(" ({} protected)", protected.len()) }
+        ));
+        return Ok(migration);
+    }
+    let watch = FormatWatch { formats: resources.formats.clone(), remote: String::new() };
+    let dir = resources.scratch.tempdir("migrate-").map_err(StoreError::TempDir)?;
+    let git = remote.git.detached(dir.path());
+    let object_format = format!("--object-format={}", listed.object_format.map_or("sha1", |f| f.name()));
+    git.run(&["init", "--quiet", "--bare", "--template=", &object_format, "."]).await?;
+    let scratch = Remote { git: git.clone(), ..remote.clone() };
+
+    // Everything the refs need, read as a clone would.
+    let events = Events::unobserved();
+    let reader = open_known(resources, scratch.clone(), known(from), watch.clone());
+    for keep in reader.fetch(listed.refs.clone(), &events).await? {
+        let _ = std::fs::remove_file(keep);
+    }
+    let updates: String = listed.refs.iter().map(|(name, oid)| format!("update {name} {oid}\n")).collect();
+    update_refs(&git, updates).await?;
+    if let Some(head) = &listed.head {
+        git.run(&["symbolic-ref", "HEAD", head]).await?;
+    }
+    migration.steps.push(format!("read {} ref(s) from the {from} format", listed.refs.len()));
+
+    // The new format, beside the old one: a native root is one commit of every ref.
+    let writer = open_known(resources, scratch, known(to), watch.clone());
+    let there = writer.list(false).await?;
+    let batch = PushBatch {
+        commands: listed
+            .refs
+            .iter()
+            .map(|(name, _)| PushCommand { src: name.clone(), dst: name.clone(), force: true })
+            .collect(),
+        advertised: there.refs.iter().cloned().collect(),
+        atomic: to == Format::Native,
+        remote_format: there.object_format,
+        ..Default::default()
+    };
+    for outcome in writer.push(batch, &events).await {
+        if let Err(why) = outcome.result {
+            return Err(MigrateError::Refused { refname: outcome.dst, to, why: why.to_string() });
+        }
+    }
+    for name in &protected {
+        writer.set_protection(name, true).await?;
+    }
+    let written = writer.list(true).await?;
+    if !same_refs(&written, &listed) {
+        return Err(MigrateError::Mismatch { to });
+    }
+    migration.steps.push(format!("wrote and checked {} ref(s) in the {to} format", listed.refs.len()));
+
+    // Only now does the old format go.
+    match from {
+        Format::Bundles => {
+            let left = bundles::remove_migrated(&remote.bucket, &remote.layout, &listed.refs)
+                .await
+                .map_err(StoreError::from)?;
+            migration.steps.push("removed the bundles".into());
+            if !left.is_empty() {
+                migration.steps.push(format!(
+                    "{} bundle(s) pushed during the migration remain beside the native format (e.g. {}); push those refs again with git-remote-s3, then 'git s3 doctor'",
+                    left.len(),
+                    left[0].0
+                ));
+            }
+        }
+        Format::Native => {
+            native::remove_migrated(&remote.bucket, &remote.layout).await.map_err(StoreError::from)?;
+            migration.steps.push("removed the native manifest and packs".into());
+        }
+    }
+    if let Ok(mut formats) = resources.formats.lock() {
+        formats.clear();
+    }
+    Ok(migration)
+}
+
+fn known(format: Format) -> Known {
+    match format {
+        Format::Bundles => Known::Bundles,
+        Format::Native => Known::Native { bundles_beside: false },
+    }
+}
+
+fn same_refs(written: &RemoteRefs, listed: &RemoteRefs) -> bool {
+    let mut a = written.refs.clone();
+    let mut b = listed.refs.clone();
+    a.sort();
+    b.sort();
+    a == b
+}
+
+async fn update_refs(git: &crate::git::Git, updates: String) -> Result<(), MigrateError> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = git
+        .command(["update-ref", "--stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(GitError::Spawn)?;
+    let mut stdin = child.stdin.take().ok_or_else(|| GitError::Spawn(std::io::Error::other("no stdin")))?;
+    stdin.write_all(updates.as_bytes()).await.map_err(GitError::Spawn)?;
+    drop(stdin);
+    let output = child.wait_with_output().await.map_err(GitError::Spawn)?;
+    if !output.status.success() {
+        return Err(GitError::Failed {
+            command: "update-ref --stdin".into(),
+            stderr: crate::git::last_line(&output.stderr),
+        }
+        .into());
+    }
+    Ok(())
+}
