@@ -263,6 +263,9 @@ fn a_damaged_remote_gives_clear_errors_and_a_wrong_record_costs_only_bytes() {
     env.git_ok(&work, &["push", "-q", "--mirror", "origin"]);
     let url = env.url("damaged");
 
+    // A healthy remote passes the thorough check: every pack indexes, every ref's history is there.
+    env.git_s3_ok(&work, &["doctor", "origin", "--thorough", "--dry-run"]);
+
     // A repository whose record of fetched packs lies (copied from a clone, objects gone)
     // still fetches everything it lacks.
     let clone = env.clone_repo(&url, "clone");
@@ -296,6 +299,9 @@ fn a_damaged_remote_gives_clear_errors_and_a_wrong_record_costs_only_bytes() {
     env.server.put(&env.bucket, &pack, lying);
     let stderr = env.git_fails(&env.path(""), &["clone", "-q", &url, "lying"]);
     assert!(stderr.contains("does not hold the pack its name says") && stderr.contains("git s3 doctor"), "{stderr}");
+    let doctor = env.git_s3_in(&work, &["doctor", "origin", "--thorough", "--dry-run"]);
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    assert!(!doctor.status.success() && report.contains(&pack) && report.contains("cannot be indexed"), "{report}");
     assert!(!env.path("lying").exists());
 
     // A manifest naming a pack the bucket lacks.

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::manifest::RefTable;
+use crate::progress::Events;
 use super::{NativeRepo, Snapshot, packs_prefix};
 use crate::store::bundles::is_bundle_key;
 use crate::store::{
@@ -84,6 +85,51 @@ impl NativeRepo {
         Ok((refname, moved))
     }
 
+    /// `doctor --thorough`: every pack the root names downloaded and indexed (as a clone would),
+    /// then every ref's history checked for completeness.
+    async fn check_history(&self, snapshot: &Snapshot) -> Result<Vec<Finding>, StoreError> {
+        let dir = self.scratch.tempdir("native-check-").map_err(StoreError::TempDir)?;
+        let git = self.git.detached(dir.path());
+        let object_format = format!("--object-format={}", snapshot.root.object_format.as_deref().unwrap_or("sha1"));
+        git.run(&["init", "--quiet", "--bare", "--template=", &object_format, "."]).await?;
+        let mut findings = Vec::new();
+        let pack_dir = dir.path().join("objects/pack");
+        for pack in &snapshot.root.packs {
+            if let Err(e) = self.download(&git, vec![pack.clone()], &pack_dir, &Events::unobserved()).await {
+                findings.push(Finding {
+                    subject: super::pack_key(&self.layout, &pack.name, "pack"),
+                    problem: format!("cannot be indexed: {e}"),
+                    action: "push the refs it held again from a clone that has them".into(),
+                    fixed: false,
+                });
+            }
+        }
+        let present = git.present(&snapshot.refs.values().map(String::as_str).collect::<Vec<_>>()).await?;
+        for (name, oid) in &snapshot.refs {
+            if !present.contains(oid) {
+                findings.push(Finding {
+                    subject: name.clone(),
+                    problem: format!("its value {oid} is in no pack"),
+                    action: "push it again from a clone that has it".into(),
+                    fixed: false,
+                });
+            }
+        }
+        let roots: Vec<&str> = snapshot.refs.values().map(String::as_str).filter(|oid| present.contains(*oid)).collect();
+        if findings.is_empty() && !roots.is_empty() {
+            let input: String = roots.iter().map(|oid| format!("{oid}\n")).collect();
+            if let Err(why) = rev_list_objects(&git, input).await {
+                findings.push(Finding {
+                    subject: "history".into(),
+                    problem: format!("objects the refs reach are in no pack ({why})"),
+                    action: "push the refs again from a clone that has them".into(),
+                    fixed: false,
+                });
+            }
+        }
+        Ok(findings)
+    }
+
     /// What is wrong with a native remote: packs the manifest names but the bucket lacks, packs
     /// no manifest names (pushes that lost their race or were cut short; removed once older than
     /// an hour, so that no push in flight loses its pack), bundles of the shared layout beside it.
@@ -147,6 +193,9 @@ impl NativeRepo {
             })
             .await?;
         }
+        if options.thorough {
+            findings.extend(self.check_history(&snapshot).await?);
+        }
         let bundles = self.bucket.list(&self.layout.key("refs/")).await?;
         let count = bundles.iter().filter(|o| is_bundle_key(&self.layout, &o.key)).count();
         if count > 0 {
@@ -161,4 +210,27 @@ impl NativeRepo {
         }
         Ok(findings)
     }
+}
+
+/// `git rev-list --objects` of the ids in `input`: fails, saying why, when an object they reach
+/// is missing.
+async fn rev_list_objects(git: &crate::git::Git, input: String) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = git
+        .command(["rev-list", "--objects", "--quiet", "--stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let mut stdin = child.stdin.take().ok_or("git rev-list has no stdin")?;
+    let feed = async move {
+        stdin.write_all(input.as_bytes()).await?;
+        stdin.shutdown().await
+    };
+    let (fed, output) = tokio::join!(feed, child.wait_with_output());
+    let output = output.map_err(|e| e.to_string())?;
+    if !output.status.success() {
+        return Err(crate::git::last_line(&output.stderr));
+    }
+    fed.map_err(|e| e.to_string())
 }
