@@ -488,3 +488,36 @@ fn a_remote_the_python_tool_wrote_migrates_to_native_and_back() {
     let stderr = env.git_fails(&work, &["push", "--force", "origin", "release"]);
     assert!(stderr.contains("protected"), "{stderr}");
 }
+
+#[test]
+fn the_python_tool_pointed_at_a_native_remote_is_noticed() {
+    let env = TestEnv::new();
+    let url = env.url("mixed");
+    let work = env.new_repo("work");
+    env.git_ok(&work, &["remote", "add", "origin", &url]);
+    env.git_ok(&work, &["config", "remote.origin.s3format", "native"]);
+    env.git_ok(&work, &["push", "-q", "origin", "main"]);
+    let main = env.rev_parse(&work, "main");
+
+    // The Python tool cannot read the format: to it the remote is empty.
+    let python = env.python_git(&env.path(""), &["ls-remote", &url]);
+    assert!(String::from_utf8_lossy(&python.stdout).trim().is_empty());
+
+    // What it pushes anyway lands beside the manifest; we keep reading the native remote, say
+    // so once, and doctor names what it wrote.
+    env.commit(&work, "b", "b\n", "pushed by the Python tool");
+    env.python_git_ok(&work, &["push", "-q", &url, "main:refs/heads/python"]);
+    assert!(env.keys("mixed/refs/heads/python/").iter().any(|k| k.ends_with(".bundle")));
+    let other = env.path("other");
+    std::fs::create_dir_all(&other).expect("dir");
+    env.git_ok(&other, &["init", "-q"]);
+    let output = env.git(&other, &["ls-remote", &url]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stdout.contains(&main) && !stdout.contains("refs/heads/python"), "{stdout}");
+    assert_eq!(stderr.matches("bundles of the shared layout").count(), 1, "{stderr}");
+    let doctor = env.git_s3_in(&work, &["doctor", "origin", "--dry-run"]);
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    assert!(report.contains("1 bundle(s) of the shared layout beside the native manifest"), "{report}");
+}
