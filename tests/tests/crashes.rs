@@ -418,3 +418,66 @@ fn kill_9_during_native_pushes_leaves_every_ref_old_or_new_together() {
     env.git_ok(&clone, &["fsck", "--strict", "--no-progress"]);
     assert_eq!(env.git_ok(&clone, &["tag"]).lines().count(), old_tags);
 }
+
+/// `kill -9` of the daemon during `git s3 migrate`, both ways: every ref reads as it was
+/// throughout (in one format or the other), and running the migration again finishes it.
+#[test]
+fn kill_9_during_migrations_never_loses_a_ref() {
+    const MIGRATING: &str = "crash-migrate";
+    let trials: usize = std::env::var("CRASH_TRIALS").ok().and_then(|v| v.parse().ok()).map_or(12, |t: usize| t / 6);
+    let seed: u64 = std::env::var("CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed_0022);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let env = crash_env();
+    let repo = env.new_repo("migrating");
+    for i in 0..6 {
+        env.git_ok(&repo, &["checkout", "-q", "-b", &format!("topic-{i}"), "main"]);
+        env.commit(&repo, &format!("topic-{i}"), incompressible_bytes(256 * 1024, i), "a topic");
+        env.git_ok(&repo, &["tag", &format!("v{i}")]);
+    }
+    env.git_ok(&repo, &["checkout", "-q", "main"]);
+    env.git_ok(&repo, &["remote", "add", "origin", &env.url(MIGRATING)]);
+    env.git_ok(&repo, &["push", "-q", "origin", "--all"]);
+    env.git_ok(&repo, &["push", "-q", "origin", "--tags"]);
+    let refs = env.ls_remote(&repo, "origin");
+    let migrate = |to: &str| {
+        let mut command = env.command(git_s3_tests::bin_dir().join("git-s3"));
+        command.args(["migrate", "origin", "--to", to]).current_dir(&repo).stdout(Stdio::null()).stderr(Stdio::piped());
+        command.spawn().expect("spawn git s3 migrate")
+    };
+    let started = Instant::now();
+    let output = finish_within(migrate("native"), BOUND, "a calibration migration");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let window = started.elapsed() * 3 / 2;
+    // A lock a killed daemon left on a bundle ref blocks for at most its TTL.
+    let finish = |to: &str| {
+        wait_for("a migration to finish after a crash", Duration::from_secs(LOCK_TTL_S * 4 + 60), || {
+            finish_within(migrate(to), BOUND, "a migration after a crash").status.success().then_some(())
+        });
+    };
+    finish("bundles");
+    let mut killed = 0;
+    for trial in 0..trials {
+        let to = if trial % 2 == 0 { "native" } else { "bundles" };
+        env.git_ok(&repo, &["ls-remote", "origin"]); // the daemon runs before the clock starts
+        let daemon = env.daemon_status().and_then(|s| Pid::from_raw(s["pid"].as_i64().unwrap_or(0) as i32));
+        let delay = Duration::from_millis(rng.u64(0..window.as_millis().max(1) as u64));
+        let child = migrate(to);
+        std::thread::sleep(delay); // the seeded random moment of the crash, not a synchronisation
+        killed += usize::from(daemon.is_some_and(kill));
+        finish_within(child, BOUND, &format!("trial {trial}: git s3 migrate"));
+        assert_eq!(env.ls_remote(&repo, "origin"), refs, "trial {trial} (to {to}, killed after {delay:?})");
+        finish(to);
+        assert_eq!(env.ls_remote(&repo, "origin"), refs, "trial {trial}: after the migration finished");
+        let ls = env.git_s3_ok(&repo, &["ls", "origin"]);
+        assert!(ls.contains(&format!("format: {to}")), "trial {trial}: {ls}");
+        let leftovers: Vec<String> = env
+            .keys(&format!("{MIGRATING}/"))
+            .into_iter()
+            .filter(|k| if to == "native" { k.ends_with(".bundle") } else { k.contains("/native") })
+            .collect();
+        assert!(leftovers.is_empty(), "trial {trial}: {leftovers:?}");
+    }
+    eprintln!("migration crash trials (seed {seed:#x}): {trials} trials, {killed} daemons killed");
+    let clone = env.clone_repo(&env.url(MIGRATING), "clone-migrated");
+    env.git_ok(&clone, &["fsck", "--strict", "--no-progress"]);
+}

@@ -56,7 +56,26 @@ pub async fn migrate(
     let listed = source.list(true).await?;
     let mut migration = Migration { from, to, refs: listed.refs.len(), steps: Vec::new() };
     if from == to {
-        migration.steps.push(format!("the remote is in the {to} format already; nothing to do"));
+        // A migration cut short after its commit left the old format's objects behind.
+        let leftovers = match to {
+            Format::Native => {
+                let before = remote.bucket.list(&remote.layout.key("refs/")).await.map_err(StoreError::from)?;
+                let left = bundles::remove_migrated(&remote.bucket, &remote.layout, &listed.refs)
+                    .await
+                    .map_err(StoreError::from)?;
+                let bundles = before.iter().filter(|o| bundles::is_bundle_key(&remote.layout, &o.key)).count();
+                bundles - left.len()
+            }
+            Format::Bundles => {
+                let left = remote.bucket.list(&remote.layout.key("native/")).await.map_err(StoreError::from)?;
+                native::remove_migrated(&remote.bucket, &remote.layout).await.map_err(StoreError::from)?;
+                left.len()
+            }
+        };
+        migration.steps.push(match leftovers {
+            0 => format!("the remote is in the {to} format already; nothing to do"),
+            n => format!("the remote is in the {to} format already; removed {n} object(s) an earlier migration left"),
+        });
         return Ok(migration);
     }
     if listed.refs.is_empty() {

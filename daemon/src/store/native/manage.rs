@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::manifest::RefTable;
-use crate::progress::Events;
 use super::{NativeRepo, Snapshot, packs_prefix};
+use crate::progress::Events;
 use crate::store::bundles::is_bundle_key;
 use crate::store::{
     DoctorOptions, Finding, Format, Inventory, ManageError, RefSummary, StoreError, StoredValue, age_s, branch_ref,
@@ -115,7 +115,8 @@ impl NativeRepo {
                 });
             }
         }
-        let roots: Vec<&str> = snapshot.refs.values().map(String::as_str).filter(|oid| present.contains(*oid)).collect();
+        let roots: Vec<&str> =
+            snapshot.refs.values().map(String::as_str).filter(|oid| present.contains(*oid)).collect();
         if findings.is_empty() && !roots.is_empty() {
             let input: String = roots.iter().map(|oid| format!("{oid}\n")).collect();
             if let Err(why) = rev_list_objects(&git, input).await {
