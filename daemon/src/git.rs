@@ -172,6 +172,29 @@ impl Git {
         Ok(answers)
     }
 
+    /// `git update-ref --stdin` of `commands` (`update <ref> <oid>` lines), all at once.
+    pub async fn update_refs(&self, commands: &str) -> Result<(), GitError> {
+        let mut child = self
+            .command(["update-ref", "--stdin"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(GitError::Spawn)?;
+        let mut stdin = child.stdin.take().ok_or_else(|| GitError::Spawn(std::io::Error::other("no stdin")))?;
+        let input = commands.to_string();
+        let feed = async move {
+            stdin.write_all(input.as_bytes()).await?;
+            stdin.shutdown().await
+        };
+        let (fed, output) = tokio::join!(feed, child.wait_with_output());
+        let output = output.map_err(GitError::Spawn)?;
+        if !output.status.success() {
+            return Err(GitError::Failed { command: "update-ref --stdin".into(), stderr: last_line(&output.stderr) });
+        }
+        fed.map_err(GitError::Spawn)
+    }
+
     pub async fn has_object(&self, oid: &str) -> Result<bool, GitError> {
         self.succeeds(&["cat-file", "-e", oid]).await
     }

@@ -521,3 +521,47 @@ fn the_python_tool_pointed_at_a_native_remote_is_noticed() {
     let report = String::from_utf8_lossy(&doctor.stdout);
     assert!(report.contains("1 bundle(s) of the shared layout beside the native manifest"), "{report}");
 }
+
+#[test]
+fn history_nobody_reaches_is_collected_and_readers_never_notice() {
+    let env = TestEnv::new();
+    let url = env.url("garbage");
+    let work = env.new_repo("work");
+    env.git_ok(&work, &["remote", "add", "origin", &url]);
+    env.git_ok(&work, &["config", "remote.origin.s3format", "native"]);
+    std::fs::write(work.join("old.bin"), git_s3_tests::incompressible_bytes(2 << 20, 1)).expect("write");
+    env.git_ok(&work, &["add", "."]);
+    env.git_ok(&work, &["commit", "-q", "-m", "a history about to be rewritten"]);
+    env.git_ok(&work, &["push", "-q", "origin", "main"]);
+    let reader = env.clone_repo(&url, "reader");
+
+    // main rewritten from scratch: the old history is garbage once nothing reaches it.
+    env.git_ok(&work, &["checkout", "-q", "--orphan", "fresh"]);
+    env.git_ok(&work, &["rm", "-rfq", "."]);
+    std::fs::write(work.join("new.bin"), git_s3_tests::incompressible_bytes(3 << 20, 2)).expect("write");
+    env.git_ok(&work, &["add", "."]);
+    env.git_ok(&work, &["commit", "-q", "-m", "a new history"]);
+    env.git_ok(&work, &["push", "-q", "--force", "origin", "fresh:main"]);
+    let root = || -> serde_json::Value {
+        serde_json::from_slice(&env.server.get(&env.bucket, "garbage/refs/native.json")).expect("root")
+    };
+    wait_for("the garbage to be collected", Duration::from_secs(60), || {
+        (root()["gc"].as_u64() == Some(1)).then_some(())
+    });
+    let kept: u64 = root()["packs"].as_array().expect("packs").iter().filter_map(|p| p["bytes"].as_u64()).sum();
+    assert!(kept < (3 << 20) + (256 << 10), "the packs hold {kept} bytes for a 3 MiB history");
+
+    // Readers never notice: one that fetched before, and a new clone.
+    env.git_ok(&reader, &["fetch", "-q", "origin"]);
+    assert_eq!(env.rev_parse(&reader, "origin/main"), env.rev_parse(&work, "fresh"));
+    env.git_ok(&reader, &["fsck", "--strict", "--no-progress"]);
+    let clone = env.clone_repo(&url, "clone");
+    env.git_ok(&clone, &["fsck", "--strict", "--no-progress"]);
+
+    // After the grace period, the bucket holds the new history once.
+    env.git_s3_ok(&work, &["doctor", "origin", "--yes", "--upload-idle", "0"]);
+    let stored: u64 = sizes(&env, "garbage/native/packs/").iter().map(|(_, s)| s).sum();
+    assert!(stored < (3 << 20) + (256 << 10), "the bucket holds {stored} bytes of packs for a 3 MiB history");
+    let clone = env.clone_repo(&url, "after-the-sweep");
+    env.git_ok(&clone, &["fsck", "--strict", "--no-progress"]);
+}

@@ -105,7 +105,7 @@ pub async fn migrate(
         let _ = std::fs::remove_file(keep);
     }
     let updates: String = listed.refs.iter().map(|(name, oid)| format!("update {name} {oid}\n")).collect();
-    update_refs(&git, updates).await?;
+    git.update_refs(&updates).await?;
     if let Some(head) = &listed.head {
         git.run(&["symbolic-ref", "HEAD", head]).await?;
     }
@@ -178,26 +178,4 @@ fn same_refs(written: &RemoteRefs, listed: &RemoteRefs) -> bool {
     a.sort();
     b.sort();
     a == b
-}
-
-async fn update_refs(git: &crate::git::Git, updates: String) -> Result<(), MigrateError> {
-    use tokio::io::AsyncWriteExt;
-    let mut child = git
-        .command(["update-ref", "--stdin"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(GitError::Spawn)?;
-    let mut stdin = child.stdin.take().ok_or_else(|| GitError::Spawn(std::io::Error::other("no stdin")))?;
-    stdin.write_all(updates.as_bytes()).await.map_err(GitError::Spawn)?;
-    drop(stdin);
-    let output = child.wait_with_output().await.map_err(GitError::Spawn)?;
-    if !output.status.success() {
-        return Err(GitError::Failed {
-            command: "update-ref --stdin".into(),
-            stderr: crate::git::last_line(&output.stderr),
-        }
-        .into());
-    }
-    Ok(())
 }

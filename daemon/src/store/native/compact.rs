@@ -12,8 +12,8 @@
 use std::collections::BTreeSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::NativeRepo;
 use super::manifest::{PackEntry, Retired};
-use super::{NativeRepo, pack_key};
 use crate::progress::Events;
 use crate::store::StoreError;
 
@@ -97,13 +97,83 @@ impl NativeRepo {
                 })
             })
             .await?;
+        // A pack given up is left to doctor's sweep: another compaction that merged the same
+        // packs made the same pack, under the same name, and may be committing it right now.
         if committed {
             tracing::info!(packs = names.len(), merged = %merged.name, "compacted the remote's packs");
-        } else if !names.contains(&merged.name) {
+        } else {
             tracing::info!("the packs changed during the compaction; giving it up");
-            for extension in ["pack", "idx", "tips"] {
-                let _ = self.bucket.delete(&pack_key(&self.layout, &merged.name, extension)).await;
-            }
+        }
+        Ok(())
+    }
+}
+
+impl NativeRepo {
+    /// Garbage collection, when due (`Root::gc_due`): every pack downloaded (the whole history)
+    /// into a scratch repository with the remote's refs, `git repack -a -d` there (objects no
+    /// ref reaches are dropped), and the one pack it makes committed in place of all of them.
+    /// The replaced packs are retired, so fetches in flight still find them until the grace
+    /// period ends; pushes that packed against the old root pack again (the `gc` count moved).
+    pub(super) async fn collect_garbage(&self) -> Result<(), StoreError> {
+        let snapshot = self.snapshot().await?;
+        if !snapshot.root.gc_due() || snapshot.refs.is_empty() {
+            return Ok(());
+        }
+        let names: BTreeSet<String> = snapshot.root.packs.iter().map(|p| p.name.clone()).collect();
+        tracing::info!(packs = names.len(), remote = %self.layout, "collecting garbage: repacking the whole history");
+        let dir = self.scratch.tempdir("native-gc-").map_err(StoreError::TempDir)?;
+        let git = self.git.detached(dir.path());
+        let object_format = format!("--object-format={}", snapshot.root.object_format.as_deref().unwrap_or("sha1"));
+        git.run(&["init", "--quiet", "--bare", "--template=", &object_format, "."]).await?;
+        let quiet = Events::unobserved();
+        let keeps = self.download(&git, snapshot.root.packs.clone(), &dir.path().join("objects/pack"), &quiet).await?;
+        for keep in keeps {
+            let _ = std::fs::remove_file(keep);
+        }
+        let updates: String = snapshot.refs.iter().map(|(name, oid)| format!("update {name} {oid}\n")).collect();
+        git.update_refs(&updates).await?;
+        git.run(&["repack", "-a", "-d", "-q", "--no-write-bitmap-index"]).await?;
+        let pack_dir = dir.path().join("objects/pack");
+        let packs: Vec<String> = std::fs::read_dir(&pack_dir)
+            .map_err(StoreError::TempDir)?
+            .filter_map(|entry| {
+                let name = entry.ok()?.file_name().into_string().ok()?;
+                Some(name.strip_prefix("pack-")?.strip_suffix(".pack")?.to_string())
+            })
+            .collect();
+        let [repacked] = packs.as_slice() else {
+            tracing::warn!(packs = packs.len(), "git repack -a left other than one pack; giving the collection up");
+            return Ok(());
+        };
+        let tips: BTreeSet<String> = snapshot.refs.values().cloned().collect();
+        let Some(entry) = self.upload_pack(&pack_dir, "pack", repacked, &tips, &quiet).await? else { return Ok(()) };
+        let names = &names;
+        let entry_ref = &entry;
+        let collected = &snapshot;
+        let committed = self
+            .commit_with(move |snapshot| {
+                Box::pin(async move {
+                    // Only over exactly what was collected: a push committed since may rest on
+                    // objects this collection dropped (it packed against an older root).
+                    if snapshot.root.packs != collected.root.packs || snapshot.refs != collected.refs {
+                        return Ok::<_, StoreError>((None, false));
+                    }
+                    let mut next = snapshot.root.successor();
+                    next.packs.retain(|p| !names.contains(&p.name));
+                    next.packs.insert(0, entry_ref.clone());
+                    let retired_at = now_s();
+                    next.retired.extend(names.iter().map(|name| Retired { name: name.clone(), at: retired_at }));
+                    next.gc += 1;
+                    next.rewrites = 0;
+                    next.gc_bytes = next.pack_bytes();
+                    Ok((Some((next, snapshot.refs.clone())), true))
+                })
+            })
+            .await?;
+        if committed {
+            tracing::info!(dropped = names.len(), kept = %entry.name, "collected the remote's garbage");
+        } else {
+            tracing::info!("the packs changed during the collection; giving it up");
         }
         Ok(())
     }

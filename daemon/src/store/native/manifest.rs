@@ -49,6 +49,16 @@ pub struct Root {
     /// until `git s3 doctor` sweeps them after the grace period.
     #[serde(default)]
     pub retired: Vec<Retired>,
+    /// Garbage collections so far. A push packed against a root of another count packs again:
+    /// what it left out as the remote's may have been collected.
+    #[serde(default)]
+    pub gc: u64,
+    /// Ref deletions and forced moves since the last collection: only they make garbage.
+    #[serde(default)]
+    pub rewrites: u64,
+    /// Bytes of the packs right after the last collection (or the first push).
+    #[serde(default)]
+    pub gc_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +92,9 @@ impl Root {
             shards: vec![None],
             packs: Vec::new(),
             retired: Vec::new(),
+            gc: 0,
+            rewrites: 0,
+            gc_bytes: 0,
         }
     }
 
@@ -146,6 +159,18 @@ impl Root {
 
     pub fn has_pack(&self, name: &str) -> bool {
         self.packs.iter().any(|p| p.name == name)
+    }
+
+    pub fn pack_bytes(&self) -> u64 {
+        self.packs.iter().map(|p| p.bytes).sum()
+    }
+
+    /// Whether a garbage collection is due: refs were deleted or forced since the last one, and
+    /// the packs have grown to twice what the last one left. A remote whose history is rewritten
+    /// often is thus repacked whole each time its storage doubles: amortised, each byte is
+    /// downloaded and repacked a constant number of times.
+    pub fn gc_due(&self) -> bool {
+        self.rewrites > 0 && self.pack_bytes() > 2 * self.gc_bytes.max(1)
     }
 }
 

@@ -89,6 +89,9 @@ type ShardRefs = Arc<Vec<(String, String)>>;
 pub struct Caches {
     shards: Mutex<HashMap<String, ShardRefs>>,
     tips: Mutex<HashMap<String, Arc<Vec<String>>>>,
+    /// Remotes this daemon is compacting or collecting now (one run at a time each), and
+    /// whether another push asked for a run meanwhile.
+    maintained: Mutex<HashMap<String, bool>>,
 }
 
 /// Entries kept of each kind before the cache starts afresh.
@@ -106,6 +109,34 @@ impl Caches {
             }
             shards.insert(name.to_string(), refs);
         }
+    }
+
+    /// Marks `remote` as being maintained; `false` when it is already (the run in progress
+    /// then goes round once more).
+    fn begin_maintenance(&self, remote: &str) -> bool {
+        let Ok(mut runs) = self.maintained.lock() else { return false };
+        match runs.get_mut(remote) {
+            Some(again) => {
+                *again = true;
+                false
+            }
+            None => {
+                runs.insert(remote.to_string(), false);
+                true
+            }
+        }
+    }
+
+    /// Ends a run of maintenance, unless another push asked for one meanwhile: then `true`,
+    /// and the run goes round again.
+    fn maintenance_again(&self, remote: &str) -> bool {
+        let Ok(mut runs) = self.maintained.lock() else { return false };
+        if runs.get(remote).copied().unwrap_or(false) {
+            runs.insert(remote.to_string(), false);
+            return true;
+        }
+        runs.remove(remote);
+        false
     }
 
     fn tips(&self, pack: &str) -> Option<Arc<Vec<String>>> {

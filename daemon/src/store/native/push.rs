@@ -20,6 +20,19 @@ use crate::store::zip::publish_zip;
 use crate::store::{PushBatch, Pushed, RefOutcome, Refusal, StoreError, check_object_format, choose_head, judge};
 use crate::transfer::{TransferError, upload_stream};
 
+/// Times a push packs again because the remote was garbage-collected meanwhile.
+const PACK_ATTEMPTS: usize = 3;
+
+/// How one attempt of a push ended.
+enum Attempt {
+    Done {
+        outcomes: Vec<RefOutcome>,
+        packed: bool,
+    },
+    /// A garbage collection committed since the pack was made: pack again.
+    Collected,
+}
+
 /// What one command of the batch asks, once its source is resolved.
 struct Wanted {
     dst: String,
@@ -54,14 +67,66 @@ impl NativeRepo {
                 (Ok(()), Some(None)) => Err(Refusal::NoSuchSource(command.src.clone())),
             });
         }
+        for _ in 0..PACK_ATTEMPTS {
+            let (outcomes, packed) = match self.push_once(batch, &wanted, events).await? {
+                Attempt::Done { outcomes, packed } => (outcomes, packed),
+                Attempt::Collected => {
+                    tracing::info!("the remote was garbage-collected while this push packed; packing again");
+                    continue;
+                }
+            };
+            if self.config.url.zip {
+                self.publish_zips(&wanted, &outcomes, events).await;
+            }
+            if packed {
+                // The remote's work, not the client's: it goes on after the client leaves.
+                let repo = self.clone();
+                tokio::spawn(async move { repo.maintain().await });
+            }
+            return Ok(outcomes);
+        }
+        Err(NativeError::Contended.into())
+    }
+
+    /// Compaction, then garbage collection, each when due; one run per remote at a time (a
+    /// push that finds one running leaves the work to it, or to the next push).
+    async fn maintain(&self) {
+        let remote = format!("{} {}", self.bucket.name(), self.layout);
+        if !self.caches.begin_maintenance(&remote) {
+            return;
+        }
+        loop {
+            if let Err(e) = self.compact().await {
+                tracing::warn!(error = %e, "compaction failed; the next push tries again");
+            }
+            if let Err(e) = self.collect_garbage().await {
+                tracing::warn!(error = %e, "garbage collection failed; the next push tries again");
+            }
+            if !self.caches.maintenance_again(&remote) {
+                break;
+            }
+        }
+    }
+
+    /// One pack of what the remote lacks, then one commit of every ref. A garbage collection
+    /// committed after the snapshot the pack was made against may have dropped objects the pack
+    /// left out as the remote's (or that a new value without a pack rests on): then nothing is
+    /// committed and the push packs again.
+    async fn push_once(
+        &self,
+        batch: &PushBatch,
+        wanted: &[Result<Wanted, Refusal>],
+        events: &Events,
+    ) -> Result<Attempt, StoreError> {
         let snapshot = self.snapshot().await?;
         check_object_format(&self.git, snapshot.object_format()).await?;
-        let verdicts = self.judge_all(batch, &wanted, &snapshot).await;
+        let verdicts = self.judge_all(batch, wanted, &snapshot).await;
+        let done = |outcomes| Ok(Attempt::Done { outcomes, packed: false });
         if batch.atomic && verdicts.iter().any(Result::is_err) {
-            return Ok(atomic_failure(batch, verdicts));
+            return done(atomic_failure(batch, verdicts));
         }
         if batch.dry_run {
-            return Ok(outcomes(batch, verdicts));
+            return done(outcomes(batch, verdicts));
         }
         let tips: BTreeSet<String> = wanted
             .iter()
@@ -71,77 +136,79 @@ impl NativeRepo {
             .filter(|w| w.new.is_some() && w.new.as_ref() != snapshot.refs.get(&w.dst))
             .filter_map(|w| w.new.clone())
             .collect();
+        let cancelled = || done(RefOutcome::refuse_all(batch, &Refusal::Failed(CANCELLED.into())));
         let pack = if tips.is_empty() {
             None
         } else {
             tokio::select! {
                 biased;
                 pack = self.send_pack(&tips, &snapshot, events) => pack?,
-                () = events.cancelled() => return Ok(RefOutcome::refuse_all(batch, &Refusal::Failed(CANCELLED.into()))),
+                () = events.cancelled() => return cancelled(),
             }
         };
         // The commit is this push's point of no return: a client gone before it changes nothing.
         if events.is_cancelled() {
-            return Ok(RefOutcome::refuse_all(batch, &Refusal::Failed(CANCELLED.into())));
+            return cancelled();
         }
         let preferred = self.git.run(&["symbolic-ref", "-q", "HEAD"]).await.ok();
         let object_format = self.git.object_format().await?;
-        let wanted = &wanted;
+        let packed_against = snapshot.root.gc;
         let pack = &pack;
         let preferred = preferred.as_deref();
         let committed = self
             .commit_with(move |snapshot: Arc<Snapshot>| {
                 Box::pin(async move {
                     let snapshot = &*snapshot;
+                    // New values rest on objects the remote had at `packed_against`.
+                    let sets_values = wanted.iter().any(|w| matches!(w, Ok(Wanted { new: Some(_), .. })));
+                    if sets_values && snapshot.root.gc != packed_against {
+                        return Ok::<_, StoreError>((None, Attempt::Collected));
+                    }
                     let verdicts = self.judge_all(batch, wanted, snapshot).await;
                     if batch.atomic && verdicts.iter().any(Result::is_err) {
-                        return Ok::<_, StoreError>((None, atomic_failure(batch, verdicts)));
+                        let outcomes = atomic_failure(batch, verdicts);
+                        return Ok((None, Attempt::Done { outcomes, packed: false }));
                     }
                     let mut refs = snapshot.refs.clone();
-                    let mut changed = false;
+                    let mut rewrites = 0;
                     let mut pushed_branches = Vec::new();
                     for (w, verdict) in wanted.iter().zip(&verdicts) {
-                        let (Ok(w), Ok(_)) = (w, verdict) else { continue };
-                        changed |= match &w.new {
-                            Some(new) => refs.insert(w.dst.clone(), new.clone()).as_ref() != Some(new),
-                            None => refs.remove(&w.dst).is_some(),
+                        let (Ok(w), Ok(forced)) = (w, verdict) else { continue };
+                        let old = match &w.new {
+                            Some(new) => refs.insert(w.dst.clone(), new.clone()),
+                            None => refs.remove(&w.dst),
                         };
+                        // Only a deleted or forced ref can leave objects nobody reaches.
+                        rewrites += u64::from(old.is_some() && old != w.new && (*forced || w.new.is_none()));
                         if w.new.is_some() && w.dst.starts_with("refs/heads/") {
                             pushed_branches.push(w.dst.as_str());
                         }
                     }
+                    let changed_refs = refs != snapshot.refs;
                     let mut next = snapshot.root.successor();
+                    next.rewrites += rewrites;
                     // The pack goes in with the first ref it gives a new value.
-                    if let Some(pack) = pack.as_ref().filter(|p| changed && !snapshot.root.has_pack(&p.name)) {
+                    let packed = pack.as_ref().filter(|p| changed_refs && !snapshot.root.has_pack(&p.name));
+                    if let Some(pack) = packed {
                         next.packs.push(pack.clone());
+                    }
+                    if next.gc_bytes == 0 {
+                        next.gc_bytes = next.pack_bytes();
                     }
                     next.object_format.get_or_insert_with(|| object_format.name().to_string());
                     next.protected.retain(|name| refs.contains_key(name));
                     let head = choose_next_head(snapshot.root.head.as_deref(), &refs, &pushed_branches, preferred);
-                    changed |= head != next.head;
+                    let changed = changed_refs || head != next.head || packed.is_some();
                     next.head = head;
-                    let answer = outcomes(batch, verdicts);
-                    Ok((changed.then_some((next, refs)), answer))
+                    let attempt = Attempt::Done { outcomes: outcomes(batch, verdicts), packed: packed.is_some() };
+                    Ok((changed.then_some((next, refs)), attempt))
                 })
             })
             .await;
-        let outcomes = match committed {
-            Ok(outcomes) => outcomes,
-            Err(e) => return Ok(RefOutcome::refuse_all(batch, &Refusal::Failed(e.to_string()))),
-        };
-        if self.config.url.zip {
-            self.publish_zips(wanted, &outcomes, events).await;
+        match committed {
+            Ok(attempt) => Ok(attempt),
+            Err(e) => done(RefOutcome::refuse_all(batch, &Refusal::Failed(e.to_string()))),
         }
-        if pack.is_some() && outcomes.iter().any(|o| o.result.is_ok()) {
-            // The remote's work, not the client's: it goes on after the client leaves.
-            let repo = self.clone();
-            tokio::spawn(async move {
-                if let Err(e) = repo.compact().await {
-                    tracing::warn!(error = %e, "compaction failed; the next push tries again");
-                }
-            });
-        }
-        Ok(outcomes)
     }
 
     /// `s3+zip://`: the zip beside each ref pushed, removed with a deleted one. The refs are
