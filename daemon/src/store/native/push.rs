@@ -29,7 +29,8 @@ enum Attempt {
         outcomes: Vec<RefOutcome>,
         packed: bool,
     },
-    /// A garbage collection committed since the pack was made: pack again.
+    /// A garbage collection committed since the pack was made, or the pack was swept: pack
+    /// (and upload) again.
     Collected,
 }
 
@@ -71,7 +72,9 @@ impl NativeRepo {
             let (outcomes, packed) = match self.push_once(batch, &wanted, events).await? {
                 Attempt::Done { outcomes, packed } => (outcomes, packed),
                 Attempt::Collected => {
-                    tracing::info!("the remote was garbage-collected while this push packed; packing again");
+                    tracing::info!(
+                        "the remote was garbage-collected, or the pack swept, while this push ran; packing again"
+                    );
                     continue;
                 }
             };
@@ -163,6 +166,12 @@ impl NativeRepo {
                     let sets_values = wanted.iter().any(|w| matches!(w, Ok(Wanted { new: Some(_), .. })));
                     if sets_values && snapshot.root.gc != packed_against {
                         return Ok::<_, StoreError>((None, Attempt::Collected));
+                    }
+                    // A push slow enough for doctor's sweep to take its pack uploads it again.
+                    if let Some(pack) = pack.as_ref().filter(|p| !snapshot.root.has_pack(&p.name))
+                        && self.bucket.head(&pack_key(&self.layout, &pack.name, "pack")).await?.is_none()
+                    {
+                        return Ok((None, Attempt::Collected));
                     }
                     let verdicts = self.judge_all(batch, wanted, snapshot).await;
                     if batch.atomic && verdicts.iter().any(Result::is_err) {
