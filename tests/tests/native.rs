@@ -565,3 +565,41 @@ fn history_nobody_reaches_is_collected_and_readers_never_notice() {
     let clone = env.clone_repo(&url, "after-the-sweep");
     env.git_ok(&clone, &["fsck", "--strict", "--no-progress"]);
 }
+
+#[test]
+fn a_push_whose_pack_is_swept_before_its_commit_uploads_it_again() {
+    use git_s3_tests::fault_proxy::{Fault, Rule};
+    let mut env = TestEnv::new();
+    let proxy = env.route_through_proxy();
+    let url = env.url("slow");
+    let work = env.new_repo("work");
+    env.git_ok(&work, &["remote", "add", "origin", &url]);
+    env.git_ok(&work, &["config", "remote.origin.s3format", "native"]);
+    env.git_ok(&work, &["push", "-q", "origin", "main"]);
+
+    // The push's tips take long to be acknowledged: its pack sits unnamed in the bucket while
+    // doctor, with no grace period, sweeps it.
+    env.commit(&work, "b", "b\n", "a slow push");
+    proxy.add(Rule::new("PUT", ".tips", Fault::Delay(Duration::from_secs(4))).times(1));
+    let mut push = env.command("git");
+    push.args(["push", "-q", "origin", "main"]).current_dir(&work).stdout(Stdio::null()).stderr(Stdio::piped());
+    let push = push.spawn().expect("spawn git push");
+    let packs = || -> BTreeSet<String> {
+        env.keys("slow/native/packs/").into_iter().filter(|k| k.ends_with(".pack")).collect()
+    };
+    let named = root_packs(&env, "slow").len();
+    wait_for("the slow push's pack to be uploaded", Duration::from_secs(30), || (packs().len() > named).then_some(()));
+    let doctor = env.git_s3_in(&work, &["doctor", "origin", "--yes", "--upload-idle", "0"]);
+    assert!(
+        String::from_utf8_lossy(&doctor.stdout).contains("deleted it"),
+        "{}",
+        String::from_utf8_lossy(&doctor.stdout)
+    );
+    assert_eq!(packs().len(), named);
+    let output = finish_within(push, Duration::from_secs(60), "the slow push");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(env.daemon_log().contains("packing again"), "the push noticed its pack was gone");
+    let clone = env.clone_repo(&url, "clone");
+    env.git_ok(&clone, &["fsck", "--strict", "--no-progress"]);
+    assert_eq!(env.rev_parse(&clone, "HEAD"), env.rev_parse(&work, "main"));
+}

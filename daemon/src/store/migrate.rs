@@ -64,7 +64,7 @@ pub async fn migrate(
                     .await
                     .map_err(StoreError::from)?;
                 let bundles = before.iter().filter(|o| bundles::is_bundle_key(&remote.layout, &o.key)).count();
-                bundles - left.len()
+                bundles.saturating_sub(left.len())
             }
             Format::Bundles => {
                 let left = remote.bucket.list(&remote.layout.key("native/")).await.map_err(StoreError::from)?;

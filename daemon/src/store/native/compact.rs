@@ -71,11 +71,14 @@ impl NativeRepo {
         }
         let input: String = chosen.iter().map(|p| format!("pack-{}.pack\n", p.name)).collect();
         let merged_name = self.pack_objects_with(&git, &["--stdin-packs"], &dir.path().join("merged"), input).await?;
+        // The merged pack's objects are reachable from its tips only if every merged pack's are.
         let mut tips = BTreeSet::new();
         for pack in &chosen {
-            if let Some(pack_tips) = self.read_tips(&pack.name).await? {
-                tips.extend(pack_tips.iter().cloned());
-            }
+            let Some(pack_tips) = self.read_tips(&pack.name).await? else {
+                tracing::warn!(pack = %pack.name, "a pack's tips cannot be read; not compacting");
+                return Ok(());
+            };
+            tips.extend(pack_tips.iter().cloned());
         }
         let merged = self.upload_pack(dir.path(), "merged", &merged_name, &tips, &quiet).await?;
         let Some(merged) = merged else { return Ok(()) };
@@ -106,9 +109,7 @@ impl NativeRepo {
         }
         Ok(())
     }
-}
 
-impl NativeRepo {
     /// Garbage collection, when due (`Root::gc_due`): every pack downloaded (the whole history)
     /// into a scratch repository with the remote's refs, `git repack -a -d` there (objects no
     /// ref reaches are dropped), and the one pack it makes committed in place of all of them.
