@@ -99,6 +99,8 @@ pub struct RemoteConfig {
     /// The storage format a push to an empty prefix creates (`s3.format`); a prefix that holds
     /// a repository is read in the format it holds, whatever this says.
     pub format: NewRemoteFormat,
+    /// `s3.gcGraceSeconds`: the grace period a new native remote records.
+    pub gc_grace: Option<Duration>,
 }
 
 /// `s3.format` / `remote.<name>.s3format`.
@@ -219,6 +221,13 @@ fn resolve_from(
             _ => Err(ConfigError::BadValue { key: name.into(), value, why: "use a whole number of seconds above 0" }),
         },
     };
+    let gc_grace = match lookup("gcgraceseconds") {
+        None => None,
+        Some((key, value)) => match value.parse::<u64>() {
+            Ok(secs) => Some(Duration::from_secs(secs)),
+            Err(_) => return Err(ConfigError::BadValue { key, value, why: "use a whole number of seconds" }),
+        },
+    };
     let lock_ttl = seconds(LOCK_TTL_ENV, DEFAULT_LOCK_TTL)?;
     let body_idle = seconds(BODY_IDLE_ENV, DEFAULT_BODY_IDLE)?;
     // The profile a URL names is the user's explicit choice: it beats keys in the environment.
@@ -238,6 +247,7 @@ fn resolve_from(
         compose,
         kms_key_id,
         format,
+        gc_grace,
     })
 }
 

@@ -25,6 +25,9 @@ impl NativeRepo {
     /// Makes `next`, built on `base`, with `refs` as its ref table, the remote's state. Returns
     /// whether this commit won; a lost one changed nothing.
     pub(super) async fn commit(&self, base: &Snapshot, mut next: Root, refs: &RefTable) -> Result<bool, StoreError> {
+        // A pack made again under a retired name (the same objects repacked) is no longer retired.
+        let named: HashSet<String> = next.packs.iter().map(|p| p.name.clone()).collect();
+        next.retired.retain(|r| !named.contains(&r.name));
         let shards = manifest::split(refs);
         next.shards = shards.iter().map(|s| s.as_ref().map(|(name, _)| name.clone())).collect();
         let existing: HashSet<&String> = base.root.shards.iter().flatten().collect();

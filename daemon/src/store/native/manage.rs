@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::manifest::RefTable;
 use super::{NativeRepo, Snapshot, packs_prefix};
+use crate::bucket::ObjectInfo;
 use crate::progress::Events;
 use crate::store::bundles::is_bundle_key;
 use crate::store::{
@@ -85,6 +86,77 @@ impl NativeRepo {
         Ok((refname, moved))
     }
 
+    /// After a push: the sweep, with the remote's own grace period.
+    pub(super) async fn sweep_after_grace(&self) -> Result<(), StoreError> {
+        let snapshot = self.snapshot().await?;
+        let stored = self.bucket.list(&packs_prefix(&self.layout)).await?;
+        let grace = snapshot.root.grace_s;
+        let swept = self.sweep(&snapshot, &stored, grace, false).await?;
+        let count = swept.iter().filter(|f| f.fixed).count();
+        if count > 0 {
+            tracing::info!(objects = count, grace, "swept packs past the grace period");
+        }
+        Ok(())
+    }
+
+    /// Deletes the packs the root does not name once the grace period is over: retired ones
+    /// counted from when they left the root, any other (a push cut short or outraced, a lost
+    /// compaction) from when it was written. What it found, and did.
+    pub(super) async fn sweep(
+        &self,
+        snapshot: &Snapshot,
+        stored: &[ObjectInfo],
+        grace: u64,
+        dry_run: bool,
+    ) -> Result<Vec<Finding>, StoreError> {
+        let mut findings = Vec::new();
+        let named: HashSet<&str> = snapshot.root.packs.iter().map(|p| p.name.as_str()).collect();
+        let now = super::compact::now_s();
+        let mut swept = HashSet::new();
+        for object in stored {
+            let Some(file) = object.key.strip_prefix(&packs_prefix(&self.layout)) else { continue };
+            let name = file.strip_prefix("pack-").and_then(|f| f.split('.').next()).unwrap_or(file);
+            if named.contains(name) {
+                continue;
+            }
+            // A retired pack counts from when it left the root; any other from when it was written.
+            let retired = snapshot.root.retired.iter().find(|r| r.name == name);
+            let age = match retired {
+                Some(r) => now.saturating_sub(r.at),
+                None => age_s(object.last_modified),
+            };
+            let old_enough = age >= grace;
+            let problem = match retired {
+                Some(_) => format!(
+                    "left the manifest {age}s ago (compacted or collected); kept for fetches that started before"
+                ),
+                None => format!("not named by the manifest ({age}s old): a push that lost its race or was cut short"),
+            };
+            let (action, fixed) = match (old_enough, dry_run) {
+                (false, _) => (format!("left alone for the grace period ({grace}s)"), false),
+                (true, true) => ("would delete it".to_string(), false),
+                (true, false) => {
+                    self.bucket.delete(&object.key).await?;
+                    swept.insert(name.to_string());
+                    ("deleted it".to_string(), true)
+                }
+            };
+            findings.push(Finding { subject: object.key.clone(), problem, action, fixed });
+        }
+        if snapshot.root.retired.iter().any(|r| swept.contains(&r.name)) {
+            let swept = &swept;
+            self.commit_with(move |snapshot: Arc<Snapshot>| {
+                Box::pin(async move {
+                    let mut next = snapshot.root.successor();
+                    next.retired.retain(|r| !swept.contains(&r.name));
+                    Ok::<_, StoreError>((Some((next, snapshot.refs.clone())), ()))
+                })
+            })
+            .await?;
+        }
+        Ok(findings)
+    }
+
     /// `doctor --thorough`: every pack the root names downloaded and indexed (as a clone would),
     /// then every ref's history checked for completeness.
     async fn check_history(&self, snapshot: &Snapshot) -> Result<Vec<Finding>, StoreError> {
@@ -152,48 +224,8 @@ impl NativeRepo {
                 }
             }
         }
-        let named: HashSet<&str> = snapshot.root.packs.iter().map(|p| p.name.as_str()).collect();
-        let now = super::compact::now_s();
-        let mut swept = HashSet::new();
-        for object in &stored {
-            let Some(file) = object.key.strip_prefix(&packs_prefix(&self.layout)) else { continue };
-            let name = file.strip_prefix("pack-").and_then(|f| f.split('.').next()).unwrap_or(file);
-            if named.contains(name) {
-                continue;
-            }
-            // A retired pack counts from when it left the root; any other from when it was written.
-            let retired = snapshot.root.retired.iter().find(|r| r.name == name);
-            let age = match retired {
-                Some(r) => now.saturating_sub(r.at),
-                None => age_s(object.last_modified),
-            };
-            let old_enough = age >= options.upload_idle.as_secs();
-            let problem = match retired {
-                Some(_) => format!("replaced by a compaction {age}s ago; kept for fetches that started before it"),
-                None => format!("not named by the manifest ({age}s old): a push that lost its race or was cut short"),
-            };
-            let (action, fixed) = match (old_enough, options.dry_run) {
-                (false, _) => ("left alone for the grace period (--upload-idle)".to_string(), false),
-                (true, true) => ("would delete it".to_string(), false),
-                (true, false) => {
-                    self.bucket.delete(&object.key).await?;
-                    swept.insert(name.to_string());
-                    ("deleted it".to_string(), true)
-                }
-            };
-            findings.push(Finding { subject: object.key.clone(), problem, action, fixed });
-        }
-        if snapshot.root.retired.iter().any(|r| swept.contains(&r.name)) {
-            let swept = &swept;
-            self.commit_with(move |snapshot: Arc<Snapshot>| {
-                Box::pin(async move {
-                    let mut next = snapshot.root.successor();
-                    next.retired.retain(|r| !swept.contains(&r.name));
-                    Ok::<_, StoreError>((Some((next, snapshot.refs.clone())), ()))
-                })
-            })
-            .await?;
-        }
+        let grace = snapshot.root.grace_s.min(options.upload_idle.as_secs());
+        findings.extend(self.sweep(&snapshot, &stored, grace, options.dry_run).await?);
         if options.thorough {
             findings.extend(self.check_history(&snapshot).await?);
         }

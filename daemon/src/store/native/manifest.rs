@@ -59,6 +59,19 @@ pub struct Root {
     /// Bytes of the packs right after the last collection (or the first push).
     #[serde(default)]
     pub gc_bytes: u64,
+    /// How long packs that left the root, and packs no root named, stay in the bucket: fetches
+    /// and pushes slower than this may have to start again. Set when the remote is created
+    /// (`s3.gcGraceSeconds`).
+    #[serde(default = "default_grace_s")]
+    pub grace_s: u64,
+}
+
+/// An hour: far longer than any fetch or push takes between reading the root and the packs it
+/// names, and short enough that the bucket returns to one copy of history the same day.
+pub const DEFAULT_GRACE_S: u64 = 3600;
+
+fn default_grace_s() -> u64 {
+    DEFAULT_GRACE_S
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +108,7 @@ impl Root {
             gc: 0,
             rewrites: 0,
             gc_bytes: 0,
+            grace_s: DEFAULT_GRACE_S,
         }
     }
 

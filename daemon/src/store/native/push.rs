@@ -105,6 +105,9 @@ impl NativeRepo {
             if let Err(e) = self.collect_garbage().await {
                 tracing::warn!(error = %e, "garbage collection failed; the next push tries again");
             }
+            if let Err(e) = self.sweep_after_grace().await {
+                tracing::warn!(error = %e, "sweeping old packs failed; the next push tries again");
+            }
             if !self.caches.maintenance_again(&remote) {
                 break;
             }
@@ -203,6 +206,11 @@ impl NativeRepo {
                     }
                     if next.gc_bytes == 0 {
                         next.gc_bytes = next.pack_bytes();
+                    }
+                    if snapshot.etag.is_none()
+                        && let Some(grace) = self.config.gc_grace
+                    {
+                        next.grace_s = grace.as_secs();
                     }
                     next.object_format.get_or_insert_with(|| object_format.name().to_string());
                     next.protected.retain(|name| refs.contains_key(name));
