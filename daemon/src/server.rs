@@ -105,6 +105,19 @@ impl Daemon for Service {
             max_transfer_requests: state.scheduler.max_requests() as u32,
             peak_transfer_requests: state.scheduler.peak_requests() as u32,
             max_inflight_bytes: state.scheduler.max_inflight_bytes(),
+            maintenance: state
+                .store
+                .maintenance()
+                .into_iter()
+                .map(|m| proto::Maintenance {
+                    remote: m.remote,
+                    packs: m.packs as u64,
+                    bytes: m.bytes,
+                    did: m.did,
+                    age_s: m.ended.map_or(0, |at| at.elapsed().as_secs()),
+                    running: m.ended.is_none(),
+                })
+                .collect(),
             managed: state.managed,
             pushed_bytes,
             fetched_bytes,

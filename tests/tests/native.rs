@@ -375,6 +375,16 @@ fn many_pushes_leave_few_packs_and_a_fetch_still_costs_the_change() {
     }
     let packs = root_packs(&env, "compact");
     assert!(packs.len() < 10, "{} packs after 41 pushes", packs.len());
+    // `git s3 daemon status` says what the daemon last did for the remote.
+    let maintained = wait_for("the daemon's maintenance to end", Duration::from_secs(60), || {
+        let status = env.daemon_status()?;
+        let entry =
+            status["maintenance"].as_array()?.iter().find(|m| m["remote"] == "s3://test-bucket/compact")?.clone();
+        (entry["running"] == false).then_some(entry)
+    });
+    assert_eq!(maintained["packs"].as_u64(), Some(packs.len() as u64), "{maintained}");
+    let status = String::from_utf8_lossy(&env.git_s3(&["daemon", "status"]).stdout).into_owned();
+    assert!(status.contains("native remote s3://test-bucket/compact:"), "{status}");
 
     // A repository that fetched before the compactions downloads what it lacks, not the history.
     let reader = reader.expect("the reader");

@@ -118,6 +118,11 @@ impl Resources {
     pub fn pack_cache(&self) -> &PackCache {
         &self.composer.packs
     }
+
+    /// What this daemon's latest maintenance of each native remote did.
+    pub fn maintenance(&self) -> Vec<native::MaintenanceRecord> {
+        self.native.maintenance()
+    }
 }
 
 /// How a repository, opened in the format its remote was last found in, says that the remote

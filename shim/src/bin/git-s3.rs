@@ -698,6 +698,10 @@ fn print_status(status: &StatusReply, json: bool) {
                 "bucket": r.bucket, "endpoint": r.endpoint, "region": r.region, "asked": r.asked,
             })).collect::<Vec<_>>(),
             "recent_errors": errors,
+            "maintenance": status.maintenance.iter().map(|m| serde_json::json!({
+                "remote": m.remote, "packs": m.packs, "bytes": m.bytes, "did": m.did,
+                "age_s": m.age_s, "running": m.running,
+            })).collect::<Vec<_>>(),
         });
         outln!("{value}");
         return;
@@ -742,6 +746,16 @@ fn print_status(status: &StatusReply, json: bool) {
             printable(&at),
             printable(&found.region),
             printable(&found.asked)
+        );
+    }
+    for m in &status.maintenance {
+        let when = if m.running { "running now".to_string() } else { format!("{} ago", human_age(m.age_s)) };
+        outln!(
+            "native remote {}: {} packs, {}; last maintenance {when}: {}",
+            printable(&m.remote),
+            m.packs,
+            human_bytes(m.bytes as f64),
+            printable(&m.did)
         );
     }
     if status.activities.is_empty() {

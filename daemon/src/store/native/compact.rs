@@ -49,13 +49,13 @@ impl NativeRepo {
     /// Merges the small packs of the current root into one and commits it. Work lost to a
     /// rival (another daemon compacting, a push that changed the packs) is given up: the next
     /// push tries again.
-    pub(super) async fn compact(&self) -> Result<(), StoreError> {
+    pub(super) async fn compact(&self) -> Result<Option<String>, StoreError> {
         let snapshot = self.snapshot().await?;
         let objects: Vec<u64> = snapshot.root.packs.iter().map(|p| p.objects).collect();
         let chosen: Vec<PackEntry> =
             packs_to_merge(&objects).into_iter().map(|i| snapshot.root.packs[i].clone()).collect();
         if chosen.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let names: BTreeSet<String> = chosen.iter().map(|p| p.name.clone()).collect();
         tracing::info!(packs = chosen.len(), remote = %self.layout, "compacting the remote's small packs");
@@ -76,12 +76,12 @@ impl NativeRepo {
         for pack in &chosen {
             let Some(pack_tips) = self.read_tips(&pack.name).await? else {
                 tracing::warn!(pack = %pack.name, "a pack's tips cannot be read; not compacting");
-                return Ok(());
+                return Ok(None);
             };
             tips.extend(pack_tips.iter().cloned());
         }
         let merged = self.upload_pack(dir.path(), "merged", &merged_name, &tips, &quiet).await?;
-        let Some(merged) = merged else { return Ok(()) };
+        let Some(merged) = merged else { return Ok(None) };
         let names = &names;
         let merged_entry = &merged;
         let committed = self
@@ -102,12 +102,12 @@ impl NativeRepo {
             .await?;
         // A pack given up is left to doctor's sweep: another compaction that merged the same
         // packs made the same pack, under the same name, and may be committing it right now.
-        if committed {
-            tracing::info!(packs = names.len(), merged = %merged.name, "compacted the remote's packs");
-        } else {
+        if !committed {
             tracing::info!("the packs changed during the compaction; giving it up");
+            return Ok(None);
         }
-        Ok(())
+        tracing::info!(packs = names.len(), merged = %merged.name, "compacted the remote's packs");
+        Ok(Some(format!("compacted {} packs into one", names.len())))
     }
 
     /// Garbage collection, when due (`Root::gc_due`): every pack downloaded (the whole history)
@@ -115,10 +115,10 @@ impl NativeRepo {
     /// ref reaches are dropped), and the one pack it makes committed in place of all of them.
     /// The replaced packs are retired, so fetches in flight still find them until the grace
     /// period ends; pushes that packed against the old root pack again (the `gc` count moved).
-    pub(super) async fn collect_garbage(&self) -> Result<(), StoreError> {
+    pub(super) async fn collect_garbage(&self) -> Result<Option<String>, StoreError> {
         let snapshot = self.snapshot().await?;
         if !snapshot.root.gc_due() || snapshot.refs.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let names: BTreeSet<String> = snapshot.root.packs.iter().map(|p| p.name.clone()).collect();
         tracing::info!(packs = names.len(), remote = %self.layout, "collecting garbage: repacking the whole history");
@@ -144,10 +144,12 @@ impl NativeRepo {
             .collect();
         let [repacked] = packs.as_slice() else {
             tracing::warn!(packs = packs.len(), "git repack -a left other than one pack; giving the collection up");
-            return Ok(());
+            return Ok(None);
         };
         let tips: BTreeSet<String> = snapshot.refs.values().cloned().collect();
-        let Some(entry) = self.upload_pack(&pack_dir, "pack", repacked, &tips, &quiet).await? else { return Ok(()) };
+        let Some(entry) = self.upload_pack(&pack_dir, "pack", repacked, &tips, &quiet).await? else {
+            return Ok(None);
+        };
         let names = &names;
         let entry_ref = &entry;
         let collected = &snapshot;
@@ -171,12 +173,13 @@ impl NativeRepo {
                 })
             })
             .await?;
-        if committed {
-            tracing::info!(dropped = names.len(), kept = %entry.name, "collected the remote's garbage");
-        } else {
+        if !committed {
             tracing::info!("the packs changed during the collection; giving it up");
+            return Ok(None);
         }
-        Ok(())
+        tracing::info!(dropped = names.len(), kept = %entry.name, "collected the remote's garbage");
+        let before: u64 = snapshot.root.pack_bytes();
+        Ok(Some(format!("collected garbage: {before} bytes in {} packs became {} in one", names.len(), entry.bytes)))
     }
 }
 

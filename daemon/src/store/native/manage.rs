@@ -87,16 +87,17 @@ impl NativeRepo {
     }
 
     /// After a push: the sweep, with the remote's own grace period.
-    pub(super) async fn sweep_after_grace(&self) -> Result<(), StoreError> {
+    pub(super) async fn sweep_after_grace(&self) -> Result<Option<String>, StoreError> {
         let snapshot = self.snapshot().await?;
         let stored = self.bucket.list(&packs_prefix(&self.layout)).await?;
         let grace = snapshot.root.grace_s;
         let swept = self.sweep(&snapshot, &stored, grace, false).await?;
         let count = swept.iter().filter(|f| f.fixed).count();
-        if count > 0 {
-            tracing::info!(objects = count, grace, "swept packs past the grace period");
+        if count == 0 {
+            return Ok(None);
         }
-        Ok(())
+        tracing::info!(objects = count, grace, "swept packs past the grace period");
+        Ok(Some(format!("swept {count} objects past the grace period ({grace}s)")))
     }
 
     /// Deletes the packs the root does not name once the grace period is over: retired ones

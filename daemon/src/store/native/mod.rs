@@ -92,6 +92,19 @@ pub struct Caches {
     /// Remotes this daemon is compacting or collecting now (one run at a time each), and
     /// whether another push asked for a run meanwhile.
     maintained: Mutex<HashMap<String, bool>>,
+    /// The latest maintenance of each remote, for `git s3 daemon status`.
+    records: Mutex<HashMap<String, MaintenanceRecord>>,
+}
+
+/// What the latest maintenance of a remote did.
+#[derive(Debug, Clone)]
+pub struct MaintenanceRecord {
+    pub remote: String,
+    pub packs: usize,
+    pub bytes: u64,
+    pub did: String,
+    /// When the run ended; `None` while it runs.
+    pub ended: Option<std::time::Instant>,
 }
 
 /// Entries kept of each kind before the cache starts afresh.
@@ -137,6 +150,20 @@ impl Caches {
         }
         runs.remove(remote);
         false
+    }
+
+    fn record(&self, record: MaintenanceRecord) {
+        if let Ok(mut records) = self.records.lock() {
+            records.insert(record.remote.clone(), record);
+        }
+    }
+
+    /// The latest maintenance of every remote, by remote.
+    pub fn maintenance(&self) -> Vec<MaintenanceRecord> {
+        let mut records: Vec<MaintenanceRecord> =
+            self.records.lock().map(|r| r.values().cloned().collect()).unwrap_or_default();
+        records.sort_by(|a, b| a.remote.cmp(&b.remote));
+        records
     }
 
     fn tips(&self, pack: &str) -> Option<Arc<Vec<String>>> {

@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicU64;
 use tokio::io::AsyncWriteExt;
 
 use super::manifest::{PackEntry, RefTable};
-use super::{NativeError, NativeRepo, Snapshot, pack_key};
+use super::{MaintenanceRecord, NativeError, NativeRepo, Snapshot, pack_key};
 use crate::git::{Git, GitError, last_line};
 use crate::layout::check_refname;
 use crate::object_format::ObjectFormat;
@@ -98,20 +98,36 @@ impl NativeRepo {
         if !self.caches.begin_maintenance(&remote) {
             return;
         }
+        self.caches.record(self.maintenance_record(vec!["running".into()], None).await);
+        let mut did = Vec::new();
         loop {
-            if let Err(e) = self.compact().await {
-                tracing::warn!(error = %e, "compaction failed; the next push tries again");
+            match self.compact().await {
+                Ok(done) => did.extend(done),
+                Err(e) => tracing::warn!(error = %e, "compaction failed; the next push tries again"),
             }
-            if let Err(e) = self.collect_garbage().await {
-                tracing::warn!(error = %e, "garbage collection failed; the next push tries again");
+            match self.collect_garbage().await {
+                Ok(done) => did.extend(done),
+                Err(e) => tracing::warn!(error = %e, "garbage collection failed; the next push tries again"),
             }
-            if let Err(e) = self.sweep_after_grace().await {
-                tracing::warn!(error = %e, "sweeping old packs failed; the next push tries again");
+            match self.sweep_after_grace().await {
+                Ok(done) => did.extend(done),
+                Err(e) => tracing::warn!(error = %e, "sweeping old packs failed; the next push tries again"),
             }
             if !self.caches.maintenance_again(&remote) {
                 break;
             }
         }
+        self.caches.record(self.maintenance_record(did, Some(std::time::Instant::now())).await);
+    }
+
+    async fn maintenance_record(&self, did: Vec<String>, ended: Option<std::time::Instant>) -> MaintenanceRecord {
+        let (packs, bytes) = match self.read_root().await {
+            Ok((root, _)) => (root.packs.len(), root.pack_bytes()),
+            Err(_) => (0, 0),
+        };
+        let did = if did.is_empty() { "nothing was due".to_string() } else { did.join("; ") };
+        let remote = format!("s3://{}/{}", self.bucket.name(), self.layout);
+        MaintenanceRecord { remote, packs, bytes, did, ended }
     }
 
     /// One pack of what the remote lacks, then one commit of every ref. A garbage collection
