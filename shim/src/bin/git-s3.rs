@@ -434,10 +434,13 @@ fn print_listing(reply: &git_s3_proto::InspectReply) {
         if r.bundles.len() > 1 {
             notes.push(format!("{} bundles: run 'git s3 doctor'", r.bundles.len()));
         }
+        // A native remote stores refs, not objects, per ref: its packs hold every ref's history.
+        let per_ref = reply.format != "native";
         let (oid, size, age) = match r.bundles.first() {
-            Some(b) => {
+            Some(b) if per_ref => {
                 (printable(&b.oid).chars().take(8).collect::<String>(), human_bytes(b.size as f64), human_age(b.age_s))
             }
+            Some(b) => (printable(&b.oid).chars().take(8).collect::<String>(), "-".into(), "-".into()),
             None => ("-".into(), "-".into(), "-".into()),
         };
         outln!("{name:<width$}  {oid:<8}  {size:>11}  {age:>6}  {}", notes.join(", "));
