@@ -358,7 +358,18 @@ fn many_pushes_leave_few_packs_and_a_fetch_still_costs_the_change() {
     let mut reader = None;
     for push in 0..40 {
         env.commit(&work, &format!("push-{}.txt", push % 5), format!("push {push}\n"), "a small change");
-        env.git_ok(&work, &["push", "-q", "origin", "main"]);
+        if push % 10 == 9 {
+            // A rewrite: the last commit amended and force-pushed over the one pushed before.
+            env.git_ok(&work, &["push", "-q", "origin", "main"]);
+            env.git_ok(&work, &["commit", "-q", "--amend", "-m", "amended"]);
+            env.git_ok(&work, &["push", "-q", "--force", "origin", "main"]);
+        } else if push % 7 == 3 {
+            // A branch pushed and deleted again.
+            env.git_ok(&work, &["push", "-q", "origin", "main", "main:refs/heads/short-lived"]);
+            env.git_ok(&work, &["push", "-q", "origin", ":refs/heads/short-lived"]);
+        } else {
+            env.git_ok(&work, &["push", "-q", "origin", "main"]);
+        }
         // Compaction runs in the background after the push: once it is done, each pack holds at
         // least twice the objects of the next smaller one, so there are at most log2(objects) + 1.
         let packs = wait_for("the packs to be compacted", Duration::from_secs(60), || {
@@ -406,6 +417,20 @@ fn many_pushes_leave_few_packs_and_a_fetch_still_costs_the_change() {
     assert!(stored(&env).len() > named.len());
     env.git_s3_ok(&work, &["doctor", "origin", "--yes", "--upload-idle", "0"]);
     assert_eq!(stored(&env), named);
+    // Within twice a fresh pack of what the refs reach, rewrites and all.
+    let fresh = {
+        let mut pack = env.command("git");
+        pack.args(["pack-objects", "--revs", "--stdout", "-q"])
+            .current_dir(&work)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut child = pack.spawn().expect("git pack-objects");
+        std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), b"main\n").expect("feed");
+        child.wait_with_output().expect("git pack-objects").stdout.len() as u64
+    };
+    let stored_bytes: u64 =
+        sizes(&env, "compact/native/packs/").iter().filter(|(k, _)| k.ends_with(".pack")).map(|(_, s)| s).sum();
+    assert!(stored_bytes <= 2 * fresh, "the packs hold {stored_bytes} bytes; a fresh pack of main {fresh}");
     let clone = env.clone_repo(&url, "after-the-sweep");
     env.git_ok(&clone, &["fsck", "--strict", "--no-progress"]);
     assert_eq!(env.rev_parse(&clone, "HEAD"), env.rev_parse(&work, "main"));
