@@ -3,6 +3,6 @@
 # unit and integration tests against local S3 servers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-test-deps.sh
+bash scripts/install-test-deps.sh git-lfs moto python-tool s3s-fs   # the benchmarks also need the fork
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast

@@ -588,14 +588,20 @@ impl BundleRepo {
     }
 
     /// Takes the pack of a whole bundle just uploaded (copied to `path` on its way) into the
-    /// cache, so the next push of the ref composes without downloading it.
-    pub(super) async fn remember_whole_bundle(&self, path: TempPath, tip: &str) {
-        if let Err(why) = self.try_remember_whole_bundle(&path, tip).await {
+    /// cache, so the next push of the ref composes without downloading it. `listed`: what
+    /// `git rev-list --objects <tip>` printed (the objects the bundle holds).
+    pub(super) async fn remember_whole_bundle(&self, path: TempPath, tip: &str, listed: Result<Vec<u8>, GitError>) {
+        if let Err(why) = self.try_remember_whole_bundle(&path, tip, listed).await {
             tracing::debug!(%why, "the whole bundle's pack is not cached");
         }
     }
 
-    async fn try_remember_whole_bundle(&self, path: &Path, tip: &str) -> Result<(), String> {
+    async fn try_remember_whole_bundle(
+        &self,
+        path: &Path,
+        tip: &str,
+        listed: Result<Vec<u8>, GitError>,
+    ) -> Result<(), String> {
         let len = tokio::fs::metadata(path).await.map_err(|e| e.to_string())?.len();
         if len < COMPOSE_MIN_BUNDLE_BYTES {
             return Err("it is too small to compose from".into());
@@ -611,7 +617,7 @@ impl BundleRepo {
         let mut trailer = vec![0u8; format.raw_len()];
         file.read_exact(&mut trailer).map_err(|e| e.to_string())?;
         // `git bundle create` packs exactly what the tip reaches.
-        let listed = self.git.run_bytes(&["rev-list", "--objects", tip]).await.map_err(|e| e.to_string())?;
+        let listed = listed.map_err(|e| e.to_string())?;
         let oids: Vec<Oid> = listed_objects(&listed).collect::<Option<_>>().ok_or("git rev-list: unexpected output")?;
         if oids.len() != pack.objects as usize {
             return Err(format!("the pack counts {} objects, the tip reaches {}", pack.objects, oids.len()));

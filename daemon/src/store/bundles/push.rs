@@ -290,7 +290,15 @@ impl BundleRepo {
         let counter: Arc<AtomicU64> = meter.counter();
         let (copy_path, copy) = self.whole_bundle_copy().unzip();
         let mut bundle = Teed::new(stdout, copy);
-        let result = upload_stream(&self.bucket, &key, &mut bundle, counter, async || {
+        // The pack cache wants the ids of the objects the bundle holds: listed while the bundle
+        // is made and sent, not after it (on a large history that walk takes seconds).
+        let listing = async {
+            match copy_path {
+                Some(_) => Some(self.git.run_bytes(&["rev-list", "--objects", new_oid]).await),
+                None => None,
+            }
+        };
+        let upload = upload_stream(&self.bucket, &key, &mut bundle, counter, async || {
             // The bundle is whole only if git says so, and we may commit only while we hold the lock.
             let status = child.wait().await.map_err(|e| e.to_string())?;
             if !status.success() {
@@ -299,8 +307,8 @@ impl BundleRepo {
             }
             prepared.pass_point_of_no_return(events)?;
             prepared.lock.confirm().await.map_err(|e| e.to_string())
-        })
-        .await;
+        });
+        let (result, listed) = tokio::join!(upload, listing);
         drop(bundle);
         let outcome = match result {
             Ok(_) => {
@@ -310,8 +318,8 @@ impl BundleRepo {
             Err(TransferError::Refused(why)) => Err(why),
             Err(e) => Err(e.to_string()),
         };
-        if let (Ok(()), Some(path)) = (&outcome, copy_path) {
-            self.remember_whole_bundle(path, new_oid).await;
+        if let (Ok(()), Some(path), Some(listed)) = (&outcome, copy_path, listed) {
+            self.remember_whole_bundle(path, new_oid, listed).await;
         }
         outcome
     }
