@@ -133,6 +133,10 @@ pub async fn migrate(
     for name in &protected {
         writer.set_protection(name, true).await?;
     }
+    // Whatever an earlier attempt cut short chose.
+    if let Some(head) = &listed.head {
+        writer.set_head(head).await?;
+    }
     let written = writer.list(true).await?;
     if !same_refs(&written, &listed) {
         return Err(MigrateError::Mismatch { to });

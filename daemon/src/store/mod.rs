@@ -78,6 +78,9 @@ pub trait Repository: Send + Sync {
     /// Protects or unprotects a branch; returns its full name and whether anything changed.
     async fn set_protection(&self, branch: &str, protect: bool) -> Result<(String, bool), ManageError>;
 
+    /// Makes HEAD name `refname` (a ref the remote has).
+    async fn set_head(&self, refname: &str) -> Result<(), ManageError>;
+
     /// Deletes a branch (`force`: a protected one too); returns its full name and where HEAD
     /// moved, if it named the branch.
     async fn delete_branch(&self, branch: &str, force: bool) -> Result<(String, Option<String>), ManageError>;

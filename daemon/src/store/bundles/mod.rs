@@ -133,6 +133,15 @@ impl Repository for BundleRepo {
         self.mark_protected(branch, protect).await
     }
 
+    async fn set_head(&self, refname: &str) -> Result<(), ManageError> {
+        if self.read_ref(refname).await?.current().is_none() {
+            return Err(ManageError::NoSuchRef(refname.to_string()));
+        }
+        let head = refname.as_bytes().to_vec();
+        self.bucket.put_bytes(&self.layout.head(), head, crate::bucket::PutOptions::default()).await?;
+        Ok(())
+    }
+
     async fn delete_branch(&self, branch: &str, force: bool) -> Result<(String, Option<String>), ManageError> {
         self.delete_ref(branch, force).await
     }

@@ -56,6 +56,23 @@ impl NativeRepo {
         Ok((refname, changed))
     }
 
+    pub(super) async fn point_head(&self, refname: &str) -> Result<(), ManageError> {
+        self.commit_with(move |snapshot: Arc<Snapshot>| {
+            Box::pin(async move {
+                if !snapshot.refs.contains_key(refname) {
+                    return Err(ManageError::NoSuchRef(refname.to_string()));
+                }
+                if snapshot.root.head.as_deref() == Some(refname) {
+                    return Ok((None, ()));
+                }
+                let mut next = snapshot.root.successor();
+                next.head = Some(refname.to_string());
+                Ok((Some((next, snapshot.refs.clone())), ()))
+            })
+        })
+        .await
+    }
+
     pub(super) async fn delete_ref(&self, branch: &str, force: bool) -> Result<(String, Option<String>), ManageError> {
         let refname = branch_ref(branch)?;
         let name = &refname;

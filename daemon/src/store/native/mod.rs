@@ -251,6 +251,10 @@ impl Repository for NativeRepo {
         self.mark_protected(branch, protect).await
     }
 
+    async fn set_head(&self, refname: &str) -> Result<(), ManageError> {
+        self.point_head(refname).await
+    }
+
     async fn delete_branch(&self, branch: &str, force: bool) -> Result<(String, Option<String>), ManageError> {
         self.delete_ref(branch, force).await
     }
