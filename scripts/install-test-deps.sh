@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests, the demo and the benchmarks need, skipping what is already there:
-# git-lfs (Debian), moto's S3 server and the Python git-remote-s3 (each in its own venv under
-# .tools/, ignored by git), and s3s-fs (cargo install).
+# git-lfs (Debian), moto's S3 server, the Python git-remote-s3 and its fork fduplex-git-remote-s3
+# (each in its own venv under .tools/, ignored by git), and s3s-fs (cargo install).
 #
-# Usage: install-test-deps.sh [git-lfs|moto|python-tool|s3s-fs ...]   (default: all of them)
+# Usage: install-test-deps.sh [git-lfs|moto|python-tool|fduplex-tool|s3s-fs ...]   (default: all)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 tools="$repo/.tools"
@@ -12,11 +12,11 @@ mkdir -p "$tools"
 say() { printf '%s\n' "install-test-deps: $*" >&2; }
 
 wanted=("$@")
-[ ${#wanted[@]} -gt 0 ] || wanted=(git-lfs moto python-tool s3s-fs)
+[ ${#wanted[@]} -gt 0 ] || wanted=(git-lfs moto python-tool fduplex-tool s3s-fs)
 for name in "${wanted[@]}"; do
     case "$name" in
-        git-lfs | moto | python-tool | s3s-fs) ;;
-        *) say "unknown tool '$name' (known: git-lfs moto python-tool s3s-fs)"; exit 2 ;;
+        git-lfs | moto | python-tool | fduplex-tool | s3s-fs) ;;
+        *) say "unknown tool '$name' (known: git-lfs moto python-tool fduplex-tool s3s-fs)"; exit 2 ;;
     esac
 done
 wants() { [[ " ${wanted[*]} " == *" $1 "* ]]; }
@@ -44,6 +44,11 @@ if wants moto; then
 fi
 if wants python-tool; then
     venv_package "$tools/python-git-remote-s3" 'git-remote-s3==0.4.2' git-remote-s3
+fi
+if wants fduplex-tool; then
+    # A fork (packs + a gitwal.json manifest) that installs the same program names; the formats
+    # benchmark compares it.
+    venv_package "$tools/fduplex-git-remote-s3" 'fduplex-git-remote-s3==0.6.1' git-remote-s3
 fi
 
 if wants s3s-fs && ! "$tools/bin/s3s-fs" --help >/dev/null 2>&1; then

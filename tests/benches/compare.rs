@@ -1,6 +1,7 @@
-//! Side by side with awslabs' Python git-remote-s3 0.4.2, on the same local S3 servers, with
-//! the release build: writes bench/RESULTS.md. Run `scripts/bench.sh`. Every figure is a ratio
-//! against a baseline measured in the same run; nothing here is asserted.
+//! Side by side with awslabs' Python git-remote-s3 0.4.2 (and, in the `formats` group, its fork
+//! fduplex-git-remote-s3 0.6.1), on the same local S3 servers, with the release build: writes
+//! bench/RESULTS.md. Run `scripts/bench.sh`. Every figure is a ratio against a baseline measured
+//! in the same run; nothing here is asserted.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -8,7 +9,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use git_s3_tests::{ServerKind, TestEnv, bin_dir, incompressible_bytes, peak_rss_kib};
+use git_s3_tests::project::{ProjectShape, project_repository};
+use git_s3_tests::{FaultProxy, ServerKind, TestEnv, Traffic, bin_dir, incompressible_bytes, peak_rss_kib};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -162,8 +164,8 @@ impl Bench {
     }
 }
 
-/// `BENCH_ONLY=lfs` (or `small`, `shim`, `history`, `branches`, `mix`) runs one group, for profiling; the results
-/// file is written only by a full run.
+/// `BENCH_ONLY=lfs` (or `small`, `shim`, `history`, `branches`, `mix`, `formats`, `native-history`) runs one group, for
+/// profiling; the results file is written only by a full run.
 fn selected(group: &str) -> bool {
     std::env::var("BENCH_ONLY").map_or(true, |only| only == group)
 }
@@ -253,6 +255,14 @@ fn main() {
         eprintln!("bench: four clients at once, shipped defaults");
         mixed_load(&Bench::new(ServerKind::S3sFs), &mut notes);
     }
+    if selected("native-history") {
+        eprintln!("bench: the native format on the 200 MB history");
+        native_history(&Bench::new(ServerKind::S3sFs), &mut rows);
+    }
+    if selected("formats") {
+        eprintln!("bench: storage formats side by side on a project's history");
+        formats(&mut rows, &mut notes);
+    }
     if std::env::var("BENCH_ONLY").is_ok() {
         for row in &rows {
             eprintln!(
@@ -264,6 +274,9 @@ fn main() {
                 row.baseline.cell(),
                 row.ratio()
             );
+            if !row.note.is_empty() {
+                eprintln!("  ↳ {}", row.note);
+            }
         }
         for note in &notes {
             eprintln!("{note}");
@@ -627,6 +640,83 @@ fn large_history(bench: &Bench, rows: &mut Vec<Row>, notes: &mut Vec<String>) {
         goal: "≤ 1.3×",
         max_ratio: Some(1.3),
         note,
+    });
+}
+
+/// The native format against our shared layout on the 200 MB history: a first push to a new
+/// prefix and a clone, each format on its own prefix, alternating; and the native clone against
+/// a local `git clone` of the same history as one bundle file.
+fn native_history(bench: &Bench, rows: &mut Vec<Row>) {
+    let env = &bench.env;
+    let repo = history_repo(env, "native-history");
+    let (mut native_push, mut bundles_push) = (Stats::default(), Stats::default());
+    for run in 0..=runs() {
+        let native = env.url(&format!("native-history-n{run}"));
+        let bundles = env.url(&format!("native-history-b{run}"));
+        let a = bench.time(Tool::Ours, &repo, &["-c", "s3.format=native", "push", "-q", &native, "main"]);
+        let b = bench.time(Tool::Ours, &repo, &["push", "-q", &bundles, "main"]);
+        if run > 0 {
+            native_push.0.push(a);
+            bundles_push.0.push(b);
+        }
+    }
+    rows.push(Row {
+        scenario: "first push, 200 MB history: native".into(),
+        server: bench.server,
+        ours: native_push,
+        baseline: bundles_push,
+        baseline_name: "ours, bundles",
+        goal: "no slower",
+        max_ratio: Some(1.0),
+        note: String::new(),
+    });
+    let (mut native_clone, mut bundles_clone) = (Stats::default(), Stats::default());
+    for run in 0..=runs() {
+        let clone = |prefix: &str, dest: &str| {
+            let dest = env.path(dest);
+            let took =
+                bench.time(Tool::Ours, &env.path(""), &["clone", "-q", &env.url(prefix), dest.to_str().unwrap()]);
+            let _ = std::fs::remove_dir_all(&dest);
+            took
+        };
+        let a = clone("native-history-n0", &format!("native-clone-{run}"));
+        let b = clone("native-history-b0", &format!("bundles-clone-{run}"));
+        if run > 0 {
+            native_clone.0.push(a);
+            bundles_clone.0.push(b);
+        }
+    }
+    rows.push(Row {
+        scenario: "clone, 200 MB history: native".into(),
+        server: bench.server,
+        ours: native_clone.clone(),
+        baseline: bundles_clone,
+        baseline_name: "ours, bundles",
+        goal: "no slower",
+        max_ratio: Some(1.0),
+        note: String::new(),
+    });
+    let bundle = env.path("native-history.bundle");
+    env.git_ok(&repo, &["bundle", "create", "-q", bundle.to_str().unwrap(), "main"]);
+    let mut local = Stats::default();
+    for run in 0..=runs() {
+        let dest = env.path(&format!("native-clone-local-{run}"));
+        let took =
+            bench.time(Tool::Ours, &env.path(""), &["clone", "-q", bundle.to_str().unwrap(), dest.to_str().unwrap()]);
+        let _ = std::fs::remove_dir_all(&dest);
+        if run > 0 {
+            local.0.push(took);
+        }
+    }
+    rows.push(Row {
+        scenario: "clone, 200 MB history: native".into(),
+        server: bench.server,
+        ours: native_clone,
+        baseline: local,
+        baseline_name: "git clone of the same bundle file",
+        goal: "≤ 1.3×",
+        max_ratio: Some(1.3),
+        note: String::new(),
     });
 }
 
@@ -1106,4 +1196,433 @@ fn write_results(rows: &[Row], notes: &[String]) {
     std::fs::create_dir_all(path.parent().expect("bench dir")).expect("bench dir");
     std::fs::write(&path, md).expect("write results");
     eprintln!("bench: wrote {}", path.display());
+}
+
+/// The four ways of keeping a repository in S3 that the `formats` group puts side by side.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    /// awslabs' git-remote-s3 0.4.2: a bundle per ref.
+    Python,
+    /// Its fork fduplex-git-remote-s3 0.6.1: packs and a `gitwal.json` manifest.
+    Fork,
+    /// Ours in the layout shared with the Python tool.
+    Bundles,
+    /// Ours in the native format: packs, ref shards and a root (daemon/src/store/native).
+    Native,
+}
+
+impl Format {
+    const ALL: [Format; 4] = [Format::Python, Format::Fork, Format::Bundles, Format::Native];
+
+    fn name(self) -> &'static str {
+        match self {
+            Format::Python => "Python 0.4.2",
+            Format::Fork => "fork fduplex 0.6.1",
+            Format::Bundles => "ours, bundles",
+            Format::Native => "ours, native",
+        }
+    }
+
+    fn slug(self) -> &'static str {
+        match self {
+            Format::Python => "py",
+            Format::Fork => "fork",
+            Format::Bundles => "bundles",
+            Format::Native => "native",
+        }
+    }
+
+    /// Whether its mirror push and clone take minutes on a project (a bundle or pack per ref).
+    fn is_slow(self) -> bool {
+        matches!(self, Format::Python | Format::Fork)
+    }
+}
+
+/// Runs of the slow tools' mirror push and clone: `BENCH_SLOW_RUNS`, else at most 2.
+fn slow_runs() -> usize {
+    std::env::var("BENCH_SLOW_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(runs().min(2)).max(1)
+}
+
+/// The project the `formats` group pushes: `BENCH_PROJECT=small` for a quick check of the
+/// group itself, else a real project's shape.
+fn project_shape() -> ProjectShape {
+    match std::env::var("BENCH_PROJECT").as_deref() {
+        Ok("small") => ProjectShape::SMALL,
+        _ => ProjectShape::PROJECT,
+    }
+}
+
+/// One timed command and what crossed the proxy for it.
+#[derive(Clone, Copy)]
+struct Sample {
+    took: Duration,
+    traffic: Traffic,
+}
+
+/// The samples of one scenario, per format (indexed by `Format as usize`).
+#[derive(Default)]
+struct Samples([Vec<Sample>; 4]);
+
+impl Samples {
+    fn of(&self, format: Format) -> &[Sample] {
+        &self.0[format as usize]
+    }
+    fn push(&mut self, format: Format, sample: Sample) {
+        self.0[format as usize].push(sample);
+    }
+    fn stats(&self, format: Format) -> Stats {
+        Stats(self.of(format).iter().map(|s| s.took).collect())
+    }
+    /// Median bytes (up, down) of a format's samples.
+    fn bytes(&self, format: Format) -> (u64, u64) {
+        let samples = self.of(format);
+        (
+            median_u64(samples.iter().map(|s| s.traffic.up_bytes)),
+            median_u64(samples.iter().map(|s| s.traffic.down_bytes)),
+        )
+    }
+    fn requests(&self, format: Format) -> u64 {
+        median_u64(self.of(format).iter().map(|s| s.traffic.requests))
+    }
+}
+
+fn median_u64(values: impl Iterator<Item = u64>) -> u64 {
+    let mut v: Vec<u64> = values.collect();
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+fn size(bytes: u64) -> String {
+    let b = bytes as f64;
+    if bytes < 1024 {
+        format!("{bytes} B")
+    } else if b < MIB as f64 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else {
+        format!("{:.1} MiB", b / MIB as f64)
+    }
+}
+
+/// Whether a goal on bytes is met, in the words of the results' notes.
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "**not met**" }
+}
+
+impl Bench {
+    fn format_command(&self, format: Format, program: &str) -> Command {
+        match format {
+            Format::Python => self.env.python_tool_command(program),
+            Format::Fork => self.env.fduplex_tool_command(program),
+            Format::Bundles | Format::Native => self.env.command(program),
+        }
+    }
+
+    /// Times git with `format`'s tool and counts what crossed `proxy` for it, background work
+    /// the command left behind included (counted until the proxy has been idle for a while).
+    fn measure(&self, proxy: &FaultProxy, format: Format, dir: &Path, args: &[&str]) -> Sample {
+        settle();
+        proxy.reset_traffic();
+        let mut command = self.format_command(format, "git");
+        command.current_dir(dir).args(args).stdout(Stdio::null());
+        let started = Instant::now();
+        let output = command.output().expect("git");
+        let took = started.elapsed();
+        assert!(
+            output.status.success(),
+            "{}: git {}: {}\n--- daemon log ---\n{}",
+            format.name(),
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr),
+            git_s3_tests::tail(&self.env.daemon_log(), 30)
+        );
+        let mut traffic = proxy.traffic();
+        loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = proxy.traffic();
+            if now == traffic && proxy.answers_in_progress() == 0 && proxy.data_requests_in_flight() == 0 {
+                return Sample { took, traffic };
+            }
+            traffic = now;
+        }
+    }
+
+    /// The sum of the sizes of the objects under `prefix/`.
+    fn bytes_held(&self, prefix: &str) -> u64 {
+        let (runtime, client) = self.env.server.client();
+        runtime.block_on(async {
+            let mut total = 0u64;
+            let mut pages =
+                client.list_objects_v2().bucket(&self.env.bucket).prefix(format!("{prefix}/")).into_paginator().send();
+            while let Some(page) = pages.next().await {
+                let page = page.expect("list objects");
+                total += page.contents().iter().map(|o| o.size().unwrap_or(0) as u64).sum::<u64>();
+            }
+            total
+        })
+    }
+}
+
+/// The storage formats side by side on a project's history, all on one s3s-fs behind a counting
+/// proxy: awslabs' Python tool, its fork (packs + a manifest), ours in the shared bundle layout
+/// and ours in the native format. Each makes a mirror push to its own new prefix, a clone, a
+/// one-line push, a fetch of it and an `ls-remote`; the figures are time and the body bytes each
+/// way (uploads, downloads, listings, manifests and indexes included).
+fn formats(rows: &mut Vec<Row>, notes: &mut Vec<String>) {
+    let mut bench = Bench::new(ServerKind::S3sFs);
+    let proxy = bench.env.route_through_proxy();
+    let env = &bench.env;
+    let shape = project_shape();
+    let project_name = format!(
+        "project history ({} commits, {} branches, {} tags)",
+        shape.commits + 2 * shape.branches,
+        shape.branches,
+        shape.tags
+    );
+    let project = project_repository(env, "formats-project", shape);
+    // git fast-import stores every blob whole (217 MB for the project's shape); a real project's
+    // repository has been through git gc (7 MB).
+    env.git_ok(&project, &["repack", "-a", "-d", "-f", "-q"]);
+    let bundle = env.path("formats-all.bundle");
+    env.git_ok(&project, &["bundle", "create", bundle.to_str().unwrap(), "--all"]);
+    let bundle_bytes = std::fs::metadata(&bundle).map(|m| m.len()).expect("bundle size");
+    let refs = env.git_ok(&project, &["for-each-ref"]).lines().count();
+    // A working copy per tool, so that one tool's settings and records never help another.
+    let sources = Format::ALL.map(|format| {
+        let source = env.path(&format!("formats-src-{}", format.slug()));
+        let copied = Command::new("cp").arg("-a").arg(&project).arg(&source).status().expect("cp");
+        assert!(copied.success(), "copying the project");
+        if format == Format::Native {
+            env.git_ok(&source, &["config", "s3.format", "native"]);
+        }
+        source
+    });
+    let root = env.path("");
+    // Our daemon is up before a mirror push, as it is for a user's second command (it exits
+    // after 10 idle minutes, shorter than the Python tools' turns).
+    let wake_daemon = || {
+        let _ = env.git(&root, &["ls-remote", &env.url("formats-warm-up")]);
+    };
+
+    let cycles = Format::ALL.map(|format| if format.is_slow() { slow_runs() } else { runs() });
+    let (mut mirror, mut clone) = (Samples::default(), Samples::default());
+    let mut held: [Vec<u64>; 4] = Default::default();
+    let mut readers: [Option<(PathBuf, String)>; 4] = Default::default();
+    for cycle in 0..cycles.iter().copied().max().unwrap_or(0) {
+        for format in Format::ALL {
+            let f = format as usize;
+            if cycle >= cycles[f] {
+                continue;
+            }
+            let prefix = format!("formats-{}-{cycle}", format.slug());
+            let url = env.url(&prefix);
+            eprintln!("bench: formats: {} mirror push and clone, run {}/{}", format.name(), cycle + 1, cycles[f]);
+            if !format.is_slow() {
+                wake_daemon();
+            }
+            mirror.push(format, bench.measure(&proxy, format, &sources[f], &["push", "-q", "--mirror", &url]));
+            held[f].push(bench.bytes_held(&prefix));
+            let dest = env.path(&format!("formats-clone-{}-{cycle}", format.slug()));
+            clone.push(format, bench.measure(&proxy, format, &root, &["clone", "-q", &url, dest.to_str().unwrap()]));
+            // The last clone stays, to fetch the one-line pushes.
+            if let Some((old, _)) = readers[f].replace((dest, url)) {
+                let _ = std::fs::remove_dir_all(old);
+            }
+        }
+    }
+
+    let (mut push, mut fetch, mut list) = (Samples::default(), Samples::default(), Samples::default());
+    for run in 0..=runs() {
+        for format in Format::ALL {
+            let f = format as usize;
+            let (reader, url) = readers[f].as_ref().expect("a clone of each format");
+            let changelog: String = (0..=run).map(|i| format!("change {i}\n")).collect();
+            env.commit(&sources[f], "CHANGELOG", changelog, "one-line change");
+            let pushed = bench.measure(&proxy, format, &sources[f], &["push", "-q", url, "main"]);
+            let fetched = bench.measure(&proxy, format, reader, &["fetch", "-q", "origin"]);
+            assert_eq!(
+                env.rev_parse(reader, "refs/remotes/origin/main"),
+                env.rev_parse(&sources[f], "main"),
+                "{}: the fetch brought the pushed change",
+                format.name()
+            );
+            let listed = bench.measure(&proxy, format, &root, &["ls-remote", url]);
+            if run > 0 {
+                push.push(format, pushed);
+                fetch.push(format, fetched);
+                list.push(format, listed);
+            }
+        }
+    }
+
+    let server = bench.server;
+    let row = |scenario: String, samples: &Samples, format: Format, baseline: Format, goal, max_ratio, note| Row {
+        scenario,
+        server,
+        ours: samples.stats(format),
+        baseline: samples.stats(baseline),
+        baseline_name: baseline.name(),
+        goal,
+        max_ratio,
+        note,
+    };
+    let traffic = |samples: &Samples, format: Format| {
+        let (up, down) = samples.bytes(format);
+        format!("{}: {} up, {} down, {} requests", format.name(), size(up), size(down), samples.requests(format))
+    };
+    let traffic_note = |samples: &Samples, format: Format| {
+        format!("{}; {}", traffic(samples, format), traffic(samples, Format::Python))
+    };
+    let ratio_to_bundle = |bytes: u64| bytes as f64 / bundle_bytes.max(1) as f64;
+    for format in [Format::Fork, Format::Bundles, Format::Native] {
+        let mut note = traffic_note(&mirror, format);
+        let _ = write!(
+            note,
+            "; the bucket then holds {} (Python's {}); one bundle of all refs is {}",
+            size(median_u64(held[format as usize].iter().copied())),
+            size(median_u64(held[Format::Python as usize].iter().copied())),
+            size(bundle_bytes)
+        );
+        let (goal, max) = if format == Format::Native {
+            let up = mirror.bytes(format).0;
+            let _ = write!(
+                note,
+                "; up = {:.2}× the bundle, goal ≤ 1.2×: {}",
+                ratio_to_bundle(up),
+                met(ratio_to_bundle(up) <= 1.2)
+            );
+            ("≤ 1/10, up ≤ 1.2× one bundle", Some(0.1))
+        } else {
+            ("", None)
+        };
+        rows.push(row(
+            format!("mirror push, {project_name}: {}", format.name()),
+            &mirror,
+            format,
+            Format::Python,
+            goal,
+            max,
+            note,
+        ));
+    }
+    for format in [Format::Fork, Format::Bundles, Format::Native] {
+        let mut note = traffic_note(&clone, format);
+        let (goal, max) = if format == Format::Native {
+            let down = clone.bytes(format).1;
+            let _ = write!(
+                note,
+                "; down = {:.2}× one bundle of all refs ({}), goal ≤ 1.2×: {}",
+                ratio_to_bundle(down),
+                size(bundle_bytes),
+                met(ratio_to_bundle(down) <= 1.2)
+            );
+            ("≤ 1/5, down ≤ 1.2× one bundle", Some(0.2))
+        } else {
+            ("", None)
+        };
+        rows.push(row(
+            format!("clone, {project_name}: {}", format.name()),
+            &clone,
+            format,
+            Format::Python,
+            goal,
+            max,
+            note,
+        ));
+    }
+    const SMALL_BYTES: u64 = 64 * 1024;
+    for format in [Format::Fork, Format::Bundles, Format::Native] {
+        let mut note = traffic_note(&push, format);
+        if format == Format::Native {
+            let up = push.bytes(format).0;
+            let _ = write!(note, "; goal up ≤ 64 KiB: {}", met(up <= SMALL_BYTES));
+        }
+        rows.push(row(
+            format!("push of a one-line change to main, same project: {}", format.name()),
+            &push,
+            format,
+            Format::Python,
+            "",
+            None,
+            note,
+        ));
+    }
+    rows.push(row(
+        format!("push of a one-line change to main, same project: {}", Format::Native.name()),
+        &push,
+        Format::Native,
+        Format::Fork,
+        "no slower, ≤ 64 KiB up",
+        Some(1.0),
+        format!("{}; {}", traffic(&push, Format::Native), traffic(&push, Format::Fork)),
+    ));
+    for format in [Format::Fork, Format::Bundles, Format::Native] {
+        let mut note = traffic_note(&fetch, format);
+        let goal = if format == Format::Native {
+            let down = fetch.bytes(format).1;
+            let _ = write!(note, "; goal down ≤ 64 KiB: {}", met(down <= SMALL_BYTES));
+            "≤ 64 KiB down"
+        } else {
+            ""
+        };
+        rows.push(row(
+            format!("fetch of that change in a clone: {}", format.name()),
+            &fetch,
+            format,
+            Format::Python,
+            goal,
+            None,
+            note,
+        ));
+    }
+    for format in [Format::Fork, Format::Bundles, Format::Native] {
+        let note = traffic_note(&list, format);
+        rows.push(row(
+            format!("git ls-remote, {refs} refs: {}", format.name()),
+            &list,
+            format,
+            Format::Python,
+            "",
+            None,
+            note,
+        ));
+    }
+    rows.push(row(
+        format!("git ls-remote, {refs} refs: {}", Format::Native.name()),
+        &list,
+        Format::Native,
+        Format::Bundles,
+        "no slower",
+        Some(1.0),
+        format!("{}; {}", traffic(&list, Format::Native), traffic(&list, Format::Bundles)),
+    ));
+
+    let mut summary = format!(
+        "Storage formats on a generated {project_name}, {refs} refs, repacked as git gc would, all on one s3s-fs behind a counting proxy that every tool reaches by AWS_ENDPOINT_URL (boto3 honours it too); bytes = request and answer bodies through it, listings, manifests and indexes included; times include the proxy's store-and-forward. Each tool pushes with `git push --mirror` to a new prefix. Mirror push and clone: runs: {} of the Python tool and the fork, {} of ours, no warm-up (our daemon started before each); the one-line push, its fetch and `ls-remote`: a warm-up, then {} runs. Median bytes per run, up/down:",
+        slow_runs(),
+        runs(),
+        runs()
+    );
+    for format in Format::ALL {
+        let pair = |samples: &Samples| {
+            let (up, down) = samples.bytes(format);
+            format!("{}/{}", size(up), size(down))
+        };
+        let _ = write!(
+            summary,
+            " {}: mirror push {}, bucket {}, clone {}, one-line push {}, fetch {}, ls-remote {};",
+            format.name(),
+            pair(&mirror),
+            size(median_u64(held[format as usize].iter().copied())),
+            pair(&clone),
+            pair(&push),
+            pair(&fetch),
+            pair(&list)
+        );
+    }
+    let _ = write!(summary, " one bundle of all refs (`git bundle create --all`): {}.", size(bundle_bytes));
+    notes.push(summary);
+    let kept = std::env::temp_dir().join("git-s3-bench-formats-daemon.log");
+    if std::fs::write(&kept, env.daemon_log()).is_ok() {
+        eprintln!("bench: formats: the daemon's log is kept in {}", kept.display());
+    }
 }

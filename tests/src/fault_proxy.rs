@@ -1,11 +1,12 @@
 //! A fault-injecting HTTP/1.1 proxy on loopback, between the daemon and the S3 server. Tests give
 //! it rules ("the 2nd PUT of a key containing LOCK: answer 503 SlowDown"); every request that no
 //! rule claims is passed through untouched. It records what it saw, so a test can tell that a
-//! fault really happened, and counts the requests that move data in flight at once.
+//! fault really happened, counts the requests that move data in flight at once, and counts the
+//! body bytes that cross it each way (a benchmark's bytes on the wire).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -102,6 +103,23 @@ struct Shared {
     data_peak: AtomicUsize,
     /// Answers being written to the client right now (a slow one takes a while).
     answering: AtomicUsize,
+    /// Requests received, and the body bytes received from clients and relayed back to them.
+    requests: AtomicU64,
+    bytes_from_clients: AtomicU64,
+    bytes_to_clients: AtomicU64,
+}
+
+/// What crossed the proxy since it started or since `FaultProxy::reset_traffic`: requests, and
+/// the bytes of request bodies received from clients and of the server's answer bodies sent back
+/// to them, as framed on the wire (a chunked body counts its chunk lines). Heads are not counted,
+/// nor the bodies of answers the proxy makes up itself (`Fault::Status`, `Fault::BucketRegion`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub requests: u64,
+    /// Request bodies: uploads.
+    pub up_bytes: u64,
+    /// Answer bodies: downloads, listings, error documents.
+    pub down_bytes: u64,
 }
 
 /// Whether a request moves data: every GET (objects, ranges, listings), and every PUT that
@@ -158,6 +176,13 @@ impl Shared {
         }
         rule.times -= 1;
         Some(rule.fault.clone())
+    }
+
+    /// Sends (part of) an answer's body to the client, counting it.
+    fn send_body(&self, writer: &mut TcpStream, body: &[u8]) -> std::io::Result<()> {
+        writer.write_all(body)?;
+        self.bytes_to_clients.fetch_add(body.len() as u64, Ordering::SeqCst);
+        Ok(())
     }
 }
 
@@ -223,6 +248,27 @@ impl FaultProxy {
     pub fn peak_data_requests(&self) -> usize {
         self.shared.data_peak.load(Ordering::SeqCst)
     }
+
+    /// Requests that move data between their arrival and the start of their answer, right now.
+    pub fn data_requests_in_flight(&self) -> usize {
+        self.shared.data_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// What crossed the proxy since it started or since the last `reset_traffic`.
+    pub fn traffic(&self) -> Traffic {
+        Traffic {
+            requests: self.shared.requests.load(Ordering::SeqCst),
+            up_bytes: self.shared.bytes_from_clients.load(Ordering::SeqCst),
+            down_bytes: self.shared.bytes_to_clients.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Starts counting `traffic` from zero again.
+    pub fn reset_traffic(&self) {
+        self.shared.requests.store(0, Ordering::SeqCst);
+        self.shared.bytes_from_clients.store(0, Ordering::SeqCst);
+        self.shared.bytes_to_clients.store(0, Ordering::SeqCst);
+    }
 }
 
 impl Drop for FaultProxy {
@@ -242,6 +288,9 @@ struct Message {
 }
 
 fn serve_connection(client: TcpStream, upstream: &str, shared: &Shared) -> std::io::Result<()> {
+    // A head and its body go out in two writes: with Nagle's algorithm the second waits for the
+    // peer's delayed ACK of the first (40 ms on Linux), on every request and every answer.
+    client.set_nodelay(true)?;
     let mut reader = BufReader::new(client.try_clone()?);
     let mut writer = client;
     let mut server: Option<(BufReader<TcpStream>, TcpStream)> = None;
@@ -254,6 +303,8 @@ fn serve_connection(client: TcpStream, upstream: &str, shared: &Shared) -> std::
             writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
         }
         let body = read_body(&mut reader, &headers, false)?;
+        shared.requests.fetch_add(1, Ordering::SeqCst);
+        shared.bytes_from_clients.fetch_add(body.len() as u64, Ordering::SeqCst);
         let in_flight = moves_data(&method, &headers).then(|| InFlight::start(shared));
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
         let fault = shared.fault_for(&method, path, query).filter(|fault| match fault {
@@ -284,6 +335,7 @@ fn serve_connection(client: TcpStream, upstream: &str, shared: &Shared) -> std::
         let request = Message { head: build_head(&head_line(&head), &headers), body };
         if server.is_none() {
             let stream = TcpStream::connect(upstream)?;
+            stream.set_nodelay(true)?;
             server = Some((BufReader::new(stream.try_clone()?), stream));
         }
         let Some((server_reader, server_writer)) = server.as_mut() else { return Ok(()) };
@@ -295,29 +347,29 @@ fn serve_connection(client: TcpStream, upstream: &str, shared: &Shared) -> std::
         match fault {
             None => {
                 writer.write_all(&answer.head)?;
-                writer.write_all(&answer.body)?;
+                shared.send_body(&mut writer, &answer.body)?;
             }
             Some(Fault::AfterSuccess(status, code)) => writer.write_all(&error_answer(status, code))?,
             Some(Fault::DropAnswer) => return reset(writer),
             Some(Fault::ResetMidBody) => {
                 writer.write_all(&answer.head)?;
-                writer.write_all(&answer.body[..answer.body.len() / 2])?;
+                shared.send_body(&mut writer, &answer.body[..answer.body.len() / 2])?;
                 writer.flush()?;
                 return reset(writer);
             }
             Some(Fault::UrlEncodeUploadKeys) => {
                 let answer = url_encode_upload_keys(answer);
                 writer.write_all(&answer.head)?;
-                writer.write_all(&answer.body)?;
+                shared.send_body(&mut writer, &answer.body)?;
             }
             Some(Fault::Delay(pause)) => {
                 std::thread::sleep(pause);
                 writer.write_all(&answer.head)?;
-                writer.write_all(&answer.body)?;
+                shared.send_body(&mut writer, &answer.body)?;
             }
             Some(Fault::StallMidBody(pause)) => {
                 writer.write_all(&answer.head)?;
-                writer.write_all(&answer.body[..answer.body.len() / 2])?;
+                shared.send_body(&mut writer, &answer.body[..answer.body.len() / 2])?;
                 writer.flush()?;
                 std::thread::sleep(pause);
                 return reset(writer);
@@ -325,7 +377,7 @@ fn serve_connection(client: TcpStream, upstream: &str, shared: &Shared) -> std::
             Some(Fault::Trickle { bytes, pause }) => {
                 writer.write_all(&answer.head)?;
                 for piece in answer.body.chunks(bytes.max(1)) {
-                    writer.write_all(piece)?;
+                    shared.send_body(&mut writer, piece)?;
                     writer.flush()?;
                     std::thread::sleep(pause);
                 }

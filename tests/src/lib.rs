@@ -13,7 +13,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub use fault_proxy::{Fault, FaultProxy, Rule};
+pub use fault_proxy::{Fault, FaultProxy, Rule, Traffic};
 pub use s3_server::{S3Server, ServerKind};
 
 /// Where the workspace's binaries are built.
@@ -185,9 +185,20 @@ impl TestEnv {
     /// Like `command`, but the Python git-remote-s3's programs (`git-remote-s3`, `git-lfs-s3`,
     /// `git-s3`) are found before ours, as for a user who installed that tool.
     pub fn python_tool_command(&self, program: &str) -> Command {
-        let python_bin = tools_dir().join("python-git-remote-s3/bin");
+        self.command_with_venv_first("python-git-remote-s3", program)
+    }
+
+    /// Like `python_tool_command`, for the fork fduplex-git-remote-s3 0.6.1 (packs and a
+    /// `gitwal.json` manifest), whose package installs the same program names.
+    pub fn fduplex_tool_command(&self, program: &str) -> Command {
+        self.command_with_venv_first("fduplex-git-remote-s3", program)
+    }
+
+    /// `command` with the programs of the venv `.tools/<venv>` first on PATH.
+    fn command_with_venv_first(&self, venv: &str, program: &str) -> Command {
+        let venv_bin = tools_dir().join(venv).join("bin");
         let path =
-            format!("{}:{}:{}", python_bin.display(), bin_dir().display(), std::env::var("PATH").unwrap_or_default());
+            format!("{}:{}:{}", venv_bin.display(), bin_dir().display(), std::env::var("PATH").unwrap_or_default());
         let mut command = self.command(program);
         command.env("PATH", path);
         command
