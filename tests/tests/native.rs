@@ -619,7 +619,7 @@ fn a_push_whose_pack_is_swept_before_its_commit_uploads_it_again() {
     // The push's tips take long to be acknowledged: its pack sits unnamed in the bucket while
     // doctor, with no grace period, sweeps it.
     env.commit(&work, "b", "b\n", "a slow push");
-    proxy.add(Rule::new("PUT", ".tips", Fault::Delay(Duration::from_secs(4))).times(1));
+    proxy.add(Rule::new("PUT", ".tips", Fault::Delay(Duration::from_secs(15))).times(1));
     let mut push = env.command("git");
     push.args(["push", "-q", "origin", "main"]).current_dir(&work).stdout(Stdio::null()).stderr(Stdio::piped());
     let push = push.spawn().expect("spawn git push");
