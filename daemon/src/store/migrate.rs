@@ -91,6 +91,8 @@ pub async fn migrate(
         ));
         return Ok(migration);
     }
+    // What the migration's own readers and writers notice of the prefix's format is moot: every
+    // remembered format is forgotten when it ends.
     let watch = FormatWatch { formats: resources.formats.clone(), remote: String::new() };
     let dir = resources.scratch.tempdir("migrate-").map_err(StoreError::TempDir)?;
     let git = remote.git.detached(dir.path());
