@@ -117,6 +117,39 @@ impl Git {
         Ok(String::from_utf8_lossy(&stdout).trim_end().to_string())
     }
 
+    /// Runs git with `input` on its stdin and returns its stdout, or its stderr as the error.
+    pub async fn run_with_input(&self, args: &[&str], input: &[u8]) -> Result<Vec<u8>, GitError> {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(GitError::Spawn)?;
+        let mut stdin = child.stdin.take().ok_or_else(|| GitError::Spawn(std::io::Error::other("no stdin")))?;
+        let input = input.to_vec();
+        let feed = async move {
+            stdin.write_all(&input).await?;
+            stdin.shutdown().await
+        };
+        let (fed, output) = tokio::join!(feed, child.wait_with_output());
+        let output = output.map_err(GitError::Spawn)?;
+        if !output.status.success() {
+            return Err(GitError::Failed { command: args.join(" "), stderr: last_line(&output.stderr) });
+        }
+        fed.map_err(GitError::Spawn)?;
+        Ok(output.stdout)
+    }
+
+    /// A new, empty bare repository of `object_format` in the empty directory `dir`, and a git
+    /// detached into it (`detached`).
+    pub async fn scratch_repository(&self, dir: &Path, object_format: &str) -> Result<Git, GitError> {
+        let git = self.detached(dir);
+        let object_format = format!("--object-format={object_format}");
+        git.run(&["init", "--quiet", "--bare", "--template=", &object_format, "."]).await?;
+        Ok(git)
+    }
+
     /// Runs git for its exit status alone (a question such as "is this an ancestor?").
     pub async fn succeeds(&self, args: &[&str]) -> Result<bool, GitError> {
         let status =
@@ -138,29 +171,9 @@ impl Git {
         if revs.is_empty() {
             return Ok(Vec::new());
         }
-        let mut child = self
-            .command(["cat-file", "--batch-check=%(objectname)"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(GitError::Spawn)?;
-        let mut stdin = child.stdin.take().ok_or_else(|| GitError::Spawn(std::io::Error::other("no stdin")))?;
         let input: String = revs.iter().map(|rev| format!("{rev}\n")).collect();
-        let feed = async move {
-            stdin.write_all(input.as_bytes()).await?;
-            stdin.shutdown().await
-        };
-        let (fed, output) = tokio::join!(feed, child.wait_with_output());
-        let output = output.map_err(GitError::Spawn)?;
-        fed.map_err(GitError::Spawn)?;
-        if !output.status.success() {
-            return Err(GitError::Failed {
-                command: "cat-file --batch-check".into(),
-                stderr: last_line(&output.stderr),
-            });
-        }
-        let stdout = String::from_utf8_lossy(&output.stdout);
+        let output = self.run_with_input(&["cat-file", "--batch-check=%(objectname)"], input.as_bytes()).await?;
+        let stdout = String::from_utf8_lossy(&output);
         let answers: Vec<Option<String>> =
             stdout.lines().map(|line| ObjectFormat::of_hex(line).map(|_| line.to_string())).collect();
         if answers.len() != revs.len() {
@@ -174,25 +187,7 @@ impl Git {
 
     /// `git update-ref --stdin` of `commands` (`update <ref> <oid>` lines), all at once.
     pub async fn update_refs(&self, commands: &str) -> Result<(), GitError> {
-        let mut child = self
-            .command(["update-ref", "--stdin"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(GitError::Spawn)?;
-        let mut stdin = child.stdin.take().ok_or_else(|| GitError::Spawn(std::io::Error::other("no stdin")))?;
-        let input = commands.to_string();
-        let feed = async move {
-            stdin.write_all(input.as_bytes()).await?;
-            stdin.shutdown().await
-        };
-        let (fed, output) = tokio::join!(feed, child.wait_with_output());
-        let output = output.map_err(GitError::Spawn)?;
-        if !output.status.success() {
-            return Err(GitError::Failed { command: "update-ref --stdin".into(), stderr: last_line(&output.stderr) });
-        }
-        fed.map_err(GitError::Spawn)
+        self.run_with_input(&["update-ref", "--stdin"], commands.as_bytes()).await.map(drop)
     }
 
     pub async fn has_object(&self, oid: &str) -> Result<bool, GitError> {
@@ -204,30 +199,10 @@ impl Git {
         if oids.is_empty() {
             return Ok(HashSet::new());
         }
-        let mut child = self
-            .command(["cat-file", "--batch-check=%(objectname)"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(GitError::Spawn)?;
-        let mut stdin = child.stdin.take().ok_or_else(|| GitError::Spawn(std::io::Error::other("no stdin")))?;
         let input: String = oids.iter().map(|oid| format!("{oid}\n")).collect();
-        let feed = async move {
-            stdin.write_all(input.as_bytes()).await?;
-            stdin.shutdown().await
-        };
-        let (fed, output) = tokio::join!(feed, child.wait_with_output());
-        let output = output.map_err(GitError::Spawn)?;
-        fed.map_err(GitError::Spawn)?;
-        if !output.status.success() {
-            return Err(GitError::Failed {
-                command: "cat-file --batch-check".into(),
-                stderr: last_line(&output.stderr),
-            });
-        }
+        let output = self.run_with_input(&["cat-file", "--batch-check=%(objectname)"], input.as_bytes()).await?;
         // Missing objects print "<name> missing"; present ones their full name alone.
-        Ok(String::from_utf8_lossy(&output.stdout)
+        Ok(String::from_utf8_lossy(&output)
             .lines()
             .filter(|line| !line.ends_with(" missing"))
             .map(str::to_string)

@@ -4,10 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin};
 
 use crate::bucket::{Body, Bucket};
 use crate::git::{Git, GitError};
+use crate::progress::Meter;
 
 /// Pipe buffer towards `git index-pack` (Linux allows up to 1 MiB for unprivileged users).
 const INDEX_PACK_PIPE_BYTES: usize = 1024 * 1024;
@@ -34,6 +36,19 @@ pub(crate) fn index_pack(git: &Git, what: &str, fix_thin: bool) -> Result<(Child
         tracing::debug!(error = %e, "could not enlarge the pipe to index-pack");
     }
     Ok((child, stdin))
+}
+
+/// Writes the rest of `body` into `stdin` (index-pack's), counting it on `meter`, and closes it.
+pub(crate) async fn feed_rest(
+    body: &mut ResumingBody<'_>,
+    mut stdin: ChildStdin,
+    meter: &Meter,
+) -> std::io::Result<()> {
+    while let Some(chunk) = body.next().await.map_err(std::io::Error::other)? {
+        meter.add(chunk.len() as u64);
+        stdin.write_all(&chunk).await?;
+    }
+    stdin.shutdown().await
 }
 
 /// The `.keep` file `git index-pack --keep` left (it prints `keep\t<hash>`), and the pack's hash.

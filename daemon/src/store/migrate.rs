@@ -95,9 +95,8 @@ pub async fn migrate(
     // remembered format is forgotten when it ends.
     let watch = FormatWatch { formats: resources.formats.clone(), remote: String::new() };
     let dir = resources.scratch.tempdir("migrate-").map_err(StoreError::TempDir)?;
-    let git = remote.git.detached(dir.path());
-    let object_format = format!("--object-format={}", listed.object_format.map_or("sha1", |f| f.name()));
-    git.run(&["init", "--quiet", "--bare", "--template=", &object_format, "."]).await?;
+    let object_format = listed.object_format.map_or("sha1", |f| f.name());
+    let git = remote.git.scratch_repository(dir.path(), object_format).await?;
     let scratch = Remote { git: git.clone(), ..remote.clone() };
 
     // Everything the refs need, read as a clone would.

@@ -14,7 +14,7 @@ use crate::git::{GitError, last_line};
 use crate::object_format::ObjectFormat;
 use crate::progress::Events;
 use crate::quarantine::Quarantine;
-use crate::store::download::{ResumingBody, index_pack, keep_file};
+use crate::store::download::{ResumingBody, feed_rest, index_pack, keep_file};
 use crate::store::{StoreError, check_object_format};
 
 /// Bundles downloaded at once by one fetch.
@@ -186,13 +186,7 @@ impl BundleRepo {
         let (child, mut stdin) = index_pack(&self.git, refname, !header.prerequisites.is_empty())?;
         let feed = async {
             stdin.write_all(&buf[header_len..]).await?;
-            while let Some(chunk) = body.next().await.map_err(std::io::Error::other)? {
-                meter.add(chunk.len() as u64);
-                stdin.write_all(&chunk).await?;
-            }
-            stdin.shutdown().await?;
-            drop(stdin);
-            Ok::<(), std::io::Error>(())
+            feed_rest(&mut body, stdin, &meter).await
         };
         let (fed, output) = tokio::join!(feed, child.wait_with_output());
         let output = output.map_err(GitError::Spawn)?;

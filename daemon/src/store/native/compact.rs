@@ -60,9 +60,8 @@ impl NativeRepo {
         let names: BTreeSet<String> = chosen.iter().map(|p| p.name.clone()).collect();
         tracing::info!(packs = chosen.len(), remote = %self.layout, "compacting the remote's small packs");
         let dir = self.scratch.tempdir("native-compact-").map_err(StoreError::TempDir)?;
-        let git = self.git.detached(dir.path());
-        let object_format = format!("--object-format={}", snapshot.root.object_format.as_deref().unwrap_or("sha1"));
-        git.run(&["init", "--quiet", "--bare", "--template=", &object_format, "."]).await?;
+        let object_format = snapshot.root.object_format.as_deref().unwrap_or("sha1");
+        let git = self.git.scratch_repository(dir.path(), object_format).await?;
         let pack_dir = dir.path().join("objects/pack");
         let quiet = Events::unobserved();
         let keeps = self.download(&git, chosen.clone(), &pack_dir, &quiet).await?;
@@ -123,9 +122,8 @@ impl NativeRepo {
         let names: BTreeSet<String> = snapshot.root.packs.iter().map(|p| p.name.clone()).collect();
         tracing::info!(packs = names.len(), remote = %self.layout, "collecting garbage: repacking the whole history");
         let dir = self.scratch.tempdir("native-gc-").map_err(StoreError::TempDir)?;
-        let git = self.git.detached(dir.path());
-        let object_format = format!("--object-format={}", snapshot.root.object_format.as_deref().unwrap_or("sha1"));
-        git.run(&["init", "--quiet", "--bare", "--template=", &object_format, "."]).await?;
+        let object_format = snapshot.root.object_format.as_deref().unwrap_or("sha1");
+        let git = self.git.scratch_repository(dir.path(), object_format).await?;
         let quiet = Events::unobserved();
         let keeps = self.download(&git, snapshot.root.packs.clone(), &dir.path().join("objects/pack"), &quiet).await?;
         for keep in keeps {

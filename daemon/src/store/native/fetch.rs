@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
 
 use super::manifest::{PackEntry, sha256_hex};
 use super::{NativeError, NativeRepo, pack_key};
@@ -22,7 +21,7 @@ use crate::git::{Git, GitError, last_line};
 use crate::object_format::ObjectFormat;
 use crate::progress::Events;
 use crate::quarantine::Quarantine;
-use crate::store::download::{ResumingBody, index_pack, keep_file};
+use crate::store::download::{ResumingBody, feed_rest, index_pack, keep_file};
 use crate::store::{StoreError, check_object_format};
 
 /// Packs downloaded at once by one fetch.
@@ -193,17 +192,8 @@ impl NativeRepo {
             self.bucket.get_from(&key, 0, None).await?.ok_or_else(|| NativeError::Missing { key: key.clone() })?;
         let meter = events.meter(format!("Receiving pack {}", &pack.name[..12]), body.len);
         let mut body = ResumingBody::new(&self.bucket, &key, body);
-        let (child, mut stdin) = index_pack(git, &format!("pack {}", pack.name), false)?;
-        let feed = async {
-            while let Some(chunk) = body.next().await.map_err(std::io::Error::other)? {
-                meter.add(chunk.len() as u64);
-                stdin.write_all(&chunk).await?;
-            }
-            stdin.shutdown().await?;
-            drop(stdin);
-            Ok::<(), std::io::Error>(())
-        };
-        let (fed, output) = tokio::join!(feed, child.wait_with_output());
+        let (child, stdin) = index_pack(git, &format!("pack {}", pack.name), false)?;
+        let (fed, output) = tokio::join!(feed_rest(&mut body, stdin, &meter), child.wait_with_output());
         let output = output.map_err(GitError::Spawn)?;
         if let Err(e) = fed {
             return Err(StoreError::Download { key: key.clone(), why: e.to_string() });

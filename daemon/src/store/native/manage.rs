@@ -179,9 +179,8 @@ impl NativeRepo {
     /// then every ref's history checked for completeness.
     async fn check_history(&self, snapshot: &Snapshot) -> Result<Vec<Finding>, StoreError> {
         let dir = self.scratch.tempdir("native-check-").map_err(StoreError::TempDir)?;
-        let git = self.git.detached(dir.path());
-        let object_format = format!("--object-format={}", snapshot.root.object_format.as_deref().unwrap_or("sha1"));
-        git.run(&["init", "--quiet", "--bare", "--template=", &object_format, "."]).await?;
+        let object_format = snapshot.root.object_format.as_deref().unwrap_or("sha1");
+        let git = self.git.scratch_repository(dir.path(), object_format).await?;
         let mut findings = Vec::new();
         let pack_dir = dir.path().join("objects/pack");
         for pack in &snapshot.root.packs {
@@ -209,10 +208,11 @@ impl NativeRepo {
             snapshot.refs.values().map(String::as_str).filter(|oid| present.contains(*oid)).collect();
         if findings.is_empty() && !roots.is_empty() {
             let input: String = roots.iter().map(|oid| format!("{oid}\n")).collect();
-            if let Err(why) = rev_list_objects(&git, input).await {
+            if let Err(e) = git.run_with_input(&["rev-list", "--objects", "--quiet", "--stdin"], input.as_bytes()).await
+            {
                 findings.push(Finding {
                     subject: "history".into(),
-                    problem: format!("objects the refs reach are in no pack ({why})"),
+                    problem: format!("objects the refs reach are in no pack ({e})"),
                     action: "push the refs again from a clone that has them".into(),
                     fixed: false,
                 });
@@ -261,27 +261,4 @@ impl NativeRepo {
         }
         Ok(findings)
     }
-}
-
-/// `git rev-list --objects` of the ids in `input`: fails, saying why, when an object they reach
-/// is missing.
-async fn rev_list_objects(git: &crate::git::Git, input: String) -> Result<(), String> {
-    use tokio::io::AsyncWriteExt;
-    let mut child = git
-        .command(["rev-list", "--objects", "--quiet", "--stdin"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let mut stdin = child.stdin.take().ok_or("git rev-list has no stdin")?;
-    let feed = async move {
-        stdin.write_all(input.as_bytes()).await?;
-        stdin.shutdown().await
-    };
-    let (fed, output) = tokio::join!(feed, child.wait_with_output());
-    let output = output.map_err(|e| e.to_string())?;
-    if !output.status.success() {
-        return Err(crate::git::last_line(&output.stderr));
-    }
-    fed.map_err(|e| e.to_string())
 }

@@ -4,15 +4,12 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use tokio::io::AsyncWriteExt;
-
 use super::manifest::{PackEntry, RefTable};
 use super::{MaintenanceRecord, NativeError, NativeRepo, Snapshot, pack_key};
-use crate::git::{Git, GitError, last_line};
+use crate::git::{Git, GitError};
 use crate::layout::check_refname;
 use crate::object_format::ObjectFormat;
 use crate::progress::{CANCELLED, Events};
@@ -366,25 +363,8 @@ impl NativeRepo {
         let mut args = vec!["pack-objects", "--delta-base-offset", "-q"];
         args.extend(options);
         args.push(base.as_ref());
-        let mut child = git
-            .command(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(GitError::Spawn)?;
-        let mut stdin = child.stdin.take().ok_or_else(|| GitError::Spawn(std::io::Error::other("no stdin")))?;
-        let feed = async move {
-            stdin.write_all(input.as_bytes()).await?;
-            stdin.shutdown().await
-        };
-        let (fed, output) = tokio::join!(feed, child.wait_with_output());
-        let output = output.map_err(GitError::Spawn)?;
-        if !output.status.success() {
-            return Err(GitError::Failed { command: "pack-objects".into(), stderr: last_line(&output.stderr) }.into());
-        }
-        fed.map_err(GitError::Spawn)?;
-        let name = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        let output = git.run_with_input(&args, input.as_bytes()).await?;
+        let name = String::from_utf8_lossy(&output).trim().to_string();
         if ObjectFormat::of_hex(&name).is_none() {
             return Err(GitError::Unexpected { command: "pack-objects".into(), output: name }.into());
         }
