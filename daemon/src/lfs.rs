@@ -9,18 +9,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
-use tokio::task::JoinSet;
 
 use crate::bucket::{Bucket, EncryptedWith, S3Error, next_chunk_within};
 use crate::git::{Git, GitError};
 use crate::layout::{Layout, is_lfs_oid};
 use crate::scheduler::STREAMED_BODY_BYTES;
 use crate::shared_repository::{Sharing, SharingError};
-use crate::transfer::{MultipartUpload, TransferError, join_part, part_size_for};
+use crate::transfer::{TransferError, part_size_for, upload_file};
 
 /// Objects up to this size go in one request.
 pub const SINGLE_REQUEST_MAX_BYTES: u64 = 16 * 1024 * 1024;
@@ -126,7 +125,7 @@ impl LfsStore {
             sent.fetch_add(size, Ordering::Relaxed);
             return Ok(());
         }
-        self.upload_parts(&key, &path, size, sent).await
+        Ok(upload_file(&self.bucket, &key, &path, size, sent).await?)
     }
 
     /// One PUT carrying the SHA-256 of the content: S3 itself refuses content that is not `oid`.
@@ -162,56 +161,6 @@ impl LfsStore {
                 Err(self.bucket.classify("PutObject", key, e).into())
             }
         }
-    }
-
-    async fn upload_parts(&self, key: &str, path: &Path, size: u64, sent: &AtomicU64) -> Result<(), LfsError> {
-        let part_size = part_size_for(size);
-        let upload = MultipartUpload::create(&self.bucket, key, Vec::new()).await?;
-        let mut tasks: JoinSet<Result<aws_sdk_s3::types::CompletedPart, S3Error>> = JoinSet::new();
-        let mut completed = Vec::new();
-        let shared_sent = Arc::new(AtomicU64::new(0));
-        let mut reported = 0;
-        let mut report = |sent: &AtomicU64| {
-            let now = shared_sent.load(Ordering::Relaxed);
-            sent.fetch_add(now - reported, Ordering::Relaxed);
-            reported = now;
-        };
-        let mut offset = 0;
-        let mut part_number = 1;
-        while offset < size {
-            let len = part_size.min(size - offset);
-            // Admission before spawning: at most the scheduler's worth of parts exist at once.
-            let admission = self.bucket.scheduler().admit(len.min(STREAMED_BODY_BYTES)).await;
-            let (parts, path, counter) = (upload.parts(), path.to_path_buf(), Arc::clone(&shared_sent));
-            tasks.spawn(async move {
-                let body = ByteStream::read_from()
-                    .path(&path)
-                    .offset(offset)
-                    .length(Length::Exact(len))
-                    .build()
-                    .await
-                    .map_err(|e| S3Error::Other {
-                        op: "UploadPart",
-                        key: path.display().to_string(),
-                        detail: e.to_string(),
-                    })?;
-                let part = parts.upload(part_number, body, admission).await?;
-                counter.fetch_add(len, Ordering::Relaxed);
-                Ok(part)
-            });
-            while let Some(done) = tasks.try_join_next() {
-                completed.push(done.map_err(|e| TransferError::Refused(e.to_string()))??);
-            }
-            report(sent);
-            offset += len;
-            part_number += 1;
-        }
-        while !tasks.is_empty() {
-            completed.push(join_part(&mut tasks).await?);
-            report(sent);
-        }
-        upload.complete(completed, size).await?;
-        Ok(())
     }
 
     /// Brings object `oid` (of `size` bytes, as git-lfs says) into a temp file under the LFS

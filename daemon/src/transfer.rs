@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use crate::bucket::{Bucket, EncryptedWith, PutOptions, S3Error};
 use crate::clients::bulk_transfer;
 use crate::config::ChecksumMode;
-use crate::scheduler::Admission;
+use crate::scheduler::{Admission, STREAMED_BODY_BYTES};
 
 /// S3 allows 5 MiB; larger parts mean fewer requests for big uploads.
 pub const MIN_PART_SIZE_BYTES: u64 = 8 * 1024 * 1024;
@@ -230,6 +230,73 @@ impl PartUploader {
 /// object fits in S3's part limit.
 pub fn part_size_for(size: u64) -> u64 {
     MIN_PART_SIZE_BYTES.max(size.div_ceil(MAX_PARTS))
+}
+
+/// Uploads the file at `path`, of `size` bytes, to `key`: one PUT below the part size, else a
+/// multipart upload whose parts are read from the file and sent at once, as many as the
+/// scheduler admits. `sent` counts the bytes S3 has.
+pub async fn upload_file(
+    bucket: &Bucket,
+    key: &str,
+    path: &std::path::Path,
+    size: u64,
+    sent: &AtomicU64,
+) -> Result<(), TransferError> {
+    let body = |offset: u64, len: u64| async move {
+        ByteStream::read_from()
+            .path(path)
+            .offset(offset)
+            .length(aws_sdk_s3::primitives::Length::Exact(len))
+            .build()
+            .await
+            .map_err(|e| TransferError::Read(std::io::Error::other(e)))
+    };
+    if size < MIN_PART_SIZE_BYTES {
+        let admission = bucket.scheduler().admit(size).await;
+        let bytes = tokio::fs::read(path).await.map_err(TransferError::Read)?;
+        if bytes.len() as u64 != size {
+            return Err(TransferError::Refused(format!("{} changed while it was uploaded", path.display())));
+        }
+        bucket.put_admitted(key, bytes, PutOptions::default(), Some(admission)).await?;
+        sent.fetch_add(size, Ordering::Relaxed);
+        return Ok(());
+    }
+    let part_size = part_size_for(size);
+    let upload = MultipartUpload::create(bucket, key, Vec::new()).await?;
+    let mut tasks: JoinSet<Result<CompletedPart, S3Error>> = JoinSet::new();
+    let mut completed = Vec::new();
+    let shared_sent = Arc::new(AtomicU64::new(0));
+    let mut reported = 0;
+    let mut report = |sent: &AtomicU64| {
+        let now = shared_sent.load(Ordering::Relaxed);
+        sent.fetch_add(now - reported, Ordering::Relaxed);
+        reported = now;
+    };
+    let mut offset = 0;
+    let mut part_number = 1;
+    while offset < size {
+        let len = part_size.min(size - offset);
+        // Admission before spawning: at most the scheduler's worth of parts exist at once.
+        let admission = bucket.scheduler().admit(len.min(STREAMED_BODY_BYTES)).await;
+        let (parts, part, counter) = (upload.parts(), body(offset, len).await?, Arc::clone(&shared_sent));
+        tasks.spawn(async move {
+            let part = parts.upload(part_number, part, admission).await?;
+            counter.fetch_add(len, Ordering::Relaxed);
+            Ok(part)
+        });
+        while let Some(done) = tasks.try_join_next() {
+            completed.push(done.map_err(|e| TransferError::Refused(e.to_string()))??);
+        }
+        report(sent);
+        offset += len;
+        part_number += 1;
+    }
+    while !tasks.is_empty() {
+        completed.push(join_part(&mut tasks).await?);
+        report(sent);
+    }
+    upload.complete(completed, size).await?;
+    Ok(())
 }
 
 /// Uploads everything `reader` yields to `key`. `before_commit` runs once the input has ended,

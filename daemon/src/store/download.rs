@@ -13,6 +13,8 @@ use crate::progress::Meter;
 
 /// Pipe buffer towards `git index-pack` (Linux allows up to 1 MiB for unprivileged users).
 const INDEX_PACK_PIPE_BYTES: usize = 1024 * 1024;
+/// What `feed_rest` collects before it writes to index-pack.
+const FEED_BATCH_BYTES: usize = 256 * 1024;
 
 /// `git index-pack --stdin --keep` into `git`'s repository (`fix_thin`: deltas may refer to
 /// objects it already has), and its stdin with the pipe enlarged.
@@ -39,15 +41,28 @@ pub(crate) fn index_pack(git: &Git, what: &str, fix_thin: bool) -> Result<(Child
 }
 
 /// Writes the rest of `body` into `stdin` (index-pack's), counting it on `meter`, and closes it.
+/// Chunks are written in batches of at least `FEED_BATCH_BYTES`: index-pack reads 4 KiB at a
+/// time and sleeps whenever the pipe is empty, so a write per network chunk (often 16 KiB) cost
+/// a wake-up of each side per chunk.
 pub(crate) async fn feed_rest(
     body: &mut ResumingBody<'_>,
     mut stdin: ChildStdin,
     meter: &Meter,
 ) -> std::io::Result<()> {
+    let mut batch = bytes::BytesMut::new();
     while let Some(chunk) = body.next().await.map_err(std::io::Error::other)? {
         meter.add(chunk.len() as u64);
-        stdin.write_all(&chunk).await?;
+        if batch.is_empty() && chunk.len() >= FEED_BATCH_BYTES {
+            stdin.write_all(&chunk).await?;
+            continue;
+        }
+        batch.extend_from_slice(&chunk);
+        if batch.len() >= FEED_BATCH_BYTES {
+            stdin.write_all(&batch).await?;
+            batch.clear();
+        }
     }
+    stdin.write_all(&batch).await?;
     stdin.shutdown().await
 }
 

@@ -157,6 +157,11 @@ impl NativeRepo {
     }
 
     /// Downloads `packs` into the quarantine `git` writes to; returns their `.keep` files.
+    ///
+    /// Each pack is a task of its own (at most `PACKS_IN_FLIGHT` at once): a pack streamed
+    /// from inside a `FuturesUnordered` cost the daemon twice the CPU (0.65 s against 0.35 s
+    /// for 200 MB) and the clone ~0.3 s. Dropping this future aborts them all, which kills their
+    /// index-packs, as cancellation needs.
     pub(super) async fn download(
         &self,
         git: &Git,
@@ -164,17 +169,25 @@ impl NativeRepo {
         pack_dir: &Path,
         events: &Events,
     ) -> Result<Vec<PathBuf>, StoreError> {
-        let items: Vec<(PackEntry, Git)> = packs.into_iter().map(|pack| (pack, git.clone())).collect();
-        let results: Vec<_> = futures::stream::iter(items)
-            .map(|(pack, git)| async move { self.download_pack(&git, &pack, pack_dir, events).await })
-            .buffer_unordered(PACKS_IN_FLIGHT)
-            .collect()
-            .await;
+        let mut waiting = packs.into_iter();
+        let mut running = tokio::task::JoinSet::new();
         let mut keeps = Vec::new();
-        for result in results {
-            keeps.extend(result?);
+        let mut failure = None;
+        loop {
+            while running.len() < PACKS_IN_FLIGHT && failure.is_none() {
+                let Some(pack) = waiting.next() else { break };
+                let (repo, git, pack_dir, events) = (self.clone(), git.clone(), pack_dir.to_path_buf(), events.clone());
+                running.spawn(async move { repo.download_pack(&git, &pack, &pack_dir, &events).await });
+            }
+            let Some(done) = running.join_next().await else { break };
+            match done {
+                Ok(Ok(keep)) => keeps.extend(keep),
+                Ok(Err(e)) => failure = failure.or(Some(e)),
+                // Tasks are aborted only when this future is dropped; a panic is this code's own.
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
         }
-        Ok(keeps)
+        failure.map_or(Ok(keeps), Err)
     }
 
     /// Streams one pack into `git index-pack`, which checks every object and computes the

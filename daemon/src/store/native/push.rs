@@ -15,7 +15,7 @@ use crate::object_format::ObjectFormat;
 use crate::progress::{CANCELLED, Events};
 use crate::store::zip::publish_zip;
 use crate::store::{PushBatch, Pushed, RefOutcome, Refusal, StoreError, check_object_format, choose_head, judge};
-use crate::transfer::{TransferError, upload_stream};
+use crate::transfer::{TransferError, upload_file};
 
 /// Times a push packs again because the remote was garbage-collected meanwhile.
 const PACK_ATTEMPTS: usize = 3;
@@ -339,8 +339,8 @@ impl NativeRepo {
         );
         let (pack_path, idx_path) = (dir.join(format!("{base}-{name}.pack")), dir.join(format!("{base}-{name}.idx")));
         let (pack, idx, tips) = tokio::join!(
-            self.upload_file(&pack_at, &pack_path, meter.counter()),
-            self.upload_file(&idx_at, &idx_path, meter.counter()),
+            self.upload_file(&pack_at, &pack_path, entry.bytes, meter.counter()),
+            self.upload_file(&idx_at, &idx_path, entry.idx_bytes, meter.counter()),
             self.bucket.put_bytes(&tips_at, tips_text.into_bytes(), Default::default()),
         );
         pack?;
@@ -371,10 +371,9 @@ impl NativeRepo {
         Ok(name)
     }
 
-    async fn upload_file(&self, key: &str, path: &Path, counter: Arc<AtomicU64>) -> Result<(), StoreError> {
-        let mut file = tokio::fs::File::open(path).await.map_err(NativeError::LocalPack)?;
-        match upload_stream(&self.bucket, key, &mut file, counter, async || Ok(())).await {
-            Ok(_) => Ok(()),
+    async fn upload_file(&self, key: &str, path: &Path, size: u64, sent: Arc<AtomicU64>) -> Result<(), StoreError> {
+        match upload_file(&self.bucket, key, path, size, &sent).await {
+            Ok(()) => Ok(()),
             Err(TransferError::S3(e)) => Err(e.into()),
             Err(TransferError::Read(e)) => Err(NativeError::LocalPack(e).into()),
             Err(TransferError::Refused(why)) => Err(NativeError::LocalPack(std::io::Error::other(why)).into()),
