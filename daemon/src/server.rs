@@ -400,6 +400,14 @@ impl Daemon for Service {
         Ok(Response::new(proto::SetProtectionReply { r#ref: refname, changed }))
     }
 
+    async fn gc_grace(&self, request: Request<proto::GcGraceRequest>) -> Result<Response<proto::GcGraceReply>, Status> {
+        let request = request.into_inner();
+        let opened = self.open(request.caller, request.remote).await?;
+        let _activity = self.state.begin("gc-grace", &opened.label);
+        let (seconds, changed) = opened.repo.gc_grace(request.seconds).await.map_err(manage_status)?;
+        Ok(Response::new(proto::GcGraceReply { seconds, changed }))
+    }
+
     async fn delete_branch(
         &self,
         request: Request<proto::DeleteBranchRequest>,
@@ -464,7 +472,10 @@ impl Daemon for Service {
 fn manage_status(e: ManageError) -> Status {
     match e {
         ManageError::BadName(..) => Status::invalid_argument(e.to_string()),
-        ManageError::NoSuchRef(_) | ManageError::Protected(_) => Status::failed_precondition(e.to_string()),
+        ManageError::NoSuchRef(_)
+        | ManageError::Protected(_)
+        | ManageError::NativeOnly { .. }
+        | ManageError::EmptyRemote => Status::failed_precondition(e.to_string()),
         _ => Status::aborted(e.to_string()),
     }
 }

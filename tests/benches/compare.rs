@@ -164,8 +164,9 @@ impl Bench {
     }
 }
 
-/// `BENCH_ONLY=lfs` (or `small`, `shim`, `history`, `branches`, `mix`, `formats`, `native-history`) runs one group, for
-/// profiling; the results file is written only by a full run.
+/// `BENCH_ONLY=lfs` (or `small`, `shim`, `history`, `branches`, `mix`, `formats`,
+/// `native-history`, `many-pushes`) runs one group, for profiling; the results file is written
+/// only by a full run.
 fn selected(group: &str) -> bool {
     std::env::var("BENCH_ONLY").map_or(true, |only| only == group)
 }
@@ -258,6 +259,10 @@ fn main() {
     if selected("native-history") {
         eprintln!("bench: the native format on the 200 MB history");
         native_history(&Bench::new(ServerKind::S3sFs), &mut rows);
+    }
+    if selected("many-pushes") {
+        eprintln!("bench: storage and clones after {} pushes", many_push_count());
+        many_pushes(&mut rows, &mut notes);
     }
     if selected("formats") {
         eprintln!("bench: storage formats side by side on a project's history");
@@ -664,7 +669,7 @@ fn native_history(bench: &Bench, rows: &mut Vec<Row>) {
         scenario: "first push, 200 MB history: native".into(),
         server: bench.server,
         ours: native_push,
-        baseline: bundles_push,
+        baseline: bundles_push.clone(),
         baseline_name: "ours, bundles",
         goal: "no slower",
         max_ratio: Some(1.0),
@@ -718,6 +723,32 @@ fn native_history(bench: &Bench, rows: &mut Vec<Row>) {
         max_ratio: Some(1.3),
         note: String::new(),
     });
+
+    // `git s3 migrate` of the whole history, each way, against a first push of it.
+    let (mut to_native, mut to_bundles) = (Stats::default(), Stats::default());
+    let migrate = |to: &str| {
+        settle();
+        let started = Instant::now();
+        let output = env.git_s3(&["migrate", &env.url("native-history-b0"), "--to", to]);
+        assert!(output.status.success(), "migrate --to {to}: {}", String::from_utf8_lossy(&output.stderr));
+        started.elapsed()
+    };
+    for _ in 0..runs().min(3) {
+        to_native.0.push(migrate("native"));
+        to_bundles.0.push(migrate("bundles"));
+    }
+    for (stats, to) in [(to_native, "native"), (to_bundles, "bundles")] {
+        rows.push(Row {
+            scenario: format!("git s3 migrate --to {to}, 200 MB history"),
+            server: bench.server,
+            ours: stats,
+            baseline: bundles_push.clone(),
+            baseline_name: "ours, first push (bundles)",
+            goal: "",
+            max_ratio: None,
+            note: String::new(),
+        });
+    }
 }
 
 /// "ours X MiB, Python Y MiB" of the median bytes of each tool's runs (the warm-up left out).
@@ -1348,16 +1379,22 @@ impl Bench {
 
     /// The sum of the sizes of the objects under `prefix/`.
     fn bytes_held(&self, prefix: &str) -> u64 {
+        self.bytes_and_keys_held(prefix).0
+    }
+
+    /// The bytes and the number of objects under `prefix/`.
+    fn bytes_and_keys_held(&self, prefix: &str) -> (u64, u64) {
         let (runtime, client) = self.env.server.client();
         runtime.block_on(async {
-            let mut total = 0u64;
+            let (mut total, mut keys) = (0u64, 0u64);
             let mut pages =
                 client.list_objects_v2().bucket(&self.env.bucket).prefix(format!("{prefix}/")).into_paginator().send();
             while let Some(page) = pages.next().await {
                 let page = page.expect("list objects");
                 total += page.contents().iter().map(|o| o.size().unwrap_or(0) as u64).sum::<u64>();
+                keys += page.contents().len() as u64;
             }
-            total
+            (total, keys)
         })
     }
 }
@@ -1625,4 +1662,117 @@ fn formats(rows: &mut Vec<Row>, notes: &mut Vec<String>) {
     if std::fs::write(&kept, env.daemon_log()).is_ok() {
         eprintln!("bench: formats: the daemon's log is kept in {}", kept.display());
     }
+}
+
+/// Pushes in the `many-pushes` group: `BENCH_PUSHES`, else 1,000.
+fn many_push_count() -> usize {
+    std::env::var("BENCH_PUSHES").ok().and_then(|n| n.parse().ok()).unwrap_or(1000)
+}
+
+/// A remote after many pushes: the fork, ours in the shared layout and ours native, each on its
+/// own prefix of one s3s-fs behind the counting proxy, from copies of one project (main only).
+/// Each makes the same pushes: a one-line change to main each time; every 50th amended and
+/// force-pushed, every 100th with a topic branch pushed, deleted by the next. Then what the
+/// bucket holds, against a fresh `git gc` pack of main, and clones (time, bytes down).
+fn many_pushes(rows: &mut Vec<Row>, notes: &mut Vec<String>) {
+    let mut bench = Bench::new(ServerKind::S3sFs);
+    let proxy = bench.env.route_through_proxy();
+    let env = &bench.env;
+    let count = many_push_count();
+    let shape = ProjectShape { commits: 300, branches: 0, tags: 0, bytes_per_commit: 3400 };
+    let project = project_repository(env, "many-project", shape);
+    env.git_ok(&project, &["repack", "-a", "-d", "-f", "-q"]);
+    let root = env.path("");
+    let formats = [Format::Fork, Format::Bundles, Format::Native];
+    let mut clones = Samples::default();
+    let mut held = Vec::new();
+    let mut fresh = 0;
+    for format in formats {
+        let source = env.path(&format!("many-src-{}", format.slug()));
+        let copied = Command::new("cp").arg("-a").arg(&project).arg(&source).status().expect("cp");
+        assert!(copied.success(), "copying the project");
+        if format == Format::Native {
+            env.git_ok(&source, &["config", "s3.format", "native"]);
+        }
+        let prefix = format!("many-{}", format.slug());
+        let url = env.url(&prefix);
+        let push = |args: &[&str]| {
+            let output =
+                bench.format_command(format, "git").current_dir(&source).args(args).output().expect("git push");
+            assert!(output.status.success(), "{}: git {}: {}", format.name(), args.join(" "), {
+                String::from_utf8_lossy(&output.stderr)
+            });
+        };
+        eprintln!("bench: many pushes: {} pushes with {}", count, format.name());
+        push(&["push", "-q", &url, "main"]);
+        let started = Instant::now();
+        for i in 0..count {
+            env.commit(&source, "CHANGELOG", format!("{}change {i}\n", "-".repeat(i % 7)), "one-line change");
+            if i % 50 == 49 {
+                push(&["push", "-q", &url, "main"]);
+                env.git_ok(&source, &["commit", "-q", "--amend", "-m", "amended"]);
+                push(&["push", "-q", "--force", &url, "main"]);
+            } else if i % 100 == 0 {
+                push(&["push", "-q", &url, "main", "main:refs/heads/topic"]);
+            } else if i % 100 == 1 {
+                push(&["push", "-q", &url, "main", ":refs/heads/topic"]);
+            } else {
+                push(&["push", "-q", &url, "main"]);
+            }
+        }
+        let pushing = started.elapsed();
+        // Background work (compaction, collection, sweeps) ends before the bucket is read.
+        bench.measure(&proxy, format, &root, &["ls-remote", &url]);
+        let (bytes, keys) = bench.bytes_and_keys_held(&prefix);
+        held.push((format, bytes, keys, pushing));
+        fresh = {
+            let mut pack = env.command("git");
+            pack.args(["pack-objects", "--revs", "--stdout", "-q"])
+                .current_dir(&source)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped());
+            let mut child = pack.spawn().expect("git pack-objects");
+            std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), b"main\n").expect("feed");
+            child.wait_with_output().expect("git pack-objects").stdout.len() as u64
+        };
+        for run in 0..=runs().min(3) {
+            let dest = env.path(&format!("many-clone-{}-{run}", format.slug()));
+            let sample = bench.measure(&proxy, format, &root, &["clone", "-q", &url, dest.to_str().unwrap()]);
+            let _ = std::fs::remove_dir_all(&dest);
+            if run > 0 {
+                clones.push(format, sample);
+            }
+        }
+    }
+    let server = bench.server;
+    let describe = |format: Format| {
+        let (_, bytes, keys, pushing) = held.iter().find(|(f, ..)| *f == format).copied().expect("measured");
+        format!(
+            "{}: the bucket holds {} in {keys} objects ({:.1}× a fresh pack of main, {}), {} pushes took {:.0} s, a clone downloads {}",
+            format.name(),
+            size(bytes),
+            bytes as f64 / fresh.max(1) as f64,
+            size(fresh),
+            count,
+            pushing.as_secs_f64(),
+            size(clones.bytes(format).1)
+        )
+    };
+    for baseline in [Format::Fork, Format::Bundles] {
+        rows.push(Row {
+            scenario: format!("clone after {count} pushes: ours, native"),
+            server,
+            ours: clones.stats(Format::Native),
+            baseline: clones.stats(baseline),
+            baseline_name: baseline.name(),
+            goal: "",
+            max_ratio: None,
+            note: format!("{}; {}", describe(Format::Native), describe(baseline)),
+        });
+    }
+    notes.push(format!(
+        "After {count} pushes (one-line changes to main of a {}-commit project; every 50th amended and forced, every 100th with a topic branch pushed and then deleted), same s3s-fs behind the counting proxy, background work finished: {}.",
+        shape.commits,
+        formats.map(describe).join("; ")
+    ));
 }

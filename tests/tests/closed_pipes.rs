@@ -111,6 +111,7 @@ fn every_git_s3_command_that_prints_ends_quietly_when_its_reader_has_gone() {
         &["protect", &url, "main"],
         &["unprotect", &url, "main"],
         &["delete-branch", &url, "doomed", "--yes"],
+        &["migrate", &url, "--to", "native", "--dry-run"],
         &["lfs", "push", "--dry-run"],
         &["lfs", "pull", "--dry-run"],
         &["lfs", "pull"],

@@ -335,6 +335,29 @@ fn a_damaged_remote_gives_clear_errors_and_a_wrong_record_costs_only_bytes() {
 }
 
 /// The packs of a native remote, as its root names them: `(name, objects)`.
+/// The size of a fresh pack of `revs` (`git pack-objects --revs` input) in `repo`.
+fn pack_bytes(env: &TestEnv, repo: &Path, revs: &str) -> u64 {
+    let mut pack = env.command("git");
+    pack.args(["pack-objects", "--revs", "--stdout", "-q"])
+        .current_dir(repo)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut child = pack.spawn().expect("git pack-objects");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), revs.as_bytes()).expect("feed");
+    child.wait_with_output().expect("git pack-objects").stdout.len() as u64
+}
+
+/// Waits until the daemon's latest maintenance of the remote at `prefix` has ended; returns
+/// what `git s3 daemon status` says of it.
+fn maintenance_done(env: &TestEnv, prefix: &str) -> serde_json::Value {
+    let remote = format!("s3://test-bucket/{prefix}");
+    wait_for("the daemon's maintenance to end", Duration::from_secs(60), || {
+        let status = env.daemon_status()?;
+        let entry = status["maintenance"].as_array()?.iter().find(|m| m["remote"] == remote.as_str())?.clone();
+        (entry["running"] == false).then_some(entry)
+    })
+}
+
 fn root_packs(env: &TestEnv, prefix: &str) -> Vec<(String, u64)> {
     let root: serde_json::Value =
         serde_json::from_slice(&env.server.get(&env.bucket, &format!("{prefix}/refs/native.json"))).expect("root");
@@ -351,12 +374,15 @@ fn many_pushes_leave_few_packs_and_a_fetch_still_costs_the_change() {
     let env = TestEnv::new();
     let work = project_with_native_remote(&env, "work", "compact");
     env.git_ok(&work, &["push", "-q", "origin", "main"]);
-    let history =
-        env.server.size(&env.bucket, &format!("compact/native/packs/pack-{}.pack", root_packs(&env, "compact")[0].0));
-    let history = history.expect("the first pack");
     let url = env.url("compact");
-    let mut reader = None;
-    for push in 0..40 {
+    let reader = env.clone_repo(&url, "reader");
+    let collections = || -> u64 {
+        let root: serde_json::Value =
+            serde_json::from_slice(&env.server.get(&env.bucket, "compact/refs/native.json")).expect("root");
+        root["gc"].as_u64().unwrap_or(0)
+    };
+    let mut read_at = collections();
+    for push in 0..200 {
         env.commit(&work, &format!("push-{}.txt", push % 5), format!("push {push}\n"), "a small change");
         if push % 10 == 9 {
             // A rewrite: the last commit amended and force-pushed over the one pushed before.
@@ -380,30 +406,33 @@ fn many_pushes_leave_few_packs_and_a_fetch_still_costs_the_change() {
         });
         let objects: u64 = packs.iter().map(|(_, o)| o).sum();
         assert!(packs.len() as f64 <= (objects as f64).log2() + 1.0, "{packs:?}");
-        if push == 10 {
-            reader = Some(env.clone_repo(&url, "reader"));
+        if push % 10 == 5 {
+            // A reader that fetches now and then downloads the change since its last fetch, not
+            // the history, however the packs were merged meanwhile; a garbage collection in
+            // between makes it download the one repacked history once.
+            maintenance_done(&env, "compact");
+            let change = pack_bytes(&env, &work, &format!("main\n^{}\n", env.rev_parse(&reader, "origin/main")));
+            let before = env.fetched_bytes();
+            env.git_ok(&reader, &["fetch", "-q", "origin"]);
+            let fetched = env.fetched_bytes() - before;
+            let collected = collections();
+            if collected == read_at {
+                assert!(
+                    fetched <= 2 * change + (64 << 10),
+                    "the fetch downloaded {fetched} bytes; the change is {change}"
+                );
+            }
+            read_at = collected;
+            assert_eq!(env.rev_parse(&reader, "origin/main"), env.rev_parse(&work, "main"));
         }
     }
     let packs = root_packs(&env, "compact");
-    assert!(packs.len() < 10, "{} packs after 41 pushes", packs.len());
     // `git s3 daemon status` says what the daemon last did for the remote.
-    let maintained = wait_for("the daemon's maintenance to end", Duration::from_secs(60), || {
-        let status = env.daemon_status()?;
-        let entry =
-            status["maintenance"].as_array()?.iter().find(|m| m["remote"] == "s3://test-bucket/compact")?.clone();
-        (entry["running"] == false).then_some(entry)
-    });
+    let maintained = maintenance_done(&env, "compact");
     assert_eq!(maintained["packs"].as_u64(), Some(packs.len() as u64), "{maintained}");
     let status = String::from_utf8_lossy(&env.git_s3(&["daemon", "status"]).stdout).into_owned();
     assert!(status.contains("native remote s3://test-bucket/compact:"), "{status}");
 
-    // A repository that fetched before the compactions downloads what it lacks, not the history.
-    let reader = reader.expect("the reader");
-    let before = env.fetched_bytes();
-    env.git_ok(&reader, &["pull", "-q", "--ff-only"]);
-    let fetched = env.fetched_bytes() - before;
-    assert!(fetched < history / 2, "the fetch downloaded {fetched} bytes; the history is {history}");
-    assert_eq!(env.rev_parse(&reader, "HEAD"), env.rev_parse(&work, "main"));
     env.git_ok(&reader, &["fsck", "--strict", "--no-progress"]);
 
     // Replaced packs stay for fetches in flight until doctor sweeps them after the grace period.
@@ -418,22 +447,38 @@ fn many_pushes_leave_few_packs_and_a_fetch_still_costs_the_change() {
     env.git_s3_ok(&work, &["doctor", "origin", "--yes", "--upload-idle", "0"]);
     assert_eq!(stored(&env), named);
     // Within twice a fresh pack of what the refs reach, rewrites and all.
-    let fresh = {
-        let mut pack = env.command("git");
-        pack.args(["pack-objects", "--revs", "--stdout", "-q"])
-            .current_dir(&work)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
-        let mut child = pack.spawn().expect("git pack-objects");
-        std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), b"main\n").expect("feed");
-        child.wait_with_output().expect("git pack-objects").stdout.len() as u64
-    };
+    let fresh = pack_bytes(&env, &work, "main\n");
     let stored_bytes: u64 =
         sizes(&env, "compact/native/packs/").iter().filter(|(k, _)| k.ends_with(".pack")).map(|(_, s)| s).sum();
     assert!(stored_bytes <= 2 * fresh, "the packs hold {stored_bytes} bytes; a fresh pack of main {fresh}");
     let clone = env.clone_repo(&url, "after-the-sweep");
     env.git_ok(&clone, &["fsck", "--strict", "--no-progress"]);
     assert_eq!(env.rev_parse(&clone, "HEAD"), env.rev_parse(&work, "main"));
+
+    // The grace period is the remote's own: `git s3 gc-grace` shows it and changes it for good,
+    // after which the sweep that follows every push keeps nothing.
+    assert_eq!(env.git_s3_ok(&work, &["gc-grace", "origin"]).trim(), "grace period: 3600s");
+    assert_eq!(env.git_s3_ok(&work, &["gc-grace", "origin", "0"]).trim(), "grace period set to 0s");
+    assert_eq!(env.git_s3_ok(&work, &["gc-grace", "origin", "0"]).trim(), "grace period: 0s (already)");
+    let root: serde_json::Value =
+        serde_json::from_slice(&env.server.get(&env.bucket, "compact/refs/native.json")).expect("root");
+    assert_eq!(root["grace_s"].as_u64(), Some(0), "{root}");
+    let before = stored(&env).len();
+    for push in 0..4 {
+        env.commit(&work, "after.txt", format!("after {push}\n"), "a change after the grace was set");
+        env.git_ok(&work, &["push", "-q", "origin", "main"]);
+    }
+    // Four packs pushed, the small ones merged, and what the merges replaced already gone.
+    wait_for("every pack the manifest dropped to be swept", Duration::from_secs(60), || {
+        let named: BTreeSet<String> = root_packs(&env, "compact").into_iter().map(|(n, _)| n).collect();
+        (named.len() < before + 4 && stored(&env) == named).then_some(())
+    });
+    // The shared layout keeps no packs: the command says so, and how to move the remote.
+    env.git_ok(&work, &["push", "-q", &env.url("compact-bundles"), "main"]);
+    let refused = env.git_s3_in(&work, &["gc-grace", &env.url("compact-bundles"), "0"]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("shared layout") && said.contains("git s3 migrate"), "{said}");
 }
 
 #[test]
@@ -641,4 +686,55 @@ fn a_push_whose_pack_is_swept_before_its_commit_uploads_it_again() {
     let clone = env.clone_repo(&url, "clone");
     env.git_ok(&clone, &["fsck", "--strict", "--no-progress"]);
     assert_eq!(env.rev_parse(&clone, "HEAD"), env.rev_parse(&work, "main"));
+}
+
+#[test]
+fn a_push_racing_a_branch_delete_and_a_collection_packs_again() {
+    use git_s3_tests::fault_proxy::{Fault, Rule};
+    let mut env = TestEnv::new();
+    let proxy = env.route_through_proxy();
+    let url = env.url("race-gc");
+    let work = env.new_repo("work");
+    env.git_ok(&work, &["remote", "add", "origin", &url]);
+    env.git_ok(&work, &["config", "remote.origin.s3format", "native"]);
+    env.git_ok(&work, &["push", "-q", "origin", "main"]);
+    env.git_ok(&work, &["checkout", "-q", "-b", "feature"]);
+    std::fs::write(work.join("feature.bin"), git_s3_tests::incompressible_bytes(1 << 20, 3)).expect("write");
+    env.git_ok(&work, &["add", "."]);
+    env.git_ok(&work, &["commit", "-q", "-m", "a feature"]);
+    env.git_ok(&work, &["push", "-q", "origin", "feature"]);
+    let feature_blob = env.rev_parse(&work, "feature:feature.bin");
+    maintenance_done(&env, "race-gc");
+
+    // A colleague builds on the feature; their push packs against a remote that has it, so
+    // its pack leaves the feature's objects out. It is held after the pack is uploaded...
+    let colleague = env.clone_repo(&url, "colleague");
+    env.git_ok(&colleague, &["checkout", "-q", "-b", "on-top", "origin/feature"]);
+    env.commit(&colleague, "on-top.txt", "built on the feature\n", "on top of the feature");
+    proxy.add(Rule::new("PUT", ".tips", Fault::Delay(Duration::from_secs(15))).times(1));
+    let mut push = env.command("git");
+    push.args(["push", "-q", "origin", "on-top"]).current_dir(&colleague).stdout(Stdio::null()).stderr(Stdio::piped());
+    let push = push.spawn().expect("spawn git push");
+    let packs = || env.keys("race-gc/native/packs/").into_iter().filter(|k| k.ends_with(".pack")).count();
+    let stored = packs();
+    wait_for("the held push's pack to be uploaded", Duration::from_secs(30), || (packs() > stored).then_some(()));
+
+    // ...while the feature branch is deleted and the collection that delete makes due drops
+    // its objects from every pack the manifest names.
+    env.git_ok(&work, &["push", "-q", "origin", ":feature"]);
+    let root = || -> serde_json::Value {
+        serde_json::from_slice(&env.server.get(&env.bucket, "race-gc/refs/native.json")).expect("root")
+    };
+    wait_for("the garbage to be collected", Duration::from_secs(60), || {
+        (root()["gc"].as_u64() == Some(1)).then_some(())
+    });
+
+    // The held push must not name objects the collection dropped: it packs again and lands.
+    let output = finish_within(push, Duration::from_secs(60), "the held push");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let clone = env.clone_repo(&url, "clone");
+    env.git_ok(&clone, &["fsck", "--strict", "--no-progress"]);
+    assert_eq!(env.rev_parse(&clone, "origin/on-top"), env.rev_parse(&colleague, "on-top"));
+    assert_eq!(env.rev_parse(&clone, "origin/on-top:feature.bin"), feature_blob);
+    assert!(env.daemon_log().contains("packing again"), "the push noticed the collection");
 }

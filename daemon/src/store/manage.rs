@@ -15,6 +15,12 @@ pub enum ManageError {
     NoSuchRef(String),
     #[error("{0} is protected; unprotect it first ('git s3 unprotect') or use --force")]
     Protected(String),
+    #[error(
+        "{what} belongs to native remotes; this one is in the shared layout (move it with 'git s3 migrate <remote> --to native')"
+    )]
+    NativeOnly { what: &'static str },
+    #[error("the remote is empty; its first push records the grace period of 'git config s3.gcGraceSeconds'")]
+    EmptyRemote,
     #[error(transparent)]
     Store(#[from] StoreError),
 }

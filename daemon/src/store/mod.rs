@@ -87,6 +87,10 @@ pub trait Repository: Send + Sync {
 
     /// Finds what is wrong with the remote and, unless `dry_run`, repairs what the options allow.
     async fn doctor(&self, options: &DoctorOptions) -> Result<Vec<Finding>, StoreError>;
+
+    /// The remote's grace period (how long what no manifest names is kept before it is
+    /// deleted), set to `seconds` when given; returns it and whether anything changed.
+    async fn gc_grace(&self, seconds: Option<u64>) -> Result<(u64, bool), ManageError>;
 }
 
 /// What every remote's storage may use, kept by the daemon for its whole life.

@@ -9,8 +9,8 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser, Subcommand};
 use git_s3_proto::endpoint::Endpoint;
 use git_s3_proto::{
-    DeleteBranchRequest, DoctorRequest, InspectRequest, LfsSyncEvent, LfsSyncRequest, MigrateRequest, Remote,
-    SetProtectionRequest, StatusReply, StatusRequest, StopRequest, Verbosity,
+    DeleteBranchRequest, DoctorRequest, GcGraceRequest, InspectRequest, LfsSyncEvent, LfsSyncRequest, MigrateRequest,
+    Remote, SetProtectionRequest, StatusReply, StatusRequest, StopRequest, Verbosity,
 };
 use git_s3_shim::daemon_backend::describe;
 use git_s3_shim::daemon_client::{self, Client, ConnectError};
@@ -83,6 +83,15 @@ enum TopCommand {
         /// Say what would be done; change nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Show or set how long a native remote keeps packs it no longer names (replaced by a
+    /// compaction, left by a killed push) before deleting them: fetches that started earlier
+    /// still find them. Set from `git config s3.gcGraceSeconds` when the remote is created;
+    /// 3600 by default.
+    GcGrace {
+        remote: String,
+        /// The new grace period.
+        seconds: Option<u64>,
     },
     /// Refuse force pushes and deletes of a branch.
     Protect { remote: String, branch: String },
@@ -249,6 +258,17 @@ async fn run(command: TopCommand, endpoint: &Endpoint) -> Result<ExitCode, Strin
             }
             if !dry_run && reply.from != reply.to {
                 outln!("{} is now in the {} format ({} refs)", printable(&remote), printable(&reply.to), reply.refs);
+            }
+            ok
+        }
+        TopCommand::GcGrace { remote, seconds } => {
+            let mut client = connect(endpoint).await?;
+            let request = GcGraceRequest { caller: Some(me()?), remote: Some(remote_arg(&remote)), seconds };
+            let reply = client.gc_grace(request).await.map_err(|s| describe(&s, endpoint))?.into_inner();
+            match (seconds, reply.changed) {
+                (None, _) => outln!("grace period: {}s", reply.seconds),
+                (Some(_), true) => outln!("grace period set to {}s", reply.seconds),
+                (Some(_), false) => outln!("grace period: {}s (already)", reply.seconds),
             }
             ok
         }

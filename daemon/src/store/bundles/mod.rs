@@ -149,6 +149,10 @@ impl Repository for BundleRepo {
     async fn doctor(&self, options: &DoctorOptions) -> Result<Vec<Finding>, StoreError> {
         self.diagnose(options).await
     }
+
+    async fn gc_grace(&self, _seconds: Option<u64>) -> Result<(u64, bool), ManageError> {
+        Err(ManageError::NativeOnly { what: "a grace period" })
+    }
 }
 
 impl BundleRepo {

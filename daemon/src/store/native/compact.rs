@@ -80,7 +80,8 @@ impl NativeRepo {
             tips.extend(pack_tips.iter().cloned());
         }
         let merged = self.upload_pack(dir.path(), "merged", &merged_name, &tips, &quiet).await?;
-        let Some(merged) = merged else { return Ok(None) };
+        let Some(mut merged) = merged else { return Ok(None) };
+        merged.replaces = names.iter().cloned().collect();
         let names = &names;
         let merged_entry = &merged;
         let committed = self
@@ -145,9 +146,11 @@ impl NativeRepo {
             return Ok(None);
         };
         let tips: BTreeSet<String> = snapshot.refs.values().cloned().collect();
-        let Some(entry) = self.upload_pack(&pack_dir, "pack", repacked, &tips, &quiet).await? else {
+        let Some(mut entry) = self.upload_pack(&pack_dir, "pack", repacked, &tips, &quiet).await? else {
             return Ok(None);
         };
+        // What a collection keeps, every collected pack held.
+        entry.replaces = names.iter().cloned().collect();
         let names = &names;
         let entry_ref = &entry;
         let collected = &snapshot;

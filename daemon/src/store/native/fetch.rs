@@ -69,13 +69,21 @@ impl NativeRepo {
 
         let unrecorded: Vec<PackEntry> = root.packs.iter().filter(|p| !record.contains(&p.name)).cloned().collect();
         let needed = self.packs_lacking(&self.git, unrecorded).await?;
+        let (needed, substituted) = self.substitute(needed, &record).await?;
+        // What the repository has all of once these packs are in: the record to be.
         let mut fetched: HashSet<String> = needed.iter().map(|p| p.name.clone()).collect();
+        fetched.extend(substituted.iter().cloned());
+        let downloaded: HashSet<String> = needed.iter().map(|p| p.name.clone()).collect();
         let mut keeps = self.download(&inside, needed, &pack_dir, events).await?;
-        let recorded: Vec<PackEntry> =
-            root.packs.iter().filter(|p| record.contains(&p.name) && !fetched.contains(&p.name)).cloned().collect();
-        if !recorded.is_empty() && !self.complete(&inside, &oids).await? {
+        let trusted: Vec<PackEntry> = root
+            .packs
+            .iter()
+            .filter(|p| (record.contains(&p.name) || substituted.contains(&p.name)) && !downloaded.contains(&p.name))
+            .cloned()
+            .collect();
+        if !trusted.is_empty() && !self.complete(&inside, &oids).await? {
             tracing::info!("the record of fetched packs was wrong; fetching the recorded packs this repository needs");
-            let more = self.packs_lacking(&inside, recorded).await?;
+            let more = self.packs_lacking(&inside, trusted).await?;
             fetched.extend(more.iter().map(|p| p.name.clone()));
             keeps.extend(self.download(&inside, more, &pack_dir, events).await?);
         }
@@ -97,6 +105,45 @@ impl NativeRepo {
             tracing::warn!(error = %e, "could not record the fetched packs; the next fetch may download some again");
         }
         Ok(keeps)
+    }
+
+    /// A pack a compaction or collection made of packs this repository partly has (by its
+    /// record) is replaced by the ones it lacks, while they are still in the bucket (retired
+    /// packs stay for the grace period): a reader that fetched before a merge downloads the
+    /// change, not the merged history. Returns the packs to download and the merged packs whose
+    /// objects the repository will then have.
+    async fn substitute(
+        &self,
+        needed: Vec<PackEntry>,
+        record: &HashSet<String>,
+    ) -> Result<(Vec<PackEntry>, HashSet<String>), StoreError> {
+        let mut packs = Vec::new();
+        let mut substituted = HashSet::new();
+        for pack in needed {
+            if !pack.replaces.iter().any(|name| record.contains(name)) {
+                packs.push(pack);
+                continue;
+            }
+            let lacking: Vec<PackEntry> = pack
+                .replaces
+                .iter()
+                .filter(|name| !record.contains(*name))
+                .map(|name| PackEntry { name: name.clone(), objects: 0, bytes: 0, idx_bytes: 0, replaces: Vec::new() })
+                .collect();
+            let lacking = self.packs_lacking(&self.git, lacking).await?;
+            let mut present = true;
+            for replaced in &lacking {
+                present &= self.bucket.head(&pack_key(&self.layout, &replaced.name, "pack")).await?.is_some();
+            }
+            if present {
+                tracing::debug!(pack = %pack.name, instead = lacking.len(), "fetching the packs a merged pack replaced");
+                substituted.insert(pack.name);
+                packs.extend(lacking);
+            } else {
+                packs.push(pack);
+            }
+        }
+        Ok((packs, substituted))
     }
 
     /// Where this repository records the packs it fetched from this remote.

@@ -14,6 +14,12 @@ use crate::store::{
     choose_head,
 };
 
+/// A pack is uploaded before the commit that names it; the sweep after a push (which may run
+/// while another push of the same daemon or another is between the two) leaves a pack no root
+/// names for at least this long, whatever the grace period. `git s3 doctor --upload-idle`
+/// overrides it, as asked.
+const UNNAMED_PACK_MIN_AGE_S: u64 = 600;
+
 impl NativeRepo {
     pub(super) async fn describe(&self) -> Result<Inventory, StoreError> {
         let snapshot = self.snapshot().await?;
@@ -56,6 +62,27 @@ impl NativeRepo {
         Ok((refname, changed))
     }
 
+    pub(super) async fn set_grace(&self, seconds: Option<u64>) -> Result<(u64, bool), ManageError> {
+        let Some(seconds) = seconds else {
+            let (root, _) = self.read_root().await?;
+            return Ok((root.grace_s, false));
+        };
+        self.commit_with(move |snapshot: Arc<Snapshot>| {
+            Box::pin(async move {
+                if snapshot.etag.is_none() {
+                    return Err(ManageError::EmptyRemote);
+                }
+                if snapshot.root.grace_s == seconds {
+                    return Ok((None, (seconds, false)));
+                }
+                let mut next = snapshot.root.successor();
+                next.grace_s = seconds;
+                Ok((Some((next, snapshot.refs.clone())), (seconds, true)))
+            })
+        })
+        .await
+    }
+
     pub(super) async fn point_head(&self, refname: &str) -> Result<(), ManageError> {
         self.commit_with(move |snapshot: Arc<Snapshot>| {
             Box::pin(async move {
@@ -89,6 +116,8 @@ impl NativeRepo {
                     refs.remove(name);
                     let mut next = snapshot.root.successor();
                     next.protected.retain(|p| p != name);
+                    // What only this branch reached is garbage now.
+                    next.rewrites += 1;
                     let mut moved = None;
                     if next.head.as_ref() == Some(name) {
                         let branches: Vec<&str> =
@@ -100,15 +129,17 @@ impl NativeRepo {
                 })
             })
             .await?;
+        self.maintain_in_background();
         Ok((refname, moved))
     }
 
-    /// After a push: the sweep, with the remote's own grace period.
+    /// After a push: the sweep, with the remote's own grace period; a pack no root ever named
+    /// stays at least `UNNAMED_PACK_MIN_AGE_S` whatever the grace period.
     pub(super) async fn sweep_after_grace(&self) -> Result<Option<String>, StoreError> {
         let snapshot = self.snapshot().await?;
         let stored = self.bucket.list(&packs_prefix(&self.layout)).await?;
         let grace = snapshot.root.grace_s;
-        let swept = self.sweep(&snapshot, &stored, grace, false).await?;
+        let swept = self.sweep(&snapshot, &stored, grace, grace.max(UNNAMED_PACK_MIN_AGE_S), false).await?;
         let count = swept.iter().filter(|f| f.fixed).count();
         if count == 0 {
             return Ok(None);
@@ -117,14 +148,15 @@ impl NativeRepo {
         Ok(Some(format!("swept {count} objects past the grace period ({grace}s)")))
     }
 
-    /// Deletes the packs the root does not name once the grace period is over: retired ones
-    /// counted from when they left the root, any other (a push cut short or outraced, a lost
-    /// compaction) from when it was written. What it found, and did.
+    /// Deletes the packs the root does not name once they are old enough: retired ones `grace`
+    /// seconds after they left the root, any other (a push cut short or outraced, a lost
+    /// compaction) `unnamed_grace` seconds after it was written. What it found, and did.
     pub(super) async fn sweep(
         &self,
         snapshot: &Snapshot,
         stored: &[ObjectInfo],
         grace: u64,
+        unnamed_grace: u64,
         dry_run: bool,
     ) -> Result<Vec<Finding>, StoreError> {
         let mut findings = Vec::new();
@@ -139,9 +171,9 @@ impl NativeRepo {
             }
             // A retired pack counts from when it left the root; any other from when it was written.
             let retired = snapshot.root.retired.iter().find(|r| r.name == name);
-            let age = match retired {
-                Some(r) => now.saturating_sub(r.at),
-                None => age_s(object.last_modified),
+            let (age, grace) = match retired {
+                Some(r) => (now.saturating_sub(r.at), grace),
+                None => (age_s(object.last_modified), unnamed_grace),
             };
             let old_enough = age >= grace;
             let problem = match retired {
@@ -242,8 +274,9 @@ impl NativeRepo {
                 }
             }
         }
+        // Asked for by hand: `--upload-idle` may shorten both.
         let grace = snapshot.root.grace_s.min(options.upload_idle.as_secs());
-        findings.extend(self.sweep(&snapshot, &stored, grace, options.dry_run).await?);
+        findings.extend(self.sweep(&snapshot, &stored, grace, grace, options.dry_run).await?);
         if options.thorough {
             findings.extend(self.check_history(&snapshot).await?);
         }

@@ -88,6 +88,11 @@ pub struct PackEntry {
     pub objects: u64,
     pub bytes: u64,
     pub idx_bytes: u64,
+    /// The packs a compaction or collection made this one of: it holds no object they did not
+    /// hold, so a reader that has some of them may fetch the others (retired, in the bucket for
+    /// the grace period) instead of this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaces: Vec<String>,
 }
 
 impl Root {
@@ -135,7 +140,11 @@ impl Root {
         if let Some(bad) = root.shards.iter().flatten().find(|s| !is_sha256_hex(s)) {
             return Err(format!("it names a shard '{bad}' that is not a SHA-256"));
         }
-        let names = root.packs.iter().map(|p| &p.name).chain(root.retired.iter().map(|r| &r.name));
+        let names = root
+            .packs
+            .iter()
+            .flat_map(|p| std::iter::once(&p.name).chain(&p.replaces))
+            .chain(root.retired.iter().map(|r| &r.name));
         if let Some(bad) = names.into_iter().find(|name| ObjectFormat::of_hex(name).is_none()) {
             return Err(format!("it names a pack '{bad}' that is not a pack name"));
         }
@@ -327,7 +336,7 @@ mod tests {
         odd.shards = vec![None, None, None];
         assert!(Root::parse(&odd.to_bytes()).is_err());
         let mut bad_pack = next;
-        bad_pack.packs.push(PackEntry { name: "../../x".into(), objects: 1, bytes: 1, idx_bytes: 1 });
+        bad_pack.packs.push(PackEntry { name: "../../x".into(), objects: 1, bytes: 1, idx_bytes: 1, replaces: vec![] });
         assert!(Root::parse(&bad_pack.to_bytes()).unwrap_err().contains("not a pack name"));
         assert!(Root::parse(b"{}").is_err());
     }

@@ -262,6 +262,10 @@ impl Repository for NativeRepo {
     async fn doctor(&self, options: &DoctorOptions) -> Result<Vec<Finding>, StoreError> {
         self.diagnose(options).await
     }
+
+    async fn gc_grace(&self, seconds: Option<u64>) -> Result<(u64, bool), ManageError> {
+        self.set_grace(seconds).await
+    }
 }
 
 impl NativeRepo {

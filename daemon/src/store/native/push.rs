@@ -24,7 +24,9 @@ const PACK_ATTEMPTS: usize = 3;
 enum Attempt {
     Done {
         outcomes: Vec<RefOutcome>,
-        packed: bool,
+        /// Whether the commit added a pack or made garbage (a ref deleted or forced): then
+        /// compaction or garbage collection may be due.
+        maintain: bool,
     },
     /// A garbage collection committed since the pack was made, or the pack was swept: pack
     /// (and upload) again.
@@ -66,8 +68,8 @@ impl NativeRepo {
             });
         }
         for _ in 0..PACK_ATTEMPTS {
-            let (outcomes, packed) = match self.push_once(batch, &wanted, events).await? {
-                Attempt::Done { outcomes, packed } => (outcomes, packed),
+            let (outcomes, maintain) = match self.push_once(batch, &wanted, events).await? {
+                Attempt::Done { outcomes, maintain } => (outcomes, maintain),
                 Attempt::Collected => {
                     tracing::info!(
                         "the remote was garbage-collected, or the pack swept, while this push ran; packing again"
@@ -78,14 +80,18 @@ impl NativeRepo {
             if self.config.url.zip {
                 self.publish_zips(&wanted, &outcomes, events).await;
             }
-            if packed {
-                // The remote's work, not the client's: it goes on after the client leaves.
-                let repo = self.clone();
-                tokio::spawn(async move { repo.maintain().await });
+            if maintain {
+                self.maintain_in_background();
             }
             return Ok(outcomes);
         }
         Err(NativeError::Contended.into())
+    }
+
+    /// Starts `maintain`: the remote's work, not the client's, it goes on after the client leaves.
+    pub(super) fn maintain_in_background(&self) {
+        let repo = self.clone();
+        tokio::spawn(async move { repo.maintain().await });
     }
 
     /// Compaction, then garbage collection, each when due; one run per remote at a time (a
@@ -140,7 +146,7 @@ impl NativeRepo {
         let snapshot = self.snapshot().await?;
         check_object_format(&self.git, snapshot.object_format()).await?;
         let verdicts = self.judge_all(batch, wanted, &snapshot).await;
-        let done = |outcomes| Ok(Attempt::Done { outcomes, packed: false });
+        let done = |outcomes| Ok(Attempt::Done { outcomes, maintain: false });
         if batch.atomic && verdicts.iter().any(Result::is_err) {
             return done(atomic_failure(batch, verdicts));
         }
@@ -192,7 +198,7 @@ impl NativeRepo {
                     let verdicts = self.judge_all(batch, wanted, snapshot).await;
                     if batch.atomic && verdicts.iter().any(Result::is_err) {
                         let outcomes = atomic_failure(batch, verdicts);
-                        return Ok((None, Attempt::Done { outcomes, packed: false }));
+                        return Ok((None, Attempt::Done { outcomes, maintain: false }));
                     }
                     let mut refs = snapshot.refs.clone();
                     let mut rewrites = 0;
@@ -230,7 +236,8 @@ impl NativeRepo {
                     let head = choose_next_head(snapshot.root.head.as_deref(), &refs, &pushed_branches, preferred);
                     let changed = changed_refs || head != next.head || packed.is_some();
                     next.head = head;
-                    let attempt = Attempt::Done { outcomes: outcomes(batch, verdicts), packed: packed.is_some() };
+                    let maintain = changed && (packed.is_some() || rewrites > 0);
+                    let attempt = Attempt::Done { outcomes: outcomes(batch, verdicts), maintain };
                     Ok((changed.then_some((next, refs)), attempt))
                 })
             })
@@ -316,7 +323,7 @@ impl NativeRepo {
         }
         let bytes = file_len(&pack_path).await?;
         let idx_bytes = file_len(&dir.join(format!("{base}-{name}.idx"))).await?;
-        Ok(Some(PackEntry { name: name.to_string(), objects, bytes, idx_bytes }))
+        Ok(Some(PackEntry { name: name.to_string(), objects, bytes, idx_bytes, replaces: Vec::new() }))
     }
 
     /// Uploads the pack `<dir>/<base>-<name>.pack`, its index and `tips`; `None` when it holds
