@@ -738,3 +738,64 @@ fn a_push_racing_a_branch_delete_and_a_collection_packs_again() {
     assert_eq!(env.rev_parse(&clone, "origin/on-top:feature.bin"), feature_blob);
     assert!(env.daemon_log().contains("packing again"), "the push noticed the collection");
 }
+
+#[test]
+fn fetches_that_outlive_a_compaction_and_its_grace_period_still_land() {
+    use git_s3_tests::fault_proxy::{Fault, Rule};
+    let mut env = TestEnv::new();
+    let proxy = env.route_through_proxy();
+    let work = project_with_native_remote(&env, "work", "outlive");
+    env.git_ok(&work, &["push", "-q", "origin", "main"]);
+    let url = env.url("outlive");
+    let reader = env.clone_repo(&url, "reader");
+    let stored =
+        |env: &TestEnv, name: &str| env.server.size(&env.bucket, &format!("outlive/native/packs/pack-{name}.pack"));
+
+    // Each round: a push the reader will fetch; the reader's fetch reads the root, and is held
+    // while a second push makes a compaction merge the first push's pack away.
+    for (round, grace) in [(0, None), (1, Some("0"))] {
+        if let Some(grace) = grace {
+            env.git_s3_ok(&work, &["gc-grace", "origin", grace]);
+        }
+        env.commit(&work, "round.txt", format!("round {round}, first push\n"), "the push the reader fetches");
+        env.git_ok(&work, &["push", "-q", "origin", "main"]);
+        let fetched_value = env.rev_parse(&work, "main");
+        let wanted: Vec<String> = root_packs(&env, "outlive").into_iter().map(|(name, _)| name).collect();
+        let newest = wanted.last().expect("a pack").clone();
+
+        // The fetch has read the root (naming the new pack) when it asks for the new pack's tips:
+        // that answer is held back.
+        let held_before = proxy.faulted().len();
+        proxy.add(Rule::new("GET", &format!("pack-{newest}.tips"), Fault::Delay(Duration::from_secs(12))).times(1));
+        let mut fetch = env.command("git");
+        fetch.args(["fetch", "-q", "origin"]).current_dir(&reader).stdout(Stdio::null()).stderr(Stdio::piped());
+        let fetch = fetch.spawn().expect("spawn git fetch");
+        wait_for("the fetch to be held", Duration::from_secs(30), || {
+            (proxy.faulted().len() > held_before).then_some(())
+        });
+
+        env.commit(&work, "round.txt", format!("round {round}, second push\n"), "a push that makes a compaction");
+        env.git_ok(&work, &["push", "-q", "origin", "main"]);
+        // The compaction that push makes due merges away a pack the held root names.
+        let merged_away: Vec<String> = wait_for("the compaction", Duration::from_secs(60), || {
+            let named = root_packs(&env, "outlive");
+            let gone: Vec<String> = wanted.iter().filter(|w| !named.iter().any(|(n, _)| n == *w)).cloned().collect();
+            (!gone.is_empty()).then_some(gone)
+        });
+        match grace {
+            // Within the grace period the merged packs are still there for the fetch.
+            None => assert!(merged_away.iter().all(|name| stored(&env, name).is_some())),
+            // With none, they are gone before the fetch reads them.
+            Some(_) => wait_for("the merged packs to be swept", Duration::from_secs(60), || {
+                merged_away.iter().all(|name| stored(&env, name).is_none()).then_some(())
+            }),
+        }
+
+        let output = finish_within(fetch, Duration::from_secs(60), "the held fetch");
+        assert!(output.status.success(), "round {round}: {}", String::from_utf8_lossy(&output.stderr));
+        assert_eq!(env.rev_parse(&reader, "origin/main"), fetched_value, "round {round}");
+        env.git_ok(&reader, &["fsck", "--strict", "--no-progress"]);
+        proxy.clear_rules();
+    }
+    assert!(env.daemon_log().contains("a pack went away during the fetch"), "the last fetch read the root again");
+}
