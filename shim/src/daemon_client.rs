@@ -92,7 +92,9 @@ async fn connect_current(endpoint: &Endpoint) -> Result<Option<Client>, ConnectE
     };
     let status = match client.status(StatusRequest {}).await {
         Ok(reply) => reply.into_inner(),
-        Err(status) if status.code() == tonic::Code::Unavailable => return Ok(None),
+        // Nobody answered: a daemon killed a moment ago can still hold its socket while its
+        // threads exit, so the connection is taken and then dropped (a transport error).
+        Err(status) if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown) => return Ok(None),
         Err(status) => return Err(ConnectError::Refused(status.message().to_string())),
     };
     if is_current(&status) {

@@ -481,3 +481,51 @@ fn kill_9_during_migrations_never_loses_a_ref() {
     let clone = env.clone_repo(&env.url(MIGRATING), "clone-migrated");
     env.git_ok(&clone, &["fsck", "--strict", "--no-progress"]);
 }
+
+/// `kill -9` of the daemon while it compacts a native remote after a push (the push has
+/// answered; its daemon merges packs in the background): the refs are what the pushes made,
+/// every clone is whole, the next push compacts again, and what a killed compaction left (a
+/// merged pack no root names) is an orphan doctor sweeps.
+#[test]
+fn kill_9_during_compactions_leaves_the_pushed_refs_and_a_whole_history() {
+    const COMPACT_PREFIX: &str = "crash-compact";
+    let trials: usize = std::env::var("CRASH_TRIALS").ok().and_then(|v| v.parse().ok()).map_or(10, |t: usize| t / 6);
+    let seed: u64 = std::env::var("CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed_0022);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let env = crash_env();
+    let repo = env.new_repo("compact");
+    env.git_ok(&repo, &["remote", "add", "origin", &env.url(COMPACT_PREFIX)]);
+    env.git_ok(&repo, &["config", "remote.origin.s3format", "native"]);
+    std::fs::write(repo.join("base.bin"), incompressible_bytes(1 << 20, 7)).expect("write");
+    env.git_ok(&repo, &["add", "."]);
+    env.git_ok(&repo, &["commit", "-q", "-m", "a base"]);
+    env.git_ok(&repo, &["push", "-q", "origin", "main"]);
+    let mut killed_count = 0;
+    for trial in 0..trials {
+        // Two small pushes: the second breaks the geometric rule, so its daemon compacts.
+        for step in 0..2 {
+            env.commit(&repo, "change.txt", format!("trial {trial} step {step}\n"), "a small change");
+            env.git_ok(&repo, &["push", "-q", "origin", "main"]);
+        }
+        let daemon = env.daemon_status().and_then(|s| Pid::from_raw(s["pid"].as_i64().unwrap_or(0) as i32));
+        // the seeded random moment of the crash, not a synchronisation
+        std::thread::sleep(Duration::from_millis(rng.u64(0..800)));
+        killed_count += usize::from(daemon.is_some_and(kill));
+        let listed = env.ls_remote(&repo, "origin");
+        let main = listed.iter().find(|(_, r)| r == "refs/heads/main").map(|(o, _)| o.clone());
+        assert_eq!(main, Some(env.rev_parse(&repo, "main")), "trial {trial}: main is what the push made");
+    }
+    eprintln!("compaction crash trials (seed {seed:#x}): {trials} trials, {killed_count} kills");
+    let clone = env.clone_repo(&env.url(COMPACT_PREFIX), "clone-compact");
+    assert_eq!(env.rev_parse(&clone, "HEAD"), env.rev_parse(&repo, "main"));
+    env.git_ok(&clone, &["fsck", "--strict", "--no-progress"]);
+    // What killed compactions left is swept, and the remote still reads whole.
+    env.git_s3_ok(&repo, &["doctor", "origin", "--yes", "--upload-idle", "0"]);
+    let report = env.git_s3_ok(&repo, &["doctor", "origin", "--dry-run"]);
+    assert!(!report.contains("not named by the manifest"), "{report}");
+    env.commit(&repo, "change.txt", "after the crashes\n", "a change after the crashes");
+    env.git_ok(&repo, &["push", "-q", "origin", "main"]);
+    let clone = env.clone_repo(&env.url(COMPACT_PREFIX), "clone-after");
+    env.git_ok(&clone, &["fsck", "--strict", "--no-progress"]);
+    assert_eq!(env.rev_parse(&clone, "HEAD"), env.rev_parse(&repo, "main"));
+}
