@@ -799,3 +799,56 @@ fn fetches_that_outlive_a_compaction_and_its_grace_period_still_land() {
     }
     assert!(env.daemon_log().contains("a pack went away during the fetch"), "the last fetch read the root again");
 }
+
+#[test]
+fn a_python_push_during_a_migration_is_refused_or_migrated_never_lost() {
+    use git_s3_tests::fault_proxy::{Fault, Rule};
+    let mut env = TestEnv::new();
+    let proxy = env.route_through_proxy();
+    let url = env.url("mig-race");
+    let work = env.new_repo("work");
+    env.git_ok(&work, &["checkout", "-q", "-b", "dev"]);
+    env.commit(&work, "dev", "dev\n", "dev");
+    env.git_ok(&work, &["checkout", "-q", "main"]);
+    env.git_ok(&work, &["remote", "add", "origin", &url]);
+    env.python_git_ok(&work, &["push", "-q", "origin", "main", "dev"]);
+    let dev_before = env.rev_parse(&work, "dev");
+
+    // The migration is held at its commit (the native root's write)...
+    proxy.add(Rule::new("PUT", "mig-race/refs/native.json", Fault::Delay(Duration::from_secs(10))).times(1));
+    let mut migrate = env.command(git_s3_tests::bin_dir().join("git-s3"));
+    migrate
+        .args(["migrate", "origin", "--to", "native"])
+        .current_dir(&work)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let migrate = migrate.spawn().expect("spawn git s3 migrate");
+    wait_for("the migration's commit to be held", Duration::from_secs(60), || {
+        proxy.faulted().iter().any(|s| s.path.contains("refs/native.json")).then_some(())
+    });
+
+    // ...while the Python tool pushes: to a ref being migrated, refused by its lock; a new
+    // branch, which the migration adds after its commit.
+    env.git_ok(&work, &["checkout", "-q", "dev"]);
+    env.commit(&work, "dev", "dev, later\n", "dev moves during the migration");
+    let refused = env.python_git(&work, &["push", "origin", "dev"]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    // The Python tool 0.4.2 says so in S3's words (its lock object's conditional write was refused).
+    assert!(!refused.status.success() && said.contains("[remote rejected] dev"), "{said}");
+    env.git_ok(&work, &["checkout", "-q", "-b", "late", "main"]);
+    env.commit(&work, "late", "late\n", "a branch pushed during the migration");
+    env.python_git_ok(&work, &["push", "-q", "origin", "late"]);
+
+    let output = finish_within(migrate, Duration::from_secs(120), "the migration");
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{said}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(said.contains("added 1 ref(s) pushed in the bundles format during the migration"), "{said}");
+    let clone = env.clone_repo(&url, "clone");
+    assert_eq!(env.rev_parse(&clone, "origin/dev"), dev_before);
+    assert_eq!(env.rev_parse(&clone, "origin/late"), env.rev_parse(&work, "late"));
+    env.git_ok(&clone, &["fsck", "--strict", "--no-progress"]);
+    // Nothing of the shared layout is left: no bundle, no lock.
+    let left: Vec<String> =
+        env.keys("mig-race/refs/").into_iter().filter(|k| !k.ends_with("refs/native.json")).collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -2,7 +2,9 @@
 //! written beside the old one and committed whole (one root write into the native format, which
 //! readers prefer; the bundles written before the native root goes, out of it), checked, and only
 //! then is the old format removed: our readers see the old repository or the new one, never
-//! half of one. A Python reader sees the bundles until they are deleted, one by one.
+//! half of one. A Python reader sees the bundles until they are deleted, one by one; a Python
+//! pusher is refused the refs being migrated (their locks are held) and sees a new branch it
+//! pushes meanwhile join the new format after the commit.
 
 use super::{
     Format, FormatWatch, Known, ManageError, PushBatch, PushCommand, RemoteRefs, Resources, StoreError, bundles,
@@ -44,16 +46,38 @@ impl From<GitError> for MigrateError {
     }
 }
 
+/// Listings of a shared-layout remote taken while its refs are locked: a push that lands
+/// between a listing and the locks is seen by the next one.
+const LISTING_ROUNDS: usize = 3;
+
 /// Moves the repository at `remote` into the format `to`.
+///
+/// Out of the shared layout, every ref's lock (which the Python tool honours) is held from
+/// before the listing that is migrated until its bundles are gone: a push of one of those refs
+/// is refused meanwhile, never lost. A ref created meanwhile is listed again after the commit
+/// and added to the new format (locked, in turn), up to `LISTING_ROUNDS` times.
 pub async fn migrate(
     resources: &Resources,
     remote: Remote,
     to: Format,
     dry_run: bool,
 ) -> Result<Migration, MigrateError> {
+    let mut locks = bundles::RefLocks::default();
+    let result = migrate_locked(resources, remote, to, dry_run, &mut locks).await;
+    locks.release().await;
+    result
+}
+
+async fn migrate_locked(
+    resources: &Resources,
+    remote: Remote,
+    to: Format,
+    dry_run: bool,
+    locks: &mut bundles::RefLocks,
+) -> Result<Migration, MigrateError> {
     let source = open(resources, remote.clone()).await?;
     let from = source.format();
-    let listed = source.list(true).await?;
+    let mut listed = source.list(true).await?;
     let mut migration = Migration { from, to, refs: listed.refs.len(), steps: Vec::new() };
     if from == to {
         // A migration cut short after its commit left the old format's objects behind.
@@ -90,6 +114,21 @@ pub async fn migrate(
             if protected.is_empty() { String::new() } else { format!(" ({} protected)", protected.len()) }
         ));
         return Ok(migration);
+    }
+    let lock_ttl = remote.config.lock_ttl;
+    if from == Format::Bundles {
+        for _ in 0..LISTING_ROUNDS {
+            let names: Vec<String> = listed.refs.iter().map(|(name, _)| name.clone()).collect();
+            locks.take(&remote.bucket, &remote.layout, lock_ttl, &names).await?;
+            let again = source.list(true).await?;
+            let settled = same_refs(&again, &listed);
+            listed = again;
+            if settled {
+                break;
+            }
+        }
+        migration.refs = listed.refs.len();
+        migration.steps.push(format!("locked {} ref(s) against pushes in the {from} format", listed.refs.len()));
     }
     // What the migration's own readers and writers notice of the prefix's format is moot: every
     // remembered format is forgotten when it ends.
@@ -144,12 +183,52 @@ pub async fn migrate(
     }
     migration.steps.push(format!("wrote and checked {} ref(s) in the {to} format", listed.refs.len()));
 
+    // Refs the Python tool (or an older daemon) created in the old format meanwhile join them.
+    let mut migrated = listed.refs.clone();
+    if from == Format::Bundles {
+        for _ in 0..LISTING_ROUNDS {
+            let names: Vec<String> =
+                source.list(false).await?.refs.into_iter().map(|(name, _)| name).filter(|n| !locks.holds(n)).collect();
+            if names.is_empty() {
+                break;
+            }
+            locks.take(&remote.bucket, &remote.layout, lock_ttl, &names).await?;
+            let late: Vec<(String, String)> =
+                source.list(false).await?.refs.into_iter().filter(|(name, _)| names.contains(name)).collect();
+            for keep in reader.fetch(late.clone(), &events).await? {
+                let _ = std::fs::remove_file(keep);
+            }
+            let updates: String = late.iter().map(|(name, oid)| format!("update {name} {oid}\n")).collect();
+            git.update_refs(&updates).await?;
+            let batch = PushBatch {
+                commands: late
+                    .iter()
+                    .map(|(name, _)| PushCommand { src: name.clone(), dst: name.clone(), force: false })
+                    .collect(),
+                advertised: writer.list(false).await?.refs.into_iter().collect(),
+                remote_format: written.object_format,
+                ..Default::default()
+            };
+            let mut added = 0;
+            for (outcome, value) in writer.push(batch, &events).await.into_iter().zip(late) {
+                match outcome.result {
+                    Ok(_) => {
+                        added += 1;
+                        migrated.push(value);
+                    }
+                    // Its bundle stays, and is reported with the others left below.
+                    Err(why) => migration.steps.push(format!("{} could not join the {to} format: {why}", outcome.dst)),
+                }
+            }
+            migration.steps.push(format!("added {added} ref(s) pushed in the {from} format during the migration"));
+        }
+    }
+
     // Only now does the old format go.
     match from {
         Format::Bundles => {
-            let left = bundles::remove_migrated(&remote.bucket, &remote.layout, &listed.refs)
-                .await
-                .map_err(StoreError::from)?;
+            let left =
+                bundles::remove_migrated(&remote.bucket, &remote.layout, &migrated).await.map_err(StoreError::from)?;
             migration.steps.push("removed the bundles".into());
             if !left.is_empty() {
                 migration.steps.push(format!(

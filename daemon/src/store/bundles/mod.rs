@@ -224,3 +224,53 @@ async fn release(lock: RefLock) {
         tracing::warn!(error = %e, "could not release a lock; it goes stale after its TTL");
     }
 }
+
+/// The shared layout's locks on a set of refs, held by a migration: the Python tool's pushes of
+/// those refs (and ours in this layout) are refused until they are released. Renewed while held.
+#[derive(Default)]
+pub struct RefLocks(std::collections::HashMap<String, RefLock>);
+
+/// Locks taken at once.
+const LOCKS_IN_FLIGHT: usize = 16;
+
+impl RefLocks {
+    /// Takes the lock of every ref in `refs` not held yet; a busy one is an error (those taken
+    /// stay held until `release`).
+    pub async fn take(
+        &mut self,
+        bucket: &Bucket,
+        layout: &Layout,
+        ttl: std::time::Duration,
+        refs: &[String],
+    ) -> Result<(), StoreError> {
+        use futures::StreamExt;
+        let wanted: Vec<String> = refs.iter().filter(|r| !self.0.contains_key(*r)).cloned().collect();
+        let taken: Vec<(String, Result<RefLock, LockError>)> = futures::stream::iter(wanted)
+            .map(|refname| async move {
+                let lock = RefLock::acquire(bucket, &layout.lock(&refname), &refname, ttl).await;
+                (refname, lock)
+            })
+            .buffer_unordered(LOCKS_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut busy = None;
+        for (refname, lock) in taken {
+            match lock {
+                Ok(lock) => {
+                    self.0.insert(refname, lock);
+                }
+                Err(e) => busy = busy.or(Some(e)),
+            }
+        }
+        busy.map_or(Ok(()), |e| Err(e.into()))
+    }
+
+    pub fn holds(&self, refname: &str) -> bool {
+        self.0.contains_key(refname)
+    }
+
+    pub async fn release(self) {
+        use futures::StreamExt;
+        futures::stream::iter(self.0.into_values()).for_each_concurrent(LOCKS_IN_FLIGHT, release).await;
+    }
+}
