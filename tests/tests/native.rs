@@ -852,3 +852,54 @@ fn a_python_push_during_a_migration_is_refused_or_migrated_never_lost() {
         env.keys("mig-race/refs/").into_iter().filter(|k| !k.ends_with("refs/native.json")).collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn a_push_killed_between_its_pack_and_its_commit_leaves_an_orphan_swept_after_the_grace_period() {
+    use git_s3_tests::fault_proxy::{Fault, Rule};
+    use rustix::process::{Pid, Signal};
+    let mut env = TestEnv::new();
+    let proxy = env.route_through_proxy();
+    let url = env.url("orphan");
+    let work = env.new_repo("work");
+    env.git_ok(&work, &["remote", "add", "origin", &url]);
+    env.git_ok(&work, &["config", "remote.origin.s3format", "native"]);
+    env.git_ok(&work, &["push", "-q", "origin", "main"]);
+    let packs = || -> BTreeSet<String> {
+        env.keys("orphan/native/packs/").into_iter().filter(|k| k.ends_with(".pack")).collect()
+    };
+    let before = packs();
+
+    // The push's pack is in the bucket, its commit not yet written, when its daemon is killed.
+    env.commit(&work, "b", "b\n", "a push about to be killed");
+    proxy.add(Rule::new("PUT", ".tips", Fault::Delay(Duration::from_secs(30))).times(1));
+    let mut push = env.command("git");
+    push.args(["push", "-q", "origin", "main"]).current_dir(&work).stdout(Stdio::null()).stderr(Stdio::piped());
+    let push = push.spawn().expect("spawn git push");
+    wait_for("the push's pack to be uploaded", Duration::from_secs(30), || {
+        (packs().len() > before.len()).then_some(())
+    });
+    let daemon = env.daemon_status().and_then(|s| s["pid"].as_i64()).and_then(|pid| Pid::from_raw(pid as i32));
+    rustix::process::kill_process(daemon.expect("the daemon's pid"), Signal::KILL).expect("kill the daemon");
+    let output = finish_within(push, Duration::from_secs(60), "the killed push");
+    assert!(!output.status.success(), "the push reported success without its commit");
+    let orphan: Vec<String> = packs().difference(&before).cloned().collect();
+    assert_eq!(orphan.len(), 1, "{orphan:?}");
+    proxy.clear_rules();
+
+    // Not sooner: doctor leaves it for the grace period; even with a grace period of 0, the
+    // sweep after the next push leaves a pack this fresh (it could be a push between its upload
+    // and its commit); doctor, with that grace period, deletes it.
+    let report = env.git_s3_in(&work, &["doctor", "origin", "--dry-run"]);
+    let report = String::from_utf8_lossy(&report.stdout);
+    assert!(report.contains("not named by the manifest") && report.contains("left alone"), "{report}");
+    env.git_s3_ok(&work, &["gc-grace", "origin", "0"]);
+    env.commit(&work, "c", "c\n", "the next push");
+    env.git_ok(&work, &["push", "-q", "origin", "main"]);
+    maintenance_done(&env, "orphan");
+    assert!(packs().contains(&orphan[0]), "the sweep after a push took a fresh orphan");
+    env.git_s3_ok(&work, &["doctor", "origin", "--yes"]);
+    assert!(!packs().contains(&orphan[0]), "doctor deleted the orphan");
+    let clone = env.clone_repo(&url, "clone");
+    env.git_ok(&clone, &["fsck", "--strict", "--no-progress"]);
+    assert_eq!(env.rev_parse(&clone, "HEAD"), env.rev_parse(&work, "main"));
+}
