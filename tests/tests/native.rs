@@ -446,6 +446,17 @@ fn many_pushes_leave_few_packs_and_a_fetch_still_costs_the_change() {
     assert!(stored(&env).len() > named.len());
     env.git_s3_ok(&work, &["doctor", "origin", "--yes", "--upload-idle", "0"]);
     assert_eq!(stored(&env), named);
+    // So are the shards of the ref table that 200 pushes replaced: only the root's are left.
+    let root: serde_json::Value =
+        serde_json::from_slice(&env.server.get(&env.bucket, "compact/refs/native.json")).expect("root");
+    let shards: BTreeSet<String> =
+        root["shards"].as_array().expect("shards").iter().filter_map(|s| s.as_str().map(str::to_string)).collect();
+    let stored_shards: BTreeSet<String> = env
+        .keys("compact/native/refs/")
+        .iter()
+        .filter_map(|k| k.strip_prefix("compact/native/refs/").map(str::to_string))
+        .collect();
+    assert_eq!(stored_shards, shards);
     // Within twice a fresh pack of what the refs reach, rewrites and all.
     let fresh = pack_bytes(&env, &work, "main\n");
     let stored_bytes: u64 =

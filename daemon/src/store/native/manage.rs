@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::manifest::RefTable;
-use super::{NativeRepo, Snapshot, packs_prefix};
+use super::{NativeRepo, Snapshot, packs_prefix, shards_prefix};
 use crate::bucket::ObjectInfo;
 use crate::progress::Events;
 use crate::store::bundles::is_bundle_key;
@@ -204,7 +204,47 @@ impl NativeRepo {
             })
             .await?;
         }
+        findings.extend(self.sweep_shards(snapshot, unnamed_grace, dry_run).await?);
         Ok(findings)
+    }
+
+    /// Every push writes the shards it changed; the ones no root names any more are deleted once
+    /// `grace` seconds old (by when they were written: a reader between the root and a shard
+    /// the sweep took reads the root again). One finding for all of them; younger ones are how
+    /// a remote looks between pushes, and no finding.
+    async fn sweep_shards(
+        &self,
+        snapshot: &Snapshot,
+        grace: u64,
+        dry_run: bool,
+    ) -> Result<Option<Finding>, StoreError> {
+        let prefix = shards_prefix(&self.layout);
+        let named: HashSet<&str> = snapshot.root.shards.iter().flatten().map(String::as_str).collect();
+        let unnamed: Vec<ObjectInfo> = self
+            .bucket
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .filter(|o| o.key.strip_prefix(&prefix).is_some_and(|name| !named.contains(name)))
+            .collect();
+        let old: Vec<ObjectInfo> = unnamed.into_iter().filter(|o| age_s(o.last_modified) >= grace).collect();
+        if old.is_empty() {
+            return Ok(None);
+        }
+        if !dry_run {
+            for object in &old {
+                self.bucket.delete(&object.key).await?;
+            }
+        }
+        Ok(Some(Finding {
+            subject: prefix,
+            problem: format!(
+                "{} shard(s) of the ref table that the manifest no longer names, older than {grace}s",
+                old.len()
+            ),
+            action: if dry_run { "would delete them".into() } else { "deleted them".into() },
+            fixed: !dry_run,
+        }))
     }
 
     /// `doctor --thorough`: every pack the root names downloaded and indexed (as a clone would),

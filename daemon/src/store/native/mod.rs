@@ -50,6 +50,10 @@ fn shard_key(layout: &Layout, name: &str) -> String {
     layout.key(&format!("native/refs/{name}"))
 }
 
+fn shards_prefix(layout: &Layout) -> String {
+    layout.key("native/refs/")
+}
+
 fn packs_prefix(layout: &Layout) -> String {
     layout.key("native/packs/")
 }
@@ -308,8 +312,20 @@ impl NativeRepo {
         }
     }
 
-    /// The root and every ref: shards are immutable, so each is read from S3 once per daemon.
+    /// The root and every ref. A shard swept between the root's read and its own (it had left
+    /// the root; the sweep keeps no old shard for fetches) makes it read the root again, once.
     async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        match self.snapshot_once().await {
+            Err(StoreError::Native(NativeError::Missing { key })) if key.starts_with(&shards_prefix(&self.layout)) => {
+                tracing::info!(%key, "a shard went away while the refs were read; reading the manifest again");
+                self.snapshot_once().await
+            }
+            other => other,
+        }
+    }
+
+    /// The root and every ref: shards are immutable, so each is read from S3 once per daemon.
+    async fn snapshot_once(&self) -> Result<Snapshot, StoreError> {
         let (root, etag) = self.read_root().await?;
         let count = root.shards.len();
         // Owned items: closures over borrowed ones trip the compiler's Send check.
