@@ -358,9 +358,13 @@ fn maintenance_done(env: &TestEnv, prefix: &str) -> serde_json::Value {
     })
 }
 
+/// The native root of the remote at `prefix`, read straight from the server.
+fn root_json(env: &TestEnv, prefix: &str) -> serde_json::Value {
+    serde_json::from_slice(&env.server.get(&env.bucket, &format!("{prefix}/refs/native.json"))).expect("root")
+}
+
 fn root_packs(env: &TestEnv, prefix: &str) -> Vec<(String, u64)> {
-    let root: serde_json::Value =
-        serde_json::from_slice(&env.server.get(&env.bucket, &format!("{prefix}/refs/native.json"))).expect("root");
+    let root = root_json(env, prefix);
     root["packs"]
         .as_array()
         .expect("packs")
@@ -377,8 +381,7 @@ fn many_pushes_leave_few_packs_and_a_fetch_still_costs_the_change() {
     let url = env.url("compact");
     let reader = env.clone_repo(&url, "reader");
     let collections = || -> u64 {
-        let root: serde_json::Value =
-            serde_json::from_slice(&env.server.get(&env.bucket, "compact/refs/native.json")).expect("root");
+        let root = root_json(&env, "compact");
         root["gc"].as_u64().unwrap_or(0)
     };
     let mut read_at = collections();
@@ -447,8 +450,7 @@ fn many_pushes_leave_few_packs_and_a_fetch_still_costs_the_change() {
     env.git_s3_ok(&work, &["doctor", "origin", "--yes", "--upload-idle", "0"]);
     assert_eq!(stored(&env), named);
     // So are the shards of the ref table that 200 pushes replaced: only the root's are left.
-    let root: serde_json::Value =
-        serde_json::from_slice(&env.server.get(&env.bucket, "compact/refs/native.json")).expect("root");
+    let root = root_json(&env, "compact");
     let shards: BTreeSet<String> =
         root["shards"].as_array().expect("shards").iter().filter_map(|s| s.as_str().map(str::to_string)).collect();
     let stored_shards: BTreeSet<String> = env
@@ -471,8 +473,7 @@ fn many_pushes_leave_few_packs_and_a_fetch_still_costs_the_change() {
     assert_eq!(env.git_s3_ok(&work, &["gc-grace", "origin"]).trim(), "grace period: 3600s");
     assert_eq!(env.git_s3_ok(&work, &["gc-grace", "origin", "0"]).trim(), "grace period set to 0s");
     assert_eq!(env.git_s3_ok(&work, &["gc-grace", "origin", "0"]).trim(), "grace period: 0s (already)");
-    let root: serde_json::Value =
-        serde_json::from_slice(&env.server.get(&env.bucket, "compact/refs/native.json")).expect("root");
+    let root = root_json(&env, "compact");
     assert_eq!(root["grace_s"].as_u64(), Some(0), "{root}");
     let before = stored(&env).len();
     for push in 0..4 {
@@ -635,9 +636,7 @@ fn history_nobody_reaches_is_collected_and_readers_never_notice() {
     env.git_ok(&work, &["add", "."]);
     env.git_ok(&work, &["commit", "-q", "-m", "a new history"]);
     env.git_ok(&work, &["push", "-q", "--force", "origin", "fresh:main"]);
-    let root = || -> serde_json::Value {
-        serde_json::from_slice(&env.server.get(&env.bucket, "garbage/refs/native.json")).expect("root")
-    };
+    let root = || root_json(&env, "garbage");
     wait_for("the garbage to be collected", Duration::from_secs(60), || {
         (root()["gc"].as_u64() == Some(1)).then_some(())
     });
@@ -733,9 +732,7 @@ fn a_push_racing_a_branch_delete_and_a_collection_packs_again() {
     // ...while the feature branch is deleted and the collection that delete makes due drops
     // its objects from every pack the manifest names.
     env.git_ok(&work, &["push", "-q", "origin", ":feature"]);
-    let root = || -> serde_json::Value {
-        serde_json::from_slice(&env.server.get(&env.bucket, "race-gc/refs/native.json")).expect("root")
-    };
+    let root = || root_json(&env, "race-gc");
     wait_for("the garbage to be collected", Duration::from_secs(60), || {
         (root()["gc"].as_u64() == Some(1)).then_some(())
     });

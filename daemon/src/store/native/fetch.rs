@@ -70,10 +70,9 @@ impl NativeRepo {
         let unrecorded: Vec<PackEntry> = root.packs.iter().filter(|p| !record.contains(&p.name)).cloned().collect();
         let needed = self.packs_lacking(&self.git, unrecorded).await?;
         let (needed, substituted) = self.substitute(needed, &record).await?;
-        // What the repository has all of once these packs are in: the record to be.
-        let mut fetched: HashSet<String> = needed.iter().map(|p| p.name.clone()).collect();
-        fetched.extend(substituted.iter().cloned());
         let downloaded: HashSet<String> = needed.iter().map(|p| p.name.clone()).collect();
+        // What the repository has all of once these packs are in: the record to be.
+        let mut fetched: HashSet<String> = downloaded.union(&substituted).cloned().collect();
         let mut keeps = self.download(&inside, needed, &pack_dir, events).await?;
         let trusted: Vec<PackEntry> = root
             .packs
