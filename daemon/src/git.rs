@@ -119,10 +119,20 @@ impl Git {
 
     /// Runs git with `input` on its stdin and returns its stdout, or its stderr as the error.
     pub async fn run_with_input(&self, args: &[&str], input: &[u8]) -> Result<Vec<u8>, GitError> {
+        self.run_with_input_into(args, input, Stdio::piped()).await
+    }
+
+    /// Runs git with `input` on its stdin and its stdout written to the file `out` (a pack, say).
+    pub async fn run_with_input_to_file(&self, args: &[&str], input: &[u8], out: &Path) -> Result<(), GitError> {
+        let file = std::fs::File::create(out).map_err(GitError::Spawn)?;
+        self.run_with_input_into(args, input, Stdio::from(file)).await.map(drop)
+    }
+
+    async fn run_with_input_into(&self, args: &[&str], input: &[u8], stdout: Stdio) -> Result<Vec<u8>, GitError> {
         let mut child = self
             .command(args)
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .map_err(GitError::Spawn)?;

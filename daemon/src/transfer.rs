@@ -242,6 +242,24 @@ pub async fn upload_file(
     size: u64,
     sent: &AtomicU64,
 ) -> Result<(), TransferError> {
+    upload_file_with(bucket, key, path, size, sent, Vec::new(), async || Ok(())).await
+}
+
+/// `upload_file` with user metadata on the object, and `before_commit` run once every byte is
+/// sent, right before the object would become visible: an error there abandons the upload and
+/// leaves nothing behind.
+pub async fn upload_file_with<F>(
+    bucket: &Bucket,
+    key: &str,
+    path: &std::path::Path,
+    size: u64,
+    sent: &AtomicU64,
+    metadata: Vec<(String, String)>,
+    before_commit: F,
+) -> Result<(), TransferError>
+where
+    F: AsyncFnOnce() -> Result<(), String>,
+{
     let body = |offset: u64, len: u64| async move {
         ByteStream::read_from()
             .path(path)
@@ -257,12 +275,14 @@ pub async fn upload_file(
         if bytes.len() as u64 != size {
             return Err(TransferError::Refused(format!("{} changed while it was uploaded", path.display())));
         }
-        bucket.put_admitted(key, bytes, PutOptions::default(), Some(admission)).await?;
+        before_commit().await.map_err(TransferError::Refused)?;
+        let options = PutOptions { metadata, ..Default::default() };
+        bucket.put_admitted(key, bytes, options, Some(admission)).await?;
         sent.fetch_add(size, Ordering::Relaxed);
         return Ok(());
     }
     let part_size = part_size_for(size);
-    let upload = MultipartUpload::create(bucket, key, Vec::new()).await?;
+    let upload = MultipartUpload::create(bucket, key, metadata).await?;
     let mut tasks: JoinSet<Result<CompletedPart, S3Error>> = JoinSet::new();
     let mut completed = Vec::new();
     let shared_sent = Arc::new(AtomicU64::new(0));
@@ -294,6 +314,10 @@ pub async fn upload_file(
     while !tasks.is_empty() {
         completed.push(join_part(&mut tasks).await?);
         report(sent);
+    }
+    if let Err(why) = before_commit().await {
+        upload.abort().await;
+        return Err(TransferError::Refused(why));
     }
     upload.complete(completed, size).await?;
     Ok(())

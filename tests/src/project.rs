@@ -12,19 +12,37 @@ use crate::TestEnv;
 pub struct ProjectShape {
     /// Commits on main.
     pub commits: usize,
-    /// Branches, each two commits off a point of main.
+    /// Branches, each 1–9 commits off a point of main.
     pub branches: usize,
+    /// Branches carrying 20 or more commits of their own.
+    pub long_branches: usize,
     /// Annotated tags on main, spread over its history.
     pub tags: usize,
+    /// Annotated tags on the long branches' commits.
+    pub branch_tags: usize,
     /// Bytes of new text each commit brings.
     pub bytes_per_commit: usize,
 }
 
 impl ProjectShape {
     /// Small enough for a story test, shaped like a project.
-    pub const SMALL: ProjectShape = ProjectShape { commits: 120, branches: 8, tags: 300, bytes_per_commit: 2048 };
-    /// A real project's shape: ~3,000 commits and ~10 MB on main, 30 branches, 300 tags.
-    pub const PROJECT: ProjectShape = ProjectShape { commits: 3000, branches: 30, tags: 300, bytes_per_commit: 3400 };
+    pub const SMALL: ProjectShape =
+        ProjectShape { commits: 120, branches: 8, long_branches: 0, tags: 300, branch_tags: 0, bytes_per_commit: 2048 };
+    /// A real project's shape: ~3,000 commits and ~10 MB on main, 30 branches a few commits off
+    /// it and 10 with 20+ of their own, 280 annotated tags on main and 20 on branches.
+    pub const PROJECT: ProjectShape = ProjectShape {
+        commits: 3000,
+        branches: 30,
+        long_branches: 10,
+        tags: 280,
+        branch_tags: 20,
+        bytes_per_commit: 3400,
+    };
+
+    /// Refs of a project of this shape.
+    pub fn refs(&self) -> usize {
+        1 + self.branches + self.long_branches + self.tags + self.branch_tags
+    }
 }
 
 /// A new repository `name` holding a project of `shape`, checked out on main.
@@ -81,10 +99,31 @@ pub fn project_repository(env: &TestEnv, name: &str, shape: ProjectShape) -> Pat
     for b in 0..shape.branches {
         let base = main_marks[main_marks.len() - 1 - (b * 7) % main_marks.len()];
         let mut parent = base;
-        for step in 0..2 {
+        for step in 0..1 + b % 9 {
             let text = words(256 + step);
             parent = commit(&mut stream, &format!("refs/heads/topic-{b}"), Some(parent), 100 + b, &text);
         }
+    }
+    let mut branch_marks = Vec::new();
+    for b in 0..shape.long_branches {
+        let base = main_marks[main_marks.len() - 1 - (b * 61 + 20) % main_marks.len()];
+        let mut parent = base;
+        for step in 0..20 + b {
+            let text = words(1024 + step);
+            parent = commit(&mut stream, &format!("refs/heads/feature-{b}"), Some(parent), 200 + b % 5, &text);
+            branch_marks.push(parent);
+        }
+    }
+    for t in 0..shape.branch_tags.min(branch_marks.len()) {
+        let target = branch_marks[t * branch_marks.len() / shape.branch_tags];
+        let message = format!("feature preview {t}\n");
+        write!(
+            stream,
+            "tag preview-{t}\nfrom :{target}\ntagger Dev <dev@example.com> {} +0000\ndata {}\n{message}\n",
+            1_750_000_000 + t,
+            message.len()
+        )
+        .unwrap();
     }
     for t in 0..shape.tags {
         let target = main_marks[t * main_marks.len() / shape.tags.max(1)];

@@ -95,6 +95,20 @@ impl S3Server {
         })
     }
 
+    /// The bytes and the number of objects under `prefix`.
+    pub fn bytes_and_keys_held(&self, bucket: &str, prefix: &str) -> (u64, u64) {
+        self.runtime.block_on(async {
+            let (mut total, mut keys) = (0u64, 0u64);
+            let mut pages = self.client.list_objects_v2().bucket(bucket).prefix(prefix).into_paginator().send();
+            while let Some(page) = pages.next().await {
+                let page = page.expect("list objects");
+                total += page.contents().iter().map(|o| o.size().unwrap_or(0) as u64).sum::<u64>();
+                keys += page.contents().len() as u64;
+            }
+            (total, keys)
+        })
+    }
+
     pub fn put(&self, bucket: &str, key: &str, body: Vec<u8>) {
         self.runtime
             .block_on(self.client.put_object().bucket(bucket).key(key).body(ByteStream::from(body)).send())

@@ -18,8 +18,13 @@ const FEED_BATCH_BYTES: usize = 256 * 1024;
 
 /// `git index-pack --stdin --keep` into `git`'s repository (`fix_thin`: deltas may refer to
 /// objects it already has), and its stdin with the pipe enlarged.
+/// The `--keep` option of `git index-pack` for what a fetch of `what` brings.
+pub(crate) fn keep_option(what: &str) -> String {
+    format!("--keep=git-remote-s3 fetch {what}")
+}
+
 pub(crate) fn index_pack(git: &Git, what: &str, fix_thin: bool) -> Result<(Child, ChildStdin), GitError> {
-    let keep = format!("--keep=git-remote-s3 fetch {what}");
+    let keep = keep_option(what);
     let mut args = vec!["index-pack", "--stdin", keep.as_str()];
     if fix_thin {
         args.push("--fix-thin");

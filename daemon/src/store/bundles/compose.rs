@@ -12,7 +12,6 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -32,7 +31,7 @@ use super::pack_cache::{Appended, CachedPack, PackCache, oids_of};
 use super::push::Prepared;
 use crate::bucket::S3Error;
 use crate::config::ComposeMode;
-use crate::git::{Git, GitError, last_line};
+use crate::git::{Git, GitError};
 use crate::object_format::{ObjectFormat, Oid};
 use crate::progress::Events;
 use crate::transfer::{MultipartUpload, TransferError, join_part};
@@ -153,11 +152,11 @@ impl Base {
 }
 
 /// Objects the base lacks, as `git pack-objects` wrote them.
-struct NewObjects {
-    file: TempPath,
-    pack_len: u64,
-    objects: u32,
-    oids: Vec<Oid>,
+pub(super) struct NewObjects {
+    pub(super) file: TempPath,
+    pub(super) pack_len: u64,
+    pub(super) objects: u32,
+    pub(super) oids: Vec<Oid>,
 }
 
 impl BundleRepo {
@@ -441,6 +440,17 @@ impl BundleRepo {
     async fn new_objects(&self, base_tip: &str, new_oid: &str, local: &CachedPack) -> Result<NewObjects, Failure> {
         let (chain, format) = (local.chain.clone(), local.format()?);
         let in_base = tokio::task::spawn_blocking(move || oids_of(&chain, format)).await.map_err(skip)??;
+        self.objects_beyond(base_tip, new_oid, &in_base).await
+    }
+
+    /// Packs what `new_oid` needs beyond `base_tip`, leaving out the objects of `in_base` (what
+    /// the pack it is appended to holds); deltas may refer to `base_tip`'s objects.
+    pub(super) async fn objects_beyond(
+        &self,
+        base_tip: &str,
+        new_oid: &str,
+        in_base: &HashSet<Oid>,
+    ) -> Result<NewObjects, Failure> {
         let listed = self.git.run_bytes(&["rev-list", "--objects", new_oid, &format!("^{base_tip}")]).await?;
         let mut revs = format!("{new_oid}\n^{base_tip}\n").into_bytes();
         let mut oids = Vec::new();
@@ -454,26 +464,8 @@ impl BundleRepo {
         }
         let file = self.composer.packs.temp_path("appended")?;
         let mut new_objects = NewObjects { file, pack_len: 0, objects: 0, oids };
-        let out = std::fs::File::create(&new_objects.file)?;
-        let mut child = self
-            .git
-            .command(["pack-objects", "--revs", "--stdout", "--thin", "--delta-base-offset", "-q"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(GitError::Spawn)?;
-        let mut stdin = child.stdin.take().ok_or_else(|| skip("git pack-objects has no stdin"))?;
-        let feed = async move {
-            stdin.write_all(&revs).await?;
-            stdin.shutdown().await
-        };
-        let (fed, output) = tokio::join!(feed, child.wait_with_output());
-        let output = output.map_err(GitError::Spawn)?;
-        if !output.status.success() {
-            return Err(skip(format!("git pack-objects: {}", last_line(&output.stderr))));
-        }
-        fed?;
+        let args = ["pack-objects", "--revs", "--stdout", "--thin", "--delta-base-offset", "-q"];
+        self.git.run_with_input_to_file(&args, &revs, &new_objects.file).await?;
         let mut head = [0u8; PACK_HEADER_BYTES as usize];
         let mut file = std::fs::File::open(&new_objects.file)?;
         file.read_exact(&mut head)?;
@@ -591,17 +583,19 @@ impl BundleRepo {
     /// cache, so the next push of the ref composes without downloading it. `listed`: what
     /// `git rev-list --objects <tip>` printed (the objects the bundle holds).
     pub(super) async fn remember_whole_bundle(&self, path: TempPath, tip: &str, listed: Result<Vec<u8>, GitError>) {
-        if let Err(why) = self.try_remember_whole_bundle(&path, tip, listed).await {
+        // `git bundle create` packs exactly what the tip reaches.
+        let oids = listed.map_err(|e| e.to_string()).and_then(|listed| {
+            listed_objects(&listed)
+                .collect::<Option<Vec<Oid>>>()
+                .ok_or_else(|| "git rev-list: unexpected output".into())
+        });
+        if let Err(why) = async { self.remember_bundle_pack(&path, tip, oids?).await }.await {
             tracing::debug!(%why, "the whole bundle's pack is not cached");
         }
     }
 
-    async fn try_remember_whole_bundle(
-        &self,
-        path: &Path,
-        tip: &str,
-        listed: Result<Vec<u8>, GitError>,
-    ) -> Result<(), String> {
+    /// Takes the pack of the bundle at `path`, which holds exactly `oids`, into the cache.
+    pub(super) async fn remember_bundle_pack(&self, path: &Path, tip: &str, oids: Vec<Oid>) -> Result<(), String> {
         let len = tokio::fs::metadata(path).await.map_err(|e| e.to_string())?.len();
         if len < COMPOSE_MIN_BUNDLE_BYTES {
             return Err("it is too small to compose from".into());
@@ -616,9 +610,6 @@ impl BundleRepo {
         file.seek(SeekFrom::End(-(format.trailer_bytes() as i64))).map_err(|e| e.to_string())?;
         let mut trailer = vec![0u8; format.raw_len()];
         file.read_exact(&mut trailer).map_err(|e| e.to_string())?;
-        // `git bundle create` packs exactly what the tip reaches.
-        let listed = listed.map_err(|e| e.to_string())?;
-        let oids: Vec<Oid> = listed_objects(&listed).collect::<Option<_>>().ok_or("git rev-list: unexpected output")?;
         if oids.len() != pack.objects as usize {
             return Err(format!("the pack counts {} objects, the tip reaches {}", pack.objects, oids.len()));
         }
@@ -664,7 +655,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for Teed<R> {
 
 /// The object ids `git rev-list --objects` printed (`<id>[ <path>]` a line); `None` for a line
 /// that does not start with one.
-fn listed_objects(stdout: &[u8]) -> impl Iterator<Item = Option<Oid>> + '_ {
+pub(super) fn listed_objects(stdout: &[u8]) -> impl Iterator<Item = Option<Oid>> + '_ {
     stdout.split(|&b| b == b'\n').filter(|line| !line.is_empty()).map(|line| {
         let id = line.split(|&b| b == b' ').next()?;
         std::str::from_utf8(id).ok().and_then(Oid::from_hex)
@@ -815,6 +806,6 @@ impl Assembly {
     }
 }
 
-fn hash_file_range(path: &Path, range: Range<u64>, format: ObjectFormat) -> std::io::Result<Vec<u8>> {
+pub(super) fn hash_file_range(path: &Path, range: Range<u64>, format: ObjectFormat) -> std::io::Result<Vec<u8>> {
     Assembly { pieces: vec![Piece::File { path: path.to_path_buf(), range }] }.hash(0..u64::MAX, format)
 }

@@ -9,7 +9,7 @@ use super::header::{self, BundleHeader};
 use super::keys::BundleKeys;
 use super::pack::BuildRecord;
 use super::tail::{CacheFill, NoTail};
-use super::{BundleError, BundleRepo};
+use super::{BundleError, BundleRepo, Head};
 use crate::git::{GitError, last_line};
 use crate::object_format::ObjectFormat;
 use crate::progress::Events;
@@ -77,32 +77,67 @@ impl BundleRepo {
                 .await
                 .into_iter()
                 .collect::<Result<_, _>>()?;
-        // The bundle with the most history first, alone: the others often need only what they
-        // add to it (their recorded segments), or nothing at all.
+        // In waves (`next_wave`): the trunk whole, then what needs only its segments, and so on.
+        // git may want one ref under two names (HEAD and the branch it names).
+        bundles.sort_by(|a, b| a.key.cmp(&b.key));
+        bundles.dedup_by(|a, b| a.key == b.key);
         bundles.sort_by_key(|b| std::cmp::Reverse(b.size));
-        let mut bundles = bundles.into_iter();
-        if let Some(first) = bundles.next() {
-            let (keep, fill) = self.fetch_ref(&first, pack_dir, events).await?;
-            keeps.extend(keep);
-            fills.extend(fill);
-        }
-        // Owned items: closures over borrowed ones trip the compiler's Send check.
-        let results: Vec<_> = futures::stream::iter(bundles)
-            .map(|bundle| async move { self.fetch_ref(&bundle, pack_dir, events).await })
-            .buffer_unordered(BUNDLES_IN_FLIGHT)
-            .collect()
-            .await;
-        let mut failure = None;
-        for result in results {
-            match result {
-                Ok((keep, fill)) => {
-                    keeps.extend(keep);
-                    fills.extend(fill);
+        let mut first = true;
+        while !bundles.is_empty() {
+            let wave = self.next_wave(&mut bundles, first).await?;
+            first = false;
+            // Owned items: closures over borrowed ones trip the compiler's Send check.
+            let results: Vec<_> = futures::stream::iter(wave)
+                .map(|bundle| async move { self.fetch_ref(&bundle, pack_dir, events).await })
+                .buffer_unordered(BUNDLES_IN_FLIGHT)
+                .collect()
+                .await;
+            let mut failure = None;
+            for result in results {
+                match result {
+                    Ok((keep, fill)) => {
+                        keeps.extend(keep);
+                        fills.extend(fill);
+                    }
+                    Err(e) => failure = failure.or(Some(e)),
                 }
-                Err(e) => failure = failure.or(Some(e)),
+            }
+            if let Some(e) = failure {
+                return Err(e);
             }
         }
-        failure.map_or(Ok(()), Err)
+        Ok(())
+    }
+
+    /// Takes from `left` (largest first) the bundles to fetch next: those whose change alone the
+    /// repository can take (a recorded segment starts at a commit it now has); else one alone,
+    /// first or while others wait for its history: the trunk, else the largest; else the
+    /// branches, then the tags (of which a tag object may be all that is needed, once what it
+    /// tags is here).
+    async fn next_wave(&self, left: &mut Vec<RemoteBundle>, first: bool) -> Result<Vec<RemoteBundle>, StoreError> {
+        let bases: Vec<&str> = left.iter().flat_map(|b| b.record.segments.iter().map(|s| s.base.as_str())).collect();
+        let present = self.git.present(&bases).await?;
+        let ready = |b: &RemoteBundle| b.record.segments.iter().any(|s| present.contains(&s.base));
+        let (wave, waiting): (Vec<_>, Vec<_>) = std::mem::take(left).into_iter().partition(|b| ready(b));
+        *left = waiting;
+        if !wave.is_empty() {
+            return Ok(wave);
+        }
+        if first || left.iter().skip(1).any(|b| !b.record.segments.is_empty()) {
+            // The trunk (what HEAD names) is what the other refs' segments build on.
+            let trunk = match self.read_head().await {
+                Ok(Head::Ref(head)) => left.iter().position(|b| b.refname == head),
+                _ => None,
+            };
+            return Ok(vec![left.remove(trunk.unwrap_or(0))]);
+        }
+        let (tags, others): (Vec<_>, Vec<_>) =
+            std::mem::take(left).into_iter().partition(|b| b.refname.starts_with("refs/tags/"));
+        if others.is_empty() {
+            return Ok(tags);
+        }
+        *left = tags;
+        Ok(others)
     }
 
     /// What S3 holds for a wanted ref: one HEAD request.
@@ -133,10 +168,13 @@ impl BundleRepo {
         }
         let fetched = match self.fetch_tail(bundle, pack_dir, events).await {
             Ok(fetched) => fetched,
-            Err(NoTail(why)) => {
-                tracing::debug!(%refname, %why, "fetching the whole bundle");
-                (self.unbundle(refname, oid, pack_dir, events).await?, None)
-            }
+            Err(NoTail(why)) => match self.fetch_tag_object(bundle, pack_dir, events).await? {
+                Some(keep) => (keep, None),
+                None => {
+                    tracing::debug!(%refname, %why, "fetching the whole bundle");
+                    (self.unbundle(refname, oid, pack_dir, events).await?, None)
+                }
+            },
         };
         if !self.git.has_object(oid).await? {
             return Err(StoreError::NotFetched { refname: refname.clone(), oid: oid.clone() });

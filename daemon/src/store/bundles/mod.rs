@@ -14,6 +14,8 @@ mod manage;
 mod pack;
 mod pack_cache;
 mod push;
+mod segmented;
+mod tag_object;
 mod tail;
 
 use std::path::PathBuf;

@@ -264,7 +264,14 @@ impl BuildRecord {
     /// The record of a bundle composed from one with this record: its segments move with the
     /// header's length change, and one new segment is added.
     pub fn appended_to(&self, header_shift: i64, added: Segment, garbage: u64) -> Self {
-        let mut segments: Vec<Segment> = self
+        let mut record = self.shifted(header_shift);
+        record.segments.push(added);
+        Self { appended: self.appended + 1, garbage: self.garbage + garbage, ..record }
+    }
+
+    /// This record for the same pack behind a header `header_shift` bytes longer.
+    pub fn shifted(&self, header_shift: i64) -> Self {
+        let segments = self
             .segments
             .iter()
             .filter_map(|s| {
@@ -272,8 +279,7 @@ impl BuildRecord {
                 Some(Segment { offset, ..s.clone() })
             })
             .collect();
-        segments.push(added);
-        Self { appended: self.appended + 1, garbage: self.garbage + garbage, segments }
+        Self { segments, ..self.clone() }
     }
 }
 

@@ -12,6 +12,7 @@ use super::compose::{Composed, Teed};
 use super::keys::{BundleKeys, RefKey};
 use super::listing::{RefState, default_branch};
 use super::lock::RefLock;
+use super::segmented::{BundleBases, NoBase};
 use super::{BundleRepo, Head, release};
 use crate::bucket::PutOptions;
 use crate::git::{Git, GitError, last_line};
@@ -56,21 +57,33 @@ impl BundleRepo {
         if let Err(e) = check_object_format(&self.git, batch.remote_format).await {
             return RefOutcome::refuse_all(&batch, &e.into());
         }
+        let bases = if batch.dry_run { BundleBases::default() } else { self.bundle_bases(&batch).await };
         let outcomes = if batch.atomic {
-            self.push_atomic(&batch, events).await
+            self.push_atomic(&batch, &bases, events).await
         } else {
-            let batch = &batch;
-            futures::stream::iter(batch.commands.clone())
-                .map(|command| async move {
-                    let result = match self.prepare(&command, batch, events).await {
-                        Ok(prepared) => self.write_and_commit(prepared, batch, events).await,
-                        Err(why) => Err(why),
-                    };
-                    RefOutcome { dst: command.dst, result }
-                })
-                .buffered(REFS_IN_FLIGHT)
-                .collect()
-                .await
+            // In the order later refs build on earlier ones' bundles; the trunk alone first, as
+            // the other branches build on it.
+            let mut order: Vec<usize> = (0..batch.commands.len()).collect();
+            order.sort_by_key(|&i| bases.build_order(&batch.commands[i].dst));
+            let trunk_first = order.first().is_some_and(|&i| bases.is_trunk(&batch.commands[i].dst));
+            let rest = order.split_off(usize::from(trunk_first));
+            let (batch, bases) = (&batch, &bases);
+            let push_one = |i: usize| async move {
+                let command = &batch.commands[i];
+                let result = match self.prepare(command, batch, events).await {
+                    Ok(prepared) => self.write_and_commit(prepared, batch, bases, events).await,
+                    Err(why) => Err(why),
+                };
+                (i, RefOutcome { dst: command.dst.clone(), result })
+            };
+            let mut outcomes = Vec::with_capacity(batch.commands.len());
+            for i in order {
+                outcomes.push(push_one(i).await);
+            }
+            outcomes
+                .extend(futures::stream::iter(rest).map(push_one).buffered(REFS_IN_FLIGHT).collect::<Vec<_>>().await);
+            outcomes.sort_by_key(|(i, _)| *i);
+            outcomes.into_iter().map(|(_, outcome)| outcome).collect()
         };
         if !batch.dry_run
             && let Err(e) = self.set_head_if_missing(&batch, &outcomes).await
@@ -107,6 +120,7 @@ impl BundleRepo {
         &self,
         prepared: Prepared,
         batch: &PushBatch,
+        bases: &BundleBases,
         events: &Events,
     ) -> Result<Pushed, Refusal> {
         if batch.dry_run {
@@ -114,7 +128,7 @@ impl BundleRepo {
             release(prepared.lock).await;
             return Ok(Pushed { forced });
         }
-        if let Err(why) = self.upload(&prepared, events).await {
+        if let Err(why) = self.upload(&prepared, bases, events).await {
             release(prepared.lock).await;
             return Err(Refusal::Failed(why));
         }
@@ -124,7 +138,7 @@ impl BundleRepo {
     /// Every ref is checked under its lock before any is written; then all new bundles are
     /// uploaded, and only when all are in place are the old ones removed. A failure before
     /// that point leaves every ref as it was.
-    async fn push_atomic(&self, batch: &PushBatch, events: &Events) -> Vec<RefOutcome> {
+    async fn push_atomic(&self, batch: &PushBatch, bases: &BundleBases, events: &Events) -> Vec<RefOutcome> {
         let mut prepared = Vec::new();
         let mut failure = None;
         for command in &batch.commands {
@@ -138,7 +152,7 @@ impl BundleRepo {
         }
         if failure.is_none() && !batch.dry_run {
             for (i, p) in prepared.iter().enumerate() {
-                if let Err(why) = self.upload(p, events).await {
+                if let Err(why) = self.upload(p, bases, events).await {
                     for done in &prepared[..i] {
                         self.remove_uploaded(done).await;
                     }
@@ -246,7 +260,7 @@ impl BundleRepo {
     /// client goes away before the upload passes its point of no return, the upload is given up
     /// with everything it started (the multipart upload is aborted, `git bundle create` killed,
     /// temporary files removed) and the ref stays as it was.
-    async fn upload(&self, prepared: &Prepared, events: &Events) -> Result<(), String> {
+    async fn upload(&self, prepared: &Prepared, bases: &BundleBases, events: &Events) -> Result<(), String> {
         let given_up = async {
             events.cancelled().await;
             if prepared.past_no_return.load(Ordering::SeqCst) {
@@ -255,19 +269,23 @@ impl BundleRepo {
         };
         tokio::select! {
             biased;
-            result = self.upload_new_bundle(prepared, events) => result,
+            result = self.upload_new_bundle(prepared, bases, events) => result,
             () = given_up => Err(CANCELLED.into()),
         }
     }
 
-    async fn upload_new_bundle(&self, prepared: &Prepared, events: &Events) -> Result<(), String> {
+    async fn upload_new_bundle(&self, prepared: &Prepared, bases: &BundleBases, events: &Events) -> Result<(), String> {
         let Some(new_oid) = prepared.new_oid.as_deref().filter(|_| !prepared.unchanged) else {
             return Ok(());
         };
         let dst = &prepared.command.dst;
         match self.compose(prepared, new_oid, events).await? {
             Composed::Uploaded => return Ok(()),
-            Composed::WholeBundle(why) => tracing::info!(refname = %dst, %why, "writing a whole bundle"),
+            Composed::WholeBundle(why) => tracing::debug!(refname = %dst, %why, "not composed in S3"),
+        }
+        match self.upload_segmented(prepared, new_oid, bases, events).await? {
+            Ok(()) => return Ok(()),
+            Err(NoBase(why)) => tracing::info!(refname = %dst, %why, "writing the bundle with git bundle create"),
         }
         let scratch = self.scratch.tempdir("push-").map_err(|e| StoreError::TempDir(e).to_string())?;
         let scratch_git = self.scratch_repository(scratch.path(), dst, new_oid).await.map_err(|e| e.to_string())?;

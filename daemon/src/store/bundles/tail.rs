@@ -46,10 +46,11 @@ impl BundleRepo {
         }
         let bases: Vec<&str> = segments.iter().map(|s| s.base.as_str()).collect();
         let present = self.git.present(&bases).await?;
-        // The earliest segment we can start at: every later one may delta against it.
+        // The latest segment whose base is here: every segment's base is reachable from the one
+        // before it and that segment's objects, so what follows needs nothing else.
         let from = segments
             .iter()
-            .position(|s| present.contains(&s.base))
+            .rposition(|s| present.contains(&s.base))
             .ok_or_else(|| NoTail("this repository has none of the tips the bundle records".into()))?;
         let format = ObjectFormat::of_hex(&bundle.oid).ok_or_else(|| NoTail("the bundle names no object".into()))?;
         let start = segments[from].offset;
