@@ -16,13 +16,13 @@ const INDEX_PACK_PIPE_BYTES: usize = 1024 * 1024;
 /// What `feed_rest` collects before it writes to index-pack.
 const FEED_BATCH_BYTES: usize = 256 * 1024;
 
-/// `git index-pack --stdin --keep` into `git`'s repository (`fix_thin`: deltas may refer to
-/// objects it already has), and its stdin with the pipe enlarged.
 /// The `--keep` option of `git index-pack` for what a fetch of `what` brings.
 pub(crate) fn keep_option(what: &str) -> String {
     format!("--keep=git-remote-s3 fetch {what}")
 }
 
+/// `git index-pack --stdin --keep` into `git`'s repository (`fix_thin`: deltas may refer to
+/// objects it already has), and its stdin with the pipe enlarged.
 pub(crate) fn index_pack(git: &Git, what: &str, fix_thin: bool) -> Result<(Child, ChildStdin), GitError> {
     let keep = keep_option(what);
     let mut args = vec!["index-pack", "--stdin", keep.as_str()];
