@@ -86,27 +86,44 @@ impl BundleRepo {
         while !bundles.is_empty() {
             let wave = self.next_wave(&mut bundles, first).await?;
             first = false;
-            // Owned items: closures over borrowed ones trip the compiler's Send check.
-            let results: Vec<_> = futures::stream::iter(wave)
-                .map(|bundle| async move { self.fetch_ref(&bundle, pack_dir, events).await })
-                .buffer_unordered(BUNDLES_IN_FLIGHT)
-                .collect()
-                .await;
-            let mut failure = None;
-            for result in results {
-                match result {
-                    Ok((keep, fill)) => {
-                        keeps.extend(keep);
-                        fills.extend(fill);
-                    }
-                    Err(e) => failure = failure.or(Some(e)),
-                }
-            }
-            if let Some(e) = failure {
-                return Err(e);
-            }
+            let (wave_keeps, wave_fills) = self.fetch_wave(wave, pack_dir, events).await?;
+            keeps.extend(wave_keeps);
+            fills.extend(wave_fills);
         }
         Ok(())
+    }
+
+    /// Fetches the bundles of one wave, `BUNDLES_IN_FLIGHT` at once, each in a task of its own:
+    /// a body streamed into `git index-pack` from a future polled among others cost the daemon
+    /// twice the CPU (0.7 s against 0.35 s for a 200 MB bundle). Dropping this future aborts them
+    /// all, which kills their children. The first failure stands, once the running ones ended.
+    async fn fetch_wave(
+        &self,
+        wave: Vec<RemoteBundle>,
+        pack_dir: &Path,
+        events: &Events,
+    ) -> Result<(Vec<PathBuf>, Vec<CacheFill>), StoreError> {
+        let mut waiting = wave.into_iter();
+        let mut running = tokio::task::JoinSet::new();
+        let (mut keeps, mut fills, mut failure) = (Vec::new(), Vec::new(), None);
+        loop {
+            while running.len() < BUNDLES_IN_FLIGHT && failure.is_none() {
+                let Some(bundle) = waiting.next() else { break };
+                let (repo, pack_dir, events) = (self.clone(), pack_dir.to_path_buf(), events.clone());
+                running.spawn(async move { repo.fetch_ref(&bundle, &pack_dir, &events).await });
+            }
+            let Some(done) = running.join_next().await else { break };
+            match done {
+                Ok(Ok((keep, fill))) => {
+                    keeps.extend(keep);
+                    fills.extend(fill);
+                }
+                Ok(Err(e)) => failure = failure.or(Some(e)),
+                // Tasks are aborted only when this future is dropped; a panic is this code's own.
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        }
+        failure.map_or(Ok((keeps, fills)), Err)
     }
 
     /// Takes from `left` (largest first) the bundles to fetch next: those whose change alone the
