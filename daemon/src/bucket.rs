@@ -503,11 +503,14 @@ impl Bucket {
     pub async fn copy(&self, from: &str, to: &str) -> Result<(), S3Error> {
         let _admission = self.scheduler.admit_request().await;
         self.follow(|| async move {
-            self.client()
-                .copy_object()
-                .bucket(&self.name)
-                .key(to)
-                .copy_source(self.copy_source(from))
+            let mut request =
+                self.client().copy_object().bucket(&self.name).key(to).copy_source(self.copy_source(from));
+            if self.checksums == ChecksumMode::WhenSupported {
+                // A whole-object checksum of the copy: a multipart source's composite one does not
+                // describe it (moto copies it anyway, and reads of the copy then fail).
+                request = request.checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32);
+            }
+            request
                 .encrypted_with(self.kms_key_id())
                 .customize()
                 .config_override(crate::clients::bulk_transfer())

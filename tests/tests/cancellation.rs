@@ -104,6 +104,26 @@ fn ctrl_c_stops_the_daemons_work_for_a_push_a_clone_a_fetch_and_a_bulk_pull() {
     assert!(env.ls_remote(&work, "origin").contains(&(old.clone(), "refs/heads/main".to_string())));
     assert!(daemon_leftovers(&env).is_empty(), "{:?}", daemon_leftovers(&env));
 
+    // The same for a native remote, whose large pack is uploaded (under a temporary key) while
+    // git writes it: interrupted mid-upload, the remote is as it was, with no temporary object.
+    let native = env.new_repo("native-work");
+    env.git_ok(&native, &["remote", "add", "origin", &env.url("big-native")]);
+    env.git_ok(&native, &["config", "remote.origin.s3format", "native"]);
+    env.git_ok(&native, &["push", "-q", "origin", "main"]);
+    let native_keys = env.keys("big-native/");
+    big_commit(&env, &native, 2);
+    let incoming = Rule::new("PUT", "/big-native/native/packs/incoming-", Fault::Delay(Duration::from_secs(2)));
+    proxy.add(incoming.query("partNumber").times(1000));
+    interrupt(&env, git(&env, &native, &["push", "-q", "origin", "main"]), "push", || {
+        proxy.seen().iter().any(|s| s.path.contains("/incoming-") && s.query.contains("partNumber")).then_some(())
+    });
+    wait_for("the unfinished upload to be aborted", STOPPED_WITHIN, || {
+        (env.server.open_multipart_uploads(&env.bucket) == 0).then_some(())
+    });
+    assert_eq!(env.keys("big-native/"), native_keys, "the remote as it was: no pack, no temporary object");
+    assert!(daemon_leftovers(&env).is_empty(), "{:?}", daemon_leftovers(&env));
+    proxy.clear_rules();
+
     // Pushed for real, then cloned while the bundle trickles in: the clone is interrupted.
     proxy.clear_rules();
     env.git_ok(&work, &["push", "-q", "origin", "main"]);

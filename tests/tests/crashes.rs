@@ -359,6 +359,7 @@ fn kill_9_during_native_pushes_leaves_every_ref_old_or_new_together() {
         )
     };
     const MAX_SIZE: usize = 4 * 1024 * 1024;
+    const STREAMED_SIZE: usize = 20 * 1024 * 1024;
     let next = |trial: usize, size: usize| {
         let (main, _) = next_commit(&env, &repo, Workload::Push, trial, size);
         env.git_ok(&repo, &["checkout", "-q", "-B", "side", "main"]);
@@ -376,7 +377,9 @@ fn kill_9_during_native_pushes_leaves_every_ref_old_or_new_together() {
     let (mut killed_count, mut took_new) = (0, 0);
     for trial in 0..trials {
         let victim = [Victim::Daemon, Victim::Shim, Victim::Git][trial % 3];
-        let (new_main, new_side) = next(trial, rng.usize(64 * 1024..MAX_SIZE));
+        // Every fourth push is large enough for its pack to be uploaded while git writes it.
+        let size = rng.usize(64 * 1024..MAX_SIZE);
+        let (new_main, new_side) = next(trial, if trial % 4 == 3 { STREAMED_SIZE } else { size });
         env.git_ok(&repo, &["ls-remote", "origin"]);
         let daemon = env.daemon_status().and_then(|s| Pid::from_raw(s["pid"].as_i64().unwrap_or(0) as i32));
         let delay = Duration::from_millis(rng.u64(0..window.as_millis().max(1) as u64));

@@ -8,9 +8,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use git_s3_tests::project::{ProjectShape, project_repository};
-use git_s3_tests::{ServerKind, TestEnv, finish_within, wait_for};
+use git_s3_tests::{ServerKind, TestEnv, finish_within, incompressible_bytes, wait_for};
 
 const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
 
 /// `git show-ref` of a repository, as `(oid, ref)` pairs, HEAD left out.
 fn local_refs(env: &TestEnv, repo: &Path) -> BTreeSet<(String, String)> {
@@ -95,6 +96,20 @@ fn a_project_lives_in_one_copy_of_its_history(env: &TestEnv) {
     let second = env.clone_repo(&env.url("project"), "second-clone");
     env.git_ok(&second, &["fsck", "--strict", "--no-progress"]);
     assert_eq!(env.rev_parse(&second, "HEAD"), change);
+
+    // A large change is uploaded while git writes its pack (under a temporary key, copied to
+    // the pack's name once git has named it): the bucket then holds it under its name alone.
+    let big = env.commit(&work, "big.bin", incompressible_bytes(20 * MIB as usize, 7), "a large file");
+    env.git_ok(&work, &["push", "-q", "origin", "main"]);
+    let packs = env.keys("project/native/packs/");
+    assert!(!packs.iter().any(|k| k.contains("incoming-")), "{packs:?}");
+    assert!(
+        packs.iter().any(|k| k.ends_with(".pack") && env.server.size(&env.bucket, k) > Some(20 * MIB)),
+        "{packs:?}"
+    );
+    env.git_ok(&second, &["pull", "-q", "--ff-only"]);
+    env.git_ok(&second, &["fsck", "--strict", "--no-progress"]);
+    assert_eq!(env.rev_parse(&second, "HEAD"), big);
 }
 
 #[test]

@@ -9,6 +9,7 @@ mod fetch;
 mod manage;
 mod manifest;
 mod push;
+mod send;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -291,31 +291,9 @@ impl NativeRepo {
         verdicts
     }
 
-    /// Packs what `tips` need and the remote lacks — everything reachable from them but not from
-    /// a remote ref this repository has — into one self-contained pack, and uploads it with its
-    /// index and its tips. `None` when the remote lacks nothing.
-    async fn send_pack(
-        &self,
-        tips: &BTreeSet<String>,
-        snapshot: &Snapshot,
-        events: &Events,
-    ) -> Result<Option<PackEntry>, StoreError> {
-        let remote_values: BTreeSet<&str> = snapshot.refs.values().map(String::as_str).collect();
-        let remote_values: Vec<&str> = remote_values.into_iter().collect();
-        let bases = self.git.present(&remote_values).await?;
-        let dir = self.scratch.tempdir("native-push-").map_err(StoreError::TempDir)?;
-        let mut input: String = tips.iter().map(|tip| format!("{tip}\n")).collect();
-        input.extend(bases.iter().map(|base| format!("^{base}\n")));
-        let name = self.pack_objects_with(&self.git, &["--revs"], &dir.path().join("pack"), input).await?;
-        if snapshot.root.has_pack(&name) {
-            return self.pack_entry(dir.path(), "pack", &name).await;
-        }
-        self.upload_pack(dir.path(), "pack", &name, tips, events).await
-    }
-
     /// The entry of the pack `git pack-objects` wrote as `<dir>/<base>-<name>.pack`; `None`
     /// when it holds no object.
-    async fn pack_entry(&self, dir: &Path, base: &str, name: &str) -> Result<Option<PackEntry>, StoreError> {
+    pub(super) async fn pack_entry(&self, dir: &Path, base: &str, name: &str) -> Result<Option<PackEntry>, StoreError> {
         let pack_path = dir.join(format!("{base}-{name}.pack"));
         let objects = pack_object_count(&pack_path).await?;
         if objects == 0 {
@@ -378,7 +356,13 @@ impl NativeRepo {
         Ok(name)
     }
 
-    async fn upload_file(&self, key: &str, path: &Path, size: u64, sent: Arc<AtomicU64>) -> Result<(), StoreError> {
+    pub(super) async fn upload_file(
+        &self,
+        key: &str,
+        path: &Path,
+        size: u64,
+        sent: Arc<AtomicU64>,
+    ) -> Result<(), StoreError> {
         match upload_file(&self.bucket, key, path, size, &sent).await {
             Ok(()) => Ok(()),
             Err(TransferError::S3(e)) => Err(e.into()),
