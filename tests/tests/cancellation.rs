@@ -78,6 +78,17 @@ fn big_commit(env: &TestEnv, repo: &Path, seed: u64) -> String {
     env.commit(repo, &format!("big-{seed}.bin"), incompressible_bytes(24 * 1024 * 1024, seed), "big")
 }
 
+/// 40 MiB in 80 files: git writes their pack object by object, for long enough to be seen.
+fn many_objects_commit(env: &TestEnv, repo: &Path, seed: u64) -> String {
+    for i in 0..80 {
+        std::fs::write(repo.join(format!("part-{seed}-{i}.bin")), incompressible_bytes(512 * 1024, seed * 1000 + i))
+            .expect("write a file");
+    }
+    env.git_ok(repo, &["add", "."]);
+    env.git_ok(repo, &["commit", "-q", "-m", "many objects"]);
+    env.rev_parse(repo, "HEAD")
+}
+
 #[test]
 fn ctrl_c_stops_the_daemons_work_for_a_push_a_clone_a_fetch_and_a_bulk_pull() {
     let mut env = TestEnv::new();
@@ -104,28 +115,34 @@ fn ctrl_c_stops_the_daemons_work_for_a_push_a_clone_a_fetch_and_a_bulk_pull() {
     assert!(env.ls_remote(&work, "origin").contains(&(old.clone(), "refs/heads/main".to_string())));
     assert!(daemon_leftovers(&env).is_empty(), "{:?}", daemon_leftovers(&env));
 
-    // The same for a native remote, whose large pack is uploaded (under a temporary key) while
-    // git writes it: interrupted mid-upload, the remote is as it was, with no temporary object.
+    // The same for a native remote: interrupted while its pack's parts are slow to be answered,
+    // the remote is as it was, with no temporary object and no unfinished upload.
     let native = env.new_repo("native-work");
     env.git_ok(&native, &["remote", "add", "origin", &env.url("big-native")]);
     env.git_ok(&native, &["config", "remote.origin.s3format", "native"]);
     env.git_ok(&native, &["push", "-q", "origin", "main"]);
     let native_keys = env.keys("big-native/");
-    big_commit(&env, &native, 2);
-    let incoming = Rule::new("PUT", "/big-native/native/packs/incoming-", Fault::Delay(Duration::from_secs(2)));
-    proxy.add(incoming.query("partNumber").times(1000));
+    many_objects_commit(&env, &native, 2);
+    let packs = Rule::new("PUT", "/big-native/native/packs/", Fault::Delay(Duration::from_secs(2)));
+    proxy.add(packs.query("partNumber").times(1000));
     interrupt(&env, git(&env, &native, &["push", "-q", "origin", "main"]), "push", || {
-        proxy.seen().iter().any(|s| s.path.contains("/incoming-") && s.query.contains("partNumber")).then_some(())
+        proxy.seen().iter().any(|s| s.path.contains("/native/packs/") && s.query.contains("partNumber")).then_some(())
     });
     wait_for("the unfinished upload to be aborted", STOPPED_WITHIN, || {
         (env.server.open_multipart_uploads(&env.bucket) == 0).then_some(())
     });
     assert_eq!(env.keys("big-native/"), native_keys, "the remote as it was: no pack, no temporary object");
     assert!(daemon_leftovers(&env).is_empty(), "{:?}", daemon_leftovers(&env));
+    // Pushed for real: git writes that pack for long enough to be seen writing, so it was
+    // uploaded meanwhile, under a temporary key that is gone afterwards.
     proxy.clear_rules();
+    let seen_before = proxy.seen().len();
+    env.git_ok(&native, &["push", "-q", "origin", "main"]);
+    let seen = proxy.seen();
+    assert!(seen[seen_before..].iter().any(|s| s.method == "PUT" && s.path.contains("/native/packs/incoming-")));
+    assert!(!env.keys("big-native/").iter().any(|k| k.contains("incoming-")));
 
     // Pushed for real, then cloned while the bundle trickles in: the clone is interrupted.
-    proxy.clear_rules();
     env.git_ok(&work, &["push", "-q", "origin", "main"]);
     let new = env.rev_parse(&work, "HEAD");
     let trickle = Fault::Trickle { bytes: 256 * 1024, pause: Duration::from_millis(250) };

@@ -97,14 +97,20 @@ fn a_project_lives_in_one_copy_of_its_history(env: &TestEnv) {
     env.git_ok(&second, &["fsck", "--strict", "--no-progress"]);
     assert_eq!(env.rev_parse(&second, "HEAD"), change);
 
-    // A large change is uploaded while git writes its pack (under a temporary key, copied to
-    // the pack's name once git has named it): the bucket then holds it under its name alone.
-    let big = env.commit(&work, "big.bin", incompressible_bytes(20 * MIB as usize, 7), "a large file");
+    // A large change (40 MiB in 80 files) is uploaded while git writes its pack (under a
+    // temporary key, copied to the pack's name once git has named it): the bucket then holds it
+    // under its name alone.
+    for i in 0..80 {
+        std::fs::write(work.join(format!("part-{i}.bin")), incompressible_bytes(512 * KIB as usize, i)).expect("write");
+    }
+    env.git_ok(&work, &["add", "."]);
+    env.git_ok(&work, &["commit", "-q", "-m", "a large change"]);
+    let big = env.rev_parse(&work, "HEAD");
     env.git_ok(&work, &["push", "-q", "origin", "main"]);
     let packs = env.keys("project/native/packs/");
     assert!(!packs.iter().any(|k| k.contains("incoming-")), "{packs:?}");
     assert!(
-        packs.iter().any(|k| k.ends_with(".pack") && env.server.size(&env.bucket, k) > Some(20 * MIB)),
+        packs.iter().any(|k| k.ends_with(".pack") && env.server.size(&env.bucket, k) > Some(40 * MIB)),
         "{packs:?}"
     );
     env.git_ok(&second, &["pull", "-q", "--ff-only"]);
@@ -925,4 +931,12 @@ fn a_push_killed_between_its_pack_and_its_commit_leaves_an_orphan_swept_after_th
     let clone = env.clone_repo(&url, "clone");
     env.git_ok(&clone, &["fsck", "--strict", "--no-progress"]);
     assert_eq!(env.rev_parse(&clone, "HEAD"), env.rev_parse(&work, "main"));
+
+    // A daemon killed while it uploaded a large pack as git wrote it leaves that upload open:
+    // doctor aborts it once idle.
+    let incoming = "orphan/native/packs/incoming-00112233445566778899aabbccddeeff.pack";
+    env.server.abandoned_upload(&env.bucket, incoming);
+    let report = env.git_s3_ok(&work, &["doctor", "origin", "--yes", "--upload-idle", "0"]);
+    assert!(report.contains(incoming) && report.contains("aborted it"), "{report}");
+    assert_eq!(env.server.open_multipart_uploads(&env.bucket), 0);
 }

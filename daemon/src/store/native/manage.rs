@@ -317,6 +317,7 @@ impl NativeRepo {
         // Asked for by hand: `--upload-idle` may shorten both.
         let grace = snapshot.root.grace_s.min(options.upload_idle.as_secs());
         findings.extend(self.sweep(&snapshot, &stored, grace, grace, options.dry_run).await?);
+        findings.extend(self.abort_idle_uploads(options).await?);
         if options.thorough {
             findings.extend(self.check_history(&snapshot).await?);
         }
@@ -331,6 +332,33 @@ impl NativeRepo {
                 action: "if nothing needs them, delete them".into(),
                 fixed: false,
             });
+        }
+        Ok(findings)
+    }
+
+    /// Uploads of packs that a push began and never finished (its daemon was killed while git
+    /// wrote the pack): aborted once idle for `--upload-idle`.
+    async fn abort_idle_uploads(&self, options: &DoctorOptions) -> Result<Vec<Finding>, StoreError> {
+        let uploads = match self.bucket.open_uploads(&packs_prefix(&self.layout)).await {
+            Ok(uploads) => uploads,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list open uploads");
+                return Ok(Vec::new());
+            }
+        };
+        let mut findings = Vec::new();
+        for upload in &uploads {
+            if age_s(self.bucket.last_activity(upload).await) < options.upload_idle.as_secs() {
+                continue;
+            }
+            let problem = format!("unfinished upload started {}s ago", age_s(upload.initiated));
+            let (action, fixed) = if options.dry_run {
+                ("would abort it", false)
+            } else {
+                self.bucket.abort_upload(&upload.key, &upload.upload_id).await?;
+                ("aborted it", true)
+            };
+            findings.push(Finding { subject: upload.key.clone(), problem, action: action.into(), fixed });
         }
         Ok(findings)
     }

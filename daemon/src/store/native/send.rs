@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 
 use super::manifest::PackEntry;
 use super::{NativeError, NativeRepo, Snapshot, pack_key, packs_prefix};
+use crate::bucket::Bucket;
 use crate::git::{GitError, last_line};
 use crate::object_format::ObjectFormat;
 use crate::progress::Events;
@@ -43,12 +44,41 @@ const READ_BYTES: usize = 256 * 1024;
 /// How often the pack git is writing is looked at again when it has not grown.
 const TAIL_POLL: Duration = Duration::from_millis(10);
 
-/// A pack uploaded under a temporary key while git wrote it.
+/// A pack uploaded under a temporary key while git wrote it. Deleted by `delete`, or, when
+/// dropped without it (a cancelled push, an error on the way), in the background.
 struct Incoming {
+    bucket: Bucket,
     key: String,
     size: u64,
     /// Its last bytes: the trailer, which must be the pack's name.
     trailer: Vec<u8>,
+    deleted: bool,
+}
+
+impl Incoming {
+    /// The temporary object is garbage once copied (or not needed); one left behind is swept.
+    async fn delete(mut self) {
+        self.deleted = true;
+        if let Err(e) = self.bucket.delete(&self.key).await {
+            tracing::warn!(key = self.key, error = %e, "could not delete a pack's temporary upload; the sweep will");
+        }
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if self.deleted {
+            return;
+        }
+        let (bucket, key) = (self.bucket.clone(), std::mem::take(&mut self.key));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = bucket.delete(&key).await {
+                    tracing::warn!(key, error = %e, "could not delete a pack's temporary upload; the sweep will");
+                }
+            });
+        }
+    }
 }
 
 impl NativeRepo {
@@ -76,9 +106,9 @@ impl NativeRepo {
             Some(incoming) => {
                 let placed = match unneeded {
                     true => Ok(()),
-                    false => self.place_incoming(&incoming, dir.path(), &name, tips, events).await,
+                    false => self.place_incoming(&incoming, dir.path(), &name, tips).await,
                 };
-                self.delete_incoming(&incoming.key).await;
+                incoming.delete().await;
                 placed.map(|()| entry)
             }
         }
@@ -145,8 +175,8 @@ impl NativeRepo {
         let name = match named.await {
             Ok(name) => name,
             Err(e) => {
-                if let Some(incoming) = &incoming {
-                    self.delete_incoming(&incoming.key).await;
+                if let Some(incoming) = incoming {
+                    incoming.delete().await;
                 }
                 return Err(e);
             }
@@ -154,7 +184,7 @@ impl NativeRepo {
         let incoming = match incoming {
             Some(incoming) if hex::encode(&incoming.trailer) != name => {
                 tracing::info!(%name, "git rewrote the pack after it was uploaded; uploading the finished file");
-                self.delete_incoming(&incoming.key).await;
+                incoming.delete().await;
                 None
             }
             other => other,
@@ -174,15 +204,16 @@ impl NativeRepo {
     ) -> Result<Option<Incoming>, StoreError> {
         let local = |e: std::io::Error| StoreError::from(NativeError::LocalPack(e));
         let mut file = loop {
-            let done = exited.is_set();
+            // Done already: the finished file is uploaded as it is (a `tmp_pack_*` still here
+            // is what a failed git left).
+            if exited.is_set() {
+                return Ok(None);
+            }
             if let Some(path) = pack_being_written(writing_dir).await {
                 let large = tokio::fs::metadata(&path).await.is_ok_and(|m| m.len() >= STREAMED_PACK_BYTES);
                 if large && let Ok(file) = tokio::fs::File::open(&path).await {
                     break file;
                 }
-            }
-            if done {
-                return Ok(None);
             }
             exited.wait(TAIL_POLL).await;
         };
@@ -220,17 +251,21 @@ impl NativeRepo {
                     exited.wait(TAIL_POLL).await;
                     continue;
                 }
-                pipe.write_all(&chunk[..n]).await.map_err(upload_gone)?;
                 size += n as u64;
+                if size > MAX_COPY_BYTES {
+                    // Too large to copy in one request: the finished file is uploaded instead.
+                    return Ok(false);
+                }
+                pipe.write_all(&chunk[..n]).await.map_err(upload_gone)?;
                 last.extend_from_slice(&chunk[..n]);
                 let hashed = last.len().saturating_sub(trailer_len);
                 hasher.update(&last[..hashed]);
                 last.drain(..hashed);
             }
-            Ok::<_, StoreError>(())
+            Ok::<_, StoreError>(true)
         };
         let read = read.await;
-        let whole_pack = read.is_ok() && last.len() == trailer_len && hasher.finalize() == last;
+        let whole_pack = matches!(read, Ok(true)) && last.len() == trailer_len && hasher.finalize() == last;
         whole.store(whole_pack, Ordering::Release);
         drop(pipe);
         let uploaded = match uploading.join_next().await {
@@ -240,15 +275,17 @@ impl NativeRepo {
             None => Err(TransferError::Refused("the upload task is gone".into())),
         };
         sending.finish();
-        read?;
-        match uploaded {
-            Ok(uploaded) if whole_pack && uploaded == size => Ok(Some(Incoming { key, size, trailer: last })),
-            Ok(_) => {
-                self.delete_incoming(&key).await;
-                Ok(None)
+        let incoming = |trailer| Incoming { bucket: self.bucket.clone(), key, size, trailer, deleted: false };
+        // The first cause stands: the upload's failure shows as a broken pipe to the reading.
+        match (uploaded, read) {
+            (Ok(uploaded), Ok(true)) if whole_pack && uploaded == size => Ok(Some(incoming(last))),
+            // Uploaded, but not the whole pack as git named it.
+            (Ok(_), read) => {
+                incoming(last).delete().await;
+                read.map(|_| None)
             }
-            Err(TransferError::Refused(_)) if !whole_pack => Ok(None),
-            Err(e) => Err(transfer_error(e)),
+            (Err(TransferError::Refused(_)), Ok(_)) if !whole_pack => Ok(None),
+            (Err(e), _) => Err(transfer_error(e)),
         }
     }
 
@@ -260,11 +297,7 @@ impl NativeRepo {
         dir: &Path,
         name: &str,
         tips: &BTreeSet<String>,
-        events: &Events,
     ) -> Result<(), StoreError> {
-        if incoming.size > MAX_COPY_BYTES {
-            return self.upload_pack(dir, "pack", name, tips, events).await.map(|_| ());
-        }
         let idx_path = dir.join(format!("pack-{name}.idx"));
         let idx_bytes = tokio::fs::metadata(&idx_path).await.map_err(NativeError::LocalPack)?.len();
         let tips_text: String = tips.iter().map(|tip| format!("{tip}\n")).collect();
@@ -288,13 +321,6 @@ impl NativeRepo {
             self.upload_file(&pack_at, &pack_path, incoming.size, sent).await?;
         }
         Ok(())
-    }
-
-    /// The temporary object is garbage once copied (or not needed); one left behind is swept.
-    async fn delete_incoming(&self, key: &str) {
-        if let Err(e) = self.bucket.delete(key).await {
-            tracing::warn!(key, error = %e, "could not delete a pack's temporary upload; the sweep will");
-        }
     }
 }
 
