@@ -37,7 +37,7 @@ use crate::transfer::{TransferError, upload_stream};
 const STREAMED_PACK_BYTES: u64 = 16 * 1024 * 1024;
 /// What the copy into the upload's pipe holds at most.
 const UPLOAD_PIPE_BYTES: usize = 1024 * 1024;
-/// CopyObject copies up to 5 GiB; a larger pack is uploaded again from its file.
+/// CopyObject copies up to 5 GiB: a larger pack is not streamed, its finished file is uploaded.
 const MAX_COPY_BYTES: u64 = 5 * 1024 * 1024 * 1024;
 /// Reads of the pack git is writing.
 const READ_BYTES: usize = 256 * 1024;
