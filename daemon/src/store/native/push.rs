@@ -349,11 +349,7 @@ impl NativeRepo {
         args.extend(options);
         args.push(base.as_ref());
         let output = git.run_with_input(&args, input.as_bytes()).await?;
-        let name = String::from_utf8_lossy(&output).trim().to_string();
-        if ObjectFormat::of_hex(&name).is_none() {
-            return Err(GitError::Unexpected { command: "pack-objects".into(), output: name }.into());
-        }
-        Ok(name)
+        pack_name(&output)
     }
 
     pub(super) async fn upload_file(
@@ -363,12 +359,25 @@ impl NativeRepo {
         size: u64,
         sent: Arc<AtomicU64>,
     ) -> Result<(), StoreError> {
-        match upload_file(&self.bucket, key, path, size, &sent).await {
-            Ok(()) => Ok(()),
-            Err(TransferError::S3(e)) => Err(e.into()),
-            Err(TransferError::Read(e)) => Err(NativeError::LocalPack(e).into()),
-            Err(TransferError::Refused(why)) => Err(NativeError::LocalPack(std::io::Error::other(why)).into()),
-        }
+        upload_file(&self.bucket, key, path, size, &sent).await.map_err(transfer_error)
+    }
+}
+
+/// The name `git pack-objects` printed for the pack it wrote.
+pub(super) fn pack_name(stdout: &[u8]) -> Result<String, StoreError> {
+    let name = String::from_utf8_lossy(stdout).trim().to_string();
+    if ObjectFormat::of_hex(&name).is_none() {
+        return Err(GitError::Unexpected { command: "pack-objects".into(), output: name }.into());
+    }
+    Ok(name)
+}
+
+/// A failed upload of a pack this daemon built: S3's error, or the local pack's.
+pub(super) fn transfer_error(e: TransferError) -> StoreError {
+    match e {
+        TransferError::S3(e) => e.into(),
+        TransferError::Read(e) => NativeError::LocalPack(e).into(),
+        TransferError::Refused(why) => NativeError::LocalPack(std::io::Error::other(why)).into(),
     }
 }
 

@@ -24,6 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
 
 use super::manifest::PackEntry;
+use super::push::{pack_name, transfer_error};
 use super::{NativeError, NativeRepo, Snapshot, pack_key, packs_prefix};
 use crate::bucket::Bucket;
 use crate::git::{GitError, last_line};
@@ -56,12 +57,9 @@ struct Incoming {
 }
 
 impl Incoming {
-    /// The temporary object is garbage once copied (or not needed); one left behind is swept.
     async fn delete(mut self) {
         self.deleted = true;
-        if let Err(e) = self.bucket.delete(&self.key).await {
-            tracing::warn!(key = self.key, error = %e, "could not delete a pack's temporary upload; the sweep will");
-        }
+        delete_temporary(&self.bucket, &self.key).await;
     }
 }
 
@@ -72,12 +70,15 @@ impl Drop for Incoming {
         }
         let (bucket, key) = (self.bucket.clone(), std::mem::take(&mut self.key));
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if let Err(e) = bucket.delete(&key).await {
-                    tracing::warn!(key, error = %e, "could not delete a pack's temporary upload; the sweep will");
-                }
-            });
+            runtime.spawn(async move { delete_temporary(&bucket, &key).await });
         }
+    }
+}
+
+/// The temporary object is garbage once copied (or not needed); one left behind is swept.
+async fn delete_temporary(bucket: &Bucket, key: &str) {
+    if let Err(e) = bucket.delete(key).await {
+        tracing::warn!(key, error = %e, "could not delete a pack's temporary upload; the sweep will");
     }
 }
 
@@ -166,11 +167,7 @@ impl NativeRepo {
                 return Err(GitError::Failed { command: "pack-objects".into(), stderr }.into());
             }
             fed.map_err(GitError::Spawn)?;
-            let name = String::from_utf8_lossy(&packed.stdout).trim().to_string();
-            if ObjectFormat::of_hex(&name).is_none() {
-                return Err(GitError::Unexpected { command: "pack-objects".into(), output: name }.into());
-            }
-            Ok::<_, StoreError>(name)
+            pack_name(&packed.stdout)
         };
         let name = match named.await {
             Ok(name) => name,
@@ -365,12 +362,4 @@ fn incoming_key(layout: &crate::layout::Layout) -> String {
 
 fn upload_gone(e: std::io::Error) -> StoreError {
     NativeError::LocalPack(std::io::Error::other(format!("the upload stopped taking the pack: {e}"))).into()
-}
-
-fn transfer_error(e: TransferError) -> StoreError {
-    match e {
-        TransferError::S3(e) => e.into(),
-        TransferError::Read(e) => NativeError::LocalPack(e).into(),
-        TransferError::Refused(why) => NativeError::LocalPack(std::io::Error::other(why)).into(),
-    }
 }
