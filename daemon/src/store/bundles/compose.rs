@@ -26,7 +26,9 @@ use super::BundleRepo;
 use super::header::{self, HEADER_PROBE_BYTES};
 use super::keys::BundleKeys;
 use super::listing::BundleObject;
-use super::pack::{self, BUILD_METADATA_KEY, BuildRecord, PACK_HEADER_BYTES, PackHeader, PartPlan, Segment};
+use super::pack::{
+    self, BUILD_METADATA_KEY, BuildRecord, PACK_HEADER_BYTES, PackHeader, PartPlan, Segment, read_trailer,
+};
 use super::pack_cache::{Appended, CachedPack, PackCache, oids_of};
 use super::push::Prepared;
 use crate::bucket::S3Error;
@@ -607,9 +609,7 @@ impl BundleRepo {
             header::parse_header(&head).map_err(|e| e.to_string())?.ok_or("its header is too long")?;
         let pack = PackHeader::parse(&head[header_len..]).map_err(|e| e.to_string())?;
         let format = ObjectFormat::of_hex(tip).ok_or("the tip is no object id")?;
-        file.seek(SeekFrom::End(-(format.trailer_bytes() as i64))).map_err(|e| e.to_string())?;
-        let mut trailer = vec![0u8; format.raw_len()];
-        file.read_exact(&mut trailer).map_err(|e| e.to_string())?;
+        let trailer = read_trailer(path, len, format).map_err(|e| e.to_string())?;
         if oids.len() != pack.objects as usize {
             return Err(format!("the pack counts {} objects, the tip reaches {}", pack.objects, oids.len()));
         }

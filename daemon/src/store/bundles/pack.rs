@@ -65,6 +65,16 @@ impl PackHeader {
     }
 }
 
+/// The trailer of the pack (or bundle) file at `path`, `len` bytes long: its last bytes.
+pub fn read_trailer(path: &std::path::Path, len: u64, format: ObjectFormat) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    file.seek(SeekFrom::Start(len.saturating_sub(format.trailer_bytes())))?;
+    let mut trailer = vec![0u8; format.raw_len()];
+    file.read_exact(&mut trailer)?;
+    Ok(trailer)
+}
+
 /// The header `git bundle create <file> <ref>` writes for a self-contained bundle of one ref:
 /// version 2 for SHA-1, version 3 naming the format for SHA-256.
 pub fn bundle_header(oid: &str, refname: &str) -> Vec<u8> {

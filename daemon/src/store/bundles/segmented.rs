@@ -27,7 +27,7 @@ use tempfile::TempPath;
 use super::BundleRepo;
 use super::compose::{COMPOSE_MIN_BUNDLE_BYTES, MAX_APPENDED_PUSHES, hash_file_range, listed_objects};
 use super::keys::BundleKeys;
-use super::pack::{self, BUILD_METADATA_KEY, BuildRecord, PACK_HEADER_BYTES, PackHeader, Segment};
+use super::pack::{self, BUILD_METADATA_KEY, BuildRecord, PACK_HEADER_BYTES, PackHeader, Segment, read_trailer};
 use super::push::Prepared;
 use crate::git::GitError;
 use crate::object_format::{ObjectFormat, Oid};
@@ -515,14 +515,6 @@ fn pack_piece(path: &Path, len: u64, format: ObjectFormat) -> Result<Piece, NoBa
     File::open(path)?.read_exact(&mut head)?;
     let objects = PackHeader::parse(&head)?.objects;
     Ok(Piece { path: path.to_path_buf(), range: pack::pack_body(len, format)?, objects })
-}
-
-fn read_trailer(path: &Path, len: u64, format: ObjectFormat) -> std::io::Result<Vec<u8>> {
-    let mut file = File::open(path)?;
-    file.seek(SeekFrom::Start(len.saturating_sub(format.trailer_bytes())))?;
-    let mut trailer = vec![0u8; format.raw_len()];
-    file.read_exact(&mut trailer)?;
-    Ok(trailer)
 }
 
 /// Writes the bundle: `header`, a pack header counting the objects of every piece, the pieces,
