@@ -78,6 +78,38 @@ pub(crate) fn keep_file(stdout: &[u8], pack_dir: &Path) -> (Option<PathBuf>, Opt
     (hash.as_ref().map(|h| pack_dir.join(format!("pack-{h}.keep"))), hash)
 }
 
+/// Runs `work` on every item, at most `limit` at once, each in a task of its own: a body
+/// streamed into `git index-pack` from a future polled among others (a `FuturesUnordered`) cost
+/// the daemon twice the CPU (0.65 s against 0.35 s for 200 MB). Dropping this future aborts them
+/// all, which kills their children, as cancellation needs. Once one fails nothing new starts,
+/// and its failure stands when the running ones have ended. Results come in the order they end.
+pub(crate) async fn in_tasks<I, T, E, F, Fut>(items: I, limit: usize, mut work: F) -> Result<Vec<T>, E>
+where
+    I: IntoIterator,
+    F: FnMut(I::Item) -> Fut,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    let mut waiting = items.into_iter();
+    let mut running = tokio::task::JoinSet::new();
+    let (mut done, mut failure) = (Vec::new(), None);
+    loop {
+        while running.len() < limit && failure.is_none() {
+            let Some(item) = waiting.next() else { break };
+            running.spawn(work(item));
+        }
+        let Some(ended) = running.join_next().await else { break };
+        match ended {
+            Ok(Ok(result)) => done.push(result),
+            Ok(Err(e)) => failure = failure.or(Some(e)),
+            // Tasks are aborted only when this future is dropped; a panic is this code's own.
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+    failure.map_or(Ok(done), Err)
+}
+
 /// Times one download picks up where a broken connection left it.
 const DOWNLOAD_RESUMES: u32 = 3;
 
